@@ -1,0 +1,84 @@
+"""The small model's tokenizer and model, and loading local models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iterdeploy_trl.domains import PLANNING_DOMAINS
+from iterdeploy_trl.models import (
+    build_tokenizer,
+    count_parameters,
+    load_model_and_tokenizer,
+    make_small_model,
+    object_names,
+    vocabulary,
+)
+
+torch.set_num_threads(1)
+
+PROMPT = "init: (clear b1) (on b1 b2) (ontable b2)\ngoal: (on b2 b1)\nplan:\n"
+COMPLETION = "(unstack b1 b2)\n(put-down b1)\n(pick-up b2)\n(stack b2 b1)\n"
+
+
+def test_round_trip_prompt_and_plan() -> None:
+    tok = build_tokenizer("blocksworld")
+    ids = tok(PROMPT + COMPLETION)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == PROMPT + COMPLETION
+
+
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion() -> None:
+    # TRL tokenizes prompt and prompt+completion separately and needs the first to prefix the second.
+    tok = build_tokenizer("blocksworld")
+    prompt_ids = tok(PROMPT)["input_ids"]
+    assert tok(PROMPT + COMPLETION)["input_ids"][: len(prompt_ids)] == prompt_ids
+
+
+@pytest.mark.parametrize("domain", PLANNING_DOMAINS)
+def test_no_unknown_object_or_symbol(domain: str) -> None:
+    tok = build_tokenizer(domain)
+    ids = tok(" ".join(vocabulary(domain)[4:]))["input_ids"]
+    assert tok.unk_token_id not in ids
+    for name in object_names(domain):
+        assert tok.convert_tokens_to_ids(name) != tok.unk_token_id, name
+
+
+def test_vocabulary_is_deterministic() -> None:
+    assert build_tokenizer("rovers").get_vocab() == build_tokenizer("rovers").get_vocab()
+
+
+def test_unknown_word_maps_to_unk() -> None:
+    tok = build_tokenizer("blocksworld")
+    assert tok("(fly b1)", add_special_tokens=False)["input_ids"][1] == tok.unk_token_id
+
+
+def test_tiny_model_forward_and_save_load(tmp_path) -> None:
+    tok = build_tokenizer("blocksworld")
+    model = make_small_model(tok, "tiny", seed=0)
+    assert 50_000 < count_parameters(model) < 200_000
+    batch = tok([PROMPT, PROMPT + COMPLETION], return_tensors="pt", padding=True)
+    out = model(**batch, labels=batch["input_ids"])
+    assert out.logits.shape == (*batch["input_ids"].shape, len(tok))
+    assert torch.isfinite(out.loss)
+
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, tok2 = load_model_and_tokenizer(tmp_path)
+    assert tok2.get_vocab() == tok.get_vocab()
+    assert tok2.padding_side == "left" and tok2.pad_token == "<pad>"
+    assert (
+        tok2.decode(tok2(PROMPT + COMPLETION)["input_ids"], skip_special_tokens=True) == PROMPT + COMPLETION
+    )
+    for p, q in zip(model.parameters(), loaded.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_load_missing_path_names_it_and_the_fix(tmp_path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="iterdeploy base-model") as err:
+        load_model_and_tokenizer(missing)
+    assert str(missing) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_model_and_tokenizer(tmp_path)
