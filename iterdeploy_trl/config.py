@@ -1,0 +1,285 @@
+"""Run configuration: a strict, typed tree of dataclasses read from YAML or JSON.
+
+Unknown keys and impossible values fail *before any work*, with the dotted key in the message
+(``sampling.temprature: unknown key; known keys: ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
+CURATIONS = ("shortest", "all-valid", "random-valid", "none")
+BACKENDS = ("transformers", "vllm")
+INITS = ("base", "previous")
+NORMALIZATIONS = ("sequence_sum", "batch_tokens", "sequence_mean")
+BASELINES = ("none", "mean", "leave_one_out")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """The task pool and the held-out split."""
+
+    n: int = 200  # tasks in the deployment pool (the study: 1000)
+    heldout: int = 0  # extra tasks never trained on, evaluated every generation
+    size: tuple[int, int] | None = None  # generator size range; None: the generator's default
+    seed: int = 0  # seed of the task generator (the pool is shared by all run seeds)
+    dir: str | None = None  # an existing task directory (IPC layout) instead of generating
+
+    def check(self) -> None:
+        _require(self.n >= 1, "tasks.n", self.n, "must be at least 1")
+        _require(self.heldout >= 0, "tasks.heldout", self.heldout, "must be >= 0")
+        if self.size is not None:
+            _require(len(self.size) == 2 and 1 <= self.size[0] <= self.size[1], "tasks.size", self.size,
+                     "must be [low, high] with 1 <= low <= high")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base model: a local path to any HF causal LM, or ``auto`` for the small local model."""
+
+    path: str = "auto"  # "auto": pretrain (or reuse from the cache) the small base model of the domain
+    prompt_style: str = "compact"  # "compact" for the small model, "paper" for chat LLMs
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    size: str = "small"  # small-model size when path is auto
+    base_steps: int = 1500  # pretraining steps of the auto base model
+    cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
+
+    def check(self) -> None:
+        _require(self.prompt_style in ("compact", "paper"), "model.prompt_style", self.prompt_style,
+                 "must be compact or paper")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
+                 "must be float32, bfloat16 or float16")
+        _require(self.base_steps >= 1, "model.base_steps", self.base_steps, "must be >= 1")
+        if self.path != "auto" and not Path(self.path).expanduser().exists():
+            raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
+                              "(nothing is downloaded) or 'auto' for the small local model")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the deployed model is sampled."""
+
+    backend: str = "transformers"
+    samples_per_task: int = 4  # K completions per task and generation
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 64  # prompts per generate() call (transformers backend)
+    gpu_memory_utilization: float = 0.85  # vLLM only
+
+    def check(self) -> None:
+        _require(self.backend in BACKENDS, "sampling.backend", self.backend, f"must be one of {BACKENDS}")
+        _require(self.samples_per_task >= 1, "sampling.samples_per_task", self.samples_per_task, "must be >= 1")
+        _require(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0")
+        _require(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "must be in (0, 1]")
+        _require(self.max_new_tokens >= 1, "sampling.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        _require(self.batch_size >= 1, "sampling.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter; the study: r=16, alpha=32, dropout=0.05."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def check(self) -> None:
+        _require(self.r >= 1, "training.lora.r", self.r, "must be >= 1")
+        _require(0 <= self.dropout < 1, "training.lora.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Fine-tuning of each new generation."""
+
+    init: str = "base"  # base: fresh model from the base each generation (the study); previous: continue
+    learning_rate: float = 1e-4
+    epochs: float = 2.0
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512  # prompt + completion tokens
+    loss_normalization: str = "sequence_sum"
+    lora: LoraConfig | None = None  # None: full fine-tuning (the small model)
+    iw_truncate: float | None = 10.0  # IW-SFT weight cap c in min(w, c)
+    iw_self_normalize: bool = True
+    iw_per_token: bool = False
+    reinforce_baseline: str = "none"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        _require(self.init in INITS, "training.init", self.init, f"must be one of {INITS}")
+        _require(self.learning_rate > 0, "training.learning_rate", self.learning_rate, "must be > 0")
+        _require(self.epochs > 0, "training.epochs", self.epochs, "must be > 0")
+        _require(self.batch_size >= 1, "training.batch_size", self.batch_size, "must be >= 1")
+        _require(self.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
+                 self.gradient_accumulation_steps, "must be >= 1")
+        _require(self.max_length >= 8, "training.max_length", self.max_length, "must be >= 8")
+        _require(self.loss_normalization in NORMALIZATIONS, "training.loss_normalization",
+                 self.loss_normalization, f"must be one of {NORMALIZATIONS}")
+        _require(self.reinforce_baseline in BASELINES, "training.reinforce_baseline", self.reinforce_baseline,
+                 f"must be one of {BASELINES}")
+        _require(self.iw_truncate is None or self.iw_truncate > 0, "training.iw_truncate", self.iw_truncate,
+                 "must be > 0 or null")
+        if self.lora is not None:
+            self.lora.check()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One iterative-deployment run (or several seeds of it)."""
+
+    domain: str = "blocksworld"
+    name: str = "run"
+    generations: int = 4  # trained generations; generation 0 is the base model
+    seeds: tuple[int, ...] = (0,)
+    method: str = "valid-sft"
+    curation: str = "shortest"
+    accumulate: bool = True  # train on the traces of all earlier generations (the study)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation_timeout: float = 30.0  # seconds per VAL call
+    validation_workers: int | None = None  # default: all cores
+    chunk_size: int = 64  # tasks per resumable deployment chunk
+
+    def check(self) -> RunConfig:
+        from iterdeploy_trl.domains import PLANNING_DOMAINS
+
+        _require(self.domain in PLANNING_DOMAINS, "domain", self.domain, f"must be one of {PLANNING_DOMAINS}")
+        _require(self.generations >= 0, "generations", self.generations, "must be >= 0")
+        _require(len(self.seeds) >= 1, "seeds", self.seeds, "needs at least one seed")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
+        _require(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
+        _require(self.curation in CURATIONS, "curation", self.curation, f"must be one of {CURATIONS}")
+        _require(self.validation_timeout > 0, "validation_timeout", self.validation_timeout, "must be > 0")
+        _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
+        if self.method == "uncurated-sft" and self.curation != "none":
+            raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
+        for section in (self.tasks, self.model, self.sampling, self.training):
+            section.check()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _require(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} {what}")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by dotted name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown key; known keys here: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: may not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0]
+        return tuple(_coerce(inner, v, key) for v in value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, key) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and check a :class:`RunConfig` from plain data."""
+    return _build(RunConfig, data, "").check()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML/JSON config file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Stable hash of everything that determines a run's results (the run name excluded)."""
+    import hashlib
+
+    data = cfg.to_dict()
+    data.pop("name", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

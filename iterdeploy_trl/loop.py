@@ -1,0 +1,484 @@
+"""The iterative-deployment loop.
+
+For each seed and generation g = 0..G: deploy the generation-g model on the task pool (and the
+held-out split), validate every plan with VAL, write a trace record per completion, curate the
+accumulated valid traces, and fine-tune the generation-(g+1) model on them (by default a fresh model
+from the *base*, as in the study). Every phase is resumable from the run directory: deployment is
+written chunk by chunk with seeds derived from (seed, generation, split, chunk), a generation's model
+is moved into place only when fully trained, and a finished generation's metrics are one JSONL row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
+from iterdeploy_trl.curate import curate, training_rows
+from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed
+from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue; the message says what to do."""
+
+
+def _fault(point: str) -> None:
+    """Test hook: ``ITERDEPLOY_KILL_AT=point`` (or ``point:N`` for the N-th time) kills the process
+    with SIGKILL right here, as a real crash would. Used by the resume tests only."""
+    spec = os.environ.get("ITERDEPLOY_KILL_AT")
+    if not spec:
+        return
+    name, _, count = spec.partition(":")
+    if name != point:
+        return
+    key = f"_ITERDEPLOY_FAULT_{name}"
+    seen = int(os.environ.get(key, "0")) + 1
+    os.environ[key] = str(seen)
+    if seen >= int(count or 1):
+        import signal
+
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- tasks and models
+
+
+def prepare_tasks(cfg: RunConfig, out: Path) -> tuple[Any, list[Any], list[Any]]:
+    """The task set of the run, split into (pool, held-out); written once to ``out/tasks``."""
+    from iterdeploy_trl.tasks import generate_tasks, load_task_set, write_task_set
+
+    if cfg.tasks.dir:
+        task_set = load_task_set(Path(cfg.tasks.dir).expanduser())
+        if task_set.domain != cfg.domain:
+            raise ConfigError(f"tasks.dir: {cfg.tasks.dir} holds {task_set.domain} tasks, the config says {cfg.domain}")
+        need = cfg.tasks.n + cfg.tasks.heldout
+        if len(task_set.tasks) < need:
+            raise ConfigError(f"tasks.dir: {cfg.tasks.dir} has {len(task_set.tasks)} tasks; "
+                              f"tasks.n + tasks.heldout = {need}")
+    else:
+        tdir = out / "tasks"
+        if not (tdir / "tasks.jsonl").exists():
+            size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+            tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size)
+            write_task_set(tasks, tdir)
+        task_set = load_task_set(tdir)
+    tasks = list(task_set.tasks)
+    return task_set, tasks[: cfg.tasks.n], tasks[cfg.tasks.n : cfg.tasks.n + cfg.tasks.heldout]
+
+
+def cache_root(cfg: RunConfig) -> Path:
+    if cfg.model.cache_dir:
+        return Path(cfg.model.cache_dir).expanduser()
+    return Path(os.environ.get("ITERDEPLOY_CACHE", Path.home() / ".cache" / "iterdeploy_trl"))
+
+
+def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
+    """The base model's directory: ``model.path``, or the small local base model of the domain,
+    pretrained once (a few minutes on CPU) and kept in the cache."""
+    if cfg.model.path != "auto":
+        path = Path(cfg.model.path).expanduser()
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise RunError(f"model.path {path} is not a model directory (no config.json); "
+                           "give a local Hugging Face model or 'auto'")
+        return path
+    from iterdeploy_trl.models import pretrain_base_model
+
+    path = cache_root(cfg) / "base_models" / f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-seed0"
+    if not (path / "base_model.json").exists():
+        print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
+              "(once; reused by later runs)", flush=True)
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size)
+        replace_dir(tmp, path)
+    return path
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> tuple[Any, Any]:
+    """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA merged."""
+    import torch
+
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if model_dir is not None and (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model, tok = load_model_and_tokenizer(base, dtype=_dtype(cfg.model.dtype), device=device)
+        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        return model, tok
+    return load_model_and_tokenizer(model_dir or base, dtype=_dtype(cfg.model.dtype), device=device)
+
+
+def make_backend(cfg: RunConfig, base: Path, model_dir: Path | None) -> Backend:
+    if cfg.sampling.backend == "vllm":
+        adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
+        model_path = str(base if adapter or model_dir is None else model_dir)
+        return VLLMBackend(model_path, adapter_path=adapter, dtype=cfg.model.dtype,
+                           max_model_len=cfg.training.max_length,
+                           gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
+                           max_lora_rank=cfg.training.lora.r if cfg.training.lora else 64)
+    model, tok = load_for_generation(cfg, base, model_dir)
+    return TransformersBackend(model, tok, batch_size=cfg.sampling.batch_size)
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = None) -> str:
+    from iterdeploy_trl.prompts import build_messages, build_prompt
+
+    if cfg.model.prompt_style == "paper" and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        messages = build_messages(domain_pddl, task.problem, domain=cfg.domain)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return build_prompt(domain_pddl, task.problem, cfg.model.prompt_style, domain=cfg.domain)
+
+
+def score_completions(domain_pddl: str, tasks: Sequence[Any], completions: Sequence[str], *,
+                      timeout: float, workers: int | None) -> list[Any]:
+    """Extract each completion's plan and validate it with VAL (in parallel); one Verdict each."""
+    from iterdeploy_trl.validate import validate_batch
+
+    jobs = [(domain_pddl, t.problem, c) for t, c in zip(tasks, completions, strict=True)]
+    return validate_batch(jobs, workers=workers, timeout=timeout, extract=True)
+
+
+def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequence[Any], *, seed: int,
+                 sample_seed: int, generation: int, split: str, model_id: str, run_name: str, method: str,
+                 validator: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sample K completions for each task of a chunk, validate them, and return the trace records."""
+    from iterdeploy_trl.extract import extract_plan
+
+    tok = getattr(backend, "tokenizer", None)
+    prompts = [prompt_for(cfg, domain_pddl, t, tok) for t in tasks]
+    s = cfg.sampling
+    samples = backend.generate(prompts, num_samples=s.samples_per_task, temperature=s.temperature, top_p=s.top_p,
+                               max_new_tokens=s.max_new_tokens, seed=sample_seed)
+    _fault("generation")
+    flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
+    verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
+                                 timeout=cfg.validation_timeout, workers=cfg.validation_workers)
+    _fault("validation")
+    sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+                "samples_per_task": s.samples_per_task, "backend": s.backend}
+    records = []
+    for (task, prompt, k, comp), verdict in zip(flat, verdicts, strict=True):
+        plan = extract_plan(comp.text).actions
+        records.append({
+            "run": run_name, "method": method, "generation": generation, "seed": seed, "split": split,
+            "task_id": task.id, "sample_index": k, "domain": cfg.domain, "prompt": prompt, "completion": comp.text,
+            "plan": "\n".join(plan), "plan_length": verdict.plan_length, "valid": bool(verdict.valid),
+            "reason": verdict.reason, "reasoning_tokens": comp.reasoning_tokens,
+            "completion_tokens": comp.completion_tokens, "truncated": comp.truncated,
+            "behaviour_logprob": comp.behaviour_logprob, "reference_length": task.reference_length,
+            "model": model_id, "sampling": sampling, "validator": validator,
+        })
+    return records
+
+
+def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], domain_pddl: str,
+                      splits: dict[str, Sequence[Any]], gen_dir: Path, *, seed: int, generation: int,
+                      model_id: str, run_name: str, method: str, progress: bool = True) -> list[dict[str, Any]]:
+    """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume)."""
+    from iterdeploy_trl.validate import validator_info
+
+    info = validator_info()
+    validator = {"version": info.version, "sha256": info.sha256}
+    tdir = gen_dir / "traces"
+    backend = None
+    records: list[dict[str, Any]] = []
+    jobs = [(split, i, tasks[i : i + cfg.chunk_size]) for split, tasks in splits.items()
+            for i in range(0, len(tasks), cfg.chunk_size)]
+    bar = tqdm(jobs, desc=f"seed {seed} gen {generation}: deploy+validate", unit="chunk", disable=not progress,
+               leave=False)
+    try:
+        for split, start, chunk in bar:
+            path = tdir / f"{split}-{start // cfg.chunk_size:05d}.jsonl"
+            if path.exists():
+                records.extend(read_jsonl(path))
+                continue
+            if backend is None:
+                backend = backend_factory()
+            rows = deploy_chunk(cfg, backend, domain_pddl, chunk, seed=seed,
+                                sample_seed=batch_seed(seed, generation, split, start),
+                                generation=generation, split=split, model_id=model_id, run_name=run_name,
+                                method=method, validator=validator)
+            write_jsonl(path, rows)
+            records.extend(rows)
+    finally:
+        if backend is not None:
+            backend.close()
+    return records
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_dir: Path, *, seed: int,
+                     init_from: Path | None = None, method: str | None = None) -> dict[str, Any]:
+    """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
+
+    ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
+    Returns training statistics (steps, tokens, loss, seconds)."""
+    import torch
+    from datasets import Dataset
+
+    from iterdeploy_trl.models import load_model_and_tokenizer
+    from iterdeploy_trl.trainers import (
+        ImportanceWeightedSFTConfig,
+        ImportanceWeightedSFTTrainer,
+        ValidTraceSFTConfig,
+        ValidTraceSFTTrainer,
+    )
+
+    method = method or cfg.method
+    if not rows:
+        raise RunError("no traces to train on: the curated training set is empty (no valid plan yet). "
+                       "Sample more completions per task, add easier tasks, or use a stronger base model.")
+    t0 = time.time()
+    tcfg = cfg.training
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start_dir = base
+    if init_from is not None and not (init_from / "adapter_config.json").exists():
+        start_dir = init_from
+    model, tok = load_model_and_tokenizer(start_dir, dtype=_dtype(cfg.model.dtype), device=device)
+    peft_config = None
+    if tcfg.lora is not None:
+        from peft import LoraConfig, PeftModel
+
+        if init_from is not None and (init_from / "adapter_config.json").exists():
+            model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+        else:
+            peft_config = LoraConfig(r=tcfg.lora.r, lora_alpha=tcfg.lora.alpha, lora_dropout=tcfg.lora.dropout,
+                                     target_modules=tcfg.lora.target_modules, task_type="CAUSAL_LM")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    common = dict(
+        output_dir=str(tmp / "trainer"), num_train_epochs=tcfg.epochs, learning_rate=tcfg.learning_rate,
+        per_device_train_batch_size=tcfg.batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+        max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
+        logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_ratio=tcfg.warmup_ratio,
+        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
+        loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
+        disable_tqdm=False, dataloader_num_workers=0,
+    )
+    data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in rows])
+    if method == "iw-sft":
+        args = ImportanceWeightedSFTConfig(**common, iw_truncate=tcfg.iw_truncate,
+                                           iw_self_normalize=tcfg.iw_self_normalize, iw_per_token=tcfg.iw_per_token)
+        trainer_cls = ImportanceWeightedSFTTrainer
+    else:
+        args = ValidTraceSFTConfig(**common)
+        trainer_cls = ValidTraceSFTTrainer
+        data = data.remove_columns(["behaviour_logprob"])
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config)
+    result = trainer.train()
+    _fault("training")
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
+    stats = {"train_traces": len(rows), "train_steps": int(result.global_step),
+             "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
+             "train_completion_tokens": int(n_tokens * tcfg.epochs)}
+    write_json(tmp / "train_stats.json", stats)
+    replace_dir(tmp, out_dir)
+    del trainer, model
+    return stats
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def generation_metrics(records: list[dict[str, Any]], generation: int, n_pool: int, n_heldout: int) -> dict[str, Any]:
+    """Per-generation numbers from trace records (named after the quantities)."""
+    pool = [r for r in records if r["split"] == "pool"]
+    held = [r for r in records if r["split"] == "heldout"]
+
+    def solved(rs: list[dict[str, Any]]) -> set[str]:
+        return {r["task_id"] for r in rs if r["valid"]}
+
+    by_task: dict[str, list[bool]] = {}
+    for r in pool:
+        by_task.setdefault(r["task_id"], []).append(r["valid"])
+    valid = [r for r in pool if r["valid"]]
+    lengths = [r["plan_length"] for r in valid]
+    ref_solved = [r["reference_length"] for r in valid]
+
+    def stat(xs: list[float], fn: Callable) -> float | None:
+        return round(float(fn(xs)), 3) if xs else None
+
+    return {
+        "generation": generation,
+        "solved": len(solved(pool)),
+        "tasks": n_pool,
+        "heldout_solved": len(solved(held)),
+        "heldout_tasks": n_heldout,
+        "all_samples_valid": sum(all(v) for v in by_task.values()),
+        "valid_fraction": stat([float(r["valid"]) for r in pool], statistics.fmean),
+        "truncated_fraction": stat([float(r["truncated"]) for r in pool], statistics.fmean),
+        "mean_valid_plan_length": stat(lengths, statistics.fmean),
+        "median_valid_plan_length": stat(lengths, statistics.median),
+        "max_valid_plan_length": max(lengths) if lengths else 0,
+        "max_solved_reference_length": max(ref_solved) if ref_solved else 0,
+        "mean_reasoning_tokens": stat([r["reasoning_tokens"] for r in pool], statistics.fmean),
+        "mean_completion_tokens": stat([r["completion_tokens"] for r in pool], statistics.fmean),
+        "samples": len(pool),
+        "solved_task_ids": sorted(solved(pool)),
+        "heldout_solved_task_ids": sorted(solved(held)),
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
+    resolved = out / "resolved_config.json"
+    h = config_hash(cfg)
+    if resolved.exists():
+        old = read_json(resolved)
+        if old.get("hash") != h:
+            raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {h}); "
+                           "use a new --out directory, or the config that made it to resume")
+        return
+    if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml",)):
+        raise RunError(f"{out} is not empty and is not a run directory; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if given is not None:
+        (out / "config.yaml").write_text(given)
+    write_json(resolved, {"hash": h, "config": cfg.to_dict()})
+
+
+def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str, pool: list[Any],
+             heldout: list[Any], *, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``)."""
+    sdir = out / f"seed_{seed}"
+    sdir.mkdir(parents=True, exist_ok=True)
+    metrics_path = sdir / "metrics.jsonl"
+    done = {m["generation"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
+    all_records: list[dict[str, Any]] = []
+    samples_used = 0
+    train_stats: dict[str, Any] = {}
+    for g in range(cfg.generations + 1):
+        gdir = sdir / f"gen_{g:02d}"
+        model_dir = None if g == 0 else gdir / "model"
+        if g > 0 and not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+            raise RunError(f"{model_dir} is missing: the run directory is damaged")
+        model_id = str(base) if g == 0 else str(model_dir.relative_to(out))
+        t0 = time.time()
+        records = deploy_generation(
+            cfg, lambda md=model_dir: make_backend(cfg, base, md), domain_pddl, {"pool": pool, "heldout": heldout},
+            gdir, seed=seed, generation=g, model_id=model_id, run_name=cfg.name, method=cfg.method, progress=progress)
+        deploy_s = time.time() - t0
+        all_records.extend(records)
+        samples_used += sum(1 for r in records if r["split"] == "pool")
+        if g in done:
+            m = done[g]
+        else:
+            train_stats = read_json(gdir / "model" / "train_stats.json") if g > 0 else {}
+            m = generation_metrics(records, g, len(pool), len(heldout))
+            m.update(seed=seed, samples_used=samples_used, deploy_seconds=round(deploy_s, 2),
+                     train_traces=train_stats.get("train_traces", 0),
+                     train_seconds=train_stats.get("train_seconds", 0.0),
+                     train_completion_tokens=train_stats.get("train_completion_tokens", 0))
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(m) + "\n")
+            done[g] = m
+        log(f"seed {seed} gen {g}: solved {m['solved']}/{m['tasks']}, held-out {m['heldout_solved']}/"
+            f"{m['heldout_tasks']}, all-{cfg.sampling.samples_per_task}-valid {m['all_samples_valid']}, "
+            f"valid plan length mean {m['mean_valid_plan_length']} max {m['max_valid_plan_length']}, "
+            f"trained on {m['train_traces']} traces")
+        if g == cfg.generations:
+            break
+        next_dir = sdir / f"gen_{g + 1:02d}" / "model"
+        if next_dir.exists():
+            continue
+        history = all_records if cfg.accumulate else records
+        curated = curate(history, cfg.curation, seed=seed)
+        write_jsonl(gdir / "train.jsonl", training_rows(curated))
+        init_from = model_dir if (cfg.training.init == "previous" and model_dir is not None) else None
+        train_generation(cfg, base, training_rows(curated), next_dir, seed=batch_seed(seed, "train", g) % (2**31),
+                         init_from=init_from)
+    return [done[g] for g in sorted(done)]
+
+
+def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-generation summary over seeds: mean/min/max of the numbers, and unanimous@k."""
+    gens = sorted({m["generation"] for rows in per_seed.values() for m in rows})
+    out = []
+    for g in gens:
+        rows = [next(m for m in ms if m["generation"] == g) for ms in per_seed.values()
+                if any(m["generation"] == g for m in ms)]
+        entry: dict[str, Any] = {"generation": g, "seeds": [r["seed"] for r in rows]}
+        for key in ("solved", "heldout_solved", "train_traces", "max_valid_plan_length", "samples_used",
+                    "mean_valid_plan_length", "max_solved_reference_length", "valid_fraction",
+                    "mean_reasoning_tokens", "mean_completion_tokens", "train_completion_tokens",
+                    "deploy_seconds", "train_seconds", "all_samples_valid"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if not vals:
+                entry[key] = None
+                continue
+            entry[key] = round(statistics.fmean(vals), 3)
+            entry[f"{key}_min"] = min(vals)
+            entry[f"{key}_max"] = max(vals)
+        sets = [set(r["solved_task_ids"]) for r in rows]
+        entry["unanimous"] = len(set.intersection(*sets)) if sets else 0
+        entry["unanimous_k"] = len(sets)
+        entry["tasks"] = rows[0]["tasks"]
+        entry["heldout_tasks"] = rows[0]["heldout_tasks"]
+        out.append(entry)
+    return out
+
+
+def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary."""
+    out = Path(out)
+    _check_run_dir(cfg, out, config_text)
+    t0 = time.time()
+    task_set, pool, heldout = prepare_tasks(cfg, out)
+    base = resolve_base_model(cfg, progress=progress)
+    per_seed = {}
+    for seed in cfg.seeds:
+        per_seed[seed] = run_seed(cfg, out, seed, base, task_set.domain_pddl, pool, heldout, progress=progress,
+                                  log=log)
+    summary = {
+        "name": cfg.name, "domain": cfg.domain, "method": cfg.method, "curation": cfg.curation,
+        "seeds": list(cfg.seeds), "base_model": str(base), "tasks": len(pool), "heldout_tasks": len(heldout),
+        "samples_per_task": cfg.sampling.samples_per_task, "complete": True,
+        "generations": aggregate(per_seed),
+        "per_seed": {str(s): [{k: v for k, v in m.items() if not k.endswith("task_ids")} for m in ms]
+                     for s, ms in per_seed.items()},
+        "wall_seconds_this_invocation": round(time.time() - t0, 1),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_from_file(config_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:
+    cfg = load_config(config_path)
+    return run_loop(cfg, out, config_text=Path(config_path).read_text(), **kw)
+
+
+def replace_config(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``cfg`` with top-level fields changed (checked again)."""
+    return dataclasses.replace(cfg, **changes).check()
