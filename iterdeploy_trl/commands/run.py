@@ -1,0 +1,50 @@
+"""`iterdeploy run`: the iterative-deployment loop (resumes when RUNDIR exists)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) the iterative-deployment loop",
+                       description="Deploy, validate with VAL, curate, fine-tune, repeat. Without --config the "
+                                   "CPU default runs (small local model, Blocksworld). Re-running with the same "
+                                   "--out resumes where a killed run stopped.")
+    p.add_argument("--config", type=Path, default=None, help="YAML/JSON run config (default: the CPU default)")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print summary.json at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.config import ConfigError, RunConfig, load_config
+    from iterdeploy_trl.loop import RunError, run_loop
+
+    try:
+        if args.config is not None:
+            cfg = load_config(args.config)
+            text = args.config.read_text()
+        else:
+            cfg = RunConfig().check()
+            text = None
+    except ConfigError as exc:
+        print(f"iterdeploy run: bad config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)
+    except (ConfigError, RunError, FileNotFoundError, ValueError) as exc:
+        print(f"iterdeploy run: {exc}", file=sys.stderr)
+        return 2
+    gens = summary["generations"]
+    first, last = gens[0], gens[-1]
+    print(f"done: {args.out}/summary.json — solved {first['solved']} -> {last['solved']} of {last['tasks']} "
+          f"(held-out {first['heldout_solved']} -> {last['heldout_solved']} of {last['heldout_tasks']}), "
+          f"longest solved reference plan {first['max_solved_reference_length']} -> "
+          f"{last['max_solved_reference_length']}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
