@@ -376,7 +376,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     metrics_path = sdir / "metrics.jsonl"
     done = {m["generation"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
     all_records: list[dict[str, Any]] = []
-    samples_used = 0
+    samples_deployed = 0
     train_stats: dict[str, Any] = {}
     for g in range(cfg.generations + 1):
         gdir = sdir / f"gen_{g:02d}"
@@ -390,13 +390,15 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
             gdir, seed=seed, generation=g, model_id=model_id, run_name=cfg.name, method=cfg.method, progress=progress)
         deploy_s = time.time() - t0
         all_records.extend(records)
-        samples_used += sum(1 for r in records if r["split"] == "pool")
+        samples_deployed += sum(1 for r in records if r["split"] == "pool")
         if g in done:
             m = done[g]
         else:
             train_stats = read_json(gdir / "model" / "train_stats.json") if g > 0 else {}
             m = generation_metrics(records, g, len(pool), len(heldout))
-            m.update(seed=seed, samples_used=samples_used, deploy_seconds=round(deploy_s, 2),
+            # Budget: the sampled completions the generation-g model has learnt from (g rounds of n*K).
+            m.update(seed=seed, samples_used=g * len(pool) * cfg.sampling.samples_per_task,
+                     samples_deployed=samples_deployed, deploy_seconds=round(deploy_s, 2),
                      train_traces=train_stats.get("train_traces", 0),
                      train_seconds=train_stats.get("train_seconds", 0.0),
                      train_completion_tokens=train_stats.get("train_completion_tokens", 0))
@@ -453,6 +455,10 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary."""
     out = Path(out)
+    if cfg.method == "reinforce":
+        from iterdeploy_trl.compare import run_reinforce
+
+        return run_reinforce(cfg, out, progress=progress, log=log)
     _check_run_dir(cfg, out, config_text)
     t0 = time.time()
     task_set, pool, heldout = prepare_tasks(cfg, out)
