@@ -1,0 +1,79 @@
+"""Prompt building: the compact prompt of the small model and the study's prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from iterdeploy_trl.domains import domain_pddl, example
+from iterdeploy_trl.models import build_tokenizer
+from iterdeploy_trl.prompts import build_messages, build_prompt, domain_name
+
+BLOCKS = """(define (problem bw-3) (:domain blocksworld)
+  (:objects b1 b2 b10)
+  (:init (handempty) (on b1 b2) (ontable b2) (ontable b10) (clear b1) (clear b10))
+  (:goal (and (on b2 b10) (on b10 b1))))"""
+
+SOKOBAN = """(define (problem sok-line) (:domain sokoban-sequential)
+  (:objects dir-down dir-left dir-right dir-up - direction player-01 - player
+            pos-01-01 pos-02-01 pos-03-01 - location stone-01 - stone)
+  (:init (IS-GOAL pos-03-01) (IS-NONGOAL pos-01-01) (IS-NONGOAL pos-02-01)
+    (MOVE-DIR pos-01-01 pos-02-01 dir-right) (MOVE-DIR pos-02-01 pos-01-01 dir-left)
+    (MOVE-DIR pos-02-01 pos-03-01 dir-right) (MOVE-DIR pos-03-01 pos-02-01 dir-left)
+    (at player-01 pos-01-01) (at stone-01 pos-02-01) (clear pos-03-01) (= (total-cost) 0))
+  (:goal (and (at-goal stone-01)))
+  (:metric minimize (total-cost)))"""
+
+
+def test_compact_prompt_lists_init_and_goal_sorted() -> None:
+    prompt = build_prompt(domain_pddl("blocksworld"), BLOCKS)
+    assert prompt == (
+        "init: (clear b1) (clear b10) (handempty) (on b1 b2) (ontable b2) (ontable b10)\n"
+        "goal: (on b2 b10) (on b10 b1)\n"
+        "plan:\n"
+    )
+    assert build_prompt(domain_pddl("blocksworld"), BLOCKS, "compact", domain="blocksworld") == prompt
+
+
+def test_compact_sokoban_prompt_keeps_the_map_facts_it_needs() -> None:
+    prompt = build_prompt(domain_pddl("sokoban"), SOKOBAN)
+    assert prompt == (
+        "init: (at player-01 pos-01-01) (at stone-01 pos-02-01) (clear pos-03-01) (is-goal pos-03-01)\n"
+        "goal: (at-goal stone-01)\n"
+        "plan:\n"
+    )
+
+
+@pytest.mark.parametrize(("domain", "problem"), [("blocksworld", BLOCKS), ("sokoban", SOKOBAN)])
+def test_compact_prompt_is_in_the_small_vocabulary(domain: str, problem: str) -> None:
+    tok = build_tokenizer(domain)
+    prompt = build_prompt(domain_pddl(domain), problem)
+    ids = tok(prompt)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == prompt
+
+
+def test_paper_prompt_has_task_examples_and_format() -> None:
+    prompt = build_prompt(domain_pddl("blocksworld"), BLOCKS, "paper")
+    assert domain_pddl("blocksworld").strip() in prompt and BLOCKS.strip() in prompt
+    for name in ("gripper", "logistics"):
+        dom, prob, plan = example(name)
+        assert dom.strip() in prompt and prob.strip() in prompt and plan.strip() in prompt
+    assert "```plan" in prompt and "one action a line" in prompt
+    # The task comes after both examples.
+    assert prompt.index(BLOCKS.strip()) > prompt.index(example("logistics")[2].strip())
+
+
+def test_messages_wrap_the_paper_prompt() -> None:
+    messages = build_messages(domain_pddl("sokoban"), SOKOBAN, domain="sokoban")
+    assert messages == [{"role": "user", "content": build_prompt(domain_pddl("sokoban"), SOKOBAN, "paper")}]
+    assert build_messages(domain_pddl("sokoban"), SOKOBAN, system=True)[0]["role"] == "system"
+
+
+def test_domain_name_and_unknown_style() -> None:
+    assert [domain_name(domain_pddl(d)) for d in ("blocksworld", "rovers", "sokoban")] == [
+        "blocksworld",
+        "rovers",
+        "sokoban",
+    ]
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        build_prompt(domain_pddl("blocksworld"), BLOCKS, "verbose")
