@@ -158,6 +158,7 @@ class RunConfig:
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores
     chunk_size: int = 64  # tasks per resumable deployment chunk
+    compare_methods: tuple[str, ...] = METHODS  # methods run by `iterdeploy compare`
 
     def check(self) -> RunConfig:
         from iterdeploy_trl.domains import PLANNING_DOMAINS
@@ -170,6 +171,8 @@ class RunConfig:
         _require(self.curation in CURATIONS, "curation", self.curation, f"must be one of {CURATIONS}")
         _require(self.validation_timeout > 0, "validation_timeout", self.validation_timeout, "must be > 0")
         _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
+        for m in self.compare_methods:
+            _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
         if self.method == "uncurated-sft" and self.curation != "none":
             raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
         for section in (self.tasks, self.model, self.sampling, self.training):
