@@ -1,0 +1,29 @@
+"""Seeded task generators (blocksworld, rovers, sokoban) and task sets in the IPC layout.
+
+Every task carries a reference plan that VAL accepts, so the pool is solvable by construction.
+"""
+
+from iterdeploy_trl.tasks.generate import (
+    DEFAULT_SIZES,
+    SIZE_LIMITS,
+    build_task_set,
+    generate_task,
+    generate_tasks,
+    task_id,
+)
+from iterdeploy_trl.tasks.taskset import Task, TaskSet, TaskSetError, load_task_set, read_plan, write_task_set
+
+__all__ = [
+    "DEFAULT_SIZES",
+    "SIZE_LIMITS",
+    "Task",
+    "TaskSet",
+    "TaskSetError",
+    "build_task_set",
+    "generate_task",
+    "generate_tasks",
+    "load_task_set",
+    "read_plan",
+    "task_id",
+    "write_task_set",
+]

@@ -1,0 +1,79 @@
+"""Seeded, deterministic task generation for the three planning domains."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from iterdeploy_trl.domains import PLANNING_DOMAINS, domain_pddl
+from iterdeploy_trl.tasks import blocksworld, rovers, sokoban
+from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.tasks.taskset import Task, TaskSet, write_task_set
+
+GENERATORS: dict[str, Callable[[random.Random, int, str], Generated]] = {
+    "blocksworld": blocksworld.generate,
+    "rovers": rovers.generate,
+    "sokoban": sokoban.generate,
+}
+
+# Range of the size parameter (blocks; rovers level; sokoban level) drawn uniformly per task.
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {
+    "blocksworld": (2, 25),
+    "rovers": (1, 10),
+    "sokoban": (1, 10),
+}
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "blocksworld": (2, blocksworld.MAX_BLOCKS),
+    "rovers": (1, rovers.MAX_LEVEL),
+    "sokoban": (1, sokoban.MAX_LEVEL),
+}
+
+
+def task_id(domain: str, seed: int, index: int) -> str:
+    """``<domain>-<seed>-<index:05d>``."""
+    return f"{domain}-{seed}-{index:05d}"
+
+
+def _check(domain: str, size: tuple[int, int] | None) -> tuple[int, int]:
+    if domain not in GENERATORS:
+        raise ValueError(f"unknown domain {domain!r}: choose one of {', '.join(PLANNING_DOMAINS)}")
+    lo, hi = DEFAULT_SIZES[domain] if size is None else (int(size[0]), int(size[1]))
+    lim_lo, lim_hi = SIZE_LIMITS[domain]
+    if not lim_lo <= lo <= hi <= lim_hi:
+        raise ValueError(f"{domain} size range must satisfy {lim_lo} <= LO <= HI <= {lim_hi}, got {lo} {hi}")
+    return lo, hi
+
+
+def generate_task(domain: str, seed: int, index: int, size: tuple[int, int] | None = None) -> Task:
+    """Task number ``index`` of the pool ``(domain, seed, size)``; it does not depend on the pool size.
+
+    Its random stream is seeded from ``(domain, seed, index)`` alone (a string seed, hashed with
+    SHA-512 by :class:`random.Random`, so it is the same in every process).
+    """
+    lo, hi = _check(domain, size)
+    rng = random.Random(f"iterdeploy-tasks/{domain}/{seed}/{index}")
+    name = task_id(domain, seed, index)
+    g = GENERATORS[domain](rng, rng.randint(lo, hi), name)
+    return Task(id=name, domain=domain, problem=g.problem, reference_plan=g.plan, params=g.params, seed=seed)
+
+
+def generate_tasks(domain: str, n: int, seed: int, size: tuple[int, int] | None = None) -> list[Task]:
+    """``n`` tasks of ``domain``: same arguments, same tasks (byte for byte); sizes uniform over ``size``.
+
+    ``size`` is the (inclusive) range of the main difficulty parameter: blocks for blocksworld, the
+    size level for rovers and sokoban (see ``DEFAULT_SIZES`` and ``SIZE_LIMITS``).
+    """
+    _check(domain, size)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return [generate_task(domain, seed, i, size) for i in range(n)]
+
+
+def build_task_set(
+    domain: str, n: int, seed: int, size: tuple[int, int] | None = None, out: Path | str | None = None
+) -> TaskSet:
+    """Generate an ``n``-task pool as a :class:`TaskSet`, written to ``out`` when given."""
+    tasks = tuple(generate_tasks(domain, n, seed, size))
+    root = write_task_set(tasks, out) if out is not None else None
+    return TaskSet(domain, domain_pddl(domain), tasks, root)

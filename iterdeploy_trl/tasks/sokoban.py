@@ -1,0 +1,200 @@
+"""Sokoban tasks, solvable by construction.
+
+A walled room gets some interior walls, goal cells, a stone on every goal and the player. A reverse
+random walk then *pulls* stones away from their goals (the player steps back and drags the stone
+along); read backwards, the walk is a forward plan of ``move`` / ``push-to-nongoal`` /
+``push-to-goal`` actions from the scrambled state to one with every stone on a goal.
+
+Size level L (1..10): the room is about (L+2)x(L+2) inside its walls (at most 12x12, i.e. 14x14 with
+walls), with 1 + 5(L-1)//9 stones, each pulled 1..L times. Level 1 is one stone one push away.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from itertools import pairwise
+
+from iterdeploy_trl.tasks.common import Generated
+
+MAX_LEVEL = 10
+MAX_STONES = 12
+
+Cell = tuple[int, int]  # (column, row), 1-based; the walls are column/row 1 and the last ones
+DIRS: dict[str, Cell] = {"dir-up": (0, -1), "dir-down": (0, 1), "dir-left": (-1, 0), "dir-right": (1, 0)}
+NAME_OF: dict[Cell, str] = {v: k for k, v in DIRS.items()}
+
+
+def _add(a: Cell, b: Cell) -> Cell:
+    return (a[0] + b[0], a[1] + b[1])
+
+
+def _neg(d: Cell) -> Cell:
+    return (-d[0], -d[1])
+
+
+def pos(c: Cell) -> str:
+    """PDDL name of a cell: ``pos-XX-YY`` with XX the column and YY the row."""
+    return f"pos-{c[0]:02d}-{c[1]:02d}"
+
+
+def _component(floor: set[Cell], start: Cell) -> set[Cell]:
+    seen = {start}
+    todo = [start]
+    while todo:
+        c = todo.pop()
+        for d in DIRS.values():
+            n = _add(c, d)
+            if n in floor and n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+def _room(rng: random.Random, width: int, height: int) -> set[Cell]:
+    """Floor cells of a ``width`` x ``height`` interior with random interior walls, all connected."""
+    inner = [(x, y) for y in range(2, height + 2) for x in range(2, width + 2)]
+    wall_share = rng.uniform(0.0, 0.2)
+    floor = {c for c in inner if rng.random() >= wall_share}
+    if not floor:
+        return set()
+    parts: list[set[Cell]] = []
+    left = set(floor)
+    while left:
+        part = _component(left, min(left))
+        parts.append(part)
+        left -= part
+    return max(parts, key=lambda p: (len(p), min(p)))
+
+
+def _path(floor: set[Cell], blocked: set[Cell], start: Cell) -> dict[Cell, Cell | None]:
+    """BFS parents over free floor from ``start`` (its keys are the cells the player can reach)."""
+    parent: dict[Cell, Cell | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        c = queue.popleft()
+        for d in DIRS.values():
+            n = _add(c, d)
+            if n in floor and n not in blocked and n not in parent:
+                parent[n] = c
+                queue.append(n)
+    return parent
+
+
+def _walk_to(parent: dict[Cell, Cell | None], goal: Cell) -> list[Cell]:
+    cells = [goal]
+    while parent[cells[-1]] is not None:
+        cells.append(parent[cells[-1]])  # type: ignore[arg-type]
+    return cells[::-1]
+
+
+def _scramble(
+    rng: random.Random, floor: set[Cell], stones: list[Cell], player: Cell, pulls: list[int]
+) -> tuple[list[tuple], Cell]:
+    """Pull stone i up to ``pulls[i]`` times (stones in random order); return the reverse events.
+
+    Events are ``("move", a, b)`` (player a -> b) and ``("pull", stone, s, c, c2)`` (stone from s to
+    c, player from c to c2 = c + (c - s)), in the order they happen in reverse time.
+    """
+    events: list[tuple] = []
+    order = list(range(len(stones)))
+    rng.shuffle(order)
+    for i in order:
+        previous: Cell | None = None  # where stone i was before its last pull: do not undo it
+        for _ in range(pulls[i]):
+            s = stones[i]
+            parent = _path(floor, set(stones), player)
+            options = []
+            for d in DIRS.values():
+                c, c2 = _add(s, d), _add(_add(s, d), d)
+                if c in parent and c2 in floor and c2 not in stones:
+                    options.append((c, c2))
+            fresh = [o for o in options if o[0] != previous]
+            options = fresh or options
+            if not options:
+                break
+            c, c2 = rng.choice(options)
+            route = _walk_to(parent, c)
+            events += [("move", a, b) for a, b in pairwise(route)]
+            events.append(("pull", i, s, c, c2))
+            previous, stones[i], player = s, c, c2
+    return events, player
+
+
+def _forward_plan(events: list[tuple], goals: set[Cell]) -> list[str]:
+    """The reverse walk read backwards; the player's trailing moves (first reverse moves) are dropped."""
+    first_pull = next(k for k, e in enumerate(events) if e[0] == "pull")
+    plan = []
+    for e in reversed(events[first_pull:]):
+        if e[0] == "move":
+            _, a, b = e  # reverse: a -> b, so forward: b -> a
+            d = NAME_OF[(a[0] - b[0], a[1] - b[1])]
+            plan.append(f"(move player-01 {pos(b)} {pos(a)} {d})")
+        else:
+            _, i, s, c, c2 = e  # forward: player at c2 pushes the stone from c to s
+            d = NAME_OF[(s[0] - c[0], s[1] - c[1])]
+            kind = "push-to-goal" if s in goals else "push-to-nongoal"
+            plan.append(f"({kind} player-01 stone-{i + 1:02d} {pos(c2)} {pos(c)} {pos(s)} {d})")
+    return plan
+
+
+def _problem(name: str, floor: set[Cell], goals: set[Cell], stones: list[Cell], player: Cell) -> str:
+    cells = sorted(floor, key=lambda c: (c[1], c[0]))
+    names = [f"stone-{i + 1:02d}" for i in range(len(stones))]
+    facts = [f"(at player-01 {pos(player)})"]
+    facts += [f"(at {n} {pos(s)})" for n, s in zip(names, stones, strict=True)]
+    facts += [f"(at-goal {n})" for n, s in zip(names, stones, strict=True) if s in goals]
+    occupied = set(stones) | {player}
+    facts += [f"(clear {pos(c)})" for c in cells if c not in occupied]
+    facts += [f"({'IS-GOAL' if c in goals else 'IS-NONGOAL'} {pos(c)})" for c in cells]
+    for c in cells:
+        for dname, d in DIRS.items():
+            n = _add(c, d)
+            if n in floor:
+                facts.append(f"(MOVE-DIR {pos(c)} {pos(n)} {dname})")
+    facts.append("(= (total-cost) 0)")
+    init = "\n    ".join(facts)
+    goal = " ".join(f"(at-goal {n})" for n in names)
+    return (
+        f"(define (problem {name})\n"
+        "  (:domain sokoban-sequential)\n"
+        "  (:objects dir-down dir-left dir-right dir-up - direction\n"
+        "            player-01 - player\n"
+        f"            {' '.join(pos(c) for c in cells)} - location\n"
+        f"            {' '.join(names)} - stone)\n"
+        f"  (:init\n    {init})\n"
+        f"  (:goal (and {goal}))\n"
+        "  (:metric minimize (total-cost)))\n"
+    )
+
+
+def generate(rng: random.Random, size: int, name: str) -> Generated:
+    """A task at size level ``size`` (1..10); redraws until some stone starts off its goal."""
+    if not 1 <= size <= MAX_LEVEL:
+        raise ValueError(f"sokoban size (level) must be in 1..{MAX_LEVEL}, got {size}")
+    n_stones = min(MAX_STONES, 1 + 5 * (size - 1) // 9)
+    while True:
+        side = size + 2
+        width = max(3, side - rng.randint(0, size // 3))
+        height = max(3, side - rng.randint(0, size // 3))
+        floor = _room(rng, width, height)
+        if len(floor) < 2 * n_stones + 3:
+            continue
+        cells = sorted(floor)
+        picked = rng.sample(cells, n_stones + 1)
+        goals, player = set(picked[:-1]), picked[-1]
+        stones = sorted(goals)
+        pulls = [1 if size == 1 else rng.randint(1, size) for _ in stones]
+        events, start = _scramble(rng, floor, stones, player, pulls)
+        if all(s in goals for s in stones):
+            continue  # nothing to do (no pull possible, or the stones came back)
+        plan = _forward_plan(events, goals)
+        params = {
+            "size": size,
+            "width": width,
+            "height": height,
+            "floor_cells": len(floor),
+            "stones": n_stones,
+            "pushes": sum(1 for a in plan if a.startswith("(push")),
+        }
+        return Generated(_problem(name, floor, goals, stones, start), tuple(plan), params)

@@ -1,0 +1,222 @@
+"""Tasks and task sets, and the IPC directory layout they are stored in.
+
+``DIR/domain.pddl``, ``DIR/problems/<id>.pddl``, ``DIR/plans/<id>.plan`` and ``DIR/tasks.jsonl``
+(one row a task: ``id, domain, params, reference_plan_length, seed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl.domains import domain_pddl as shipped_domain_pddl
+
+INDEX = "tasks.jsonl"
+ROW_KEYS = ("id", "domain", "params", "reference_plan_length", "seed")
+
+
+class TaskSetError(Exception):
+    """A task set directory that cannot be read or written (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One planning problem with a reference plan VAL accepts.
+
+    ``params`` holds the generator parameters (``size`` is the main difficulty knob); it is left out
+    of the hash so that tasks stay hashable.
+    """
+
+    id: str
+    domain: str
+    problem: str
+    reference_plan: tuple[str, ...]
+    params: dict[str, Any] = field(hash=False)
+    seed: int
+
+    @property
+    def reference_length(self) -> int:
+        """Number of actions in the reference plan."""
+        return len(self.reference_plan)
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """The tasks of one domain, with the domain's PDDL and the directory they came from (if any)."""
+
+    domain: str
+    domain_pddl: str
+    tasks: tuple[Task, ...]
+    root: Path | None = None
+
+    def by_id(self, task_id: str) -> Task:
+        """The task called ``task_id`` (``KeyError`` naming the set if there is none)."""
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        where = f" in {self.root}" if self.root else ""
+        raise KeyError(f"no task {task_id!r}{where} ({len(self.tasks)} {self.domain} tasks)")
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+
+def plan_text(plan: Iterable[str]) -> str:
+    """A plan as VAL reads it: one action a line."""
+    return "".join(f"{a}\n" for a in plan)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _index_row(task: Task) -> str:
+    row = {
+        "id": task.id,
+        "domain": task.domain,
+        "params": task.params,
+        "reference_plan_length": task.reference_length,
+        "seed": task.seed,
+    }
+    return json.dumps(row) + "\n"
+
+
+def _existing_domain(out: Path) -> str | None:
+    """The domain of a task set already in ``out`` (``None`` if there is none)."""
+    index = out / INDEX
+    if index.exists():
+        for line in index.read_text().splitlines():
+            if line.strip():
+                try:
+                    return json.loads(line)["domain"]
+                except (ValueError, KeyError, TypeError):
+                    break
+    if (out / "domain.pddl").exists():
+        text = (out / "domain.pddl").read_text()
+        for name in ("blocksworld", "rovers", "sokoban"):
+            if text == shipped_domain_pddl(name):
+                return name
+        return "an unknown domain"
+    return None
+
+
+def write_task_set(tasks: Iterable[Task], out: Path | str) -> Path:
+    """Write ``tasks`` (all of one domain) to ``out`` in the IPC layout and return ``out``.
+
+    Each file is written to a temporary name and renamed, ``tasks.jsonl`` last. An existing task set
+    of the same domain in ``out`` is replaced (its problem and plan files no longer listed are
+    removed); one of another domain is refused.
+    """
+    tasks = list(tasks)
+    out = Path(out)
+    if not tasks:
+        raise ValueError(f"no tasks to write to {out}")
+    domains = sorted({t.domain for t in tasks})
+    if len(domains) > 1:
+        raise ValueError(f"tasks of several domains ({', '.join(domains)}): write one directory per domain")
+    domain = domains[0]
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"duplicate task id {dup!r}")
+    old = _existing_domain(out) if out.exists() else None
+    if old is not None and old != domain:
+        raise TaskSetError(
+            f"{out} already holds a {old} task set; refusing to mix in {domain} tasks (use another directory)"
+        )
+    old_ids: set[str] = set()
+    if old is not None and (out / INDEX).exists():
+        try:
+            old_ids = {task.id for task in load_task_set(out).tasks}
+        except TaskSetError:
+            old_ids = set()
+    (out / "problems").mkdir(parents=True, exist_ok=True)
+    (out / "plans").mkdir(exist_ok=True)
+    _write_atomic(out / "domain.pddl", shipped_domain_pddl(domain))
+    for task in tasks:
+        _write_atomic(out / "problems" / f"{task.id}.pddl", task.problem)
+        _write_atomic(out / "plans" / f"{task.id}.plan", plan_text(task.reference_plan))
+    _write_atomic(out / INDEX, "".join(_index_row(t) for t in tasks))
+    for stale in old_ids - set(ids):
+        (out / "problems" / f"{stale}.pddl").unlink(missing_ok=True)
+        (out / "plans" / f"{stale}.plan").unlink(missing_ok=True)
+    return out
+
+
+def read_plan(path: Path) -> tuple[str, ...]:
+    """The actions of a plan file (blank lines and ``;`` comments skipped)."""
+    lines = (line.split(";", 1)[0].strip() for line in path.read_text().splitlines())
+    return tuple(line for line in lines if line)
+
+
+def _parse_row(line: str, index: Path, lineno: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise TaskSetError(f"{index}, line {lineno}: not valid JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise TaskSetError(f"{index}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in ROW_KEYS if k not in row]
+    if missing:
+        raise TaskSetError(f"{index}, line {lineno}: missing key(s) {', '.join(missing)}")
+    if not isinstance(row["params"], dict):
+        raise TaskSetError(f"{index}, line {lineno}: params must be a JSON object")
+    return row
+
+
+def load_task_set(path: Path | str) -> TaskSet:
+    """Read a task set written by :func:`write_task_set` (``TaskSetError`` naming what is wrong)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise TaskSetError(f"task set directory {root} does not exist (create one with `iterdeploy tasks`)")
+    domain_file = root / "domain.pddl"
+    if not domain_file.is_file():
+        raise TaskSetError(f"{domain_file} is missing: {root} is not a task set directory")
+    index = root / INDEX
+    if not index.is_file():
+        raise TaskSetError(f"{index} is missing: {root} is not a task set directory")
+    rows = []
+    for lineno, line in enumerate(index.read_text().splitlines(), start=1):
+        if line.strip():
+            rows.append(_parse_row(line, index, lineno))
+    if not rows:
+        raise TaskSetError(f"{index} lists no tasks")
+    domains = sorted({r["domain"] for r in rows})
+    if len(domains) > 1:
+        raise TaskSetError(f"{index} mixes domains ({', '.join(domains)})")
+    tasks = []
+    for row in rows:
+        problem = root / "problems" / f"{row['id']}.pddl"
+        plan = root / "plans" / f"{row['id']}.plan"
+        if not problem.is_file():
+            raise TaskSetError(f"task {row['id']}: problem file {problem} is missing")
+        if not plan.is_file():
+            raise TaskSetError(
+                f"task {row['id']}: plan file {plan} is missing (a task directory without plans cannot be "
+                "used: regenerate it with `iterdeploy tasks`)"
+            )
+        tasks.append(
+            Task(
+                id=row["id"],
+                domain=row["domain"],
+                problem=problem.read_text(),
+                reference_plan=read_plan(plan),
+                params=row["params"],
+                seed=int(row["seed"]),
+            )
+        )
+    return TaskSet(domains[0], domain_file.read_text(), tuple(tasks), root)
