@@ -1,0 +1,82 @@
+"""Configs fail before any work, naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from iterdeploy_trl.config import ConfigError, RunConfig, config_from_dict, config_hash, load_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_defaults_are_valid():
+    cfg = RunConfig().check()
+    assert cfg.domain == "blocksworld" and cfg.method == "valid-sft" and cfg.curation == "shortest"
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"genrations": 3}, "genrations"),
+        ({"sampling": {"temprature": 0.5}}, "sampling.temprature"),
+        ({"training": {"lora": {"rank": 4}}}, "training.lora.rank"),
+    ],
+)
+def test_unknown_keys_are_named(data, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: unknown key"):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"generations": -1}, "generations"),
+        ({"sampling": {"temperature": 0}}, "sampling.temperature"),
+        ({"sampling": {"top_p": 1.5}}, "sampling.top_p"),
+        ({"tasks": {"n": 0}}, "tasks.n"),
+        ({"tasks": {"size": [5, 2]}}, "tasks.size"),
+        ({"method": "ppo"}, "method"),
+        ({"curation": "longest"}, "curation"),
+        ({"domain": "depots"}, "domain"),
+        ({"training": {"loss_normalization": "mean"}}, "training.loss_normalization"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"sampling": {"samples_per_task": "four"}}, "sampling.samples_per_task"),
+        ({"accumulate": "yes"}, "accumulate"),
+        ({"model": {"path": "/no/such/model"}}, "model.path"),
+    ],
+)
+def test_impossible_values_are_named(data, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        config_from_dict(data)
+
+
+def test_uncurated_needs_curation_none():
+    with pytest.raises(ConfigError, match="curation: none"):
+        config_from_dict({"method": "uncurated-sft"})
+    assert config_from_dict({"method": "uncurated-sft", "curation": "none"}).curation == "none"
+
+
+def test_load_config_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: sampling\.temprature"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "junk.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "junk.yaml")
+
+
+def test_hash_ignores_name_only():
+    a = config_from_dict({"name": "a"})
+    assert config_hash(a) == config_hash(config_from_dict({"name": "b"}))
+    assert config_hash(a) != config_hash(config_from_dict({"generations": 2}))
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_configs_load(path):
+    text = path.read_text()
+    if "model:\n  path: /" in text or "path: ~/" in text:
+        pytest.skip("GPU config pointing at a local model path that is not on this machine")
+    load_config(path)
