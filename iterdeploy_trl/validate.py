@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.extract import extract_plan, parse_plan
+from iterdeploy_trl.extract import Extraction, extract_plan, parse_plan
 
 ENV_VAR = "ITERDEPLOY_VALIDATE"
 RAW_OUTPUT_CAP = 20_000  # characters of VAL's output kept in a Verdict
@@ -661,18 +661,21 @@ def validate_completion(domain: PDDLSource, problem: PDDLSource, completion: str
     """
     extraction = extract_plan(completion)
     if extraction.reason is not None:
-        validator = _validator_or_note()
-        if extraction.malformed:
-            return _failed(len(extraction.actions), "parse error", validator, None, extraction.reason)
-        return _failed(0, f"no plan found in completion: {extraction.reason}", validator)
+        return verdict_without_plan(extraction)
     return validate_plan(domain, problem, list(extraction.actions), **kwargs)
 
 
-def _validator_or_note() -> ValidatorInfo | str:
+def verdict_without_plan(extraction: Extraction) -> Verdict:
+    """The verdict on a completion whose extraction found no readable plan (VAL is not run)."""
+    if extraction.reason is None:
+        raise ValueError("the extraction found a plan: validate it instead")
     try:
-        return validator_info()
+        validator: ValidatorInfo | str = validator_info()
     except (ValidatorNotFound, OSError):
-        return "none (VAL not run)"
+        validator = "none (VAL not run)"
+    if extraction.malformed:
+        return _failed(len(extraction.actions), "parse error", validator, None, extraction.reason)
+    return _failed(0, f"no plan found in completion: {extraction.reason}", validator)
 
 
 __all__ = [
@@ -686,4 +689,5 @@ __all__ = [
     "validate_completion",
     "validate_plan",
     "validator_info",
+    "verdict_without_plan",
 ]

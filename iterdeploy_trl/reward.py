@@ -1,0 +1,77 @@
+"""Binary VAL reward as a TRL reward function: r(x, y) = 1[VAL accepts the plan in y]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from iterdeploy_trl.extract import extract_plan
+from iterdeploy_trl.validate import Verdict, validate_batch, verdict_without_plan
+
+
+def completion_text(completion: Any) -> str | bytes:
+    """Text of a completion: a string, or a conversational list of messages (assistant turns joined).
+
+    Message content may be a string or a list of ``{"type": "text", "text": ...}`` parts.
+    """
+    if isinstance(completion, str | bytes):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    parts: list[str] = []
+    for message in completion:
+        if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
+            continue
+        content = message.get("content", "")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(str(content or ""))
+    return "\n".join(parts)
+
+
+class ValidPlanReward:
+    """TRL reward function (``GRPOTrainer(reward_funcs=[ValidPlanReward()])``): 1.0 for a valid plan, else 0.0.
+
+    Reads the dataset columns ``domain_pddl`` and ``problem_pddl`` (TRL passes them as keyword
+    arguments aligned with ``completions``). The verdicts of the last call are kept in
+    ``last_verdicts`` for logging; when TRL passes ``log_extra``, VAL's reasons go into its completions
+    table as the column ``val_reason``.
+    """
+
+    def __init__(self, timeout: float = 30.0, workers: int | None = None) -> None:
+        self.timeout = timeout
+        self.workers = workers
+        self.last_verdicts: list[Verdict] = []
+        self.__name__ = "valid_plan"  # TRL names the reward's metrics after it: rewards/valid_plan/mean
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        missing = [c for c in ("domain_pddl", "problem_pddl") if c not in kwargs]
+        if missing:
+            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric"))
+            raise KeyError(
+                f"ValidPlanReward needs the dataset columns domain_pddl and problem_pddl; "
+                f"missing {', '.join(missing)} (columns given: {', '.join(columns) or 'none'})"
+            )
+        domains, problems = kwargs["domain_pddl"], kwargs["problem_pddl"]
+        if not len(domains) == len(problems) == len(completions):
+            raise ValueError(
+                f"ValidPlanReward: {len(completions)} completions but {len(domains)} domain_pddl and "
+                f"{len(problems)} problem_pddl values"
+            )
+        verdicts: list[Verdict | None] = [None] * len(completions)
+        jobs, where = [], []
+        for i, completion in enumerate(completions):
+            extraction = extract_plan(completion_text(completion))
+            if extraction.reason is None:
+                jobs.append((domains[i], problems[i], list(extraction.actions)))
+                where.append(i)
+            else:
+                verdicts[i] = verdict_without_plan(extraction)
+        for i, verdict in zip(where, validate_batch(jobs, workers=self.workers, timeout=self.timeout),
+                              strict=True):
+            verdicts[i] = verdict
+        self.last_verdicts = [v for v in verdicts if v is not None]
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra):
+            log_extra("val_reason", [v.reason for v in self.last_verdicts])
+        return [1.0 if v.valid else 0.0 for v in self.last_verdicts]
