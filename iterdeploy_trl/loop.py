@@ -153,20 +153,28 @@ def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = Non
 
 
 def score_completions(domain_pddl: str, tasks: Sequence[Any], completions: Sequence[str], *,
-                      timeout: float, workers: int | None) -> list[Any]:
-    """Extract each completion's plan and validate it with VAL (in parallel); one Verdict each."""
-    from iterdeploy_trl.validate import validate_batch
+                      timeout: float, workers: int | None) -> tuple[list[Any], list[Any]]:
+    """Extract each completion's plan and validate it with VAL (in parallel): (extractions, verdicts)."""
+    from iterdeploy_trl.extract import extract_plan
+    from iterdeploy_trl.validate import validate_batch, verdict_without_plan
 
-    jobs = [(domain_pddl, t.problem, c) for t, c in zip(tasks, completions, strict=True)]
-    return validate_batch(jobs, workers=workers, timeout=timeout, extract=True)
+    extractions = [extract_plan(c) for c in completions]
+    todo = [i for i, e in enumerate(extractions) if e.reason is None]
+    checked = validate_batch([(domain_pddl, tasks[i].problem, list(extractions[i].actions)) for i in todo],
+                             workers=workers, timeout=timeout)
+    verdicts: list[Any] = [None] * len(completions)
+    for i, v in zip(todo, checked, strict=True):
+        verdicts[i] = v
+    for i, e in enumerate(extractions):
+        if verdicts[i] is None:
+            verdicts[i] = verdict_without_plan(e)
+    return extractions, verdicts
 
 
 def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequence[Any], *, seed: int,
                  sample_seed: int, generation: int, split: str, model_id: str, run_name: str, method: str,
                  validator: dict[str, Any]) -> list[dict[str, Any]]:
     """Sample K completions for each task of a chunk, validate them, and return the trace records."""
-    from iterdeploy_trl.extract import extract_plan
-
     tok = getattr(backend, "tokenizer", None)
     prompts = [prompt_for(cfg, domain_pddl, t, tok) for t in tasks]
     s = cfg.sampling
@@ -174,14 +182,14 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
                                max_new_tokens=s.max_new_tokens, seed=sample_seed)
     _fault("generation")
     flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
-    verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
+    extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
                                  timeout=cfg.validation_timeout, workers=cfg.validation_workers)
     _fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
     records = []
-    for (task, prompt, k, comp), verdict in zip(flat, verdicts, strict=True):
-        plan = extract_plan(comp.text).actions
+    for (task, prompt, k, comp), ext, verdict in zip(flat, extractions, verdicts, strict=True):
+        plan = ext.actions
         records.append({
             "run": run_name, "method": method, "generation": generation, "seed": seed, "split": split,
             "task_id": task.id, "sample_index": k, "domain": cfg.domain, "prompt": prompt, "completion": comp.text,
