@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from iterdeploy_trl.extract import extract_plan, normalise_action, parse_action_line, parse_plan, split_reasoning
+from iterdeploy_trl.extract import (
+    extract_plan,
+    normalise_action,
+    parse_action_line,
+    parse_plan,
+    split_reasoning,
+)
 
 PLAN = ("(unstack b2 b1)", "(stack b2 b3)", "(pick-up b1)", "(stack b1 b2)")
 
