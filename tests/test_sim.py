@@ -168,3 +168,19 @@ def test_agrees_with_val_on_random_walks(tmp_path: Path, name: str) -> None:
             bad = walk[:i] + [later[0]] + walk[i:]
             assert sim.legal_prefix(bad) == i
             assert not val_accepts(tmp_path, dom, problem, bad), (name, bad)
+
+
+@pytest.mark.parametrize("domain", ["blocksworld", "rovers", "sokoban"])
+def test_generated_reference_plans_reach_the_goal(tmp_path: Path, domain: str) -> None:
+    from iterdeploy_trl.tasks import generate_tasks
+
+    tasks = generate_tasks(domain, 6, seed=3, size=(2, 4) if domain == "blocksworld" else (1, 3))
+    for task in tasks:
+        sim = Simulator(domain_pddl(domain), task.problem)
+        assert sim.solves(list(task.reference_plan)), task.id
+        walk = sim.random_walk(random.Random(task.id), 8)
+        assert sim.legal_prefix(walk) == len(walk)
+    # VAL agrees that the walk of the last task is executable (it fails only on the goal, if at all).
+    goal = sorted(sim.run(walk)[0])[:1]
+    problem = with_goal(task.problem, goal)
+    assert val_accepts(tmp_path, domain_pddl(domain), problem, walk)
