@@ -1,0 +1,307 @@
+"""VAL runs: verdicts, pre-checks, failure modes of the validator, the ``iterdeploy validate`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from iterdeploy_trl import domains
+from iterdeploy_trl.cli import main as cli_main
+from iterdeploy_trl.validate import (
+    ENV_VAR,
+    PDDLError,
+    ValidatorInfo,
+    ValidatorNotFound,
+    Verdict,
+    find_validate,
+    validate_batch,
+    validate_completion,
+    validate_plan,
+    validator_info,
+)
+
+BW = domains.domain_pddl("blocksworld")
+# b2 on b1, b3 alone; goal: the tower b1 on b2 on b3.
+PROBLEM = """(define (problem bw-3) (:domain blocksworld)
+  (:objects b1 b2 b3)
+  (:init (ontable b1) (on b2 b1) (clear b2) (ontable b3) (clear b3) (handempty))
+  (:goal (and (on b1 b2) (on b2 b3))))
+"""
+PLAN = ["(unstack b2 b1)", "(stack b2 b3)", "(pick-up b1)", "(stack b1 b2)"]
+
+
+def check(plan, **kwargs) -> Verdict:
+    return validate_plan(BW, PROBLEM, plan, **kwargs)
+
+
+def fake_validator(tmp_path: Path, body: str, name: str = "fake-validate") -> str:
+    """A tests-only stand-in for VAL's Validate: a shell script answering -h and then doing ``body``."""
+    script = tmp_path / name
+    script.write_text(f'#!/bin/sh\nif [ "$1" = "-h" ]; then echo "Version 0-fake"; exit 0; fi\n{body}\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+# --- verdicts --------------------------------------------------------------------------------------
+
+
+def test_valid_plan_as_list_text_and_paths(tmp_path):
+    verdict = check(PLAN)
+    assert verdict.valid and verdict.reason == "valid" and verdict.plan_length == 4
+    assert verdict.failed_step is None and "Plan valid" in verdict.raw_output
+    assert check("\n".join(PLAN)).valid
+    (tmp_path / "p.pddl").write_text(PROBLEM)
+    assert validate_plan(domains.domain_path("blocksworld"), tmp_path / "p.pddl", PLAN).valid
+
+
+def test_goal_not_satisfied():
+    verdict = check(PLAN[:2])
+    assert not verdict.valid and verdict.reason == "goal not satisfied"
+    assert "(on b1 b2)" in verdict.detail
+
+
+def test_precondition_failed_names_the_step():
+    verdict = check(["(unstack b2 b1)", "(stack b2 b3)", "(stack b1 b2)"])
+    assert not verdict.valid
+    assert verdict.reason == "precondition failed at step 3" and verdict.failed_step == 3
+    assert "(holding b1)" in verdict.detail
+
+
+def test_unknown_action():
+    verdict = check(["(unstack b2 b1)", "(fly b2 b3)"])
+    assert (verdict.valid, verdict.reason, verdict.failed_step) == (False, "unknown action fly", 2)
+
+
+def test_wrong_arity_is_rejected_although_raw_val_accepts_it(tmp_path):
+    bad = ["(unstack b2 b1 b3)"] + PLAN[1:]
+    verdict = check(bad)
+    assert not verdict.valid and verdict.reason == "wrong arity for unstack: expected 2, got 3"
+    assert verdict.failed_step == 1
+    # Why the pre-check exists: VAL itself ignores the extra argument.
+    for name, text in [("d.pddl", BW), ("p.pddl", PROBLEM), ("bad.plan", "\n".join(bad) + "\n")]:
+        (tmp_path / name).write_text(text)
+    raw = subprocess.run([find_validate(), "d.pddl", "p.pddl", "bad.plan"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert "Plan valid" in raw.stdout
+
+
+def test_unknown_object():
+    verdict = check(["(unstack b2 b1)", "(stack b2 b9)"])
+    assert (verdict.valid, verdict.reason, verdict.failed_step) == (False, "unknown object b9", 2)
+
+
+def test_wrong_type_in_a_typed_domain():
+    domain, problem, _ = domains.example("gripper")
+    verdict = validate_plan(domain, problem, ["(move ball1 roomb)"])
+    assert not verdict.valid and verdict.reason == "wrong type for move: ball1 is not a room"
+
+
+def test_upper_case_is_accepted():
+    assert check([a.upper() for a in PLAN]).valid
+
+
+def test_numbered_timed_and_commented_plans():
+    numbered = "\n".join(f"{i}. {a}" for i, a in enumerate(PLAN, 1))
+    timed = "\n".join(f"{i}.000: {a} [1.000]" for i, a in enumerate(PLAN))
+    commented = "; found by hand\n" + "\n\n".join(f"{a} ; step" for a in PLAN) + "\n; cost = 4\n"
+    for text in (numbered, timed, commented):
+        assert check(text).valid, text
+
+
+def test_an_unreadable_line_is_a_parse_error_not_a_shorter_plan():
+    # VAL would stop at "Plan:" and validate the first two actions only.
+    verdict = check("\n".join(PLAN[:2] + ["Plan:"] + PLAN[2:]))
+    assert not verdict.valid and verdict.reason == "parse error" and "line 3" in verdict.detail
+
+
+def test_shipped_examples_are_valid():
+    for name in domains.EXAMPLE_DOMAINS:
+        domain, problem, plan = domains.example(name)
+        verdict = validate_plan(domain, problem, plan)
+        assert verdict.valid, (name, verdict.reason)
+        assert verdict.plan_length == len(plan.strip().splitlines())
+
+
+def test_verdict_to_dict_is_json():
+    data = json.loads(json.dumps(check(PLAN[:2]).to_dict()))
+    assert data["valid"] is False and data["reason"] == "goal not satisfied"
+    assert data["validator"].startswith("VAL ") and "raw_output" in data
+
+
+def test_validator_info():
+    info = validator_info()
+    assert isinstance(info, ValidatorInfo) and info.version == "4" and len(info.sha256) == 64
+    assert info is validator_info()  # cached
+    assert check(PLAN).validator == info
+
+
+# --- completions -----------------------------------------------------------------------------------
+
+
+def test_completion_with_reasoning_full_of_wrong_actions():
+    reasoning = "\n".join(["Maybe (pick-up b2) first?", "(pick-up b2)", "(stack b2 b1)", "No: b2 is on b1."] * 200)
+    completion = f"{reasoning}\n</think>\n\nFinal plan:\n```pddl\n" + "\n".join(PLAN) + "\n```"
+    verdict = validate_completion(BW, PROBLEM, completion)
+    assert verdict.valid and verdict.plan_length == 4
+
+
+def test_completion_without_plan():
+    truncated = validate_completion(BW, PROBLEM, "<think>First (unstack b2 b1), then (stack b2 b3)")
+    assert not truncated.valid and truncated.reason.startswith("no plan found in completion: ")
+    prose = validate_completion(BW, PROBLEM, "</think>There is no plan.")
+    assert not prose.valid and prose.reason.startswith("no plan found in completion")
+    assert prose.plan_length == 0
+
+
+def test_completion_with_a_broken_action_line():
+    verdict = validate_completion(BW, PROBLEM, "```\n(unstack b2 b1)\n(stack b2\n```")
+    assert not verdict.valid and verdict.reason == "parse error"
+
+
+def test_completion_as_non_utf8_bytes():
+    data = b"\xff\xfe<think>\x80 (pick-up b3)</think>\n" + "\n".join(PLAN).encode()
+    assert validate_completion(BW, PROBLEM, data).valid
+
+
+# --- malformed PDDL --------------------------------------------------------------------------------
+
+
+def test_malformed_domain_or_problem_raises_pddl_error_naming_it(tmp_path):
+    with pytest.raises(PDDLError, match="^domain: .*unbalanced"):
+        validate_plan(BW[:-3], PROBLEM, PLAN)
+    with pytest.raises(PDDLError, match="^problem: .*define \\(problem"):
+        validate_plan(BW, PROBLEM.replace("(problem", "(domain"), PLAN)
+    broken = tmp_path / "broken.pddl"
+    broken.write_text(PROBLEM.replace("(ontable b1)", "(ontable b1"))  # VAL segfaults on this one
+    with pytest.raises(PDDLError, match="broken.pddl"):
+        validate_plan(BW, broken, PLAN)
+    with pytest.raises(PDDLError, match="missing.pddl: no such domain file"):
+        validate_plan(tmp_path / "missing.pddl", PROBLEM, PLAN)
+    with pytest.raises(PDDLError, match="no \\(:goal"):  # VAL would call every plan valid
+        validate_plan(BW, PROBLEM.replace("(:goal (and (on b1 b2) (on b2 b3)))", ""), PLAN)
+    with pytest.raises(PDDLError, match="unknown predicate 'onn'"):
+        validate_plan(BW, PROBLEM.replace("(on b1 b2)", "(onn b1 b2)"), PLAN)
+    with pytest.raises(PDDLError, match="pass a pathlib.Path"):
+        validate_plan("blocksworld.pddl", PROBLEM, PLAN)
+
+
+# --- the validator misbehaving -----------------------------------------------------------------------
+
+
+def test_val_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere" / "Validate"))
+    with pytest.raises(ValidatorNotFound, match=ENV_VAR):
+        check(PLAN)
+    with pytest.raises(ValidatorNotFound):
+        find_validate()
+
+
+def test_val_crashing(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo '#@!garbage Plan'; exit 139"))
+    verdict = check(PLAN)
+    assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
+    assert "garbage" in verdict.raw_output
+
+
+def test_val_crashing_after_saying_valid_is_not_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 4'; echo 'Plan valid'; kill -SEGV $$"))
+    verdict = check(PLAN)
+    assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
+
+
+def test_val_hanging_is_killed_at_the_timeout(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "sleep 60"))
+    start = time.perf_counter()
+    verdict = check(PLAN, timeout=1.0)
+    assert time.perf_counter() - start < 5.0
+    assert not verdict.valid and verdict.reason == "timeout after 1s"
+
+
+def test_val_silent_with_exit_0_is_not_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "exit 0"))
+    verdict = check(PLAN)
+    assert not verdict.valid and verdict.reason == "no verdict from validator (exit code 0)"
+
+
+def test_temp_files_are_cleaned_up(monkeypatch, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    check(PLAN)
+    validate_batch([(BW, PROBLEM, PLAN)] * 3, workers=2)
+    with pytest.raises(PDDLError):
+        validate_batch([(BW, PROBLEM, PLAN), (BW, "(define (problem x)", PLAN)], workers=2)
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "sleep 60"))
+    check(PLAN, timeout=0.5)
+    assert os.listdir(scratch) == []
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def test_batch_preserves_order():
+    gripper = domains.example("gripper")
+    jobs = [(BW, PROBLEM, PLAN), (BW, PROBLEM, PLAN[:2]), gripper, (BW, PROBLEM, ["(fly b1)"])] * 3
+    verdicts = validate_batch(jobs, workers=2, progress=False)
+    assert [v.reason for v in verdicts] == ["valid", "goal not satisfied", "valid", "unknown action fly"] * 3
+    assert validate_batch([]) == []
+
+
+def test_batch_writes_each_domain_once_and_names_the_bad_job(monkeypatch, tmp_path):
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, f'echo "$2 $3" >> {log}; exit 0'))
+    validate_batch([(BW, PROBLEM, PLAN)] * 6, workers=2)
+    calls = log.read_text().split("\n")[:-1]
+    assert len(calls) == 6 and len(set(calls)) == 1  # one domain file, one problem file
+    with pytest.raises(PDDLError, match="^job 1: problem"):
+        validate_batch([(BW, PROBLEM, PLAN), (BW, "(define (problem x)", PLAN)], workers=1)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "p.pddl").write_text(PROBLEM)
+    (tmp_path / "good.plan").write_text("\n".join(PLAN) + "\n")
+    (tmp_path / "short.plan").write_text("\n".join(PLAN[:2]) + "\n")
+    (tmp_path / "completion.txt").write_bytes(b"\xff<think>(pick-up b2)</think>```\n" + "\n".join(PLAN).encode() + b"\n```")
+    (tmp_path / "broken.pddl").write_text(PROBLEM[:-5])
+    return tmp_path
+
+
+def test_cli_exit_codes(files, capsys):
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan")]) == 0
+    assert capsys.readouterr().out.startswith("valid")
+    domain = str(domains.domain_path("blocksworld"))
+    assert cli_main(["validate", domain, str(files / "p.pddl"), str(files / "short.plan")]) == 1
+    assert "goal not satisfied" in capsys.readouterr().out
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "completion.txt")]) == 0
+    capsys.readouterr()
+
+
+def test_cli_json(files, capsys):
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "short.plan"), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"valid": False, "plan_length": 2, "reason": "goal not satisfied"}
+    assert out.count("\n") == 1
+
+
+def test_cli_bad_input(files, capsys, monkeypatch):
+    args = ["validate", "blocksworld", str(files / "broken.pddl"), str(files / "good.plan"), "--json"]
+    assert cli_main(args) == 2
+    captured = capsys.readouterr()
+    assert "broken.pddl" in captured.err and captured.out == ""
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "nope.plan")]) == 2
+    assert "nope.plan" in capsys.readouterr().err
+    assert cli_main(["validate", str(files / "nodomain.pddl"), str(files / "p.pddl"), str(files / "good.plan")]) == 2
+    assert "nodomain.pddl" in capsys.readouterr().err
+    monkeypatch.setenv(ENV_VAR, str(files / "no-val"))
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan")]) == 2
+    assert ENV_VAR in capsys.readouterr().err
