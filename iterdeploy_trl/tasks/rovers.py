@@ -269,9 +269,13 @@ def _problem(name: str, world: _World, counts: dict[str, int]) -> str:
             f"(store_of rover{r}store rover{r})",
             f"(empty rover{r}store)",
         ]
-        facts += [f"(equipped_for_soil_analysis rover{r})"] * (r in world.soil_rovers)
-        facts += [f"(equipped_for_rock_analysis rover{r})"] * (r in world.rock_rovers)
-        facts += [f"(equipped_for_imaging rover{r})"] * (r in world.imaging_rovers)
+        for equipment, rovers in (
+            ("soil_analysis", world.soil_rovers),
+            ("rock_analysis", world.rock_rovers),
+            ("imaging", world.imaging_rovers),
+        ):
+            if r in rovers:
+                facts.append(f"(equipped_for_{equipment} rover{r})")
         facts += [
             f"(can_traverse rover{r} waypoint{a} waypoint{b})"
             for a in range(nw)
