@@ -31,7 +31,6 @@ from iterdeploy_trl.extract import Extraction, extract_plan, parse_plan
 
 ENV_VAR = "ITERDEPLOY_VALIDATE"
 RAW_OUTPUT_CAP = 20_000  # characters of VAL's output kept in a Verdict
-_READ_CAP = 2_000_000  # bytes of VAL's output read for parsing (head and tail)
 
 PDDLSource = str | bytes | os.PathLike
 Plan = str | Sequence[str]
@@ -476,60 +475,53 @@ def _validate_in(ws: _Workspace, exe: str, info: ValidatorInfo, domain: PDDLSour
     early = _precheck(parsed_domain, objects, actions, info)
     if early is not None:
         return early
-    name = ws.new_name()
-    plan_path = ws.dir / f"{name}.plan"
-    out_path = ws.dir / f"{name}.out"
+    plan_path = ws.dir / f"{ws.new_name()}.plan"
     plan_path.write_text("".join(a + "\n" for a in actions))
     try:
         code, output = _run_val(exe, ws.file_for(domain_text, "domain"), ws.file_for(problem_text, "problem"),
-                                plan_path, out_path, ws.dir, timeout)
+                                plan_path, ws.dir, timeout)
     finally:
         plan_path.unlink(missing_ok=True)
-        out_path.unlink(missing_ok=True)
     return _interpret(output, code, len(actions), timeout, info, domain_label, problem_label)
 
 
-def _run_val(exe: str, domain: Path, problem: Path, plan: Path, out: Path, cwd: Path,
+def _run_val(exe: str, domain: Path, problem: Path, plan: Path, cwd: Path,
              timeout: float) -> tuple[int | None, str]:
     """Run ``Validate -v`` (argument list, no shell); ``(exit code or None on timeout, output)``."""
-    with open(out, "wb") as sink:
-        try:
-            proc = subprocess.Popen(
-                [exe, "-v", str(domain), str(problem), str(plan)],
-                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
-                start_new_session=True,  # its own process group, so a timeout kills all of it
-            )
-        except OSError as exc:
-            raise ValidatorNotFound(f"cannot run {exe}: {exc.strerror}") from None
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            code = None
-        except BaseException:
-            _kill_group(proc)
-            raise
-    return code, _read_capped(out)
+    try:
+        proc = subprocess.Popen(
+            [exe, "-v", str(domain), str(problem), str(plan)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+            start_new_session=True,  # its own process group, so that a timeout kills all of it
+        )
+    except OSError as exc:
+        raise ValidatorNotFound(f"cannot run {exe}: {exc.strerror}") from None
+    try:
+        # communicate() wakes up when VAL closes its output; wait(timeout=...) would poll and sleep.
+        out, _ = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        out = _kill_group(proc)
+        code = None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return code, out.decode("utf-8", errors="replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen) -> bytes:
+    """Kill VAL and anything it started; return what it printed."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
-    proc.wait()
-
-
-def _read_capped(path: Path) -> str:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size <= _READ_CAP:
-            data = f.read()
-        else:
-            head = f.read(_READ_CAP // 4)
-            f.seek(size - 3 * _READ_CAP // 4)
-            data = head + b"\n...\n" + f.read()
-    return data.decode("utf-8", errors="replace")
+    try:
+        out, _ = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a process that left the group still holds the pipe
+        proc.kill()
+        proc.wait()
+        out = b""
+    return out or b""
 
 
 def _cap(text: str) -> str:
