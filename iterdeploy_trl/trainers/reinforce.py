@@ -1,0 +1,239 @@
+"""Binary-reward REINFORCE on TRL's ``GRPOTrainer``: its generation (transformers or vLLM), reward calls and
+logging, with REINFORCE's advantages and loss.
+
+g_RL = (1/N) Σ_i A_i ∇ log π(y_i|x_i), A_i = r_i by default (r = 1[VAL accepts y_i]): the estimator of
+Prop. 1, whose direction valid-trace SFT shares. On-policy only (one gradient step per batch of samples),
+so there is no ratio to clip and no KL term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from iterdeploy_trl.trainers import losses
+
+# The multimodal tensors GRPO's `_compute_loss` forwards to `_get_per_token_logps_and_entropies`.
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+@dataclass
+class ReinforceConfig(GRPOConfig):
+    r"""
+    Configuration for [`ReinforceTrainer`]: [`~trl.GRPOConfig`] plus the fields below. GRPO's generation
+    settings (`num_generations`, `max_completion_length`, `temperature`, `use_vllm`, ...) apply unchanged;
+    its objective settings (`loss_type`, `epsilon`, `importance_sampling_level`, `scale_rewards`) do not,
+    since the REINFORCE loss replaces GRPO's clipped surrogate.
+
+    Parameters:
+        baseline (`str`, *optional*, defaults to `"none"`):
+            Baseline subtracted from the reward, within the `num_generations` samples of one prompt:
+            `"none"` (A = r: the estimator of Prop. 1), `"mean"` (A = r − group mean) or `"leave_one_out"`
+            (A_i = r_i − mean of the others). No division by the standard deviation in any case.
+        loss_normalization (`str`, *optional*, defaults to `"sequence_sum"`):
+            `"sequence_sum"`: −(1/N) Σ_i A_i Σ_t log π(y_i,t), REINFORCE on whole traces. `"batch_tokens"`
+            divides by Σ_i T_i instead of N (a constant factor per batch, like DAPO); `"sequence_mean"` by
+            N·T_i per trace (like GRPO; not REINFORCE's direction when lengths differ).
+        scale_rewards (`str`, *optional*, defaults to `"none"`):
+            Overrides GRPO's `"group"`. Only GRPO's logged `frac_reward_zero_std` reads it here.
+        beta (`float`, *optional*, defaults to `0.0`):
+            Must be 0: REINFORCE has no KL penalty.
+        num_iterations (`int`, *optional*, defaults to `1`):
+            Must be 1: one gradient step per batch of samples keeps the update on-policy (the ratio
+            π/π_old is 1, so nothing to clip); reusing samples is GRPO/PPO, not REINFORCE.
+    """
+
+    baseline: str = field(
+        default="none",
+        metadata={
+            "help": "Baseline within each prompt's group of samples: 'none' (A = r, Prop. 1), 'mean' (A = r − "
+            "group mean) or 'leave_one_out' (A_i = r_i − mean of the other samples).",
+            "choices": list(losses.BASELINES),
+        },
+    )
+    loss_normalization: str = field(
+        default="sequence_sum",
+        metadata={
+            "help": "'sequence_sum' (−(1/N) Σ_i A_i Σ_t log π; REINFORCE), 'batch_tokens' (/ Σ_i T_i) or "
+            "'sequence_mean' (per-trace token mean, GRPO-like).",
+            "choices": list(losses.NORMALIZATIONS),
+        },
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={"help": "GRPO's reward scaling; REINFORCE's advantages are never divided by a std."},
+    )
+    beta: float = field(default=0.0, metadata={"help": "Must be 0.0: REINFORCE has no KL penalty."})
+    num_iterations: int = field(
+        default=1, metadata={"help": "Must be 1: one gradient step per batch of samples (on-policy)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.baseline not in losses.BASELINES:
+            raise ValueError(f"baseline={self.baseline!r}: choose one of {', '.join(losses.BASELINES)}")
+        if self.loss_normalization not in losses.NORMALIZATIONS:
+            raise ValueError(
+                f"loss_normalization={self.loss_normalization!r}: choose one of {', '.join(losses.NORMALIZATIONS)}"
+            )
+        off_objective = {
+            "beta": (self.beta, 0.0),
+            "num_iterations": (self.num_iterations, 1),
+            "entropy_coef": (self.entropy_coef, 0.0),
+            "use_adaptive_entropy": (self.use_adaptive_entropy, False),
+            "top_entropy_quantile": (self.top_entropy_quantile, 1.0),
+            "off_policy_mask_threshold": (self.off_policy_mask_threshold, None),
+        }
+        changed = [
+            f"{name}={value!r}" for name, (value, default) in off_objective.items() if value != default
+        ]
+        if changed:
+            raise ValueError(
+                f"ReinforceConfig: {', '.join(changed)} change the objective away from on-policy REINFORCE; "
+                "leave them at their defaults, or use trl.GRPOTrainer for KL, sample reuse or entropy terms."
+            )
+        if self.gradient_accumulation_steps % self.steps_per_generation != 0:
+            raise ValueError(
+                f"steps_per_generation={self.steps_per_generation} does not divide gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps}: samples would outlive an optimizer step and be off-policy"
+            )
+
+
+class ReinforceTrainer(GRPOTrainer):
+    """[`~trl.GRPOTrainer`] turned into binary-reward REINFORCE.
+
+    Dataset: columns `prompt`, `domain_pddl`, `problem_pddl` (the reward reads the last two). Reward: by
+    default `iterdeploy_trl.reward.ValidPlanReward()`, r = 1[VAL accepts the plan].
+
+    Advantages are `losses.reinforce_advantages(r, args.baseline, num_generations)` (raw reward by default:
+    no group mean, no std scaling); the loss is `losses.policy_gradient_loss`, −(1/N) Σ_i A_i Σ_t log π(y_i,t)
+    over the optimizer batch. With `num_iterations=1` the samples are on-policy, so GRPO's ratio would be 1:
+    the gradient is the REINFORCE gradient and no clipping is involved. Logged beside GRPO's metrics:
+    `reward/valid_fraction` (fraction of samples with r > 0, N⁺/N for a binary reward) and
+    `advantage/mean`.
+    """
+
+    config_class = ReinforceConfig
+    _tag_names = ["trl", "reinforce", "iterdeploy"]
+    _name = "Reinforce"
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: ReinforceConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = ReinforceConfig(output_dir=f"{self._name}-output")
+        if not isinstance(args, ReinforceConfig):
+            raise TypeError(
+                f"ReinforceTrainer needs a ReinforceConfig, got {type(args).__name__}: build it with "
+                "ReinforceConfig(...)"
+            )
+        if reward_funcs is None:
+            from iterdeploy_trl.reward import ValidPlanReward  # lazy: VAL is only needed here
+
+            reward_funcs = [ValidPlanReward()]
+        self._rewards_per_func: torch.Tensor | None = None
+        super().__init__(
+            model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:  # noqa: ANN001
+        """GRPO's reward calls, unchanged; the gathered rewards are kept for the advantages."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """GRPO's generation and scoring, then REINFORCE's advantages in place of GRPO's."""
+        output = super()._generate_and_score_completions(inputs)
+        rewards_per_func = self._rewards_per_func  # (N over all processes, number of reward functions)
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: advantage 0
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        advantages = losses.reinforce_advantages(rewards, self.args.baseline, group)
+
+        local = slice(
+            self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs)
+        )
+        output["advantages"] = advantages[local].to(output["advantages"].dtype)
+        # the completions table shows the advantages trained on
+        for _ in range(min(len(advantages), len(self._logs["advantages"]))):
+            self._logs["advantages"].pop()
+        self._logs["advantages"].extend(advantages.tolist())
+
+        scored = rewards[~torch.isnan(rewards)]
+        valid = (scored > 0).float().mean().item() if scored.numel() else 0.0
+        self._metrics[mode]["reward/valid_fraction"].append(valid)
+        self._metrics[mode]["advantage/mean"].append(advantages.mean().item())
+        return output
+
+    def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """−(1/N) Σ_i A_i Σ_t log π(y_i,t) on this micro-batch's share of the optimizer batch."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _FORWARD_KEYS},
+        )
+        if "importance_sampling_ratio" in inputs:  # vLLM sampler vs trainer mismatch, as in GRPO
+            token_logps = token_logps * inputs["importance_sampling_ratio"].detach()
+
+        mode = "train" if self.model.training else "eval"
+        normalization = self.args.loss_normalization
+        if normalization == "batch_tokens":
+            # num_items_in_batch counts the completion tokens of the whole generation batch (all processes)
+            num_items = inputs["num_items_in_batch"] / self.accelerator.num_processes
+            if mode == "train":
+                num_items = (
+                    num_items * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+                )
+        else:
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+            num_items = mask.size(0) * steps  # micro-batches of a generation batch are equal in size
+        loss = losses.policy_gradient_loss(token_logps, mask, inputs["advantages"], normalization, num_items)
+        if self.aux_loss_enabled:
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+            loss = loss + self.router_aux_loss_coef * aux_loss / steps
+            self._metrics[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(aux_loss).mean().item()
+            )
+
+        totals = self.accelerator.reduce(torch.stack([(entropies * mask).sum(), mask.sum().float()]), "sum")
+        self._metrics[mode]["entropy"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return loss
