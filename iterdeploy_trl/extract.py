@@ -25,6 +25,7 @@ _MARKER = re.compile(r"(?:[-*\u2022]\s*)?(?:(?:step\s*)?\d{1,6}(?:\.\d{1,6})?\s*
 _PAREN_GROUP = re.compile(r"\(([^()]*)\)")
 _DURATION = re.compile(r"\[[^\[\]]*\]")
 _FENCE = "```"
+_DEFINE = re.compile(r"\s*\(\s*define\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,15 @@ def _fenced_blocks(lines: Sequence[str]) -> Iterable[list[str]]:
 
 
 def _last_fenced_plan(lines: Sequence[str]) -> _Plan | None:
-    """All actions of the last fenced block that has any; prose lines in the block are skipped."""
+    """All actions of the last fenced block that has any; prose lines in the block are skipped.
+
+    Blocks holding a ``(define ...)`` are PDDL echoed from the prompt, whose ground atoms
+    (``(on b1 b2)`` one a line) would otherwise read as actions.
+    """
     best: _Plan | None = None
     for block in _fenced_blocks(lines):
+        if any(_DEFINE.match(line) for line in block):
+            continue
         actions: list[str] = []
         malformed: str | None = None
         for line in block:

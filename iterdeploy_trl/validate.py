@@ -391,7 +391,8 @@ def _failed(length: int, reason: str, validator: ValidatorInfo | str, step: int 
     return Verdict(False, length, reason, step, raw, validator, detail)
 
 
-def _precheck(domain: _Domain, objects: dict, actions: Sequence[str], validator) -> Verdict | None:
+def _precheck(domain: _Domain, objects: dict, actions: Sequence[str],
+              validator: ValidatorInfo | str) -> Verdict | None:
     """Name, arity, objects and types of each action, checked before VAL (which ignores extra args)."""
     for step, action in enumerate(actions, start=1):
         name, *args = action[1:-1].split()
@@ -452,7 +453,8 @@ class _Workspace:
             return f"plan-{self._count}"
 
 
-def _check_pddl(domain_text: str, domain_label: str, problem_text: str, problem_label: str):
+def _check_pddl(domain_text: str, domain_label: str, problem_text: str,
+                problem_label: str) -> tuple[_Domain, dict[str, tuple[str, ...]]]:
     try:
         domain = _read_domain(domain_text)
     except _Syntax as exc:

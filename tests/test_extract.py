@@ -135,6 +135,11 @@ def test_last_code_block_with_actions_wins():
     assert extract_plan(completion).actions == PLAN
 
 
+def test_echoed_pddl_block_is_not_a_plan():
+    problem = "```pddl\n(define (problem p) (:domain blocksworld)\n (:init\n  (ontable b1)\n  (clear b1))\n```"
+    assert extract_plan("```plan\n" + "\n".join(PLAN) + "\n```\nfor the task\n" + problem).actions == PLAN
+
+
 def test_fenced_block_beats_later_loose_lines():
     completion = "```\n" + "\n".join(PLAN) + "\n```\nFor example (pick-up b1) alone:\n(pick-up b1)\n"
     assert extract_plan(completion).actions == PLAN

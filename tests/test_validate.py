@@ -248,7 +248,7 @@ def test_temp_files_are_cleaned_up(monkeypatch, tmp_path):
 def test_batch_preserves_order():
     gripper = domains.example("gripper")
     jobs = [(BW, PROBLEM, PLAN), (BW, PROBLEM, PLAN[:2]), gripper, (BW, PROBLEM, ["(fly b1)"])] * 3
-    verdicts = validate_batch(jobs, workers=2, progress=False)
+    verdicts = validate_batch(jobs, workers=2, progress=True)
     assert [v.reason for v in verdicts] == ["valid", "goal not satisfied", "valid", "unknown action fly"] * 3
     assert validate_batch([]) == []
 
