@@ -72,7 +72,9 @@ def main() -> None:
     n = len(jobs)
     print(f"serial raw VAL loop     : {n / raw_s:8.1f} plans/s ({raw_s:.2f} s)")
     print(f"serial validate_plan    : {n / serial_s:8.1f} plans/s ({serial_s:.2f} s)")
-    print(f"validate_batch (w={args.workers or os.cpu_count()})  : {n / batch_s:8.1f} plans/s ({batch_s:.2f} s)")
+    print(
+        f"validate_batch (w={args.workers or os.cpu_count()})  : {n / batch_s:8.1f} plans/s ({batch_s:.2f} s)"
+    )
     print(f"ratio batch / raw serial: {raw_s / batch_s:.2f}x")
     print(f"valid: {sum(v.valid for v in batch)} of {n}")
 

@@ -166,7 +166,9 @@ def parse_plan(plan: str | Sequence[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(actions), None
 
 
-def extract_plan(completion: str | bytes, *, max_chars: int = 200_000, max_actions: int = 2_000) -> Extraction:
+def extract_plan(
+    completion: str | bytes, *, max_chars: int = 200_000, max_actions: int = 2_000
+) -> Extraction:
     """Extract the plan from a model completion (see the module docstring for the rules).
 
     Bytes are decoded as UTF-8 with replacement characters. An answer longer than ``max_chars`` or a

@@ -67,8 +67,9 @@ class ValidPlanReward:
                 where.append(i)
             else:
                 verdicts[i] = verdict_without_plan(extraction)
-        for i, verdict in zip(where, validate_batch(jobs, workers=self.workers, timeout=self.timeout),
-                              strict=True):
+        for i, verdict in zip(
+            where, validate_batch(jobs, workers=self.workers, timeout=self.timeout), strict=True
+        ):
             verdicts[i] = verdict
         self.last_verdicts = [v for v in verdicts if v is not None]
         log_extra = kwargs.get("log_extra")

@@ -170,8 +170,28 @@ class Verdict:
 
 _TOKEN = re.compile(r"[()]|[^\s()]+")
 _COMMENT = re.compile(r";[^\n]*")
-_LOGIC = {"and", "or", "not", "imply", "exists", "forall", "when", "preference", "at", "over",
-          "=", "<", ">", "<=", ">=", "increase", "decrease", "assign", "scale-up", "scale-down"}
+_LOGIC = {
+    "and",
+    "or",
+    "not",
+    "imply",
+    "exists",
+    "forall",
+    "when",
+    "preference",
+    "at",
+    "over",
+    "=",
+    "<",
+    ">",
+    "<=",
+    ">=",
+    "increase",
+    "decrease",
+    "assign",
+    "scale-up",
+    "scale-down",
+}
 Sexpr = str | list
 
 
@@ -314,8 +334,9 @@ def _read_domain(text: str) -> _Domain:
     if not actions:
         raise _Syntax("no (:action ...) defined")
     typed = ":types" in sec
-    return _Domain(name, actions, constants, {k: frozenset(v) for k, v in parents.items()},
-                   frozenset(symbols), typed)
+    return _Domain(
+        name, actions, constants, {k: frozenset(v) for k, v in parents.items()}, frozenset(symbols), typed
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -386,13 +407,20 @@ def _load(source: PDDLSource, kind: str) -> tuple[str, str]:
     return source, kind
 
 
-def _failed(length: int, reason: str, validator: ValidatorInfo | str, step: int | None = None,
-            detail: str = "", raw: str = "") -> Verdict:
+def _failed(
+    length: int,
+    reason: str,
+    validator: ValidatorInfo | str,
+    step: int | None = None,
+    detail: str = "",
+    raw: str = "",
+) -> Verdict:
     return Verdict(False, length, reason, step, raw, validator, detail)
 
 
-def _precheck(domain: _Domain, objects: dict, actions: Sequence[str],
-              validator: ValidatorInfo | str) -> Verdict | None:
+def _precheck(
+    domain: _Domain, objects: dict, actions: Sequence[str], validator: ValidatorInfo | str
+) -> Verdict | None:
     """Name, arity, objects and types of each action, checked before VAL (which ignores extra args)."""
     for step, action in enumerate(actions, start=1):
         name, *args = action[1:-1].split()
@@ -400,14 +428,24 @@ def _precheck(domain: _Domain, objects: dict, actions: Sequence[str],
         if signature is None:
             return _failed(len(actions), f"unknown action {name}", validator, step, action)
         if len(args) != len(signature):
-            return _failed(len(actions), f"wrong arity for {name}: expected {len(signature)}, got {len(args)}",
-                           validator, step, action)
+            return _failed(
+                len(actions),
+                f"wrong arity for {name}: expected {len(signature)}, got {len(args)}",
+                validator,
+                step,
+                action,
+            )
         for arg, wanted in zip(args, signature, strict=True):
             if arg not in objects:
                 return _failed(len(actions), f"unknown object {arg}", validator, step, action)
             if not domain.is_a(objects[arg], wanted):
-                return _failed(len(actions), f"wrong type for {name}: {arg} is not a {' or '.join(wanted)}",
-                               validator, step, action)
+                return _failed(
+                    len(actions),
+                    f"wrong type for {name}: {arg} is not a {' or '.join(wanted)}",
+                    validator,
+                    step,
+                    action,
+                )
     return None
 
 
@@ -453,8 +491,9 @@ class _Workspace:
             return f"plan-{self._count}"
 
 
-def _check_pddl(domain_text: str, domain_label: str, problem_text: str,
-                problem_label: str) -> tuple[_Domain, dict[str, tuple[str, ...]]]:
+def _check_pddl(
+    domain_text: str, domain_label: str, problem_text: str, problem_label: str
+) -> tuple[_Domain, dict[str, tuple[str, ...]]]:
     try:
         domain = _read_domain(domain_text)
     except _Syntax as exc:
@@ -466,8 +505,15 @@ def _check_pddl(domain_text: str, domain_label: str, problem_text: str,
     return domain, objects
 
 
-def _validate_in(ws: _Workspace, exe: str, info: ValidatorInfo, domain: PDDLSource, problem: PDDLSource,
-                 plan: Plan, timeout: float) -> Verdict:
+def _validate_in(
+    ws: _Workspace,
+    exe: str,
+    info: ValidatorInfo,
+    domain: PDDLSource,
+    problem: PDDLSource,
+    plan: Plan,
+    timeout: float,
+) -> Verdict:
     domain_text, domain_label = ws.load(domain, "domain")
     problem_text, problem_label = ws.load(problem, "problem")
     parsed_domain, objects = _check_pddl(domain_text, domain_label, problem_text, problem_label)
@@ -480,20 +526,30 @@ def _validate_in(ws: _Workspace, exe: str, info: ValidatorInfo, domain: PDDLSour
     plan_path = ws.dir / f"{ws.new_name()}.plan"
     plan_path.write_text("".join(a + "\n" for a in actions))
     try:
-        code, output = _run_val(exe, ws.file_for(domain_text, "domain"), ws.file_for(problem_text, "problem"),
-                                plan_path, ws.dir, timeout)
+        code, output = _run_val(
+            exe,
+            ws.file_for(domain_text, "domain"),
+            ws.file_for(problem_text, "problem"),
+            plan_path,
+            ws.dir,
+            timeout,
+        )
     finally:
         plan_path.unlink(missing_ok=True)
     return _interpret(output, code, len(actions), timeout, info, domain_label, problem_label)
 
 
-def _run_val(exe: str, domain: Path, problem: Path, plan: Path, cwd: Path,
-             timeout: float) -> tuple[int | None, str]:
+def _run_val(
+    exe: str, domain: Path, problem: Path, plan: Path, cwd: Path, timeout: float
+) -> tuple[int | None, str]:
     """Run ``Validate -v`` (argument list, no shell); ``(exit code or None on timeout, output)``."""
     try:
         proc = subprocess.Popen(
             [exe, "-v", str(domain), str(problem), str(plan)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
             start_new_session=True,  # its own process group, so that a timeout kills all of it
         )
     except OSError as exc:
@@ -537,8 +593,15 @@ _STEP_TIME = re.compile(r"has an unsatisfied precondition at time (\d+)")
 _ADVICE = re.compile(r"\(Set (.+) to (true|false)\)")
 
 
-def _interpret(output: str, code: int | None, length: int, timeout: float, info: ValidatorInfo,
-               domain_label: str, problem_label: str) -> Verdict:
+def _interpret(
+    output: str,
+    code: int | None,
+    length: int,
+    timeout: float,
+    info: ValidatorInfo,
+    domain_label: str,
+    problem_label: str,
+) -> Verdict:
     """Turn VAL's text (and, only for crashes, its exit code) into a Verdict."""
     raw = _cap(output)
     lines = [line.strip() for line in output.splitlines()]
@@ -554,16 +617,20 @@ def _interpret(output: str, code: int | None, length: int, timeout: float, info:
         raise PDDLError(f"{problem_label}: VAL cannot read this problem ({_first_error(lines)})")
     sizes = [int(m.group(1)) for line in lines if (m := re.fullmatch(r"Plan size: (\d+)", line))]
     if sizes and sizes[0] != length:
-        return verdict(length, "parse error", info, sizes[0] + 1,
-                       f"VAL read {sizes[0]} of the {length} actions", raw)
+        return verdict(
+            length, "parse error", info, sizes[0] + 1, f"VAL read {sizes[0]} of the {length} actions", raw
+        )
     if "Plan valid" in present and "Plan invalid" not in present and not crashed and code == 0:
         return Verdict(True, length, "valid", None, raw, info)
     advice = "; ".join(f"{m.group(1)} must be {m.group(2)}" for m in map(_ADVICE.search, lines) if m)
     if "Plan failed because of unsatisfied precondition in:" in present:
         step_match = _STEP_TIME.search(output)
         # VAL numbers the steps of an untimed plan 1, 2, ...; without repair advice, count the steps run.
-        step = int(step_match.group(1)) if step_match else sum(
-            line.startswith("Checking next happening") for line in lines)
+        step = (
+            int(step_match.group(1))
+            if step_match
+            else sum(line.startswith("Checking next happening") for line in lines)
+        )
         at = lines.index("Plan failed because of unsatisfied precondition in:")
         action = lines[at + 1] if at + 1 < len(lines) else ""
         detail = f"{action}: {advice}" if advice else action
@@ -576,14 +643,28 @@ def _interpret(output: str, code: int | None, length: int, timeout: float, info:
         if m := re.match(r"Object with unknown type: (\S+)", line):
             return verdict(length, f"unknown object {m.group(1)}", info, None, line, raw)
     if "Type problem in action" in present or "Bad plan description!" in present:
-        return verdict(length, "parse error", info, None, "VAL rejected the plan: " + _first_error(lines), raw)
+        return verdict(
+            length, "parse error", info, None, "VAL rejected the plan: " + _first_error(lines), raw
+        )
     if crashed:
         shown = 128 - code if code < 0 else code
-        why = f" (killed by {signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
+        why = (
+            f" (killed by {signal.Signals(-code).name})"
+            if code < 0 and -code in signal.valid_signals()
+            else ""
+        )
         hint = "" if output.strip() else "; VAL crashes without a word on some malformed problems"
-        return verdict(length, f"validator crashed (exit code {shown})", info, None, why.strip(" ()") + hint, raw)
-    return verdict(length, f"no verdict from validator (exit code {code})", info, None,
-                   "VAL printed neither 'Plan valid' nor a reason", raw)
+        return verdict(
+            length, f"validator crashed (exit code {shown})", info, None, why.strip(" ()") + hint, raw
+        )
+    return verdict(
+        length,
+        f"no verdict from validator (exit code {code})",
+        info,
+        None,
+        "VAL printed neither 'Plan valid' nor a reason",
+        raw,
+    )
 
 
 def _first_error(lines: Sequence[str]) -> str:
@@ -610,8 +691,13 @@ def validate_plan(domain: PDDLSource, problem: PDDLSource, plan: Plan, *, timeou
         return _validate_in(ws, exe, info, domain, problem, plan, timeout)
 
 
-def validate_batch(jobs: Iterable[tuple[PDDLSource, PDDLSource, Plan]], *, workers: int | None = None,
-                   timeout: float = 30.0, progress: bool = False) -> list[Verdict]:
+def validate_batch(
+    jobs: Iterable[tuple[PDDLSource, PDDLSource, Plan]],
+    *,
+    workers: int | None = None,
+    timeout: float = 30.0,
+    progress: bool = False,
+) -> list[Verdict]:
     """Validate ``(domain, problem, plan)`` jobs in parallel; verdicts in the order of the jobs.
 
     ``workers`` defaults to the number of CPUs. A malformed domain or problem raises ``PDDLError``
@@ -625,8 +711,10 @@ def validate_batch(jobs: Iterable[tuple[PDDLSource, PDDLSource, Plan]], *, worke
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     results: list[Verdict | None] = [None] * len(jobs)
     with _Workspace() as ws, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="val") as pool:
-        futures = {pool.submit(_validate_in, ws, exe, info, d, p, plan, timeout): i
-                   for i, (d, p, plan) in enumerate(jobs)}
+        futures = {
+            pool.submit(_validate_in, ws, exe, info, d, p, plan, timeout): i
+            for i, (d, p, plan) in enumerate(jobs)
+        }
         done = as_completed(futures)
         if progress:
             from tqdm.auto import tqdm
@@ -646,8 +734,9 @@ def validate_batch(jobs: Iterable[tuple[PDDLSource, PDDLSource, Plan]], *, worke
     return results  # type: ignore[return-value]
 
 
-def validate_completion(domain: PDDLSource, problem: PDDLSource, completion: str | bytes,
-                        **kwargs: Any) -> Verdict:
+def validate_completion(
+    domain: PDDLSource, problem: PDDLSource, completion: str | bytes, **kwargs: Any
+) -> Verdict:
     """Extract the plan from a model completion (``extract_plan``) and validate it.
 
     A completion without a plan gives ``reason="no plan found in completion: ..."`` without running

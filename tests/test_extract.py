@@ -26,7 +26,10 @@ def test_split_with_both_tags():
 
 def test_split_only_closing_tag_means_everything_before_is_reasoning():
     # Qwen3-Thinking templates put <think> in the prompt, so the completion starts inside it.
-    assert split_reasoning("let me think (pick-up b9)</think>the answer") == ("let me think (pick-up b9)", "the answer")
+    assert split_reasoning("let me think (pick-up b9)</think>the answer") == (
+        "let me think (pick-up b9)",
+        "the answer",
+    )
 
 
 def test_split_open_think_never_closed_has_empty_answer():
@@ -60,10 +63,14 @@ def test_split_second_think_left_open_is_not_answer():
         ("`(unstack b2 b1)`", ("(unstack b2 b1)",)),
         ("(unstack b2 b1) (stack b2 b3)", ("(unstack b2 b1)", "(stack b2 b3)")),
         ("(unstack b2 b1), (stack b2 b3)", ("(unstack b2 b1)", "(stack b2 b3)")),
-        ("(push-to-goal player-01 stone-01 pos-02-03 pos-03-03 pos-04-03 dir-right)",
-         ("(push-to-goal player-01 stone-01 pos-02-03 pos-03-03 pos-04-03 dir-right)",)),
-        ("(take_image rover0 waypoint3 objective1 camera0 high_res)",
-         ("(take_image rover0 waypoint3 objective1 camera0 high_res)",)),
+        (
+            "(push-to-goal player-01 stone-01 pos-02-03 pos-03-03 pos-04-03 dir-right)",
+            ("(push-to-goal player-01 stone-01 pos-02-03 pos-03-03 pos-04-03 dir-right)",),
+        ),
+        (
+            "(take_image rover0 waypoint3 objective1 camera0 high_res)",
+            ("(take_image rover0 waypoint3 objective1 camera0 high_res)",),
+        ),
     ],
 )
 def test_action_lines_are_normalised(line, actions):
@@ -112,8 +119,17 @@ def test_plain_plan():
 
 def test_plan_only_from_the_answer_never_from_the_reasoning():
     reasoning = "\n".join(
-        ["Let me think. Maybe:", "(pick-up b2)", "(stack b2 b1)", "No, b2 is not on the table.",
-         "```", "(unstack b1 b2)", "```", "Hmm, wait."] * 50
+        [
+            "Let me think. Maybe:",
+            "(pick-up b2)",
+            "(stack b2 b1)",
+            "No, b2 is not on the table.",
+            "```",
+            "(unstack b1 b2)",
+            "```",
+            "Hmm, wait.",
+        ]
+        * 50
     )
     completion = f"<think>{reasoning}</think>\n\nThe final plan is:\n```pddl\n" + "\n".join(PLAN) + "\n```\n"
     extraction = extract_plan(completion)
@@ -129,14 +145,17 @@ def test_truncated_completion_has_no_plan():
 
 def test_last_code_block_with_actions_wins():
     completion = (
-        "</think>A first try:\n```\n(pick-up b1)\n```\nBetter:\n```plan\n" + "\n".join(PLAN)
+        "</think>A first try:\n```\n(pick-up b1)\n```\nBetter:\n```plan\n"
+        + "\n".join(PLAN)
         + "\n```\nAnd in Python:\n```python\nprint('done')\n```\n"
     )
     assert extract_plan(completion).actions == PLAN
 
 
 def test_echoed_pddl_block_is_not_a_plan():
-    problem = "```pddl\n(define (problem p) (:domain blocksworld)\n (:init\n  (ontable b1)\n  (clear b1))\n```"
+    problem = (
+        "```pddl\n(define (problem p) (:domain blocksworld)\n (:init\n  (ontable b1)\n  (clear b1))\n```"
+    )
     assert extract_plan("```plan\n" + "\n".join(PLAN) + "\n```\nfor the task\n" + problem).actions == PLAN
 
 
@@ -184,8 +203,20 @@ def test_bytes_that_are_not_utf8():
 
 
 def test_garbage_never_raises():
-    for junk in ["", "((((((", ")))", "```", "```\n```", "\x00\x01", "(" * 10_000, "</think>", "<think>",
-                 "(a (b (c", "1." * 5000, "[" * 1000 + "(a b)"]:
+    for junk in [
+        "",
+        "((((((",
+        ")))",
+        "```",
+        "```\n```",
+        "\x00\x01",
+        "(" * 10_000,
+        "</think>",
+        "<think>",
+        "(a (b (c",
+        "1." * 5000,
+        "[" * 1000 + "(a b)",
+    ]:
         assert isinstance(extract_plan(junk).reason, str | None)
     assert extract_plan(12345).reason.startswith("completion is a int")  # type: ignore[arg-type]
 

@@ -81,11 +81,23 @@ def test_one_grpo_step_with_a_tiny_model(tmp_path):
     rows = [{"prompt": "(unstack b2 b1)\n", "domain_pddl": BW, "problem_pddl": PROBLEM}] * 4
     reward = ValidPlanReward(timeout=10, workers=2)
     args = GRPOConfig(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=8, report_to=[], logging_steps=1, use_cpu=True, save_strategy="no",
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        report_to=[],
+        logging_steps=1,
+        use_cpu=True,
+        save_strategy="no",
     )
-    trainer = GRPOTrainer(model=make_small_model(tokenizer, "tiny"), reward_funcs=[reward], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=make_small_model(tokenizer, "tiny"),
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     trainer.train()
     assert len(reward.last_verdicts) == 4
     assert any("rewards/valid_plan/mean" in entry for entry in trainer.state.log_history)

