@@ -620,7 +620,8 @@ def _interpret(
         return verdict(
             length, "parse error", info, sizes[0] + 1, f"VAL read {sizes[0]} of the {length} actions", raw
         )
-    if "Plan valid" in present and "Plan invalid" not in present and not crashed and code == 0:
+    # Valid needs all three: the verdict line, a clean exit, and VAL having read every action.
+    if "Plan valid" in present and "Plan invalid" not in present and code == 0 and sizes == [length]:
         return Verdict(True, length, "valid", None, raw, info)
     advice = "; ".join(f"{m.group(1)} must be {m.group(2)}" for m in map(_ADVICE.search, lines) if m)
     if "Plan failed because of unsatisfied precondition in:" in present:

@@ -224,6 +224,16 @@ def test_val_crashing_after_saying_valid_is_not_valid(monkeypatch, tmp_path):
     assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
 
 
+def test_val_saying_valid_without_reading_the_plan_is_not_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo 'Plan valid'; exit 0"))
+    assert not check(PLAN).valid
+    monkeypatch.setenv(
+        ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 2'; echo 'Plan valid'; exit 0", "v2")
+    )
+    verdict = check(PLAN)
+    assert not verdict.valid and verdict.reason == "parse error" and "read 2 of the 4" in verdict.detail
+
+
 def test_val_hanging_is_killed_at_the_timeout(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "sleep 60"))
     start = time.perf_counter()
