@@ -1,0 +1,213 @@
+"""Step time of each trainer against the TRL trainer it extends, same model, same data, one run.
+
+    python benchmarks/bench_trainers.py [--size small] [--steps 20] [--rounds 3] [--threads 1]
+
+Pairs: ValidTraceSFTTrainer and ImportanceWeightedSFTTrainer vs trl.SFTTrainer; ReinforceTrainer vs
+trl.GRPOTrainer(scale_rewards="none") (generation with transformers, real VAL reward). Each trainer runs
+`--steps` optimizer steps per round, the rounds alternate between the two trainers of a pair, the first
+steps of a run are warm-up; the figure is the median step time and the ratio ours / TRL's (goal <= 1.05).
+For REINFORCE the step includes generation and VAL, which are TRL's and ours alike, so the loss alone
+(forward + backward on one fixed generation batch) is timed too. A script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback, set_seed
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+from iterdeploy_trl.domains import domain_pddl
+from iterdeploy_trl.models import build_tokenizer, make_small_model
+from iterdeploy_trl.prompts import build_prompt
+from iterdeploy_trl.reward import ValidPlanReward
+from iterdeploy_trl.tasks import generate_tasks
+from iterdeploy_trl.trainers import (
+    ImportanceWeightedSFTConfig,
+    ImportanceWeightedSFTTrainer,
+    ReinforceConfig,
+    ReinforceTrainer,
+    ValidTraceSFTConfig,
+    ValidTraceSFTTrainer,
+)
+
+WARMUP = 3
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self.times.append(time.perf_counter() - self._start)
+
+
+def common_args(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
+    return {
+        "output_dir": str(out),
+        "report_to": [],
+        "bf16": device == "cuda",
+        "use_cpu": device == "cpu",
+        "save_strategy": "no",
+        "activation_checkpointing": False,
+        "disable_tqdm": True,
+        "logging_steps": 10_000,
+        "per_device_train_batch_size": batch,
+        "max_steps": steps,
+        "learning_rate": 1e-5,  # small: the models stay where they are, so later steps cost the same
+    }
+
+
+def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Median-ready step times of each trainer; runs alternate between the trainers of the pair."""
+    times: dict[str, list[float]] = {name: [] for name in build}
+    trainers = {name: make() for name, make in build.items()}
+    for trainer in trainers.values():
+        trainer.remove_callback(PrinterCallback)
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            timer = StepTimer()
+            trainer.add_callback(timer)
+            set_seed(0)  # same samples for both trainers of a pair (generation is the bulk of an RL step)
+            trainer.train()
+            trainer.remove_callback(timer)
+            times[name].extend(timer.times[WARMUP:])
+    return times
+
+
+def loss_times(trainers: dict[str, Any], inputs: dict[str, Any], reps: int) -> dict[str, list[float]]:
+    """Forward + backward of `compute_loss` on one fixed generation batch, alternating trainers."""
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for trainer in trainers.values():
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+    for rep in range(reps + WARMUP):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            loss = trainer.compute_loss(trainer.model, dict(inputs))
+            loss.backward()
+            trainer.model.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if rep >= WARMUP:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], baseline: str) -> None:
+    base = statistics.median(times[baseline])
+    print(f"\n{title}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:<34} {1000 * median:8.2f} ms/step  (n={len(values)})  ratio {median / base:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--size", default="small", help="small model size: tiny, small, medium (default small)"
+    )
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per trainer (default 3)")
+    parser.add_argument("--batch", type=int, default=8, help="per-device batch size (default 8)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    tokenizer = build_tokenizer("blocksworld")
+    domain = domain_pddl("blocksworld")
+    tasks = generate_tasks("blocksworld", 64, 0, size=(2, 8))
+    traces = [
+        {"prompt": build_prompt(domain, t.problem), "completion": "\n".join(t.reference_plan) + "\n"}
+        for t in tasks
+    ]
+    iw_traces = [{**row, "behaviour_logprob": -50.0 - i % 7} for i, row in enumerate(traces)]
+    prompts = [
+        {"prompt": r["prompt"], "domain_pddl": domain, "problem_pddl": t.problem}
+        for r, t in zip(traces, tasks, strict=True)
+    ]
+    model = lambda: make_small_model(tokenizer, args.size, seed=0)  # noqa: E731
+    print(
+        f"model {args.size} ({sum(p.numel() for p in model().parameters()) / 1e6:.2f} M parameters), device {device}, "
+        f"{args.threads} thread(s), batch {args.batch}, {args.steps} steps x {args.rounds} rounds"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        kw = common_args(out, args.steps, args.batch, device)
+        sft = {
+            "trl.SFTTrainer": lambda: SFTTrainer(
+                model(),
+                args=SFTConfig(**kw),
+                train_dataset=Dataset.from_list(traces),
+                processing_class=tokenizer,
+            ),
+            "ValidTraceSFTTrainer": lambda: ValidTraceSFTTrainer(
+                model(),
+                args=ValidTraceSFTConfig(**kw),
+                train_dataset=Dataset.from_list(traces),
+                processing_class=tokenizer,
+            ),
+            "ImportanceWeightedSFTTrainer": lambda: ImportanceWeightedSFTTrainer(
+                model(),
+                args=ImportanceWeightedSFTConfig(**kw, iw_truncate=10.0),
+                train_dataset=Dataset.from_list(iw_traces),
+                processing_class=tokenizer,
+            ),
+        }
+        report("SFT (full optimizer step)", time_pair(sft, args.rounds), "trl.SFTTrainer")
+
+        rl_kw = {**kw, "num_generations": args.batch, "max_completion_length": 48, "temperature": 1.0}
+        rl = {
+            'trl.GRPOTrainer(scale_rewards="none")': lambda: GRPOTrainer(
+                model(),
+                reward_funcs=ValidPlanReward(),
+                args=GRPOConfig(**rl_kw, scale_rewards="none"),
+                train_dataset=Dataset.from_list(prompts),
+                processing_class=tokenizer,
+            ),
+            "ReinforceTrainer": lambda: ReinforceTrainer(
+                model(),
+                reward_funcs=ValidPlanReward(),
+                args=ReinforceConfig(**rl_kw),
+                train_dataset=Dataset.from_list(prompts),
+                processing_class=tokenizer,
+            ),
+        }
+        rl_times = time_pair(rl, args.rounds)
+        report(
+            "REINFORCE (full step: generation + VAL + loss)",
+            rl_times,
+            'trl.GRPOTrainer(scale_rewards="none")',
+        )
+
+        trainers = {name: make() for name, make in rl.items()}
+        grpo = trainers['trl.GRPOTrainer(scale_rewards="none")']
+        grpo.model.train()
+        inputs = grpo._generate_and_score_completions([grpo.train_dataset[i] for i in range(args.batch)])
+        report(
+            "REINFORCE (loss only: forward + backward on one generation batch)",
+            loss_times(trainers, inputs, reps=args.steps * args.rounds),
+            'trl.GRPOTrainer(scale_rewards="none")',
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""The three trainers on CPU with the tiny local model and real blocksworld tasks (reference plans that VAL
+accepts): losses as ``losses`` defines them, gradients as the theory says, bad input as clear errors."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+from iterdeploy_trl.domains import domain_pddl
+from iterdeploy_trl.models import build_tokenizer, make_small_model
+from iterdeploy_trl.prompts import build_prompt
+from iterdeploy_trl.reward import ValidPlanReward
+from iterdeploy_trl.tasks import generate_tasks
+from iterdeploy_trl.trainers import (
+    ImportanceWeightedSFTConfig,
+    ImportanceWeightedSFTTrainer,
+    ReinforceConfig,
+    ReinforceTrainer,
+    ValidTraceSFTConfig,
+    ValidTraceSFTTrainer,
+    losses,
+)
+
+torch.set_num_threads(1)
+
+DOMAIN = domain_pddl("blocksworld")
+CPU = {
+    "report_to": [],
+    "bf16": False,
+    "use_cpu": True,
+    "save_strategy": "no",
+    "activation_checkpointing": False,
+    "disable_tqdm": True,
+    "logging_steps": 1,
+}
+# The 2-block task whose shortest plan is "(pick-up b2) (stack b2 b1)".
+TWO_BLOCKS = generate_tasks("blocksworld", 3, 0, size=(2, 2))[2]
+VALID = "(pick-up b2)\n(stack b2 b1)\n"
+INVALID = ["(pick-up b1)\n(stack b1 b2)\n", "(pick-up b2)\n(put-down b2)\n"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer("blocksworld")
+
+
+def _model(tokenizer) -> torch.nn.Module:
+    return make_small_model(tokenizer, "tiny", seed=0)
+
+
+def _traces(n: int = 8) -> list[dict[str, str]]:
+    """Valid blocksworld traces: compact prompts and their reference plans (VAL-valid by construction)."""
+    tasks = generate_tasks("blocksworld", n, 0, size=(2, 4))
+    return [
+        {"prompt": build_prompt(DOMAIN, t.problem), "completion": "\n".join(t.reference_plan) + "\n"}
+        for t in tasks
+    ]
+
+
+def _batch(trainer: Any, rows: int | None = None) -> dict[str, Any]:
+    dataset = trainer.train_dataset
+    examples = [dataset[i] for i in range(len(dataset) if rows is None else rows)]
+    return trainer._prepare_inputs(trainer.data_collator(examples))
+
+
+def _grads(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+# --- valid-trace SFT ------------------------------------------------------------------------------------
+
+
+def test_sft_loss_decreases_on_valid_traces(tokenizer, tmp_path: Path) -> None:
+    args = ValidTraceSFTConfig(
+        tmp_path, per_device_train_batch_size=4, max_steps=20, learning_rate=3e-3, max_length=256, **CPU
+    )
+    trainer = ValidTraceSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(_traces()), processing_class=tokenizer
+    )
+    trainer.train()
+    curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(curve) == 20
+    assert sum(curve[-4:]) / 4 < 0.7 * sum(curve[:4]) / 4
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(trainer.state.log_history[0])
+
+
+@pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
+def test_sft_trainer_loss_is_the_formula_on_the_models_logits(
+    tokenizer, tmp_path: Path, normalization
+) -> None:
+    """compute_loss (TRL's fused LM head) = losses.sft_loss on log-probs taken from the full logits."""
+    args = ValidTraceSFTConfig(tmp_path, loss_normalization=normalization, **CPU)
+    trainer = ValidTraceSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(_traces(4)), processing_class=tokenizer
+    )
+    batch = _batch(trainer)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    token_logps = losses.token_logprobs(logits[:, :-1], labels, labels != -100)
+    expected = losses.sft_loss(token_logps, labels != -100, normalization)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_batch_tokens_is_trls_loss_and_sequence_sum_a_constant_times_it(tokenizer, tmp_path: Path) -> None:
+    rows = Dataset.from_list(_traces(4))
+    trl_trainer = SFTTrainer(
+        _model(tokenizer),
+        args=SFTConfig(tmp_path / "trl", **CPU),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
+    batch = _batch(trl_trainer)
+    trl_loss = trl_trainer.compute_loss(trl_trainer.model, dict(batch))
+    ours = {}
+    for normalization in ("batch_tokens", "sequence_sum"):
+        args = ValidTraceSFTConfig(tmp_path / normalization, loss_normalization=normalization, **CPU)
+        trainer = ValidTraceSFTTrainer(
+            _model(tokenizer), args=args, train_dataset=rows, processing_class=tokenizer
+        )
+        ours[normalization] = trainer.compute_loss(trainer.model, dict(batch))
+    assert ours["batch_tokens"].item() == pytest.approx(trl_loss.item(), rel=1e-6)
+    tokens, traces = (batch["labels"][:, 1:] != -100).sum().item(), batch["labels"].shape[0]
+    assert ours["sequence_sum"].item() == pytest.approx(trl_loss.item() * tokens / traces, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
+def test_gradient_accumulation_gives_the_full_batch_step(tokenizer, tmp_path: Path, normalization) -> None:
+    """One optimizer step on 3 traces = the same step as 2 accumulated micro-batches of 2 and 1 traces
+    (unequal micro-batches: a per-micro-batch normalisation would weight the lone trace twice)."""
+    rows = Dataset.from_list(_traces(3))
+    params = []
+    for batch_size, accumulation in ((3, 1), (2, 2)):
+        args = ValidTraceSFTConfig(
+            tmp_path / f"{batch_size}",
+            loss_normalization=normalization,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.1,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+            **CPU,
+        )
+        trainer = ValidTraceSFTTrainer(
+            _model(tokenizer), args=args, train_dataset=rows, processing_class=tokenizer
+        )
+        trainer.train()
+        params.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_empty_training_set_is_a_clear_error(tokenizer, tmp_path: Path) -> None:
+    empty = Dataset.from_dict({"prompt": [], "completion": []})
+    with pytest.raises(ValueError, match="no valid traces yet: nothing to train on"):
+        ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(tmp_path, **CPU),
+            train_dataset=empty,
+            processing_class=tokenizer,
+        )
+
+
+def test_training_rows_need_prompt_and_completion(tokenizer, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'prompt' and 'completion'"):
+        ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(tmp_path, **CPU),
+            train_dataset=Dataset.from_list([{"text": "init: goal: plan:\n(pick-up b1)\n"}]),
+            processing_class=tokenizer,
+        )
+
+
+def test_overlong_rows_are_skipped_with_a_count_or_raise(tokenizer, tmp_path: Path, caplog) -> None:
+    rows = _traces(6)
+    lengths = [len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in rows]  # + EOS
+    longest = max(range(len(rows)), key=lengths.__getitem__)
+    max_length = lengths[longest] - 1
+    too_long = sum(n > max_length for n in lengths)
+    with caplog.at_level(logging.WARNING, logger="iterdeploy_trl.trainers.sft"):
+        trainer = ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(tmp_path / "skip", max_length=max_length, **CPU),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    assert trainer.num_overlong_skipped == {"train": too_long}
+    assert len(trainer.train_dataset) == len(rows) - too_long
+    assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= max_length
+    assert f"skipped {too_long} of {len(rows)} rows" in caplog.text
+    with pytest.raises(ValueError, match=f"row {longest} \\({lengths[longest]} tokens\\)"):
+        ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(
+                tmp_path / "raise", max_length=max_length, overlong_policy="raise", **CPU
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+
+
+def test_sft_config_rejects_settings_that_break_the_loss(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loss_normalization"):
+        ValidTraceSFTConfig(tmp_path, loss_normalization="token_mean", **CPU)
+    with pytest.raises(ValueError, match="completion_only_loss"):
+        ValidTraceSFTConfig(tmp_path, completion_only_loss=False, **CPU)
+    with pytest.raises(ValueError, match="packing"):
+        ValidTraceSFTConfig(tmp_path, packing=True, **CPU)
+
+
+# --- importance-weighted SFT ----------------------------------------------------------------------------
+
+
+def _trace_logprobs(tokenizer, rows: list[dict[str, Any]], tmp_path: Path) -> list[float]:
+    """log π(y|x) of each row under the tiny model, one row at a time (the behaviour policy β = π)."""
+    args = ValidTraceSFTConfig(tmp_path, **CPU)
+    trainer = ValidTraceSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(len(rows)):
+            batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i]]))
+            out.append(-trainer.compute_loss(trainer.model, batch).item())  # sequence_sum over one trace
+    return out
+
+
+def test_iw_sft_with_beta_equal_pi_is_valid_trace_sft(tokenizer, tmp_path: Path) -> None:
+    rows = _traces(4)
+    behaviour = _trace_logprobs(
+        tokenizer, [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows], tmp_path / "b"
+    )
+    iw_rows = Dataset.from_list([{**r, "behaviour_logprob": b} for r, b in zip(rows, behaviour, strict=True)])
+    iw = ImportanceWeightedSFTTrainer(
+        _model(tokenizer),
+        args=ImportanceWeightedSFTConfig(tmp_path / "iw", **CPU),
+        train_dataset=iw_rows,
+        processing_class=tokenizer,
+    )
+    sft = ValidTraceSFTTrainer(
+        _model(tokenizer),
+        args=ValidTraceSFTConfig(tmp_path / "sft", **CPU),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    iw_batch = _batch(iw)
+    assert iw_batch["behaviour_logprob"].dtype == torch.float64
+    sft_batch = {k: v for k, v in iw_batch.items() if k != "behaviour_logprob"}
+    g_iw = _grads(iw.model, iw.compute_loss(iw.model, dict(iw_batch)))
+    g_sft = _grads(sft.model, sft.compute_loss(sft.model, dict(sft_batch)))
+    assert torch.allclose(g_iw, g_sft, rtol=1e-4, atol=1e-6)
+    metrics = iw._metrics["train"]
+    assert metrics["iw/weight_min"][0] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["iw/weight_max"][0] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["iw/ess"][0] == pytest.approx(4.0, abs=1e-3)
+
+
+def test_iw_sft_trains_and_logs_its_weights(tokenizer, tmp_path: Path) -> None:
+    rows = [{**r, "behaviour_logprob": -60.0 - 5 * i} for i, r in enumerate(_traces(8))]
+    args = ImportanceWeightedSFTConfig(
+        tmp_path, per_device_train_batch_size=4, max_steps=4, iw_truncate=10.0, iw_self_normalize=True, **CPU
+    )
+    trainer = ImportanceWeightedSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4
+    for log in logs:
+        assert log["iw/weight_mean"] == pytest.approx(1.0, rel=1e-5)  # self-normalised
+        assert 0 < log["iw/weight_min"] <= 1.0 <= log["iw/weight_max"]
+        assert 1.0 <= log["iw/ess"] <= 4.0
+        assert math.isfinite(log["loss"])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(None, "row 2 .* behaviour_logprob=None"), (float("nan"), "row 2 .* behaviour_logprob=nan")],
+)
+def test_iw_sft_names_the_row_without_a_behaviour_logprob(tokenizer, tmp_path: Path, value, message) -> None:
+    rows = [{**r, "behaviour_logprob": -10.0} for r in _traces(4)]
+    rows[2]["behaviour_logprob"] = value
+    with pytest.raises(ValueError, match=message):
+        ImportanceWeightedSFTTrainer(
+            _model(tokenizer),
+            args=ImportanceWeightedSFTConfig(tmp_path, **CPU),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+
+
+def test_iw_sft_needs_the_behaviour_logprob_column(tokenizer, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no 'behaviour_logprob' column"):
+        ImportanceWeightedSFTTrainer(
+            _model(tokenizer),
+            args=ImportanceWeightedSFTConfig(tmp_path, **CPU),
+            train_dataset=Dataset.from_list(_traces(2)),
+            processing_class=tokenizer,
+        )
+
+
+# --- REINFORCE ------------------------------------------------------------------------------------------
+
+
+def _rl_rows(n: int) -> Dataset:
+    prompt = build_prompt(DOMAIN, TWO_BLOCKS.problem)
+    return Dataset.from_list(
+        [{"prompt": prompt, "domain_pddl": DOMAIN, "problem_pddl": TWO_BLOCKS.problem}] * n
+    )
+
+
+def _rl_inputs(tokenizer, completions: list[str], advantages: list[float]) -> dict[str, torch.Tensor]:
+    """A generation batch as GRPO's `_generate_and_score_completions` returns it (one prompt, no padding)."""
+    prompt = build_prompt(DOMAIN, TWO_BLOCKS.problem)
+    prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]] * len(completions))
+    ids = [
+        tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions
+    ]
+    width = max(map(len, ids))
+    completion_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+    completion_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor(advantages),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def test_reinforce_gradient_is_grpo_at_ratio_one_and_valid_trace_sft_times_valid_fraction(
+    tokenizer, tmp_path: Path
+) -> None:
+    """Binary rewards, no baseline, one on-policy step: ∇L_REINFORCE = ∇L_GRPO (ratio 1, sequence-sum
+    'luspo' aggregation, no KL) = (N⁺/N) ∇L_SFT on the valid traces (sequence_sum)."""
+    completions = [VALID, INVALID[0], VALID, INVALID[1], INVALID[0] + "(pick-up b2)\n"]
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0]
+    inputs = _rl_inputs(tokenizer, completions, rewards)
+    common = {"per_device_train_batch_size": 5, "num_generations": 5, **CPU}
+    rl = ReinforceTrainer(
+        _model(tokenizer),
+        reward_funcs=ValidPlanReward(),
+        args=ReinforceConfig(tmp_path / "rl", **common),
+        train_dataset=_rl_rows(5),
+        processing_class=tokenizer,
+    )
+    grpo = GRPOTrainer(
+        _model(tokenizer),
+        reward_funcs=ValidPlanReward(),
+        args=GRPOConfig(tmp_path / "grpo", loss_type="luspo", scale_rewards="none", **common),
+        train_dataset=_rl_rows(5),
+        processing_class=tokenizer,
+    )
+    for trainer in (rl, grpo):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+    loss = rl._compute_loss(rl.model, dict(inputs))
+    g_rl = _grads(rl.model, loss)
+    g_grpo = _grads(grpo.model, grpo._compute_loss(grpo.model, dict(inputs)))
+    assert torch.allclose(g_rl, g_grpo, rtol=1e-5, atol=1e-7)
+
+    prompt = build_prompt(DOMAIN, TWO_BLOCKS.problem)
+    valid_rows = [{"prompt": prompt, "completion": c} for c, r in zip(completions, rewards, strict=True) if r]
+    sft = ValidTraceSFTTrainer(
+        _model(tokenizer),
+        args=ValidTraceSFTConfig(tmp_path / "sft", **CPU),
+        train_dataset=Dataset.from_list(valid_rows),
+        processing_class=tokenizer,
+    )
+    g_sft = _grads(sft.model, sft.compute_loss(sft.model, _batch(sft)))
+    assert _cos(g_rl, g_sft) == pytest.approx(1.0, abs=1e-6)
+    assert (g_rl.norm() / g_sft.norm()).item() == pytest.approx(2 / 5, rel=1e-5)
+    # the loss value is the REINFORCE surrogate −(1/N) Σ_i r_i log π(y_i|x_i)
+    assert loss.item() == pytest.approx(2 / 5 * sft.compute_loss(sft.model, _batch(sft)).item(), rel=1e-5)
+
+
+def test_reinforce_with_the_val_reward_raises_the_valid_fraction(tokenizer, tmp_path: Path) -> None:
+    """A 2-block task. The tiny model is first fitted (SFT) to three answers of which one is valid, so it
+    starts at a small success rate; a few REINFORCE steps with the real VAL reward then move probability
+    onto the valid plan."""
+    model = _model(tokenizer)
+    prompt = build_prompt(DOMAIN, TWO_BLOCKS.problem)
+    warm = [{"prompt": prompt, "completion": c} for c in (VALID, *INVALID)]
+    ValidTraceSFTTrainer(
+        model,
+        args=ValidTraceSFTConfig(
+            tmp_path / "warm", per_device_train_batch_size=3, max_steps=80, learning_rate=1e-2, **CPU
+        ),
+        train_dataset=Dataset.from_list(warm),
+        processing_class=tokenizer,
+    ).train()
+
+    def logp_valid() -> float:
+        inputs = _rl_inputs(tokenizer, [VALID], [1.0])
+        with torch.no_grad():
+            return -trainer._compute_loss(trainer.model, inputs).item()  # −(1/1)·1·log π(valid)
+
+    args = ReinforceConfig(
+        tmp_path / "rl",
+        per_device_train_batch_size=16,
+        num_generations=16,
+        max_completion_length=16,
+        max_steps=10,
+        learning_rate=3e-4,
+        **CPU,
+    )
+    trainer = ReinforceTrainer(model, args=args, train_dataset=_rl_rows(160), processing_class=tokenizer)
+    trainer.current_gradient_accumulation_steps = 1
+    before = logp_valid()
+    trainer.train()
+    after = logp_valid()
+    valid = [h["reward/valid_fraction"] for h in trainer.state.log_history if "reward/valid_fraction" in h]
+    assert len(valid) == 10
+    assert valid == [h["reward"] for h in trainer.state.log_history if "reward/valid_fraction" in h]
+    assert after > before + 0.5
+    assert sum(valid[-3:]) / 3 > valid[0] + 0.3
+
+
+def test_reinforce_advantages_replace_grpos(tokenizer, tmp_path: Path) -> None:
+    """The advantages trained on are losses.reinforce_advantages of the rewards: raw rewards by default."""
+    for baseline in ("none", "leave_one_out"):
+        args = ReinforceConfig(
+            tmp_path / baseline,
+            baseline=baseline,
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=12,
+            **CPU,
+        )
+        trainer = ReinforceTrainer(
+            _model(tokenizer), args=args, train_dataset=_rl_rows(4), processing_class=tokenizer
+        )
+        trainer.model.train()
+        out = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(4)])
+        rewards = trainer._rewards_per_func[:, 0]
+        expected = losses.reinforce_advantages(rewards, baseline, 4)
+        assert torch.equal(out["advantages"], expected)
+        assert list(trainer._logs["advantages"]) == expected.tolist()
+
+
+def test_reinforce_config_rejects_off_objective_settings(tmp_path: Path) -> None:
+    common = {"per_device_train_batch_size": 4, "num_generations": 4, **CPU}
+    for bad in ({"beta": 0.1}, {"num_iterations": 2}, {"entropy_coef": 0.01}, {"baseline": "std"}):
+        with pytest.raises(ValueError):
+            ReinforceConfig(tmp_path, **common, **bad)
+    with pytest.raises(ValueError, match="off-policy"):
+        ReinforceConfig(tmp_path, steps_per_generation=2, gradient_accumulation_steps=1, **common)
+    config = ReinforceConfig(tmp_path, **common)
+    assert (config.baseline, config.loss_normalization, config.beta, config.scale_rewards) == (
+        "none",
+        "sequence_sum",
+        0.0,
+        "none",
+    )
