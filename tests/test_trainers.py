@@ -389,6 +389,30 @@ def test_reinforce_gradient_is_grpo_at_ratio_one_and_valid_trace_sft_times_valid
     assert loss.item() == pytest.approx(2 / 5 * sft.compute_loss(sft.model, _batch(sft)).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
+def test_reinforce_trainer_loss_is_the_formula(tokenizer, tmp_path: Path, normalization) -> None:
+    """_compute_loss = losses.policy_gradient_loss on log-probs taken from the model's full logits."""
+    completions = [VALID, INVALID[0] + INVALID[1], INVALID[1]]
+    advantages = [1.0, -0.5, 0.25]
+    inputs = _rl_inputs(tokenizer, completions, advantages)
+    args = ReinforceConfig(
+        tmp_path, loss_normalization=normalization, per_device_train_batch_size=3, num_generations=3, **CPU
+    )
+    trainer = ReinforceTrainer(
+        _model(tokenizer), args=args, train_dataset=_rl_rows(3), processing_class=tokenizer
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, dict(inputs))
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    logits = trainer.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    width = inputs["completion_ids"].shape[1]
+    mask = inputs["completion_mask"]
+    token_logps = losses.token_logprobs(logits[:, -width - 1 : -1], inputs["completion_ids"], mask)
+    expected = losses.policy_gradient_loss(token_logps, mask, inputs["advantages"], normalization)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_reinforce_with_the_val_reward_raises_the_valid_fraction(tokenizer, tmp_path: Path) -> None:
     """A 2-block task. The tiny model is first fitted (SFT) to three answers of which one is valid, so it
     starts at a small success rate; a few REINFORCE steps with the real VAL reward then move probability

@@ -176,7 +176,7 @@ class ValidTraceSFTTrainer(SFTTrainer):
     ) -> Dataset | IterableDataset:
         """TRL's preparation without its truncation, then over-long rows skipped or reported."""
         max_length = args.max_length
-        if max_length is None or "input_ids" in _column_names(dataset):
+        if max_length is None:
             return super()._prepare_dataset(
                 dataset, processing_class, args, packing, formatting_func, dataset_name
             )
