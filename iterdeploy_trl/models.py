@@ -7,8 +7,14 @@ same way it loads a hub model (``AutoModelForCausalLM`` / ``AutoTokenizer``)."""
 
 from __future__ import annotations
 
+import json
+import math
+import random
 import re
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -22,6 +28,7 @@ from transformers import (
 )
 
 from iterdeploy_trl.domains import PLANNING_DOMAINS, domain_pddl
+from iterdeploy_trl.sim import Simulator
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 STRUCTURE_TOKENS: tuple[str, ...] = ("(", ")", "\n")
@@ -195,3 +202,262 @@ def load_model_and_tokenizer(
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- base-model pretraining
+
+# Pretraining tasks are drawn from generator seeds far from those of deployment pools (0, 1, ...), so
+# the base model never sees a pool task's initial state.
+PRETRAIN_SEED_OFFSET = 1_000_003
+
+
+def unrelated_goal(sim: Simulator, rng: random.Random) -> list[tuple[str, ...]]:
+    """The task's goal with its objects permuted within their types: a goal of the same shape that
+    has nothing to do with the walk it is paired with."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for obj, t in sorted(sim.objects.items()):
+        by_type[t].append(obj)
+    mapping: dict[str, str] = {}
+    for objs in by_type.values():
+        perm = objs[:]
+        rng.shuffle(perm)
+        mapping.update(zip(objs, perm, strict=True))
+    return sorted({(a[0], *(mapping.get(x, x) for x in a[1:])) for a in sim.goal})
+
+
+def walk_examples(
+    domain: str,
+    num_walks: int,
+    *,
+    seed: int = 0,
+    task_size: tuple[int, int] | None = None,
+    max_walk: int = 24,
+    walks_per_task: int = 4,
+) -> list[tuple[str, str]]:
+    """``(prompt, completion)`` pairs for pretraining: the compact prompt of a generated task's initial
+    state with an unrelated goal, and a uniformly random legal walk from that state, one action a
+    line. The walk's length is uniform in ``1..min(max_walk, reference plan length)``, so lengths
+    follow the plans of tasks of that size, but nothing in the walk aims at the goal shown."""
+    from iterdeploy_trl.prompts import format_compact
+    from iterdeploy_trl.tasks import generate_tasks
+
+    rng = random.Random(f"walks/{domain}/{seed}")
+    n_tasks = -(-num_walks // walks_per_task)
+    tasks = generate_tasks(domain, n_tasks, seed=PRETRAIN_SEED_OFFSET + seed, size=task_size)
+    dom = domain_pddl(domain)
+    out: list[tuple[str, str]] = []
+    for task in tasks:
+        sim = Simulator(dom, task.problem)
+        for _ in range(walks_per_task):
+            if len(out) == num_walks:
+                break
+            length = rng.randint(1, max(1, min(max_walk, len(task.reference_plan))))
+            walk = sim.random_walk(rng, length)
+            prompt = format_compact(sim.init_state, unrelated_goal(sim, rng), domain)
+            out.append((prompt, "".join(a + "\n" for a in walk)))
+    return out
+
+
+def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels only on completion tokens (the prompt is given, not learned)."""
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        labels[i, len(p) : n] = torch.tensor(c)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pretrain_base_model(
+    domain: str,
+    out: str | Path,
+    *,
+    steps: int = 600,
+    seed: int = 0,
+    size: str = "small",
+    num_walks: int = 6000,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    task_size: tuple[int, int] | None = None,
+    max_walk: int = 24,
+    threads: int | None = 2,
+    log_every: int = 50,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain a small model on random legal walks of ``domain`` and save it (model, tokenizer and
+    ``base_model.json``) to ``out``; returns the record written to ``base_model.json``.
+
+    The model learns the compact format, legal moves and plausible plan lengths, never how to reach
+    a goal: goals in its training prompts are unrelated to the walks."""
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    out = Path(out)
+    rng = random.Random(seed)
+    tok = build_tokenizer(domain)
+    examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk)
+    prompts = tok([p for p, _ in examples])["input_ids"]
+    completions = tok([c + tok.eos_token for _, c in examples], add_special_tokens=False)["input_ids"]
+    rows = sorted(zip(prompts, completions, strict=True), key=lambda r: len(r[0]) + len(r[1]))
+    data_seconds = time.time() - started
+
+    model = make_small_model(tok, size, seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    losses: list[float] = []
+    width = min(batch_size, len(rows))
+    for step in range(steps):
+        # Neighbours in length order: little padding, and a random window keeps batches varied.
+        start = rng.randrange(len(rows) - width + 1)
+        loss = model(**_batch(rows[start : start + width], tok.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress and (step + 1) % log_every == 0:
+            recent = sum(losses[-log_every:]) / len(losses[-log_every:])
+            print(
+                f"[base-model] step {step + 1}/{steps} loss {recent:.4f} ({time.time() - started:.0f}s)",
+                flush=True,
+            )
+
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    tail = losses[-min(len(losses), log_every) :]
+    record = {
+        "domain": domain,
+        "size": size,
+        "parameters": count_parameters(model),
+        "steps": steps,
+        "seed": seed,
+        "num_walks": len(examples),
+        "batch_size": batch_size,
+        "lr": lr,
+        "task_size": list(task_size) if task_size else None,
+        "max_walk": max_walk,
+        "final_loss": sum(tail) / len(tail) if tail else None,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(time.time() - started - data_seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
+    (out / "base_model.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# ----------------------------------------------------------------------------- measuring a small model
+
+
+@torch.no_grad()
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[tuple[str, bool]]:
+    """One sampled completion per prompt (pure sampling: no top-k/top-p), with whether it ended in
+    ``<eos>``. Prompts are batched in length order to waste little on padding."""
+    torch.manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[tuple[str, bool]] = [("", False)] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        gen = model.generate(
+            **enc.to(model.device),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row, i in zip(gen[:, enc["input_ids"].shape[1] :].tolist(), idx, strict=True):
+            ended = tokenizer.eos_token_id in row
+            if ended:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            results[i] = (tokenizer.decode(row, skip_special_tokens=True), ended)
+    return results
+
+
+def measure_small_model(
+    path: str | Path,
+    domain: str,
+    *,
+    n: int = 200,
+    pool_seed: int = 12345,
+    task_size: tuple[int, int] | None = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    use_val: bool = True,
+) -> dict[str, Any]:
+    """Sample one plan per task of a fresh ``n``-task pool with the compact prompt and measure: the
+    fraction of actions in the legal prefix, plans fully legal, plans ended by ``<eos>``, tasks solved
+    (simulator; confirmed by VAL when ``use_val``), and solve rates per task size."""
+    from iterdeploy_trl.extract import extract_plan
+    from iterdeploy_trl.prompts import build_prompt
+    from iterdeploy_trl.tasks import generate_tasks
+
+    model, tok = load_model_and_tokenizer(path)
+    model.eval()
+    dom = domain_pddl(domain)
+    tasks = generate_tasks(domain, n, seed=pool_seed, size=task_size)
+    prompts = [build_prompt(dom, t.problem, "compact", domain=domain) for t in tasks]
+    samples = sample_completions(
+        model, tok, prompts, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+    )
+    actions = legal = full = ended = solved = 0
+    by_size: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    solved_plans: list[tuple[str, list[str]]] = []
+    for task, (text, eos) in zip(tasks, samples, strict=True):
+        extraction = extract_plan(text)
+        plan = list(extraction.actions)
+        sim = Simulator(dom, task.problem)
+        k = sim.legal_prefix(plan)
+        actions += len(plan)
+        legal += k
+        full += k == len(plan)
+        ended += eos
+        ok = extraction.found and k == len(plan) and sim.is_goal(sim.run(plan)[0])
+        solved += ok
+        by_size[task.params["size"]][0] += ok
+        by_size[task.params["size"]][1] += 1
+        if ok:
+            solved_plans.append((task.problem, plan))
+    report: dict[str, Any] = {
+        "domain": domain,
+        "tasks": n,
+        "legal_action_fraction": legal / max(1, actions),
+        "fully_legal_fraction": full / n,
+        "eos_fraction": ended / n,
+        "mean_plan_length": actions / n,
+        "solved": solved,
+        "solve_rate": solved / n,
+        "solved_by_size": {s: f"{v[0]}/{v[1]}" for s, v in sorted(by_size.items())},
+    }
+    if use_val and solved_plans:
+        from iterdeploy_trl.validate import validate_batch
+
+        verdicts = validate_batch([(dom, p, plan) for p, plan in solved_plans], workers=2)
+        report["val_confirmed"] = sum(v.valid for v in verdicts)
+    return report

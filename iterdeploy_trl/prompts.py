@@ -19,6 +19,7 @@ that are grid neighbours by their ``pos-XX-YY`` names, ``is-nongoal`` is every f
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from iterdeploy_trl.domains import example
 
@@ -70,24 +71,29 @@ def compact_prompt(
     problem_pddl: str,
     *,
     domain: str | None = None,
-    goal_atoms: list[tuple[str, ...]] | None = None,
+    goal_atoms: Iterable[tuple[str, ...]] | None = None,
 ) -> str:
-    """``init: (a) (b)\\ngoal: (c)\\nplan:\\n``. ``goal_atoms`` replaces the task's goal (base-model
+    """``init: (a) (b)\ngoal: (c)\nplan:\n``. ``goal_atoms`` replaces the task's goal (base-model
     pretraining pairs an initial state with an unrelated goal)."""
-    from iterdeploy_trl.sim import Simulator, format_atom  # lazy: parses PDDL, not needed for "paper"
+    from iterdeploy_trl.sim import Simulator  # lazy: parses PDDL, not needed for "paper"
 
     sim = Simulator(domain_pddl, problem_pddl)
-    name = domain or domain_name(domain_pddl)
-    omit = COMPACT_OMIT.get(name, frozenset())
-    init = sorted((a for a in sim.init_state if a[0] not in omit), key=natural_key)
-    goal = sorted(sim.goal if goal_atoms is None else goal_atoms, key=natural_key)
-    return (
-        "init: "
-        + " ".join(format_atom(a) for a in init)
-        + "\ngoal: "
-        + " ".join(format_atom(a) for a in goal)
-        + "\nplan:\n"
-    )
+    goal = sim.goal if goal_atoms is None else goal_atoms
+    return format_compact(sim.init_state, goal, domain or domain_name(domain_pddl))
+
+
+def format_compact(
+    init: Iterable[tuple[str, ...]], goal: Iterable[tuple[str, ...]], domain: str | None = None
+) -> str:
+    """The compact prompt of a state and a goal given as atoms such as ``("on", "b1", "b2")``."""
+    omit = COMPACT_OMIT.get(domain or "", frozenset())
+    init_text = " ".join(_atom(a) for a in sorted((a for a in init if a[0] not in omit), key=natural_key))
+    goal_text = " ".join(_atom(a) for a in sorted(goal, key=natural_key))
+    return f"init: {init_text}\ngoal: {goal_text}\nplan:\n"
+
+
+def _atom(atom: tuple[str, ...]) -> str:
+    return "(" + " ".join(atom) + ")"
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:

@@ -82,3 +82,51 @@ def test_load_missing_path_names_it_and_the_fix(tmp_path) -> None:
     assert str(missing) in str(err.value)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         load_model_and_tokenizer(tmp_path)
+
+
+def test_walk_examples_are_legal_and_goal_unrelated() -> None:
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.models import walk_examples
+    from iterdeploy_trl.sim import parse_plan
+
+    examples = walk_examples("blocksworld", 12, seed=1, task_size=(3, 6), walks_per_task=3)
+    assert len(examples) == 12
+    tok = build_tokenizer("blocksworld")
+    for prompt, completion in examples:
+        assert prompt.startswith("init: ") and prompt.endswith("\nplan:\n")
+        assert tok.unk_token_id not in tok(prompt + completion)["input_ids"]
+        assert completion.endswith(")\n") and len(parse_plan(completion)) >= 1
+    assert walk_examples("blocksworld", 12, seed=1, task_size=(3, 6), walks_per_task=3) == examples
+    # Legal from the prompt's initial state: rebuild the problem from the prompt's init atoms.
+    prompt, completion = examples[0]
+    init = prompt.split("\n")[0][len("init: ") :]
+    blocks = sorted({w.strip("()") for w in init.split() if w.strip("()").startswith("b")})
+    problem = f"(define (problem p) (:domain blocksworld) (:objects {' '.join(blocks)}) (:init {init}) (:goal (and)))"
+    from iterdeploy_trl.sim import Simulator
+
+    sim = Simulator(domain_pddl("blocksworld"), problem)
+    assert sim.legal_prefix(parse_plan(completion)) == len(parse_plan(completion))
+
+
+def test_pretrain_smoke(tmp_path) -> None:
+    """A few steps of the tiny model: saved like a hub model, loadable, generates text."""
+    import json
+
+    from iterdeploy_trl.models import pretrain_base_model, sample_completions
+
+    record = pretrain_base_model(
+        "blocksworld",
+        tmp_path,
+        steps=3,
+        size="tiny",
+        num_walks=16,
+        batch_size=4,
+        task_size=(2, 4),
+        threads=1,
+        progress=False,
+    )
+    assert json.loads((tmp_path / "base_model.json").read_text()) == record
+    assert record["steps"] == 3 and record["final_loss"] > 0
+    model, tok = load_model_and_tokenizer(tmp_path)
+    [(text, _)] = sample_completions(model, tok, [PROMPT], max_new_tokens=8)
+    assert isinstance(text, str)

@@ -1,0 +1,86 @@
+"""`iterdeploy base-model`: pretrain the small local base model of a domain on random legal walks,
+and optionally measure it (legal actions, tasks solved) on a fresh task pool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from iterdeploy_trl.domains import PLANNING_DOMAINS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "base-model",
+        help="pretrain a small base model on random legal action walks (no goal-directed plans)",
+    )
+    p.add_argument("--domain", choices=PLANNING_DOMAINS, required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, help="output directory (a Hugging Face model directory)"
+    )
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps (default: 600)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the walks and of the initialisation")
+    p.add_argument("--size", choices=("tiny", "small", "medium"), default="small", help="model size")
+    p.add_argument("--num-walks", type=int, default=6000, help="training walks (default: 6000)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--task-size",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="generator size range of the tasks the walks start from (default: the domain's range)",
+    )
+    p.add_argument("--max-walk", type=int, default=24, help="longest walk, in actions (default: 24)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument(
+        "--measure",
+        type=int,
+        default=0,
+        metavar="N",
+        help="afterwards, sample one plan for each of N fresh tasks and report legality and solve rate",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation limit when measuring")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.models import measure_small_model, pretrain_base_model
+
+    if args.steps < 1 or args.num_walks < 1:
+        print("iterdeploy base-model: --steps and --num-walks must be at least 1", file=sys.stderr)
+        return 2
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "base_model.json").exists():
+        print(
+            f"iterdeploy base-model: {args.out} exists and is not a base-model directory; "
+            "give an empty or new directory",
+            file=sys.stderr,
+        )
+        return 2
+    record = pretrain_base_model(
+        args.domain,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        size=args.size,
+        num_walks=args.num_walks,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        task_size=tuple(args.task_size) if args.task_size else None,
+        max_walk=args.max_walk,
+        threads=args.threads,
+    )
+    print(
+        f"saved the {args.domain} base model ({record['parameters']:,} parameters, final loss "
+        f"{record['final_loss']:.4f}, {record['train_seconds']:.0f}s of training) to {args.out}"
+    )
+    if args.measure:
+        report = measure_small_model(
+            args.out, args.domain, n=args.measure, max_new_tokens=args.max_new_tokens
+        )
+        (args.out / "measure.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+    return 0
