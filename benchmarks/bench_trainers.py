@@ -91,15 +91,17 @@ def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
 
 
 def loss_times(trainers: dict[str, Any], inputs: dict[str, Any], reps: int) -> dict[str, list[float]]:
-    """Forward + backward of `compute_loss` on one fixed generation batch, alternating trainers."""
+    """Forward + backward of `compute_loss` on one fixed batch, alternating trainers."""
     times: dict[str, list[float]] = {name: [] for name in trainers}
     for trainer in trainers.values():
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
     for rep in range(reps + WARMUP):
         for name, trainer in trainers.items():
+            keep = getattr(trainer, "_extra_columns", ())  # behaviour_logprob for IW-SFT only
+            batch = {k: v for k, v in inputs.items() if k != "behaviour_logprob" or k in keep}
             start = time.perf_counter()
-            loss = trainer.compute_loss(trainer.model, dict(inputs))
+            loss = trainer.compute_loss(trainer.model, batch)
             loss.backward()
             trainer.model.zero_grad(set_to_none=True)
             if torch.cuda.is_available():
@@ -173,6 +175,14 @@ def main() -> None:
             ),
         }
         report("SFT (full optimizer step)", time_pair(sft, args.rounds), "trl.SFTTrainer")
+        sft_trainers = {name: make() for name, make in sft.items()}
+        iw = sft_trainers["ImportanceWeightedSFTTrainer"]
+        batch = iw._prepare_inputs(iw.data_collator([iw.train_dataset[i] for i in range(args.batch)]))
+        report(
+            "SFT (loss only: forward + backward on one batch)",
+            loss_times(sft_trainers, batch, reps=args.steps * args.rounds),
+            "trl.SFTTrainer",
+        )
 
         rl_kw = {**kw, "num_generations": args.batch, "max_completion_length": 48, "temperature": 1.0}
         rl = {
