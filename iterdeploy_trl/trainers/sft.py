@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset, IterableDataset
 from trl import SFTConfig, SFTTrainer
@@ -187,9 +188,10 @@ class ValidTraceSFTTrainer(SFTTrainer):
         dataset = super()._prepare_dataset(
             dataset, processing_class, untruncated, packing, formatting_func, dataset_name
         )
-        if not isinstance(dataset, Dataset):  # streaming: no counts, drop silently
-            return dataset.filter(lambda row: len(row["input_ids"]) <= max_length)
-        lengths = [len(ids) for ids in dataset["input_ids"]]
+        if not isinstance(dataset, Dataset):  # streaming: rows are checked as they come, not counted
+            return dataset.filter(_fits, fn_kwargs={"max_length": max_length, "policy": args.overlong_policy})
+        # lengths from Arrow: a Python list of every token id would not fit in memory at 32k context
+        lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
         overlong = [(row, n) for row, n in zip(dataset[_ROW], lengths, strict=True) if n > max_length]
         dataset = dataset.remove_columns(_ROW)
         if overlong and args.overlong_policy == "raise":
@@ -295,6 +297,17 @@ class ValidTraceSFTTrainer(SFTTrainer):
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if self.aux_loss_enabled:
             self._metrics[mode]["aux_loss"].append(gather(outputs.aux_loss).mean().item())
+
+
+def _fits(row: dict[str, Any], max_length: int, policy: str) -> bool:
+    if len(row["input_ids"]) <= max_length:
+        return True
+    if policy == "raise":
+        raise ValueError(
+            f"a row of {len(row['input_ids'])} tokens is longer than max_length={max_length} (prompt + completion "
+            "+ EOS); training on it would teach a cut plan. Raise max_length or set overlong_policy='skip'."
+        )
+    return False
 
 
 def _column_names(dataset: Dataset | IterableDataset | None) -> list[str]:
