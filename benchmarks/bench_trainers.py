@@ -43,18 +43,27 @@ from iterdeploy_trl.trainers import (
 WARMUP = 3
 
 
+def clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds. On a shared machine the CPU time of this process is the steadier measure: it
+    leaves out the time other processes hold the cores (VAL's subprocesses are left out of it too)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step."""
+    """Wall and CPU time of every optimizer step."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.times: list[tuple[float, float]] = []
+        self._start = (0.0, 0.0)
 
-    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        self._start = time.perf_counter()
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = clocks()
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        self.times.append(time.perf_counter() - self._start)
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        end = clocks()
+        self.times.append((end[0] - self._start[0], end[1] - self._start[1]))
 
 
 def common_args(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
@@ -73,9 +82,9 @@ def common_args(out: Path, steps: int, batch: int, device: str) -> dict[str, Any
     }
 
 
-def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Median-ready step times of each trainer; runs alternate between the trainers of the pair."""
-    times: dict[str, list[float]] = {name: [] for name in build}
+def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Step times of each trainer; runs alternate between the trainers of the pair."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in build}
     trainers = {name: make() for name, make in build.items()}
     for trainer in trainers.values():
         trainer.remove_callback(PrinterCallback)
@@ -90,9 +99,11 @@ def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
     return times
 
 
-def loss_times(trainers: dict[str, Any], inputs: dict[str, Any], reps: int) -> dict[str, list[float]]:
+def loss_times(
+    trainers: dict[str, Any], inputs: dict[str, Any], reps: int
+) -> dict[str, list[tuple[float, float]]]:
     """Forward + backward of `compute_loss` on one fixed batch, alternating trainers."""
-    times: dict[str, list[float]] = {name: [] for name in trainers}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
     for trainer in trainers.values():
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
@@ -100,23 +111,27 @@ def loss_times(trainers: dict[str, Any], inputs: dict[str, Any], reps: int) -> d
         for name, trainer in trainers.items():
             keep = getattr(trainer, "_extra_columns", ())  # behaviour_logprob for IW-SFT only
             batch = {k: v for k, v in inputs.items() if k != "behaviour_logprob" or k in keep}
-            start = time.perf_counter()
+            start = clocks()
             loss = trainer.compute_loss(trainer.model, batch)
             loss.backward()
             trainer.model.zero_grad(set_to_none=True)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            end = clocks()
             if rep >= WARMUP:
-                times[name].append(time.perf_counter() - start)
+                times[name].append((end[0] - start[0], end[1] - start[1]))
     return times
 
 
-def report(title: str, times: dict[str, list[float]], baseline: str) -> None:
-    base = statistics.median(times[baseline])
+def report(title: str, times: dict[str, list[tuple[float, float]]], baseline: str) -> None:
+    """Median wall and CPU time per step, and their ratios to the TRL trainer's."""
+    base = [statistics.median(t[k] for t in times[baseline]) for k in (0, 1)]
     print(f"\n{title}")
+    print(f"  {'trainer':<40} {'wall ms':>9} {'ratio':>6} {'CPU ms':>9} {'ratio':>6}   n")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:<34} {1000 * median:8.2f} ms/step  (n={len(values)})  ratio {median / base:.3f}")
+        wall, cpu = (statistics.median(t[k] for t in values) for k in (0, 1))
+        print(
+            f"  {name:<40} {1000 * wall:9.2f} {wall / base[0]:6.3f} {1000 * cpu:9.2f} {cpu / base[1]:6.3f}"
+            f"   {len(values)}"
+        )
 
 
 def main() -> None:
@@ -145,7 +160,10 @@ def main() -> None:
         {"prompt": r["prompt"], "domain_pddl": domain, "problem_pddl": t.problem}
         for r, t in zip(traces, tasks, strict=True)
     ]
-    model = lambda: make_small_model(tokenizer, args.size, seed=0)  # noqa: E731
+
+    def model() -> torch.nn.Module:  # the same initial weights for every trainer
+        return make_small_model(tokenizer, args.size, seed=0)
+
     print(
         f"model {args.size} ({sum(p.numel() for p in model().parameters()) / 1e6:.2f} M parameters), device {device}, "
         f"{args.threads} thread(s), batch {args.batch}, {args.steps} steps x {args.rounds} rounds"

@@ -163,12 +163,19 @@ def test_gradient_accumulation_gives_the_full_batch_step(tokenizer, tmp_path: Pa
     assert torch.allclose(params[0], params[1], atol=1e-6)
 
 
-def test_empty_training_set_is_a_clear_error(tokenizer, tmp_path: Path) -> None:
-    empty = Dataset.from_dict({"prompt": [], "completion": []})
+@pytest.mark.parametrize(
+    ("trainer_class", "config_class"),
+    [
+        (ValidTraceSFTTrainer, ValidTraceSFTConfig),
+        (ImportanceWeightedSFTTrainer, ImportanceWeightedSFTConfig),
+    ],
+)
+def test_empty_training_set_is_a_clear_error(tokenizer, tmp_path: Path, trainer_class, config_class) -> None:
+    empty = Dataset.from_dict({"prompt": [], "completion": [], "behaviour_logprob": []})
     with pytest.raises(ValueError, match="no valid traces yet: nothing to train on"):
-        ValidTraceSFTTrainer(
+        trainer_class(
             _model(tokenizer),
-            args=ValidTraceSFTConfig(tmp_path, **CPU),
+            args=config_class(tmp_path, **CPU),
             train_dataset=empty,
             processing_class=tokenizer,
         )

@@ -83,7 +83,8 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     `SFTTrainer` appends when the completion does not end with it.
 
     The weight comes from the training forward itself (log π(y|x) summed over the completion tokens, no
-    second forward) and carries no gradient. Logged: `iw/weight_min`, `iw/weight_max` (over the steps since
+    second forward) and carries no gradient. That forward runs in training mode: with dropout (LoRA
+    dropout, say) log π, hence w, carries the dropout noise; set dropout to 0 for exact weights. Logged: `iw/weight_min`, `iw/weight_max` (over the steps since
     the last log), `iw/weight_mean`, `iw/ess` (effective sample size (Σw)²/Σw² of a micro-batch) and
     `iw/truncated_fraction` (averaged).
     """

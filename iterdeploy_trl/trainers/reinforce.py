@@ -163,7 +163,9 @@ class ReinforceTrainer(GRPOTrainer):
             **kwargs,
         )
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:  # noqa: ANN001
+    def _calculate_rewards(
+        self, inputs: list[dict[str, Any]], prompts: list, completions: list, completion_ids_list: list
+    ) -> torch.Tensor:
         """GRPO's reward calls, unchanged; the gathered rewards are kept for the advantages."""
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards_per_func
