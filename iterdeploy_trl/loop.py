@@ -376,6 +376,21 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     write_json(resolved, {"hash": h, "config": cfg.to_dict()})
 
 
+def generation_model(sdir: Path, g: int) -> Path | None:
+    """The model directory deployed in generation ``g`` (None: the base model). A generation whose
+    training set was empty keeps the previous model, recorded as ``gen_<g>/model/same_as.json``."""
+    while g > 0:
+        d = sdir / f"gen_{g:02d}" / "model"
+        ref = d / "same_as.json"
+        if ref.exists():
+            g = read_json(ref)["generation"]
+            continue
+        if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
+            raise RunError(f"{d} is missing or incomplete: the run directory is damaged")
+        return d
+    return None
+
+
 def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str, pool: list[Any],
              heldout: list[Any], *, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``)."""
@@ -388,10 +403,8 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     train_stats: dict[str, Any] = {}
     for g in range(cfg.generations + 1):
         gdir = sdir / f"gen_{g:02d}"
-        model_dir = None if g == 0 else gdir / "model"
-        if g > 0 and not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
-            raise RunError(f"{model_dir} is missing: the run directory is damaged")
-        model_id = str(base) if g == 0 else str(model_dir.relative_to(out))
+        model_dir = generation_model(sdir, g)
+        model_id = str(base) if model_dir is None else str(model_dir.relative_to(out))
         t0 = time.time()
         records = deploy_generation(
             cfg, lambda md=model_dir: make_backend(cfg, base, md), domain_pddl, {"pool": pool, "heldout": heldout},
@@ -402,7 +415,8 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         if g in done:
             m = done[g]
         else:
-            train_stats = read_json(gdir / "model" / "train_stats.json") if g > 0 else {}
+            stats_path = gdir / "model" / "train_stats.json"
+            train_stats = read_json(stats_path) if stats_path.exists() else {}
             m = generation_metrics(records, g, len(pool), len(heldout))
             # Budget: the sampled completions the generation-g model has learnt from (g rounds of n*K).
             m.update(seed=seed, samples_used=g * len(pool) * cfg.sampling.samples_per_task,
@@ -425,6 +439,10 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         history = all_records if cfg.accumulate else records
         curated = curate(history, cfg.curation, seed=seed)
         write_jsonl(gdir / "train.jsonl", training_rows(curated))
+        if not curated:
+            log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
+            write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
+            continue
         init_from = model_dir if (cfg.training.init == "previous" and model_dir is not None) else None
         train_generation(cfg, base, training_rows(curated), next_dir, seed=batch_seed(seed, "train", g) % (2**31),
                          init_from=init_from)
