@@ -1,0 +1,46 @@
+"""`iterdeploy figures`: every figure of a study, from run, compare and theory directories."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "figures", help="draw the figures (PNG + PDF) and results.md from run/compare/theory directories",
+        description="Detects each directory's kind and draws what it allows: from run directories (iterdeploy "
+                    "run) tasks solved and unanimous@k, pool vs held-out, plan lengths and tokens per "
+                    "generation, the curation ablation (a curated and an uncurated run); from a compare "
+                    "directory (iterdeploy compare) the head-to-head against the sampling budget and training "
+                    "tokens, and the ablation; from a theory directory (iterdeploy theory --out) the cosine "
+                    "checks. Figures over several runs are drawn per domain. A run still in progress is drawn "
+                    "up to its last finished generation. OUT/results.md holds the numbers behind each figure.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="DIR", help="run, compare or theory directories")
+    p.add_argument("--out", type=Path, required=True, help="directory for the figures and results.md")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.figures import FigureError, render_figures
+
+    def warn(msg: str) -> None:
+        print(f"iterdeploy figures: warning: {msg}", file=sys.stderr)
+
+    try:
+        report = render_figures(args.paths, args.out, warn=warn)
+    except FigureError as exc:
+        print(f"iterdeploy figures: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable --out, disk full
+        print(f"iterdeploy figures: cannot write to {args.out}: {exc}", file=sys.stderr)
+        return 2
+    if not report.figures:
+        print(f"iterdeploy figures: nothing to draw from {', '.join(map(str, args.paths))} (see the warnings); "
+              f"wrote only {report.results}", file=sys.stderr)
+        return 2
+    for d in report.figures:
+        print(f"{d.kind:<20} {', '.join(str(f) for f in d.files)}")
+    print(f"wrote {len(report.figures)} figures and {report.results}")
+    return 0
