@@ -119,7 +119,7 @@ class TrainingConfig:
     iw_self_normalize: bool = True
     iw_per_token: bool = False
     reinforce_baseline: str = "none"
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0  # fraction of the steps with a linear learning-rate warmup
     weight_decay: float = 0.0
 
     def check(self) -> None:
@@ -136,6 +136,7 @@ class TrainingConfig:
                  f"must be one of {BASELINES}")
         _require(self.iw_truncate is None or self.iw_truncate > 0, "training.iw_truncate", self.iw_truncate,
                  "must be > 0 or null")
+        _require(0 <= self.warmup_ratio < 1, "training.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
         if self.lora is not None:
             self.lora.check()
 

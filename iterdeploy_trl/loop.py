@@ -283,7 +283,7 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         output_dir=str(tmp / "trainer"), num_train_epochs=tcfg.epochs, learning_rate=tcfg.learning_rate,
         per_device_train_batch_size=tcfg.batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
-        logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_ratio=tcfg.warmup_ratio,
+        logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_steps=tcfg.warmup_ratio,
         weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
         loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
         disable_tqdm=False, dataloader_num_workers=0,
