@@ -1,0 +1,199 @@
+"""The gradient checks of ``iterdeploy_trl.theory`` on a tiny model in float64: valid-trace SFT is parallel to
+binary-reward REINFORCE on the same samples (not with a per-sequence token mean), the exact gradient by
+enumeration is autograd's, importance weights with β = π change nothing, IW-SFT beats plain SFT on β's
+samples, and bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from iterdeploy_trl import theory as th
+from iterdeploy_trl.domains import domain_pddl
+from iterdeploy_trl.models import build_tokenizer, make_small_model
+from iterdeploy_trl.trainers import losses
+
+torch.set_num_threads(1)
+
+DOMAIN = "blocksworld"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(DOMAIN)
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    """Two 2-block tasks with every valid plan of ≤ 4 actions (plans of 2 and 4 actions)."""
+    found = th.planning_prompts(tok, DOMAIN, 2, 2, 0, max_actions=4)
+    assert len(found) == 2 and all(p.valid_ids for p in found)
+    return found
+
+
+def _setting(model, tok, prompts, beta=None) -> th.Setting:
+    pi = th.Policy(model, tok)
+    return th.Setting(pi, beta or pi, th.trainable_parameters(model), list(prompts), list(prompts),
+                      domain_pddl(DOMAIN), {})
+
+
+@pytest.fixture(scope="module")
+def fresh(tok, prompts):
+    """A fresh tiny model in float64 (gradient identities hold for any parameters)."""
+    model = th.to_precision(make_small_model(tok, "tiny", seed=1), torch.float64).eval()
+    return _setting(model, tok, prompts)
+
+
+def _samples_and_rewards(setting: th.Setting, seed: int = 0):
+    """Per prompt: all valid canonical completions (lengths differ) plus invalid model samples, same count."""
+    gen = torch.Generator().manual_seed(seed)
+    samples, rewards = [], []
+    for p in setting.on_policy_prompts:
+        valid = list(p.valid_ids)
+        junk = th.sample_completions(setting.pi, p.prompt_ids, 8 - len(valid), max_new_tokens=12, generator=gen)
+        junk = [y for y in junk if y not in p.valid_ids]
+        junk += [junk[0]] * (8 - len(valid) - len(junk))
+        samples.append(valid + junk)
+        rewards += [1.0] * len(valid) + [0.0] * len(junk)
+    return samples, torch.tensor(rewards, dtype=torch.float64)
+
+
+def _comparison(result: th.CheckResult, a: str) -> dict:
+    return next(c for c in result.data["comparisons"] if c["a"] == a)
+
+
+def test_same_sample_sft_is_parallel_to_reinforce(fresh) -> None:
+    samples, rewards = _samples_and_rewards(fresh)
+    result = th.on_policy_same_samples(fresh, th.TheoryConfig(), samples=samples, rewards=rewards)
+    n, n_valid = len(rewards), int(rewards.sum())
+    for norm in ("sequence_sum", "batch_tokens"):
+        comp = _comparison(result, f"sft[{norm}]")
+        assert comp["cosine"] >= 1 - 1e-6, norm
+        assert comp["norm_ratio"] == pytest.approx(comp["expected_norm_ratio"], rel=1e-9)
+    assert _comparison(result, "sft[sequence_sum]")["expected_norm_ratio"] == pytest.approx(n / n_valid)
+    # valid traces of 2 and 4 actions: the per-sequence token mean reweights them by 1/T_i
+    assert len(result.data["valid_lengths"]) > 1
+    assert 1 - _comparison(result, "sft[sequence_mean]")["cosine"] > 1e-4
+    # a baseline changes the same-sample vector
+    assert 1 - _comparison(result, "reinforce[mean]")["cosine"] > 1e-6
+    assert all(row.verdict == th.PASS for row in result.rows), th.format_table(result.rows)
+
+
+def test_exact_gradient_by_enumeration_is_autograd_of_valid_mass(fresh) -> None:
+    ctx = th.exact_context(fresh)
+    auto = th.total_valid_probability_gradient(fresh.pi, fresh.exact_prompts, fresh.params)
+    assert float((auto - ctx.exact_direction).norm() / auto.norm()) < 1e-10
+    # the coefficient route (loss differentiated w.r.t. token log-probs) = a direct backward through the model
+    rows = torch.tensor([0, 0, 1, 3, len(ctx.grads.keys) - 1])
+    via_coefficients = ctx.grads.direction(th._sft_coefficients(ctx, rows))
+    tls, masks = [], []
+    for u in rows.tolist():
+        k, ids = ctx.grads.keys[u]
+        tl, m = th.completion_logprobs(fresh.pi, fresh.exact_prompts[k].prompt_ids, [ids])
+        tls.append(tl)
+        masks.append(m)
+    direct = -th.flat_grad(losses.sft_loss(th._pad_cat(tls), th._pad_cat(masks), "sequence_sum"), fresh.params)
+    assert float((direct - via_coefficients).norm() / direct.norm()) < 1e-10
+
+
+def test_enumerated_plans_are_val_valid(fresh) -> None:
+    plans = [(p, plan) for p in fresh.exact_prompts for plan in p.valid_plans]
+    texts = [th.canonical_completion(plan) for _, plan in plans]
+    assert th.val_rewards(fresh.domain_pddl, [p.problem for p, _ in plans], texts).tolist() == [1.0] * len(plans)
+    assert th.val_rewards(fresh.domain_pddl, [plans[0][0].problem] * 2,
+                          ["(stack b1 b1)\n", "no plan here"]).tolist() == [0.0, 0.0]
+
+
+def test_importance_weights_with_beta_equal_pi_are_plain_sft(fresh) -> None:
+    ctx = th.exact_context(fresh)  # β = π in the fixture
+    assert torch.allclose(ctx.logp_beta, ctx.logp_pi, rtol=0, atol=1e-12)
+    rows = torch.tensor([0, 2, 2, 4])
+    plain, _ = th._iw_coefficients(ctx, rows, plain=True)
+    for kwargs in ({}, {"self_normalize": True}, {"truncate": 2.0}):
+        weighted, stats = th._iw_coefficients(ctx, rows, **kwargs)
+        assert torch.allclose(weighted, plain, rtol=1e-12, atol=0), kwargs
+        assert stats["ess"] == pytest.approx(len(rows))
+
+
+@pytest.fixture(scope="module")
+def trained(tok):
+    """One 2-block task, valid plans of ≤ 4 actions; π warmed up until its valid mass is ≥ 0.4, β = π at
+    temperature 1.6 (it shifts mass between short and long plans, so β/π varies over valid plans)."""
+    prompts = th.planning_prompts(tok, DOMAIN, 2, 4, 0, max_actions=4)
+    prompt = max(prompts, key=lambda p: len(p.valid_ids))
+    model = make_small_model(tok, "tiny", seed=0)
+    torch.manual_seed(0)
+    train = [(prompt.prompt_ids, ids) for ids in prompt.valid_ids]
+    _, model, info = th.warm_up(model, tok, train, [prompt], beta_mass=0.0, pi_mass=0.4, max_steps=200, lr=1e-2)
+    assert info["history"][-1]["valid_mass"] >= 0.4
+    th.to_precision(model, torch.float64).eval()
+    setting = _setting(model, tok, [prompt])
+    setting.beta = th.Policy(model, tok, temperature=1.6, name="β")
+    return setting
+
+
+def test_importance_weighted_sft_beats_plain_sft_off_policy(trained) -> None:
+    config = th.TheoryConfig(sample_sizes=(4, 64), repeats=5, truncate=2.0)
+    result = th.off_policy(trained, config)
+    limits = result.data["limits"]
+    assert limits["plain_sft"] < 0.999 and limits["iw"] == pytest.approx(1.0)
+    series = {s["name"]: s for s in result.plots[0]["series"]}
+    assert all(len(v) == 5 for v in series["iw"]["values"])
+    for corrected in ("iw", "iw_self_normalized"):
+        assert series[corrected]["mean"][-1] > series["plain_sft"]["mean"][-1]
+    assert series["plain_sft"]["mean"][-1] == pytest.approx(limits["plain_sft"], abs=0.05)
+    json.dumps(result.plots)  # plot data is JSON-ready
+
+
+def test_mixture_is_effective_reward_reinforce(trained) -> None:
+    config = th.TheoryConfig(sample_sizes=(16,), repeats=2, lambdas=(0.0, 0.3, 1.0))
+    result = th.mixture(trained, config)
+    assert max(e["relative_error"] for e in result.data["exact"]) < 1e-10
+    assert result.rows[0].verdict == th.PASS
+
+
+def test_no_valid_trace_is_a_zero_gradient_not_a_division_by_zero(fresh) -> None:
+    samples, rewards = _samples_and_rewards(fresh)
+    result = th.on_policy_same_samples(fresh, th.TheoryConfig(), samples=samples, rewards=torch.zeros_like(rewards))
+    first = result.rows[0]
+    assert "no valid trace" in first.check and first.verdict == th.PASS and "N⁺ = 0" in first.measured
+    assert {r.verdict for r in result.rows[1:]} == {th.FAIL}  # Prop. 1 could not be checked
+    token_logps, mask = th._batch_logprobs(fresh.pi, fresh.on_policy_prompts, samples)
+    with pytest.raises(th.NoValidTraces, match="REINFORCE gradient .* is exactly 0"):
+        th.sft_on_valid_gradient_loss(token_logps, mask, torch.zeros_like(rewards), "sequence_sum")
+    with pytest.raises(th.TheoryError, match="zero vector"):
+        th.cosine(torch.zeros(3), torch.ones(3))
+
+
+def test_frozen_model_is_a_clear_error(tok) -> None:
+    model = make_small_model(tok, "tiny")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(th.TheoryError, match="no trainable parameters"):
+        th.trainable_parameters(model)
+
+
+def test_lora_model_uses_only_adapter_parameters(tok) -> None:
+    peft = pytest.importorskip("peft")
+    base = make_small_model(tok, "tiny")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    params = th.trainable_parameters(model)
+    assert params.names and all("lora_" in n for n in params.names)
+    assert set(params.groups) == {"layer0.attn", "layer1.attn"}
+
+
+def test_mismatched_tokenizers_are_a_clear_error(tok) -> None:
+    other = build_tokenizer("sokoban")
+    with pytest.raises(th.TheoryError, match="different tokenizers"):
+        th.check_same_tokenizer(tok, other)
+    th.check_same_tokenizer(tok, build_tokenizer(DOMAIN))  # equal vocabularies are fine
+
+
+def test_cli_bad_input_exit_2(tmp_path, capsys) -> None:
+    from iterdeploy_trl.cli import main
+
+    assert main(["theory", "--model", str(tmp_path / "missing"), "--json"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["theory", "--repeats", "0"]) == 2
