@@ -33,8 +33,8 @@ class TasksConfig:
     """The task pool and the held-out split."""
 
     n: int = 200  # tasks in the deployment pool (the study: 1000)
-    heldout: int = 0  # extra tasks never trained on, evaluated every generation
-    size: tuple[int, int] | None = None  # generator size range; None: the generator's default
+    heldout: int = 50  # extra tasks never trained on, evaluated every generation
+    size: tuple[int, int] | None = (2, 6)  # generator size range (blocks, levels); None: generator default
     seed: int = 0  # seed of the task generator (the pool is shared by all run seeds)
     dir: str | None = None  # an existing task directory (IPC layout) instead of generating
 
@@ -54,7 +54,8 @@ class ModelConfig:
     prompt_style: str = "compact"  # "compact" for the small model, "paper" for chat LLMs
     dtype: str = "float32"  # float32 | bfloat16 | float16
     size: str = "small"  # small-model size when path is auto
-    base_steps: int = 1500  # pretraining steps of the auto base model
+    base_steps: int = 600  # pretraining steps of the auto base model
+    base_max_walk: int = 12  # longest random legal walk in the auto base model's pretraining data
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self) -> None:
@@ -63,6 +64,7 @@ class ModelConfig:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
                  "must be float32, bfloat16 or float16")
         _require(self.base_steps >= 1, "model.base_steps", self.base_steps, "must be >= 1")
+        _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
         if self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
                               "(nothing is downloaded) or 'auto' for the small local model")
@@ -76,7 +78,7 @@ class SamplingConfig:
     samples_per_task: int = 4  # K completions per task and generation
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # the small model's plans: 5 tokens an action
     batch_size: int = 64  # prompts per generate() call (transformers backend)
     gpu_memory_utilization: float = 0.85  # vLLM only
 
@@ -108,8 +110,8 @@ class TrainingConfig:
     """Fine-tuning of each new generation."""
 
     init: str = "base"  # base: fresh model from the base each generation (the study); previous: continue
-    learning_rate: float = 1e-4
-    epochs: float = 2.0
+    learning_rate: float = 5e-4  # the small model, full fine-tuning; the study's LoRA used 1e-5
+    epochs: float = 3.0
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     max_length: int = 512  # prompt + completion tokens

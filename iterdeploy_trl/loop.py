@@ -95,13 +95,17 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
         return path
     from iterdeploy_trl.models import pretrain_base_model
 
-    path = cache_root(cfg) / "base_models" / f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-seed0"
+    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-walk{cfg.model.base_max_walk}"
+           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-seed0")
+    path = cache_root(cfg) / "base_models" / key
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
               "(once; reused by later runs)", flush=True)
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size)
+        pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size,
+                            task_size=size, max_walk=cfg.model.base_max_walk, progress=progress)
         replace_dir(tmp, path)
     return path
 
