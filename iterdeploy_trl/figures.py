@@ -679,13 +679,13 @@ def fig_ablation(domain: str, curated: Sequence[Run], uncurated: Sequence[Run], 
                                 xytext=(0, 5 if is_cur else -9), ha="center", fontsize=5.5, color=colour)
             rows += [(run.label, what, g["generation"], g["solved"], g.get("solved_min"), g.get("solved_max"),
                       g.get("train_traces"), g.get("train_traces_min"), g.get("train_traces_max")) for g in gens]
-    ax.set_title(f"curation ablation, {domain} (numbers: training traces)")
+    ax.set_title("curation ablation: tasks solved")
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     _int_x(ax)
     ax.set_ylim(bottom=0)
     ax.margins(y=0.15)
-    ax.legend(loc="best")
+    ax.legend(loc="best", title=f"{domain}; numbers: training traces", title_fontsize=6.5)
     files = _save(fig, out, stem)
     md.section(f"Curation ablation — {domain}", files, [r.path for r in runs],
                ["Training traces: the size of the set each generation's model was fine-tuned on (mean over "
@@ -737,15 +737,15 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: _Markdown) -> Drawn
                             r.get("train_traces"), tok, r.get("train_seconds")))
     of = f" (of {n_tasks})" if n_tasks else ""
     seeds = ", ".join(map(str, cmp.seeds))
-    ax_b.set_title(f"(a) equal sampling budget, {cmp.domain}; 95% CI over seeds {seeds}")
+    ax_b.set_title("(a) tasks solved vs sampling budget")
     ax_b.set_xlabel("sampled completions used for learning")
-    ax_t.set_title("(b) the same against training compute")
+    ax_t.set_title("(b) tasks solved vs training compute")
     ax_t.set_xlabel("training tokens (cumulative)")
     for a in (ax_b, ax_t):
         a.set_ylabel(f"tasks solved{of}")
         a.set_ylim(bottom=0)
         a.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-    ax_b.legend(loc="best")
+    ax_b.legend(loc="best", title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
     files = _save(fig, out, stem)
     sources = [cmp.path]
     notes = ["Mean over seeds with a two-sided 95% t interval (compare.json). Training tokens: completion "
@@ -766,19 +766,19 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: _Markdown) -> Drawn
     return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title()], files, sources)
 
 
-SAME_SAMPLE_LABELS = {
-    "sft[sequence_sum]": "SFT, sum over tokens",
-    "sft[batch_tokens]": "SFT, batch token mean",
-    "sft[sequence_mean]": "SFT, per-trace token mean",
-    "reinforce[mean]": "REINFORCE, mean baseline",
-    "reinforce[leave_one_out]": "REINFORCE, leave-one-out",
+SAME_SAMPLE_LABELS = {  # estimator -> tick label (SFT on the valid traces under each loss normalisation)
+    "sft[sequence_sum]": "SFT, token sum",
+    "sft[batch_tokens]": "SFT, batch-token mean",
+    "sft[sequence_mean]": "SFT, per-trace mean",
+    "reinforce[mean]": "RL, mean baseline",
+    "reinforce[leave_one_out]": "RL, leave-one-out",
 }
 
 
 def fig_theory_convergence(th: Theory, plots: Sequence[dict[str, Any]], out: Path, stem: str, md: _Markdown) -> Drawn:
     """Cosine vs samples per prompt for each estimator, mean with a 10–90 % band over repeats."""
     n = len(plots)
-    fig, axes = _figure(SINGLE if n == 1 else DOUBLE, 3.0, 1, n)
+    fig, axes = _figure(SINGLE if n == 1 else DOUBLE, 3.5, 1, n)
     titles = []
     md.section("Theory: cosine vs number of samples", [out / f"{stem}.{f}" for f in FORMATS], [th.path / "theory.json"],
                ["Mean over repeats, band 10–90 %; dotted lines: exact limits."])
@@ -793,17 +793,31 @@ def fig_theory_convergence(th: Theory, plots: Sequence[dict[str, Any]], out: Pat
             ax.plot(x, mean, marker="o", color=colour, label=s.get("label", s.get("name", "")))
             md.table([f"{plot.get('id', '')}: {s.get('label', s.get('name', ''))}", *map(str, x)],
                      [("mean", *mean), ("p10", *lo), ("p90", *hi)])
-        for k, ref in enumerate(plot.get("reference_lines", [])):
+        refs = plot.get("reference_lines", [])
+        for k, ref in enumerate(refs):
             ax.axhline(_num(ref.get("y")), color=GREY if k == 0 else "#444444", linestyle=":" if k else "--",
                        linewidth=0.9, label=ref.get("label", ref.get("name", "")))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [str(v) for v in x])
-        ax.minorticks_off()
+        if refs:
+            md.text("Exact limits: " + "; ".join(f"{r.get('label', r.get('name'))} = {_fmt(_num(r.get('y')))}"
+                                                 for r in refs) + ".")
+            md.text("")
+        if x:
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(min(x) / 1.5, max(x) * 1.5)
+            ax.set_xticks(x, [str(v) for v in x])
+            ax.minorticks_off()
+        # Cosines are often 1 to 1e-15: no offset notation, and a range of at least 0.1 below 1.
+        seen = [v for line in ax.lines for v in line.get_ydata() if v == v]
+        if all(v != v for s in plot.get("series", []) for v in map(_num, s.get("mean", []))):
+            ax.text(0.5, 0.5, "no estimate:\nno valid sample drawn", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=7, color="#444444")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_ylim(min([0.9, *seen]) - 0.05, max([1.0, *seen]) + 0.03)
         ax.set_xlabel(plot.get("x_label", "N (samples per prompt)"))
-        ax.set_ylabel(_wrap(plot.get("y_label", "cosine"), 40))
-        ax.set_title(_wrap(f"({'abcdefgh'[i]}) " + plot.get("title", plot.get("id", "")), 48))
+        ax.set_ylabel(_wrap(plot.get("y_label", "cosine"), 34))
+        ax.set_title(_wrap(f"({'abcdefgh'[i]}) " + plot.get("title", plot.get("id", "")), 40))
         titles.append(ax.get_title())
-        ax.legend(loc="lower right", fontsize=5.5)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=6)
     files = _save(fig, out, stem)
     return Drawn(stem, "theory_convergence", titles, files, [th.path / "theory.json"])
 
@@ -811,7 +825,7 @@ def fig_theory_convergence(th: Theory, plots: Sequence[dict[str, Any]], out: Pat
 def fig_theory_same_samples(th: Theory, comparisons: Sequence[dict[str, Any]], out: Path, stem: str,
                             md: _Markdown) -> Drawn:
     """1 − cosine to REINFORCE (no baseline) on the same samples, by SFT normalisation and baseline."""
-    fig, axes = _figure(SINGLE, 2.1)
+    fig, axes = _figure(SINGLE, 2.6)
     ax = axes[0, 0]
     floor = 1e-16
     names = [SAME_SAMPLE_LABELS.get(c.get("a", ""), c.get("a", "")) for c in comparisons]
@@ -825,22 +839,23 @@ def fig_theory_same_samples(th: Theory, comparisons: Sequence[dict[str, Any]], o
     ax.barh(y, [g if not math.isnan(g) else 0 for g in gaps], color=colours, left=floor / 10, height=0.6)
     for yi, g, c in zip(y, gaps, comparisons, strict=True):
         cos = _num(c.get("cosine"))
-        text = "g = 0" if math.isnan(g) else f"cos = {cos:.6f}" if g > 1e-6 else f"1−cos = {1 - cos:.0e}"
+        text = "g = 0" if math.isnan(g) else f"cos = {cos:.4f}" if g > 1e-6 else f"1−cos = {1 - cos:.0e}"
+        text = text.replace("-", "−")
         ax.text(max(g if not math.isnan(g) else floor, floor) * 2, yi, text, va="center", fontsize=6)
     tol = 1e-9 if str(th.data.get("setup", {}).get("dtype", "float64")) == "float64" else 1e-4
     ax.axvline(tol, color=GREY, linestyle="--", linewidth=0.8, label=f"parallel: 1−cos ≤ {tol:.0e}")
     ax.set_xscale("log")
     ax.set_xlim(floor / 10, 10)
     ax.set_yticks(y, names)
-    ax.set_xlabel("1 − cosine to REINFORCE without baseline")
-    ax.set_title("same samples: SFT on valid traces vs REINFORCE")
+    ax.set_xlabel("1 − cosine to REINFORCE, no baseline")
+    ax.set_title("gradients on the same samples")
     ax.grid(axis="y", visible=False)
     from matplotlib.patches import Patch
 
     handles = [Patch(color=OKABE_ITO["green"], label="theory: parallel"),
                Patch(color=OKABE_ITO["orange"], label="theory: not parallel in general"),
                *ax.get_legend_handles_labels()[0]]
-    ax.legend(handles=handles, loc="lower right", fontsize=5.5)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=6)
     files = _save(fig, out, stem)
     data = th.data.get("checks", {}).get("on_policy_same_samples", {})
     md.section("Theory: same-sample cosines", files, [th.path / "theory.json"],

@@ -1,0 +1,186 @@
+"""Figures from REAL run, compare and theory directories made here with the tiny model (no made-up numbers):
+every figure renders, as a readable PNG and a PDF, with the expected panels; bad inputs give a message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run_config
+
+from iterdeploy_trl.cli import main
+from iterdeploy_trl.figures import FigureError, detect, make_figures, render_figures
+
+pytestmark = pytest.mark.slow
+
+# kind -> number of panels (axes) each figure must have
+PANELS = {"solved": 2, "pool_vs_heldout": 2, "plan_lengths": 1, "tokens": 2, "curation_ablation": 1,
+          "head_to_head": 2, "theory_same_samples": 1}
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tiny_base_model, tmp_path_factory) -> Path:
+    """A real ``iterdeploy compare`` of valid-sft and uncurated-sft, 2 seeds, 3 generations. Its method
+    directories are real run directories too (curated and uncurated: the ablation's pair)."""
+    import torch
+
+    from iterdeploy_trl.compare import run_compare
+    from iterdeploy_trl.config import config_from_dict
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("figures") / "cmp"
+    cfg = config_from_dict(tiny_run_config(tiny_base_model, seeds=[0, 1]))
+    run_compare(cfg, out, methods=("valid-sft", "uncurated-sft"), progress=False, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def theory_dir(tmp_path_factory) -> Path:
+    """A real, small ``theory.json`` (all four checks, few repeats and sample sizes)."""
+    theory = pytest.importorskip("iterdeploy_trl.theory", reason="theory.py not in this checkout")
+    import torch
+
+    torch.set_num_threads(2)
+    cfg = theory.TheoryConfig(repeats=2, sample_sizes=(2, 8), on_policy_samples=8, on_policy_max_new_tokens=32,
+                              on_policy_blocks=(2,), on_policy_prompts_per_size=1, exact_prompts=2,
+                              max_actions=4, warmup_max_steps=60, lambdas=(0.0, 1.0))
+    report = theory.run_checks(cfg)
+    out = tmp_path_factory.mktemp("theory")
+    (out / "theory.json").write_text(json.dumps(report.to_json()))
+    return out
+
+
+def check_files(report) -> None:
+    for d in report.figures:
+        png, pdf = d.files
+        assert png.suffix == ".png" and pdf.suffix == ".pdf"
+        from PIL import Image
+
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            w, h = im.size
+            assert w >= 600 and h >= 400, (png, im.size)  # ~3.3 in at 300 dpi
+            assert len(set(im.convert("L").getdata())) > 8, f"{png} looks blank"
+        assert png.stat().st_size > 10_000
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+        if d.kind in PANELS:
+            assert len(d.panels) == PANELS[d.kind], (d.stem, d.panels)
+        assert all(d.panels), f"{d.stem}: a panel without a title"
+
+
+def test_every_figure_from_real_directories(compare_dir, theory_dir, tmp_path):
+    runs = [compare_dir / "valid-sft", compare_dir / "uncurated-sft"]
+    assert [detect(p) for p in [*runs, compare_dir, theory_dir]] == ["run", "run", "compare", "theory"]
+    report = render_figures([*runs, compare_dir, theory_dir], tmp_path / "fig")
+    check_files(report)
+    kinds = [d.kind for d in report.figures]
+    for kind in ("solved", "pool_vs_heldout", "plan_lengths", "tokens", "curation_ablation", "head_to_head",
+                 "theory_convergence", "theory_same_samples"):
+        assert kind in kinds, f"no {kind} figure; got {kinds}; warnings {report.warnings}"
+    stems = {d.stem for d in report.figures}
+    assert {"solved-blocksworld", "pool_vs_heldout-blocksworld", "curation_ablation-blocksworld",
+            "head_to_head-blocksworld", "theory-cosine_vs_n", "theory-same_samples"} <= stems
+    assert kinds.count("plan_lengths") == kinds.count("tokens") == 2  # one per run dir
+    # The ablation draws the two run dirs and the compare dir's pair: curated and uncurated both present.
+    ablation = next(d for d in report.figures if d.kind == "curation_ablation")
+    assert compare_dir / "valid-sft" in ablation.sources and compare_dir / "uncurated-sft" in ablation.sources
+    theory = json.loads((theory_dir / "theory.json").read_text())
+    conv = next(d for d in report.figures if d.kind == "theory_convergence")
+    assert len(conv.panels) == len([p for p in theory["plots"] if p.get("series")])
+    # results.md: the numbers and the sources of every figure
+    md = (tmp_path / "fig" / "results.md").read_text()
+    for d in report.figures:
+        assert f"`{d.stem}.png`" in md
+    assert str(compare_dir / "valid-sft") in md and str(theory_dir / "theory.json") in md
+    summary = json.loads((compare_dir / "valid-sft" / "summary.json").read_text())
+    last = summary["generations"][-1]
+    assert f"| tiny/valid-sft | {last['generation']} | {last['solved']:.3g} |".replace(".0 |", " |") in md or \
+        f"| tiny/valid-sft | {last['generation']} |" in md
+    assert "| check | expected | measured | verdict |" in md
+    assert report.files == [f for d in report.figures for f in d.files] + [tmp_path / "fig" / "results.md"]
+
+
+def test_cli_writes_figures_and_api_returns_files(compare_dir, tmp_path, capsys):
+    assert main(["figures", str(compare_dir / "valid-sft"), "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "solved-blocksworld.png" in out and "results.md" in out
+    files = make_figures([compare_dir], tmp_path / "b")
+    names = {f.name for f in files}
+    assert {"head_to_head-blocksworld.png", "head_to_head-blocksworld.pdf", "curation_ablation-blocksworld.png",
+            "results.md"} <= names
+    assert all(f.exists() for f in files)
+
+
+def test_not_a_run_directory(compare_dir, tmp_path, capsys):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    for bad in (junk, tmp_path / "missing", compare_dir / "valid-sft" / "tasks",
+                compare_dir / "valid-sft" / "summary.json"):
+        assert main(["figures", str(compare_dir / "valid-sft"), str(bad), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "Traceback" not in err
+    assert "not a run directory" in err or "give the run directory" in err
+    assert not (tmp_path / "o" / "results.md").exists()  # nothing written when an input is bad
+    with pytest.raises(FigureError, match="no such directory"):
+        make_figures([tmp_path / "missing"], tmp_path / "o")
+
+
+def test_broken_json_is_a_message(compare_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(compare_dir / "valid-sft", run)
+    (run / "resolved_config.json").write_text("{not json")
+    assert main(["figures", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "resolved_config.json" in err and "not valid JSON" in err
+
+
+def test_run_in_progress_is_drawn_with_a_warning(compare_dir, tmp_path, capsys):
+    """A copy of a real run as a kill leaves it: no summary.json, seed 1's last generation unfinished
+    (its traces on disk, no metrics row), the rest finished."""
+    run = tmp_path / "running"
+    shutil.copytree(compare_dir / "valid-sft", run)
+    (run / "summary.json").unlink()
+    metrics = run / "seed_1" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:-1]) + "\n")
+    last = json.loads(lines[-1])["generation"]
+    assert main(["figures", str(run), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "in progress" in err and "seed 1" in err and f"generations 0–{last - 1}" in err
+    report = render_figures([run], tmp_path / "o2")
+    check_files(report)
+    assert any("in progress" in w for w in report.warnings)
+    assert "IN PROGRESS" in (tmp_path / "o2" / "results.md").read_text()
+    # seed 1's unfinished generation is not drawn: its traces are ignored
+    from iterdeploy_trl.figures import load_run
+
+    r = load_run(run)
+    assert not r.complete and {t["seed"] for t in r.traces() if t["generation"] == last} == {0}
+
+
+def test_run_with_nothing_finished(compare_dir, tmp_path, capsys):
+    run = tmp_path / "fresh"
+    run.mkdir()
+    shutil.copy(compare_dir / "valid-sft" / "resolved_config.json", run)
+    assert main(["figures", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no generation finished yet" in err and "nothing to draw" in err
+
+
+def test_mixed_domains_are_split_with_a_message(compare_dir, tmp_path, capsys):
+    """Two runs that claim different domains: each cross-run figure is drawn once per domain, and the
+    message says so (the rovers run is a relabelled copy: no rovers model is trained here)."""
+    other = tmp_path / "rovers-run"
+    shutil.copytree(compare_dir / "valid-sft", other)
+    resolved = json.loads((other / "resolved_config.json").read_text())
+    resolved["config"]["domain"] = "rovers"
+    (other / "resolved_config.json").write_text(json.dumps(resolved))
+    assert main(["figures", str(compare_dir / "valid-sft"), str(other), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "2 domains" in err and "blocksworld" in err and "rovers" in err and "per domain" in err
+    assert (tmp_path / "o" / "solved-blocksworld.png").exists()
+    assert (tmp_path / "o" / "solved-rovers.png").exists()
