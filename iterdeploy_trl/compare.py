@@ -33,6 +33,7 @@ from iterdeploy_trl.loop import (
     prepare_tasks,
     resolve_base_model,
     run_loop,
+    set_threads,
 )
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json
 
@@ -225,6 +226,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
     out = Path(out)
+    set_threads(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and not (out / "config.yaml").exists():
         (out / "config.yaml").write_text(config_text)

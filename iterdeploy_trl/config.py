@@ -161,6 +161,9 @@ class RunConfig:
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores
     chunk_size: int = 64  # tasks per resumable deployment chunk
+    # torch CPU threads. The small model's matrices are tiny: one thread avoids OpenMP spin-waiting, which
+    # on a busy 2-core machine cost 50x the CPU time of a step (measured); null leaves torch's default.
+    threads: int | None = 1
     compare_methods: tuple[str, ...] = METHODS  # methods run by `iterdeploy compare`
 
     def check(self) -> RunConfig:
@@ -174,6 +177,7 @@ class RunConfig:
         _require(self.curation in CURATIONS, "curation", self.curation, f"must be one of {CURATIONS}")
         _require(self.validation_timeout > 0, "validation_timeout", self.validation_timeout, "must be > 0")
         _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
+        _require(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1 or null")
         for m in self.compare_methods:
             _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
         if self.method == "uncurated-sft" and self.curation != "none":

@@ -105,7 +105,8 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size,
-                            task_size=size, max_walk=cfg.model.base_max_walk, progress=progress)
+                            task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
+                            threads=cfg.threads)
         replace_dir(tmp, path)
     return path
 
@@ -395,6 +396,13 @@ def generation_model(sdir: Path, g: int) -> Path | None:
     return None
 
 
+def set_threads(cfg: RunConfig) -> None:
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
 def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str, pool: list[Any],
              heldout: list[Any], *, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``)."""
@@ -485,6 +493,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary."""
     out = Path(out)
+    set_threads(cfg)
     if cfg.method == "reinforce":
         from iterdeploy_trl.compare import run_reinforce
 
