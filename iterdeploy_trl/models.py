@@ -45,6 +45,8 @@ MODEL_MAX_LENGTH = 2048
 # name -> (hidden, layers, heads, intermediate). "tiny" is for unit tests (~0.1 M parameters).
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (64, 2, 4, 128),
+    "x64": (64, 4, 4, 256),
+    "x96": (96, 4, 4, 384),
     "small": (128, 4, 4, 512),
     "medium": (256, 6, 8, 1024),
 }
@@ -296,6 +298,7 @@ def pretrain_base_model(
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
+    cpu_started = time.process_time()
     out = Path(out)
     rng = random.Random(seed)
     tok = build_tokenizer(domain)
@@ -354,6 +357,8 @@ def pretrain_base_model(
         "final_loss": sum(tail) / len(tail) if tail else None,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.time() - started - data_seconds, 1),
+        # CPU seconds over all threads: a load-independent measure on a shared machine.
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "threads": torch.get_num_threads(),
     }
     (out / "base_model.json").write_text(json.dumps(record, indent=2) + "\n")
