@@ -580,7 +580,8 @@ def fig_plan_lengths(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
         if valid[g]:
             best = max(valid[g]) if best != best else max(best, *valid[g])
         longest.append(best)
-    ax.step(gens, longest, where="mid", color=OKABE_ITO["vermillion"], label="longest valid plan so far")
+    ax.plot(gens, longest, drawstyle="steps-mid", marker="D", markersize=2.5, color=OKABE_ITO["vermillion"],
+            label="longest valid plan so far")
     ref_solved = []
     for g in gens:  # over the seeds that solved something in generation g
         vals = [rows[g].get("max_solved_reference_length") for rows in run.metrics.values()
@@ -593,7 +594,9 @@ def fig_plan_lengths(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
     handles, labels = ax.get_legend_handles_labels()
     handles += [Patch(facecolor=OKABE_ITO["blue"], alpha=0.3, edgecolor=OKABE_ITO["blue"]),
                 Patch(facecolor=GREY, alpha=0.3, edgecolor=GREY)]
-    labels += [f"valid plans (seeds {', '.join(map(str, sorted(run.metrics)))})", "reference plans of the pool"]
+    seeds = sorted(run.metrics)
+    labels += [f"valid plans (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})",
+               "reference plans of the pool"]
     ax.legend(handles, labels, loc="upper left", fontsize=6)
     ax.set_xticks([-1.2, *gens], ["ref.", *map(str, gens)])
     ax.set_xlim(-2, (gens[-1] if gens else 0) + 0.7)
@@ -897,11 +900,12 @@ def _unique(stem: str, taken: set[str]) -> str:
 
 
 def _label_runs(runs: Sequence[Run]) -> None:
-    counts: dict[str, int] = {}
+    """Legend labels: the run's name, with its directory when two directories share a name."""
+    paths: dict[str, set[Path]] = {}
     for r in runs:
-        counts[r.name] = counts.get(r.name, 0) + 1
+        paths.setdefault(r.name, set()).add(r.path.resolve())
     for r in runs:
-        r.label = r.name if counts[r.name] == 1 else f"{r.name} ({r.path.name})"
+        r.label = r.name if len(paths[r.name]) == 1 else f"{r.name} ({r.path.name})"
 
 
 def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], n_sources: int, out: Path,
@@ -931,8 +935,12 @@ def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], 
     # Curation ablation: curated and uncurated runs of one domain, from run dirs and compare dirs.
     ablation: dict[str, tuple[list[Run], list[Run]]] = {}
     pool = [*runs, *(r for c in compares for m, r in c.runs.items() if m in ("valid-sft", "uncurated-sft"))]
+    seen: set[Path] = set()
     for r in pool:
-        if r.finished and (r.curation == "none" or r.method == "valid-sft"):
+        if r.path.resolve() in seen:  # a compare's method dir also given as a run dir
+            continue
+        seen.add(r.path.resolve())
+        if r.finished and r.method != "reinforce" and (r.curation == "none" or r.method == "valid-sft"):
             cur, unc = ablation.setdefault(r.domain, ([], []))
             (unc if r.curation == "none" else cur).append(r)
     for domain, (cur, unc) in ablation.items():
@@ -998,7 +1006,7 @@ def render_figures(paths: Sequence[str | Path], out: str | Path, *,
         if not run.finished:
             note(f"{run.path}: no generation finished yet (no metrics.jsonl row); nothing to draw from it")
         elif not run.complete:
-            note(f"{run.path}: run in progress — {run.status}; its figures show the finished generations only")
+            note(f"{run.path}: run {run.status}; its figures show the finished generations only")
     runs = [r for r in runs if r.finished]
     for c in compares:
         c.label = c.name
