@@ -678,16 +678,18 @@ def fig_ablation(domain: str, curated: Sequence[Run], uncurated: Sequence[Run], 
             _band(ax, x, mean, lo, hi, colour, f"{what}: {run.legend}", linestyle="-" if is_cur else "--")
             for xi, yi, g in zip(x, mean, gens, strict=True):
                 if g["generation"] > 0 and g.get("train_traces") is not None:
+                    # curated numbers up-left, uncurated up-right: both stay clear of the x-axis
                     ax.annotate(f"{g['train_traces']:.0f}", (xi, yi), textcoords="offset points",
-                                xytext=(0, 5 if is_cur else -9), ha="center", fontsize=5.5, color=colour)
+                                xytext=(-4 if is_cur else 4, 4), ha="right" if is_cur else "left", fontsize=5.5,
+                                color=colour)
             rows += [(run.label, what, g["generation"], g["solved"], g.get("solved_min"), g.get("solved_max"),
                       g.get("train_traces"), g.get("train_traces_min"), g.get("train_traces_max")) for g in gens]
     ax.set_title("curation ablation: tasks solved")
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel)
     _int_x(ax)
-    ax.set_ylim(bottom=0)
     ax.margins(y=0.15)
+    _count_y(ax, frac)
     ax.legend(loc="best", title=f"{domain}; numbers: training traces", title_fontsize=6.5)
     files = _save(fig, out, stem)
     md.section(f"Curation ablation — {domain}", files, [r.path for r in runs],
@@ -746,7 +748,7 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: _Markdown) -> Drawn
     ax_t.set_xlabel("training tokens (cumulative)")
     for a in (ax_b, ax_t):
         a.set_ylabel(f"tasks solved{of}")
-        a.set_ylim(bottom=0)
+        _count_y(a, False)
         a.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     ax_b.legend(loc="best", title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
     files = _save(fig, out, stem)
