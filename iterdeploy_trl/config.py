@@ -34,7 +34,7 @@ class TasksConfig:
 
     n: int = 200  # tasks in the deployment pool (the study: 1000)
     heldout: int = 50  # extra tasks never trained on, evaluated every generation
-    size: tuple[int, int] | None = (2, 6)  # generator size range (blocks, levels); None: generator default
+    size: tuple[int, int] | None = (2, 5)  # generator size range (blocks, levels); None: generator default
     seed: int = 0  # seed of the task generator (the pool is shared by all run seeds)
     dir: str | None = None  # an existing task directory (IPC layout) instead of generating
 
@@ -53,9 +53,11 @@ class ModelConfig:
     path: str = "auto"  # "auto": pretrain (or reuse from the cache) the small base model of the domain
     prompt_style: str = "compact"  # "compact" for the small model, "paper" for chat LLMs
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    size: str = "small"  # small-model size when path is auto
-    base_steps: int = 600  # pretraining steps of the auto base model
-    base_max_walk: int = 12  # longest random legal walk in the auto base model's pretraining data
+    size: str = "tiny"  # small-model size when path is auto (tiny: 0.1 M parameters)
+    base_steps: int = 2500  # pretraining steps of the auto base model
+    base_batch_size: int = 32  # walks per pretraining step
+    base_learning_rate: float = 3e-3
+    base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self) -> None:
@@ -64,6 +66,8 @@ class ModelConfig:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
                  "must be float32, bfloat16 or float16")
         _require(self.base_steps >= 1, "model.base_steps", self.base_steps, "must be >= 1")
+        _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
+        _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
         if self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
@@ -75,11 +79,11 @@ class SamplingConfig:
     """How the deployed model is sampled."""
 
     backend: str = "transformers"
-    samples_per_task: int = 4  # K completions per task and generation
+    samples_per_task: int = 8  # K completions per task and generation
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 128  # the small model's plans: 5 tokens an action
-    batch_size: int = 64  # prompts per generate() call (transformers backend)
+    max_new_tokens: int = 100  # the small model's plans: 5 tokens an action
+    batch_size: int = 128  # sequences per generate() call (transformers backend)
     gpu_memory_utilization: float = 0.85  # vLLM only
 
     def check(self) -> None:
@@ -110,7 +114,7 @@ class TrainingConfig:
     """Fine-tuning of each new generation."""
 
     init: str = "base"  # base: fresh model from the base each generation (the study); previous: continue
-    learning_rate: float = 5e-4  # the small model, full fine-tuning; the study's LoRA used 1e-5
+    learning_rate: float = 1e-3  # the small model, full fine-tuning; the study's LoRA used 1e-5
     epochs: float = 3.0
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -148,7 +152,7 @@ class RunConfig:
     """One iterative-deployment run (or several seeds of it)."""
 
     domain: str = "blocksworld"
-    name: str = "run"
+    name: str = "cpu-default"
     generations: int = 4  # trained generations; generation 0 is the base model
     seeds: tuple[int, ...] = (0,)
     method: str = "valid-sft"

@@ -96,18 +96,23 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     from iterdeploy_trl.models import pretrain_base_model
 
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
-    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-walk{cfg.model.base_max_walk}"
+    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
+           f"-lr{cfg.model.base_learning_rate:g}-walk{cfg.model.base_max_walk}"
            f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-seed0")
     path = cache_root(cfg) / "base_models" / key
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
               "(once; reused by later runs)", flush=True)
-        tmp = path.with_name(path.name + ".partial")
+        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # runs may pretrain side by side
         shutil.rmtree(tmp, ignore_errors=True)
         pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size,
+                            batch_size=cfg.model.base_batch_size, lr=cfg.model.base_learning_rate, num_walks=8000,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
                             threads=cfg.threads)
-        replace_dir(tmp, path)
+        if (path / "base_model.json").exists():  # another run finished the same model first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            replace_dir(tmp, path)
     return path
 
 
