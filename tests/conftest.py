@@ -14,16 +14,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
-    """A tiny blocksworld base model pretrained for a few steps on random legal walks (seconds).
+    """A tiny blocksworld base model pretrained for 500 steps on random legal walks (~30 s on one core).
     It writes well-formed plans and solves a few 2-block tasks by chance."""
     import torch
 
     from iterdeploy_trl.models import pretrain_base_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("models") / "blocksworld-tiny"
-    pretrain_base_model("blocksworld", out, steps=120, seed=0, size="tiny", num_walks=600, task_size=(2, 4),
-                        max_walk=8, progress=False, log_every=1000)
+    pretrain_base_model("blocksworld", out, steps=500, seed=0, size="tiny", num_walks=2000, batch_size=32,
+                        task_size=(2, 4), max_walk=8, progress=False, log_every=1000, threads=1)
     return out
 
 
