@@ -117,7 +117,11 @@ class Run:
         from iterdeploy_trl.loop import aggregate
 
         per_seed = {s: [rows[g] for g in sorted(rows)] for s, rows in self.metrics.items() if rows}
-        return aggregate(per_seed) if per_seed else []
+        try:
+            return aggregate(per_seed) if per_seed else []
+        except KeyError as exc:
+            raise FigureError(f"{self.path}/seed_*/metrics.jsonl: rows without {exc}; written by another version "
+                              "of iterdeploy?") from exc
 
     def traces(self) -> list[dict[str, Any]]:
         """The small fields of every trace record of a finished generation (read once, streamed)."""
@@ -500,7 +504,7 @@ def fig_solved(domain: str, runs: Sequence[Run], out: Path, stem: str, md: _Mark
     ax_u.set_ylabel(ylabel.replace("tasks solved", "tasks"))
     ax_u.set_xlabel("generation")
     _int_x(ax_u)
-    ax.legend(loc="best", title=domain, title_fontsize=7)
+    ax.legend(loc="best", title=_legend_title(domain, runs), title_fontsize=6.5)
     for a in (ax, ax_u):
         _count_y(a, frac)
     files = _save(fig, out, stem)
@@ -533,7 +537,7 @@ def fig_pool_vs_heldout(domain: str, runs: Sequence[Run], out: Path, stem: str, 
         _int_x(a)
     top = max([0.05, *(v for line in ax_p.lines + ax_h.lines for v in line.get_ydata() if v == v)])
     ax_p.set_ylim(0, min(1.02, top * 1.25))
-    ax_p.legend(loc="upper left", title=domain, title_fontsize=7)
+    ax_p.legend(loc="upper left", title=_legend_title(domain, runs), title_fontsize=6.5)
     files = _save(fig, out, stem)
     md.section(f"Pool vs held-out solved — {domain}", files, [r.path for r in runs],
                ["Fractions of each split's size (mean over seeds); bands: min–max over seeds.", *_progress_notes(runs)])
@@ -594,9 +598,7 @@ def fig_plan_lengths(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
     handles, labels = ax.get_legend_handles_labels()
     handles += [Patch(facecolor=OKABE_ITO["blue"], alpha=0.3, edgecolor=OKABE_ITO["blue"]),
                 Patch(facecolor=GREY, alpha=0.3, edgecolor=GREY)]
-    seeds = sorted(run.metrics)
-    labels += [f"valid plans (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})",
-               "reference plans of the pool"]
+    labels += [f"valid plans ({_seeds(run)})", "reference plans of the pool"]
     ax.legend(handles, labels, loc="upper left", fontsize=6)
     ax.set_xticks([-1.2, *gens], ["ref.", *map(str, gens)])
     ax.set_xlim(-2, (gens[-1] if gens else 0) + 0.7)
@@ -647,7 +649,7 @@ def fig_tokens(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
             rows[g] += [statistics.fmean(allv[g]) if allv[g] else None,
                         statistics.median(allv[g]) if allv[g] else None,
                         statistics.fmean(validv[g]) if validv[g] else None]
-    axes[0, 0].legend(loc="best")
+    axes[0, 0].legend(loc="best", title=_legend_title(run.domain, [run]), title_fontsize=6.5)
     axes[1, 0].set_xlabel("generation")
     _int_x(axes[1, 0])
     files = _save(fig, out, stem)
@@ -690,7 +692,7 @@ def fig_ablation(domain: str, curated: Sequence[Run], uncurated: Sequence[Run], 
     _int_x(ax)
     ax.margins(y=0.15)
     _count_y(ax, frac)
-    ax.legend(loc="best", title=f"{domain}; numbers: training traces", title_fontsize=6.5)
+    ax.legend(loc="best", title=_legend_title(domain, runs) + "; numbers: training traces", title_fontsize=6.5)
     files = _save(fig, out, stem)
     md.section(f"Curation ablation — {domain}", files, [r.path for r in runs],
                ["Training traces: the size of the set each generation's model was fine-tuned on (mean over "
@@ -883,6 +885,19 @@ def _wrap(text: str, width: int) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _seeds(run: Run) -> str:
+    seeds = sorted(run.metrics) or run.seeds
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def _legend_title(domain: str, runs: Sequence[Run]) -> str:
+    """'<domain>; seeds 0, 1, 2' when every run has the same seeds, else per run."""
+    seeds = {_seeds(r) for r in runs}
+    if len(seeds) == 1:
+        return f"{domain}; {seeds.pop()}"
+    return f"{domain}; " + "; ".join(f"{r.label}: {_seeds(r)}" for r in runs)
 
 
 def _progress_notes(runs: Sequence[Run]) -> list[str]:

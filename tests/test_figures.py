@@ -150,6 +150,11 @@ def test_broken_json_is_a_message(compare_dir, tmp_path, capsys):
     assert main(["figures", str(run), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "resolved_config.json" in err and "not valid JSON" in err
+    shutil.copy(compare_dir / "valid-sft" / "resolved_config.json", run)
+    (run / "seed_0" / "metrics.jsonl").write_text('{"generation": 0, "solved": 1}\n')  # another version's rows
+    assert main(["figures", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl: rows without" in err and "Traceback" not in err
 
 
 def test_run_in_progress_is_drawn_with_a_warning(compare_dir, tmp_path):

@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # unwritable --out, disk full
         print(f"iterdeploy figures: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a file of a shape we did not foresee: say which kind of failure, no traceback
+        print(f"iterdeploy figures: could not draw from {', '.join(map(str, args.paths))}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     if not report.figures:
         print(f"iterdeploy figures: nothing to draw from {', '.join(map(str, args.paths))} (see the warnings); "
               f"wrote only {report.results}", file=sys.stderr)
