@@ -58,6 +58,7 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -168,6 +169,15 @@ class ParamSet:
     def size(self) -> int:
         return sum(p.numel() for p in self.params)
 
+    @cached_property
+    def group_ids(self) -> Tensor:
+        """(P,) index of each flattened entry's group, in the order of ``groups`` (CPU)."""
+        ids = torch.empty(self.size, dtype=torch.long)
+        for k, slices in enumerate(self.groups.values()):
+            for s in slices:
+                ids[s] = k
+        return ids
+
 
 def is_peft_model(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a ``peft`` model (has adapters)."""
@@ -232,12 +242,13 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 def per_module_cosine(a: Tensor, b: Tensor, params: ParamSet) -> dict[str, float]:
     """cos(a, b) restricted to each module group (NaN where either restriction is zero)."""
+    a, b = a.double(), b.double()
+    ids = params.group_ids.to(a.device)
+    sums = torch.zeros(3, len(params.groups), dtype=torch.float64, device=a.device)
+    sums.index_add_(1, ids, torch.stack([a * b, a * a, b * b]))
     out: dict[str, float] = {}
-    for group, slices in params.groups.items():
-        ia = torch.cat([a[s] for s in slices])
-        ib = torch.cat([b[s] for s in slices])
-        na, nb = float(ia.norm()), float(ib.norm())
-        out[group] = float(ia @ ib) / (na * nb) if na > 0 and nb > 0 else float("nan")
+    for group, (ab, aa, bb) in zip(params.groups, sums.T.tolist(), strict=True):
+        out[group] = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else float("nan")
     return out
 
 
@@ -675,6 +686,7 @@ class TheoryConfig:
     lambdas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     mixture_lambda: float = 0.5  # the Monte-Carlo mixture
     # warm-up: a few SFT steps on canonical valid plans, until the exact valid mass reaches the targets
+    warmup_max_actions: int = 4  # train on the enumerated valid plans of at most this many actions
     warmup_max_steps: int = 600
     warmup_lr: float = 1e-2
     beta_mass: float = 0.05  # β = the first checkpoint whose valid mass reaches this on every prompt
@@ -809,8 +821,9 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
     for blocks in config.on_policy_blocks:
         on_policy += planning_prompts(tokenizer, config.domain, blocks, config.on_policy_prompts_per_size,
                                       config.seed + 1)
-    # Warm-up data: every canonical valid plan of the exact prompts, the reference plans of the others.
-    train = [(p.prompt_ids, ids) for p in exact for ids in p.valid_ids]
+    # Warm-up data: the short canonical valid plans of the exact prompts, the reference plans of the others.
+    train = [(p.prompt_ids, ids) for p in exact for plan, ids in zip(p.valid_plans, p.valid_ids, strict=True)
+             if len(plan) <= config.warmup_max_actions]
     train += [(p.prompt_ids, encode_completion(tokenizer, p.prompt, canonical_completion(p.reference_plan)))
               for p in on_policy if p.prompt not in {e.prompt for e in exact}]
     torch.manual_seed(config.seed)
