@@ -969,11 +969,16 @@ def on_policy_same_samples(setting: Setting, config: TheoryConfig,
                             "one_minus_cosine": 1 - cos if cos == cos else None,
                             "norm_ratio": norm_b / float(g_rl["none"].norm()),
                             "per_module": per_module_cosine(g_rl[b], g_rl["none"], params) if norm_b else {}})
-        shift = "−r̄ (1/N) Σ_i ∇log π(y_i)" if b == "mean" else "−(1/N) Σ_i b_i ∇log π(y_i), b_i = mean of the others"
-        rows.append(Row(
-            f"{name}: REINFORCE[{b} baseline] vs SFT",
-            f"not parallel on the same samples (adds {shift}); same direction in expectation",
-            cos_text, verdict(ok)))
+        expected = ("not parallel on the same samples (adds −(1/N) Σ_i b_i ∇log π(y_i), b_i = mean reward of y_i's "
+                    "prompt group); same direction in expectation ((1 − 1/G) ∇J)")
+        if b == "leave_one_out":
+            expected = ("not parallel on the same samples (b_i = mean reward of the others in the group); unbiased; "
+                        "parallel to the mean-baseline vector: A_LOO = G/(G−1) · A_mean")
+            if norm_b > 0:
+                to_mean = cosine(g_rl[b], g_rl["mean"])
+                cos_text += f"; cos to mean-baseline vector = {to_mean:.12f}"
+                ok = ok and 1 - to_mean <= tol
+        rows.append(Row(f"{name}: REINFORCE[{b} baseline] vs SFT", expected, cos_text, verdict(ok)))
     data["comparisons"] = comparisons
     data["runtime_s"] = time.perf_counter() - start
     return CheckResult(name, rows, data)
