@@ -124,16 +124,18 @@ class TheoryReport:
 
     def to_json(self) -> dict[str, Any]:
         """The ``theory.json`` object; NaN (no valid sample in a draw) becomes null."""
-        return _json_safe({
-            "schema": SCHEMA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "runtime_s": round(self.runtime_s, 2),
-            "command": self.command,
-            "setup": self.setup,
-            "rows": [row.to_dict() for row in self.rows],
-            "checks": {r.name: r.data for r in self.results},
-            "plots": [plot for r in self.results for plot in r.plots],
-        })
+        return _json_safe(
+            {
+                "schema": SCHEMA,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "runtime_s": round(self.runtime_s, 2),
+                "command": self.command,
+                "setup": self.setup,
+                "rows": [row.to_dict() for row in self.rows],
+                "checks": {r.name: r.data for r in self.results},
+                "plots": [plot for r in self.results for plot in r.plots],
+            }
+        )
 
 
 def _json_safe(value: Any) -> Any:
@@ -189,7 +191,7 @@ def module_group(name: str) -> str:
     name = re.sub(r"^(base_model\.model\.)+", "", name)
     layer = re.search(r"layers\.(\d+)\.", name)
     if layer:
-        rest = name[layer.end():]
+        rest = name[layer.end() :]
         part = "attn" if "attn" in rest else "mlp" if "mlp" in rest else "norm"
         return f"layer{layer.group(1)}.{part}"
     if "embed" in name:
@@ -226,8 +228,10 @@ def flat_grad(objective: Tensor, params: ParamSet, retain_graph: bool = False) -
     """∇_θ objective, flattened over ``params`` (float64; unused parameters contribute zeros)."""
     grads = torch.autograd.grad(objective, params.params, allow_unused=True, retain_graph=retain_graph)
     return torch.cat(
-        [(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(grads, params.params,
-                                                                                      strict=True)]
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1).double()
+            for g, p in zip(grads, params.params, strict=True)
+        ]
     )
 
 
@@ -296,7 +300,11 @@ def to_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         return model
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not type(module).__name__.endswith("RMSNorm") or not isinstance(weight, Tensor) or weight.dim() != 1:
+        if (
+            not type(module).__name__.endswith("RMSNorm")
+            or not isinstance(weight, Tensor)
+            or weight.dim() != 1
+        ):
             continue
         if getattr(module, "variance_epsilon", None) is None and getattr(module, "eps", None) is None:
             continue
@@ -351,7 +359,7 @@ def encode_completion(tokenizer: Any, prompt: str, completion: str) -> tuple[int
             "the tokenised prompt is not a prefix of the tokenised prompt + completion (tokens merge across "
             "the boundary): end the prompt on a token boundary, e.g. with a newline"
         )
-    ids = full[len(prompt_ids):]
+    ids = full[len(prompt_ids) :]
     if not ids or ids[-1] != tokenizer.eos_token_id:
         ids.append(tokenizer.eos_token_id)
     return tuple(ids)
@@ -375,30 +383,36 @@ def completion_logprobs(
     ids[:, :p] = torch.as_tensor(list(prompt_ids), device=device)
     mask = torch.zeros(n, t_max, device=device)
     for i, c in enumerate(completions):
-        ids[i, p:p + len(c)] = torch.as_tensor(list(c), device=device)
-        attention[i, :p + len(c)] = 1
-        mask[i, :len(c)] = 1
-    logits = policy.model(input_ids=ids, attention_mask=attention).logits[:, p - 1:p - 1 + t_max]
+        ids[i, p : p + len(c)] = torch.as_tensor(list(c), device=device)
+        attention[i, : p + len(c)] = 1
+        mask[i, : len(c)] = 1
+    logits = policy.model(input_ids=ids, attention_mask=attention).logits[:, p - 1 : p - 1 + t_max]
     if policy.temperature != 1.0:
         logits = logits / policy.temperature
     token_logps = losses.token_logprobs(logits, ids[:, p:], mask)
     return token_logps, mask.to(token_logps.dtype)
 
 
-def sequence_logprobs(policy: Policy, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]],
-                      batch_size: int = 256) -> Tensor:
+def sequence_logprobs(
+    policy: Policy, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]], batch_size: int = 256
+) -> Tensor:
     """log policy(y|x) summed over each completion's tokens (no gradient), (n,)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(completions), batch_size):
-            tl, m = completion_logprobs(policy, prompt_ids, completions[start:start + batch_size])
+            tl, m = completion_logprobs(policy, prompt_ids, completions[start : start + batch_size])
             out.append(losses.sequence_logprobs(tl, m).double())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def sample_completions(
-    policy: Policy, prompt_ids: Sequence[int], n: int, *, max_new_tokens: int, generator: torch.Generator,
+    policy: Policy,
+    prompt_ids: Sequence[int],
+    n: int,
+    *,
+    max_new_tokens: int,
+    generator: torch.Generator,
 ) -> list[tuple[int, ...]]:
     """n i.i.d. ancestral samples y ~ policy(·|x), each cut after its first eos (kept) or at
     ``max_new_tokens``; returned in random order.
@@ -440,8 +454,12 @@ def sample_completions(
         last = torch.as_tensor([token[i] for i in keep], device=device)[:, None]
         logits = model(input_ids=last, past_key_values=cache, use_cache=True).logits[:, -1]
     samples = [y for y, k in done for _ in range(k)]
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))))
+    order = torch.randperm(
+        len(samples),
+        generator=torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        ),
+    )
     return [samples[i] for i in order.tolist()]
 
 
@@ -483,7 +501,13 @@ def enumerate_valid_plans(domain_pddl: str, problem: str, max_actions: int) -> l
 
 
 def planning_prompts(
-    tokenizer: Any, domain: str, blocks: int, count: int, seed: int, *, max_actions: int | None = None,
+    tokenizer: Any,
+    domain: str,
+    blocks: int,
+    count: int,
+    seed: int,
+    *,
+    max_actions: int | None = None,
     domain_pddl: str | None = None,
 ) -> list[PlanningPrompt]:
     """``count`` blocksworld-style tasks of ``blocks`` blocks with distinct prompts (compact style), from
@@ -507,8 +531,16 @@ def planning_prompts(
             if not plans:
                 continue  # no plan within the bound: useless for the exact checks
             ids = tuple(encode_completion(tokenizer, prompt, canonical_completion(p)) for p in plans)
-        seen[prompt] = PlanningPrompt(task.id, task.problem, prompt, tuple(encode_prompt(tokenizer, prompt)),
-                                      blocks, tuple(task.reference_plan), plans, ids)
+        seen[prompt] = PlanningPrompt(
+            task.id,
+            task.problem,
+            prompt,
+            tuple(encode_prompt(tokenizer, prompt)),
+            blocks,
+            tuple(task.reference_plan),
+            plans,
+            ids,
+        )
         if len(seen) == count:
             break
     return list(seen.values())
@@ -529,15 +561,17 @@ def val_rewards(domain_pddl: str, problems: Sequence[str], texts: Sequence[str])
     distinct = sorted({k for k in keys if k is not None})
     verdicts = validate_batch([(domain_pddl, p, list(a)) for p, a in distinct])
     valid = {k: v.valid for k, v in zip(distinct, verdicts, strict=True)}
-    return torch.tensor([float(valid.get(k, False)) if k is not None else 0.0 for k in keys],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [float(valid.get(k, False)) if k is not None else 0.0 for k in keys], dtype=torch.float64
+    )
 
 
 # --------------------------------------------------------------------------- estimators (losses.py)
 
 
-def sft_on_valid_gradient_loss(token_logps: Tensor, mask: Tensor, rewards: Tensor,
-                               normalization: losses.Normalization) -> Tensor:
+def sft_on_valid_gradient_loss(
+    token_logps: Tensor, mask: Tensor, rewards: Tensor, normalization: losses.Normalization
+) -> Tensor:
     """SFT on the valid traces only: ``losses.sft_loss`` on the rows with r = 1.
 
     sequence_sum: L = −(1/N⁺) Σ_valid log π(y_i|x_i). Raises ``NoValidTraces`` if N⁺ = 0."""
@@ -547,15 +581,27 @@ def sft_on_valid_gradient_loss(token_logps: Tensor, mask: Tensor, rewards: Tenso
     return losses.sft_loss(token_logps[valid], mask[valid], normalization)
 
 
-def reinforce_gradient_loss(token_logps: Tensor, mask: Tensor, rewards: Tensor,
-                            baseline: losses.Baseline = "none", group_size: int | None = None) -> Tensor:
+def reinforce_gradient_loss(
+    token_logps: Tensor,
+    mask: Tensor,
+    rewards: Tensor,
+    baseline: losses.Baseline = "none",
+    group_size: int | None = None,
+) -> Tensor:
     """REINFORCE surrogate ``losses.reinforce_loss``: L = −(1/N) Σ_i A_i log π(y_i|x_i), A = r − b."""
     return losses.reinforce_loss(losses.sequence_logprobs(token_logps, mask), rewards, baseline, group_size)
 
 
-def iw_sft_gradient_loss(token_logps: Tensor, mask: Tensor, seq_logp_beta: Tensor, *,
-                         truncate: float | None = None, self_normalize: bool = False, per_token: bool = False,
-                         plain: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+def iw_sft_gradient_loss(
+    token_logps: Tensor,
+    mask: Tensor,
+    seq_logp_beta: Tensor,
+    *,
+    truncate: float | None = None,
+    self_normalize: bool = False,
+    per_token: bool = False,
+    plain: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Importance-weighted SFT on valid β-samples: ``losses.iw_sft_loss`` with
     ``losses.importance_weights(log π, log β)`` (w = π/β, detached; optionally truncated, self-normalised,
     or the per-token geometric mean w^(1/T)).
@@ -563,15 +609,23 @@ def iw_sft_gradient_loss(token_logps: Tensor, mask: Tensor, seq_logp_beta: Tenso
     if plain:
         return losses.sft_loss(token_logps, mask, "sequence_sum"), {}
     seq_pi = losses.sequence_logprobs(token_logps, mask)
-    iw = losses.importance_weights(seq_pi, seq_logp_beta.to(seq_pi), truncate=truncate,
-                                   self_normalize=self_normalize, per_token=per_token, lengths=mask.sum(1))
+    iw = losses.importance_weights(
+        seq_pi,
+        seq_logp_beta.to(seq_pi),
+        truncate=truncate,
+        self_normalize=self_normalize,
+        per_token=per_token,
+        lengths=mask.sum(1),
+    )
     return losses.iw_sft_loss(token_logps, mask, iw.weights, "sequence_sum"), iw.stats
 
 
 def no_valid_message(n: int) -> str:
-    return (f"no valid trace among the {n} samples (N⁺ = 0): the REINFORCE gradient (1/N) Σ r_i ∇log π is "
-            f"exactly 0 and SFT on valid traces has no data, so their cosine is undefined; sample more "
-            f"completions or use a model that solves some tasks")
+    return (
+        f"no valid trace among the {n} samples (N⁺ = 0): the REINFORCE gradient (1/N) Σ r_i ∇log π is "
+        f"exactly 0 and SFT on valid traces has no data, so their cosine is undefined; sample more "
+        f"completions or use a model that solves some tasks"
+    )
 
 
 # ------------------------------------------------------------------- per-sequence gradients (exact)
@@ -611,11 +665,15 @@ class SequenceGradients:
         per_row = d.sum(1) / self.mask.sum(1).clamp(min=1)
         spread = (d - per_row[:, None] * self.mask).abs().max()
         if float(spread) > 1e-9 * max(1.0, float(per_row.abs().max())):
-            raise RuntimeError("loss is not a per-trace weighted sum of token log-probs; use a direct backward")
+            raise RuntimeError(
+                "loss is not a per-trace weighted sum of token log-probs; use a direct backward"
+            )
         return per_row
 
 
-def sequence_gradients(policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet) -> SequenceGradients:
+def sequence_gradients(
+    policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet
+) -> SequenceGradients:
     """Per-sequence gradients of every canonical valid completion of ``prompts`` (one backward each)."""
     keys, rows, tls = [], [], []
     policy.model.eval()
@@ -629,12 +687,14 @@ def sequence_gradients(policy: Policy, prompts: Sequence[PlanningPrompt], params
     token_logps = torch.zeros(len(tls), t_max, dtype=torch.float64, device=rows[0].device)
     mask = torch.zeros_like(token_logps)
     for i, t in enumerate(tls):
-        token_logps[i, :len(t)] = t
-        mask[i, :len(t)] = 1
+        token_logps[i, : len(t)] = t
+        mask[i, : len(t)] = 1
     return SequenceGradients(keys, torch.stack(rows), token_logps, mask, params)
 
 
-def total_valid_probability_gradient(policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet) -> Tensor:
+def total_valid_probability_gradient(
+    policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet
+) -> Tensor:
     """∇_θ (1/|X|) Σ_x Σ_{valid y} π(y|x), by autograd through exp(log π) (independent of the per-sequence
     gradients): the exact expected-reward gradient ∇J."""
     total = None
@@ -645,8 +705,9 @@ def total_valid_probability_gradient(policy: Policy, prompts: Sequence[PlanningP
     return flat_grad(total, params)
 
 
-def weighted_sequences_gradient(policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet,
-                                weights: Sequence[Tensor]) -> Tensor:
+def weighted_sequences_gradient(
+    policy: Policy, prompts: Sequence[PlanningPrompt], params: ParamSet, weights: Sequence[Tensor]
+) -> Tensor:
     """(1/|X|) Σ_x Σ_{valid y} a(y) ∇ log π(y|x) for detached per-sequence factors a (one tensor per
     prompt), as −∇ of ``losses.policy_gradient_loss`` with advantages a: a direct backward."""
     total = None
@@ -666,7 +727,9 @@ class TheoryConfig:
 
     domain: str = "blocksworld"
     model_path: str | None = None  # a local HF causal LM; None: a fresh small model (``model_size``)
-    beta_model_path: str | None = None  # β from a local HF causal LM (same tokenizer); None: a warm-up checkpoint
+    beta_model_path: str | None = (
+        None  # β from a local HF causal LM (same tokenizer); None: a warm-up checkpoint
+    )
     model_size: str = "tiny"
     device: str = "cpu"
     dtype: str = "float64"  # exactness: cosines of 1 to ~1e-15
@@ -725,9 +788,17 @@ def valid_mass(policy: Policy, prompts: Sequence[PlanningPrompt]) -> list[float]
 
 
 def warm_up(
-    model: torch.nn.Module, tokenizer: Any, train: Sequence[tuple[Sequence[int], Sequence[int]]],
-    eval_prompts: Sequence[PlanningPrompt], *, beta_mass: float, pi_mass: float, max_steps: int, lr: float,
-    check_every: int = 5, log: Callable[[str], None] | None = None,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train: Sequence[tuple[Sequence[int], Sequence[int]]],
+    eval_prompts: Sequence[PlanningPrompt],
+    *,
+    beta_mass: float,
+    pi_mass: float,
+    max_steps: int,
+    lr: float,
+    check_every: int = 5,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[torch.nn.Module | None, torch.nn.Module, dict[str, Any]]:
     """A few full-batch Adam steps (gradient norm clipped at 1) of SFT (``losses.sft_loss``, sequence_sum)
     on (prompt, completion) pairs, until the MEAN exact valid mass over ``eval_prompts`` reaches ``pi_mass``
@@ -774,13 +845,22 @@ def warm_up(
             step += 1
         current = masses()
         if log:
-            log(f"  warm-up step {step}: loss {loss.item():.2f}, valid mass per prompt "
-                + " ".join(f"{m:.3f}" for m in current))
+            log(
+                f"  warm-up step {step}: loss {loss.item():.2f}, valid mass per prompt "
+                + " ".join(f"{m:.3f}" for m in current)
+            )
     model.eval()
     if beta is None and previous is not None:
         beta_step, beta = previous
-    info = {"steps": step, "lr": lr, "beta_step": beta_step, "beta_mass_target": beta_mass,
-            "pi_mass_target": pi_mass, "history": history, "train_pairs": len(train)}
+    info = {
+        "steps": step,
+        "lr": lr,
+        "beta_step": beta_step,
+        "beta_mass_target": beta_mass,
+        "pi_mass_target": pi_mass,
+        "history": history,
+        "train_pairs": len(train),
+    }
     return beta, model, info
 
 
@@ -797,7 +877,9 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
 
     dtype = _dtype(config.dtype)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TheoryError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu")
+        raise TheoryError(
+            f"--device {config.device}: CUDA is not available on this machine; use --device cpu"
+        )
     if config.repeats < 1 or not config.sample_sizes or min(config.sample_sizes) < 1:
         raise TheoryError("repeats and sample sizes must be positive")
     if config.model_path:
@@ -813,28 +895,56 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
     params = trainable_parameters(model)  # fails early on a frozen model
     model.to(config.device)
     dom = domain_pddl(config.domain)
-    exact = planning_prompts(tokenizer, config.domain, config.exact_blocks, config.exact_prompts, config.seed,
-                             max_actions=config.max_actions)
+    exact = planning_prompts(
+        tokenizer,
+        config.domain,
+        config.exact_blocks,
+        config.exact_prompts,
+        config.seed,
+        max_actions=config.max_actions,
+    )
     if not exact:
-        raise TheoryError(f"no {config.exact_blocks}-block task has a plan of at most {config.max_actions} actions")
+        raise TheoryError(
+            f"no {config.exact_blocks}-block task has a plan of at most {config.max_actions} actions"
+        )
     on_policy: list[PlanningPrompt] = []
     for blocks in config.on_policy_blocks:
-        on_policy += planning_prompts(tokenizer, config.domain, blocks, config.on_policy_prompts_per_size,
-                                      config.seed + 1)
+        on_policy += planning_prompts(
+            tokenizer, config.domain, blocks, config.on_policy_prompts_per_size, config.seed + 1
+        )
     # Warm-up data: the short canonical valid plans of the exact prompts, the reference plans of the others.
-    train = [(p.prompt_ids, ids) for p in exact for plan, ids in zip(p.valid_plans, p.valid_ids, strict=True)
-             if len(plan) <= config.warmup_max_actions]
-    train += [(p.prompt_ids, encode_completion(tokenizer, p.prompt, canonical_completion(p.reference_plan)))
-              for p in on_policy if p.prompt not in {e.prompt for e in exact}]
+    train = [
+        (p.prompt_ids, ids)
+        for p in exact
+        for plan, ids in zip(p.valid_plans, p.valid_ids, strict=True)
+        if len(plan) <= config.warmup_max_actions
+    ]
+    train += [
+        (p.prompt_ids, encode_completion(tokenizer, p.prompt, canonical_completion(p.reference_plan)))
+        for p in on_policy
+        if p.prompt not in {e.prompt for e in exact}
+    ]
     torch.manual_seed(config.seed)
     beta_model, pi_model, warm = warm_up(
-        model, tokenizer, train, exact, beta_mass=config.beta_mass, pi_mass=config.pi_mass,
-        max_steps=config.warmup_max_steps, lr=config.warmup_lr, log=log)
+        model,
+        tokenizer,
+        train,
+        exact,
+        beta_mass=config.beta_mass,
+        pi_mass=config.pi_mass,
+        max_steps=config.warmup_max_steps,
+        lr=config.warmup_lr,
+        log=log,
+    )
     to_precision(pi_model, dtype)
     pi = Policy(pi_model, tokenizer, 1.0, "π")
     if beta_model is None:
-        beta = Policy(pi_model, tokenizer, config.beta_temperature, f"β = π at temperature {config.beta_temperature}")
-        warm["beta"] = f"π at temperature {config.beta_temperature} (no earlier checkpoint reached the β mass)"
+        beta = Policy(
+            pi_model, tokenizer, config.beta_temperature, f"β = π at temperature {config.beta_temperature}"
+        )
+        warm["beta"] = (
+            f"π at temperature {config.beta_temperature} (no earlier checkpoint reached the β mass)"
+        )
     else:
         to_precision(beta_model, dtype).eval()
         for p in beta_model.parameters():
@@ -848,16 +958,32 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
     params = trainable_parameters(pi_model)
     pi_mass, beta_mass = valid_mass(pi, exact), valid_mass(beta, exact)
     info = {
-        "model": model_name, "parameters": params.size, "dtype": config.dtype, "device": config.device,
-        "seed": config.seed, "repeats": config.repeats, "sample_sizes": list(config.sample_sizes),
-        "max_actions": config.max_actions, "warmup": warm, "pi": pi.name, "beta": beta.name,
+        "model": model_name,
+        "parameters": params.size,
+        "dtype": config.dtype,
+        "device": config.device,
+        "seed": config.seed,
+        "repeats": config.repeats,
+        "sample_sizes": list(config.sample_sizes),
+        "max_actions": config.max_actions,
+        "warmup": warm,
+        "pi": pi.name,
+        "beta": beta.name,
         "module_groups": list(params.groups),
         "tasks": {
             "on_policy": [{"id": p.task_id, "blocks": p.blocks, "prompt": p.prompt} for p in on_policy],
-            "exact": [{"id": p.task_id, "blocks": p.blocks, "prompt": p.prompt, "valid_plans": len(p.valid_plans),
-                       "valid_plan_lengths": sorted({len(v) for v in p.valid_plans}),
-                       "valid_mass_pi": round(m_pi, 6), "valid_mass_beta": round(m_b, 6)}
-                      for p, m_pi, m_b in zip(exact, pi_mass, beta_mass, strict=True)],
+            "exact": [
+                {
+                    "id": p.task_id,
+                    "blocks": p.blocks,
+                    "prompt": p.prompt,
+                    "valid_plans": len(p.valid_plans),
+                    "valid_plan_lengths": sorted({len(v) for v in p.valid_plans}),
+                    "valid_mass_pi": round(m_pi, 6),
+                    "valid_mass_beta": round(m_b, 6),
+                }
+                for p, m_pi, m_b in zip(exact, pi_mass, beta_mass, strict=True)
+            ],
         },
     }
     return Setting(pi, beta, params, exact, on_policy, dom, info)
@@ -881,9 +1007,12 @@ def _load_beta(config: TheoryConfig, tokenizer: Any, dtype: torch.dtype) -> Poli
 # ------------------------------------------------------------------ check 1: on-policy, same samples
 
 
-def on_policy_same_samples(setting: Setting, config: TheoryConfig,
-                           samples: list[list[tuple[int, ...]]] | None = None,
-                           rewards: Tensor | None = None) -> CheckResult:
+def on_policy_same_samples(
+    setting: Setting,
+    config: TheoryConfig,
+    samples: list[list[tuple[int, ...]]] | None = None,
+    rewards: Tensor | None = None,
+) -> CheckResult:
     """SFT-on-valid vs REINFORCE gradients on the same N samples of π per prompt (VAL rewards).
 
     ``samples`` (per prompt) and ``rewards`` (flat, prompt-major) replace sampling and VAL (tests)."""
@@ -893,9 +1022,16 @@ def on_policy_same_samples(setting: Setting, config: TheoryConfig,
     tol = tolerance(_dtype(config.dtype))
     if samples is None:
         gen = torch.Generator(device=pi.device).manual_seed(config.seed + 101)
-        samples = [sample_completions(pi, p.prompt_ids, config.on_policy_samples,
-                                      max_new_tokens=config.on_policy_max_new_tokens, generator=gen)
-                   for p in prompts]
+        samples = [
+            sample_completions(
+                pi,
+                p.prompt_ids,
+                config.on_policy_samples,
+                max_new_tokens=config.on_policy_max_new_tokens,
+                generator=gen,
+            )
+            for p in prompts
+        ]
     group = len(samples[0])
     if any(len(s) != group for s in samples):
         raise TheoryError("every prompt needs the same number of samples (baselines are per prompt group)")
@@ -908,53 +1044,86 @@ def on_policy_same_samples(setting: Setting, config: TheoryConfig,
     # One forward per distinct completion; rows of the batch index into them (same gradient exactly).
     token_logps, mask = _batch_logprobs(pi, prompts, samples)
     lengths = mask.sum(1)
-    valid_lengths = sorted({int(t) for t, r in zip(lengths.tolist(), rewards.tolist(), strict=True) if r > 0.5})
-    data: dict[str, Any] = {"samples": n, "valid": n_valid, "prompts": len(prompts), "group_size": group,
-                            "valid_fraction_per_prompt": rewards.view(-1, group).mean(1).tolist(),
-                            "valid_lengths": valid_lengths}
+    valid_lengths = sorted(
+        {int(t) for t, r in zip(lengths.tolist(), rewards.tolist(), strict=True) if r > 0.5}
+    )
+    data: dict[str, Any] = {
+        "samples": n,
+        "valid": n_valid,
+        "prompts": len(prompts),
+        "group_size": group,
+        "valid_fraction_per_prompt": rewards.view(-1, group).mean(1).tolist(),
+        "valid_lengths": valid_lengths,
+    }
 
     def ascent(loss: Tensor) -> Tensor:
         return -flat_grad(loss, params, retain_graph=True)
 
-    g_rl = {b: ascent(reinforce_gradient_loss(token_logps, mask, rewards, b, group)) for b in losses.BASELINES}
+    g_rl = {
+        b: ascent(reinforce_gradient_loss(token_logps, mask, rewards, b, group)) for b in losses.BASELINES
+    }
     rows: list[Row] = []
     if n_valid == 0:
         zero = float(g_rl["none"].norm())
-        rows.append(Row(f"{name}: no valid trace", "N⁺ = 0 ⇒ REINFORCE gradient exactly 0 (nothing to compare)",
-                        f"N⁺ = 0 of N = {n}: ‖g_RL‖ = {zero:g}; " + no_valid_message(n), verdict(zero == 0.0)))
+        rows.append(
+            Row(
+                f"{name}: no valid trace",
+                "N⁺ = 0 ⇒ REINFORCE gradient exactly 0 (nothing to compare)",
+                f"N⁺ = 0 of N = {n}: ‖g_RL‖ = {zero:g}; " + no_valid_message(n),
+                verdict(zero == 0.0),
+            )
+        )
         for norm in losses.NORMALIZATIONS:
-            rows.append(Row(f"{name}: SFT[{norm}] ∥ REINFORCE", "cosine measurable", "not measurable: N⁺ = 0",
-                            FAIL))
+            rows.append(
+                Row(f"{name}: SFT[{norm}] ∥ REINFORCE", "cosine measurable", "not measurable: N⁺ = 0", FAIL)
+            )
         data["runtime_s"] = time.perf_counter() - start
         return CheckResult(name, rows, data)
-    g_sft = {norm: ascent(sft_on_valid_gradient_loss(token_logps, mask, rewards, norm))
-             for norm in losses.NORMALIZATIONS}
+    g_sft = {
+        norm: ascent(sft_on_valid_gradient_loss(token_logps, mask, rewards, norm))
+        for norm in losses.NORMALIZATIONS
+    }
     t_valid = float(lengths[rewards > 0.5].sum())
     expected_ratio = {"sequence_sum": n / n_valid, "batch_tokens": n / t_valid}
     comparisons = []
     for norm in losses.NORMALIZATIONS:
         cos = cosine(g_sft[norm], g_rl["none"])
         ratio = float(g_sft[norm].norm() / g_rl["none"].norm())
-        entry = {"a": f"sft[{norm}]", "b": "reinforce[none]", "cosine": cos, "one_minus_cosine": 1 - cos,
-                 "norm_ratio": ratio, "per_module": per_module_cosine(g_sft[norm], g_rl["none"], params)}
+        entry = {
+            "a": f"sft[{norm}]",
+            "b": "reinforce[none]",
+            "cosine": cos,
+            "one_minus_cosine": 1 - cos,
+            "norm_ratio": ratio,
+            "per_module": per_module_cosine(g_sft[norm], g_rl["none"], params),
+        }
         if norm in expected_ratio:
             want = expected_ratio[norm]
             entry["expected_norm_ratio"] = want
             ok = 1 - cos <= tol and abs(ratio - want) <= 1e3 * tol * want
             what = "N/N⁺" if norm == "sequence_sum" else "N/T⁺ (T⁺ valid tokens)"
-            rows.append(Row(
-                f"{name}: SFT[{norm}] ∥ REINFORCE",
-                f"cosine = 1 (1−cos ≤ {tol:.0e}); ‖g_SFT‖/‖g_RL‖ = {what} = {want:.6g}",
-                f"1−cos = {1 - cos:.1e}; ratio {ratio:.6g} (N = {n}, N⁺ = {n_valid})", verdict(ok)))
+            rows.append(
+                Row(
+                    f"{name}: SFT[{norm}] ∥ REINFORCE",
+                    f"cosine = 1 (1−cos ≤ {tol:.0e}); ‖g_SFT‖/‖g_RL‖ = {what} = {want:.6g}",
+                    f"1−cos = {1 - cos:.1e}; ratio {ratio:.6g} (N = {n}, N⁺ = {n_valid})",
+                    verdict(ok),
+                )
+            )
         else:
             differ = len(valid_lengths) > 1
             ok = (1 - cos > 1e-6) if differ else (1 - cos <= tol)
-            rows.append(Row(
-                f"{name}: SFT[{norm}] ∥ REINFORCE",
-                "cosine < 1 when valid lengths differ (trace i weighted by 1/T_i)" if differ
-                else "cosine = 1 (all valid traces have the same length)",
-                f"cos = {cos:.6f} (1−cos = {1 - cos:.2e}); valid lengths {valid_lengths[0]}..{valid_lengths[-1]} "
-                f"tokens", verdict(ok)))
+            rows.append(
+                Row(
+                    f"{name}: SFT[{norm}] ∥ REINFORCE",
+                    "cosine < 1 when valid lengths differ (trace i weighted by 1/T_i)"
+                    if differ
+                    else "cosine = 1 (all valid traces have the same length)",
+                    f"cos = {cos:.6f} (1−cos = {1 - cos:.2e}); valid lengths {valid_lengths[0]}..{valid_lengths[-1]} "
+                    f"tokens",
+                    verdict(ok),
+                )
+            )
         comparisons.append(entry)
     for b in ("mean", "leave_one_out"):
         per_group = rewards.view(-1, group).sum(1)
@@ -965,15 +1134,25 @@ def on_policy_same_samples(setting: Setting, config: TheoryConfig,
         else:
             cos = cosine(g_rl[b], g_rl["none"])
             cos_text, ok = f"cos = {cos:.6f} (1−cos = {1 - cos:.2e})", (1 - cos > 1e-6) or degenerate
-        comparisons.append({"a": f"reinforce[{b}]", "b": "reinforce[none]", "cosine": cos,
-                            "one_minus_cosine": 1 - cos if cos == cos else None,
-                            "norm_ratio": norm_b / float(g_rl["none"].norm()),
-                            "per_module": per_module_cosine(g_rl[b], g_rl["none"], params) if norm_b else {}})
-        expected = ("not parallel on the same samples (adds −(1/N) Σ_i b_i ∇log π(y_i), b_i = mean reward of y_i's "
-                    "prompt group); same direction in expectation ((1 − 1/G) ∇J)")
+        comparisons.append(
+            {
+                "a": f"reinforce[{b}]",
+                "b": "reinforce[none]",
+                "cosine": cos,
+                "one_minus_cosine": 1 - cos if cos == cos else None,
+                "norm_ratio": norm_b / float(g_rl["none"].norm()),
+                "per_module": per_module_cosine(g_rl[b], g_rl["none"], params) if norm_b else {},
+            }
+        )
+        expected = (
+            "not parallel on the same samples (adds −(1/N) Σ_i b_i ∇log π(y_i), b_i = mean reward of y_i's "
+            "prompt group); same direction in expectation ((1 − 1/G) ∇J)"
+        )
         if b == "leave_one_out":
-            expected = ("not parallel on the same samples (b_i = mean reward of the others in the group); unbiased; "
-                        "parallel to the mean-baseline vector: A_LOO = G/(G−1) · A_mean")
+            expected = (
+                "not parallel on the same samples (b_i = mean reward of the others in the group); unbiased; "
+                "parallel to the mean-baseline vector: A_LOO = G/(G−1) · A_mean"
+            )
             if norm_b > 0:
                 to_mean = cosine(g_rl[b], g_rl["mean"])
                 cos_text += f"; cos to mean-baseline vector = {to_mean:.12f}"
@@ -984,8 +1163,9 @@ def on_policy_same_samples(setting: Setting, config: TheoryConfig,
     return CheckResult(name, rows, data)
 
 
-def _batch_logprobs(policy: Policy, prompts: Sequence[PlanningPrompt],
-                    samples: Sequence[Sequence[tuple[int, ...]]]) -> tuple[Tensor, Tensor]:
+def _batch_logprobs(
+    policy: Policy, prompts: Sequence[PlanningPrompt], samples: Sequence[Sequence[tuple[int, ...]]]
+) -> tuple[Tensor, Tensor]:
     """Token log-probs (with graph) of every sample, prompt-major, (N, T): one forward per distinct
     completion, rows indexed out of it (duplicates share a row, so the gradient is the same)."""
     tls, masks = [], []
@@ -1038,18 +1218,28 @@ class SamplePool:
     A sample is stored as its row in the per-sequence gradients (−1: not a canonical valid completion,
     reward 0)."""
 
-    def __init__(self, policy: Policy, setting: Setting, ctx: ExactContext, per_prompt: int,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, policy: Policy, setting: Setting, ctx: ExactContext, per_prompt: int, generator: torch.Generator
+    ) -> None:
         self.rows: list[Tensor] = []
         for k, prompt in enumerate(setting.exact_prompts):
-            ys = sample_completions(policy, prompt.prompt_ids, per_prompt, max_new_tokens=ctx.max_new_tokens,
-                                    generator=generator) if per_prompt else []
+            ys = (
+                sample_completions(
+                    policy,
+                    prompt.prompt_ids,
+                    per_prompt,
+                    max_new_tokens=ctx.max_new_tokens,
+                    generator=generator,
+                )
+                if per_prompt
+                else []
+            )
             self.rows.append(torch.as_tensor([ctx.index[k].get(y, -1) for y in ys], dtype=torch.long))
         self.position = 0
 
     def take(self, n: int) -> tuple[Tensor, int]:
         """The next n samples of every prompt: (rows of the valid ones, total number of samples)."""
-        block = torch.cat([r[self.position:self.position + n] for r in self.rows])
+        block = torch.cat([r[self.position : self.position + n] for r in self.rows])
         if len(block) != n * len(self.rows):
             raise RuntimeError("sample pool exhausted")
         self.position += n
@@ -1064,11 +1254,13 @@ def _sft_coefficients(ctx: ExactContext, rows: Tensor) -> Tensor:
 def _reinforce_coefficients(ctx: ExactContext, rows: Tensor, n_total: int) -> Tensor:
     """REINFORCE without baseline on n_total samples of which ``rows`` are valid: the invalid ones have
     A = r = 0, so only the valid rows' log-probs carry gradient (their values are irrelevant)."""
+
     def loss_of(tl: Tensor) -> Tensor:
         seq = losses.sequence_logprobs(tl[rows], ctx.grads.mask[rows])
         padded = torch.cat([seq, seq.new_zeros(n_total - len(rows))])
         rewards = torch.cat([torch.ones(len(rows)), torch.zeros(n_total - len(rows))]).to(seq)
         return losses.reinforce_loss(padded, rewards, "none")
+
     return ctx.grads.coefficients(loss_of)
 
 
@@ -1079,14 +1271,20 @@ def _iw_coefficients(ctx: ExactContext, rows: Tensor, **kwargs: Any) -> tuple[Te
         loss, s = iw_sft_gradient_loss(tl[rows], ctx.grads.mask[rows], ctx.logp_beta[rows], **kwargs)
         stats.update({k: float(v) for k, v in s.items()})
         return loss
+
     return ctx.grads.coefficients(loss_of), stats
 
 
 def _summary(values: list[float]) -> dict[str, float]:
     v = torch.tensor(values, dtype=torch.float64)
     q = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)) if len(values) else v
-    return {"mean": float(v.mean()), "std": float(v.std()) if len(values) > 1 else 0.0,
-            "p10": float(q[0]), "p50": float(q[1]), "p90": float(q[2])}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()) if len(values) > 1 else 0.0,
+        "p10": float(q[0]),
+        "p50": float(q[1]),
+        "p90": float(q[2]),
+    }
 
 
 @dataclass
@@ -1107,7 +1305,9 @@ class _Series:
         stats = [_summary(v) for v in self.values]
         groups = list(self.modules[0][0]) if self.modules and self.modules[0] else []
         return {
-            "name": self.name, "label": self.label, "values": self.values,
+            "name": self.name,
+            "label": self.label,
+            "values": self.values,
             **{k: [s[k] for s in stats] for k in ("mean", "std", "p10", "p50", "p90")},
             "per_module_mean": {g: [_nanmean([m[g] for m in ms]) for ms in self.modules] for g in groups},
         }
@@ -1124,7 +1324,9 @@ def _nanmean(values: list[float]) -> float:
     return statistics.fmean(kept) if kept else float("nan")
 
 
-def _record(series: _Series, i: int, ctx: ExactContext, coef: Tensor, target: Tensor, params: ParamSet) -> None:
+def _record(
+    series: _Series, i: int, ctx: ExactContext, coef: Tensor, target: Tensor, params: ParamSet
+) -> None:
     """Cosine of the estimate Σ c_u g_u to ``target``; NaN when the estimate is 0 (no valid sample)."""
     if not bool(coef.abs().sum() > 0):
         series.add(i, float("nan"), {g: float("nan") for g in params.groups})
@@ -1134,8 +1336,10 @@ def _record(series: _Series, i: int, ctx: ExactContext, coef: Tensor, target: Te
 
 
 def _fmt_curve(series: _Series, sizes: Sequence[int]) -> str:
-    return ", ".join(f"N={n}: {_nanmean(series.values[i]):.3f}±{_nanstd(series.values[i]):.3f}"
-                     for i, n in enumerate(sizes))
+    return ", ".join(
+        f"N={n}: {_nanmean(series.values[i]):.3f}±{_nanstd(series.values[i]):.3f}"
+        for i, n in enumerate(sizes)
+    )
 
 
 def _nanstd(values: list[float]) -> float:
@@ -1143,12 +1347,25 @@ def _nanstd(values: list[float]) -> float:
     return statistics.stdev(kept) if len(kept) > 1 else 0.0
 
 
-def _plot(pid: str, check: str, title: str, sizes: Sequence[int], series: Sequence[_Series],
-          y_label: str = "cosine to the exact on-policy gradient ∇J",
-          reference: Sequence[tuple[str, str, float]] = ()) -> dict[str, Any]:
-    return {"id": pid, "check": check, "title": title, "x_label": "N (samples per prompt)", "y_label": y_label,
-            "x": list(sizes), "series": [s.to_json() for s in series],
-            "reference_lines": [{"name": n, "label": lab, "y": y} for n, lab, y in reference]}
+def _plot(
+    pid: str,
+    check: str,
+    title: str,
+    sizes: Sequence[int],
+    series: Sequence[_Series],
+    y_label: str = "cosine to the exact on-policy gradient ∇J",
+    reference: Sequence[tuple[str, str, float]] = (),
+) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "check": check,
+        "title": title,
+        "x_label": "N (samples per prompt)",
+        "y_label": y_label,
+        "x": list(sizes),
+        "series": [s.to_json() for s in series],
+        "reference_lines": [{"name": n, "label": lab, "y": y} for n, lab, y in reference],
+    }
 
 
 def _converges(series: _Series, threshold: float) -> bool:
@@ -1171,20 +1388,32 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
     jobs = [(setting.domain_pddl, p.problem, list(plan)) for p in prompts for plan in p.valid_plans]
     verdicts = validate_batch(jobs)
     accepted = sum(v.valid for v in verdicts)
-    roundtrip = sum(_roundtrip(pi.tokenizer, ids) == plan for p in prompts
-                    for plan, ids in zip(p.valid_plans, p.valid_ids, strict=True))
-    rows.append(Row(f"{name}: VAL accepts every enumerated plan",
-                    f"all {len(jobs)} plans of ≤ {config.max_actions} actions valid; canonical text round-trips",
-                    f"VAL: {accepted}/{len(jobs)} valid; extract(decode(ids)) = plan for {roundtrip}/{len(jobs)}",
-                    verdict(accepted == len(jobs) == roundtrip)))
+    roundtrip = sum(
+        _roundtrip(pi.tokenizer, ids) == plan
+        for p in prompts
+        for plan, ids in zip(p.valid_plans, p.valid_ids, strict=True)
+    )
+    rows.append(
+        Row(
+            f"{name}: VAL accepts every enumerated plan",
+            f"all {len(jobs)} plans of ≤ {config.max_actions} actions valid; canonical text round-trips",
+            f"VAL: {accepted}/{len(jobs)} valid; extract(decode(ids)) = plan for {roundtrip}/{len(jobs)}",
+            verdict(accepted == len(jobs) == roundtrip),
+        )
+    )
     # 2. Σ π g (per-sequence gradients) = ∇ Σ π (autograd of the total valid probability).
     auto = total_valid_probability_gradient(pi, prompts, params)
     rel = float((auto - ctx.exact_direction).norm() / auto.norm())
     cos = cosine(auto, ctx.exact_direction)
-    rows.append(Row(f"{name}: Σ_valid π(y)∇log π(y) = ∇ Σ_valid π(y)",
-                    f"equal to float precision (relative error ≤ {1e3 * tol:.0e})",
-                    f"relative error {rel:.1e}, 1−cos {1 - cos:.1e} ({len(ctx.grads.keys)} sequences, "
-                    f"{len(prompts)} prompts)", verdict(rel <= 1e3 * tol)))
+    rows.append(
+        Row(
+            f"{name}: Σ_valid π(y)∇log π(y) = ∇ Σ_valid π(y)",
+            f"equal to float precision (relative error ≤ {1e3 * tol:.0e})",
+            f"relative error {rel:.1e}, 1−cos {1 - cos:.1e} ({len(ctx.grads.keys)} sequences, "
+            f"{len(prompts)} prompts)",
+            verdict(rel <= 1e3 * tol),
+        )
+    )
     # 3. Monte Carlo: SFT-on-valid and REINFORCE, each on its own samples, converge to ∇J.
     sizes = list(config.sample_sizes)
     sft = _Series("sft_on_valid", "SFT on valid samples of π (sequence_sum)")
@@ -1195,8 +1424,10 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
     agree = _val_agreement(setting, ctx, sizes[-1], gen)
     for _ in range(config.repeats):
         for i, n in enumerate(sizes):
-            for series, make in ((sft, lambda rows_, tot: _sft_coefficients(ctx, rows_)),
-                                 (rl, lambda rows_, tot: _reinforce_coefficients(ctx, rows_, tot))):
+            for series, make in (
+                (sft, lambda rows_, tot: _sft_coefficients(ctx, rows_)),
+                (rl, lambda rows_, tot: _reinforce_coefficients(ctx, rows_, tot)),
+            ):
                 valid_rows, total = pool.take(n)
                 if len(valid_rows) == 0:
                     none_valid[series.name] += 1
@@ -1205,26 +1436,47 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
                 _record(series, i, ctx, make(valid_rows, total), ctx.exact_direction, params)
     threshold = 0.9
     for series in (sft, rl):
-        rows.append(Row(
-            f"{name}: {series.label} → ∇J",
-            f"cosine to ∇J → 1 as N grows (mean ≥ {threshold} at N = {sizes[-1]}; {config.repeats} repeats)",
-            _fmt_curve(series, sizes) + (f"; {none_valid[series.name]} draws without a valid sample (NaN)"
-                                         if none_valid[series.name] else ""),
-            verdict(_converges(series, threshold))))
+        rows.append(
+            Row(
+                f"{name}: {series.label} → ∇J",
+                f"cosine to ∇J → 1 as N grows (mean ≥ {threshold} at N = {sizes[-1]}; {config.repeats} repeats)",
+                _fmt_curve(series, sizes)
+                + (
+                    f"; {none_valid[series.name]} draws without a valid sample (NaN)"
+                    if none_valid[series.name]
+                    else ""
+                ),
+                verdict(_converges(series, threshold)),
+            )
+        )
     ok = agree["canonical_not_val_valid"] == 0
-    rows.append(Row(f"{name}: canonical reward vs VAL on samples",
-                    "every canonical-valid sample is VAL-valid (VAL may also accept non-canonical samples)",
-                    f"{agree['samples']} samples: canonical-valid {agree['canonical_valid']}, VAL-valid "
-                    f"{agree['val_valid']}, canonical but VAL-invalid {agree['canonical_not_val_valid']}",
-                    verdict(ok)))
-    data = {"sequences": len(ctx.grads.keys), "enumeration_vs_autograd": {"relative_error": rel, "cosine": cos},
-            "val_enumerated": {"plans": len(jobs), "valid": accepted}, "val_agreement_on_samples": agree,
-            "exact_gradient_norm": float(ctx.exact_direction.norm()),
-            "valid_mass_pi": valid_mass(pi, prompts), "draws_without_valid": none_valid,
-            "runtime_s": time.perf_counter() - start}
-    plot = _plot("exact_gradient_convergence", name,
-                 "On-policy Monte-Carlo estimates vs the exact gradient ∇J", sizes, [sft, rl],
-                 reference=[("on_policy", "∇J", 1.0)])
+    rows.append(
+        Row(
+            f"{name}: canonical reward vs VAL on samples",
+            "every canonical-valid sample is VAL-valid (VAL may also accept non-canonical samples)",
+            f"{agree['samples']} samples: canonical-valid {agree['canonical_valid']}, VAL-valid "
+            f"{agree['val_valid']}, canonical but VAL-invalid {agree['canonical_not_val_valid']}",
+            verdict(ok),
+        )
+    )
+    data = {
+        "sequences": len(ctx.grads.keys),
+        "enumeration_vs_autograd": {"relative_error": rel, "cosine": cos},
+        "val_enumerated": {"plans": len(jobs), "valid": accepted},
+        "val_agreement_on_samples": agree,
+        "exact_gradient_norm": float(ctx.exact_direction.norm()),
+        "valid_mass_pi": valid_mass(pi, prompts),
+        "draws_without_valid": none_valid,
+        "runtime_s": time.perf_counter() - start,
+    }
+    plot = _plot(
+        "exact_gradient_convergence",
+        name,
+        "On-policy Monte-Carlo estimates vs the exact gradient ∇J",
+        sizes,
+        [sft, rl],
+        reference=[("on_policy", "∇J", 1.0)],
+    )
     return CheckResult(name, rows, data, [plot])
 
 
@@ -1238,16 +1490,21 @@ def _val_agreement(setting: Setting, ctx: ExactContext, n: int, gen: torch.Gener
     """VAL verdicts vs the canonical reward on n fresh samples of π per exact prompt."""
     texts, problems, canonical = [], [], []
     for k, prompt in enumerate(setting.exact_prompts):
-        for y in sample_completions(setting.pi, prompt.prompt_ids, n, max_new_tokens=ctx.max_new_tokens,
-                                    generator=gen):
+        for y in sample_completions(
+            setting.pi, prompt.prompt_ids, n, max_new_tokens=ctx.max_new_tokens, generator=gen
+        ):
             texts.append(setting.pi.tokenizer.decode(list(y), skip_special_tokens=True))
             problems.append(prompt.problem)
             canonical.append(y in ctx.index[k])
     val = val_rewards(setting.domain_pddl, problems, texts)
     can = torch.tensor(canonical)
-    return {"samples": len(texts), "canonical_valid": int(can.sum()), "val_valid": int(val.sum()),
-            "canonical_not_val_valid": int((can & (val < 0.5)).sum()),
-            "val_valid_not_canonical": int((~can & (val > 0.5)).sum())}
+    return {
+        "samples": len(texts),
+        "canonical_valid": int(can.sum()),
+        "val_valid": int(val.sum()),
+        "canonical_not_val_valid": int((can & (val < 0.5)).sum()),
+        "val_valid_not_canonical": int((~can & (val > 0.5)).sum()),
+    }
 
 
 def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = None) -> CheckResult:
@@ -1282,8 +1539,12 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
         "iw_per_token": _Series("iw_per_token", "IW-SFT, per-token geometric mean of π/β"),
     }
     kwargs: dict[str, dict[str, Any]] = {
-        "plain_sft": {"plain": True}, "iw": {}, "iw_self_normalized": {"self_normalize": True},
-        "iw_truncated": {"truncate": c}, "iw_per_token": {"per_token": True}}
+        "plain_sft": {"plain": True},
+        "iw": {},
+        "iw_self_normalized": {"self_normalize": True},
+        "iw_truncated": {"truncate": c},
+        "iw_per_token": {"per_token": True},
+    }
     ess: list[list[float]] = [[] for _ in sizes]
     gen = torch.Generator(device=beta.device).manual_seed(config.seed + 303)
     pool = SamplePool(beta, setting, ctx, config.repeats * sum(sizes), gen)
@@ -1304,39 +1565,71 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
     last = len(sizes) - 1
     plain_last = _nanmean(series["plain_sft"].values[last])
     iw, sn = series["iw"], series["iw_self_normalized"]
-    same = max((abs(a - b) for va, vb in zip(iw.values, sn.values, strict=True)
-                for a, b in zip(va, vb, strict=True) if a == a and b == b), default=0.0)
+    same = max(
+        (
+            abs(a - b)
+            for va, vb in zip(iw.values, sn.values, strict=True)
+            for a, b in zip(va, vb, strict=True)
+            if a == a and b == b
+        ),
+        default=0.0,
+    )
     rows = [
-        Row(f"{name}: plain SFT on β-samples",
+        Row(
+            f"{name}: plain SFT on β-samples",
             "converges to E_β[r ∇log π] (reward r·β/π), not to ∇J: exact limit cosine < 1",
             f"{_fmt_curve(series['plain_sft'], sizes)}; exact limit {limits['plain_sft']:.4f}",
-            verdict(limits["plain_sft"] < 1 - 1e-3 and abs(plain_last - limits["plain_sft"]) < 0.1)),
-        Row(f"{name}: {iw.label}",
+            verdict(limits["plain_sft"] < 1 - 1e-3 and abs(plain_last - limits["plain_sft"]) < 0.1),
+        ),
+        Row(
+            f"{name}: {iw.label}",
             f"→ 1 (unbiased for ∇J); closer to ∇J than plain SFT at N = {sizes[-1]}",
             _fmt_curve(iw, sizes),
-            verdict(_nanmean(iw.values[last]) > plain_last and _converges(iw, 0.9))),
-        Row(f"{name}: {sn.label}",
+            verdict(_nanmean(iw.values[last]) > plain_last and _converges(iw, 0.9)),
+        ),
+        Row(
+            f"{name}: {sn.label}",
             "same direction as w (one scale factor per batch): equal cosines; only the step size differs",
             f"max |cos_SN − cos_w| = {same:.1e} over all draws",
-            verdict(same <= 1e3 * tolerance(_dtype(config.dtype)))),
+            verdict(same <= 1e3 * tolerance(_dtype(config.dtype))),
+        ),
     ]
     for key in ("iw_truncated", "iw_per_token"):
         s = series[key]
-        rows.append(Row(
-            f"{name}: {s.label}",
-            f"→ its own biased limit, exact cosine {limits[key]:.4f} (lower variance than w)",
-            _fmt_curve(s, sizes), verdict(abs(_nanmean(s.values[last]) - limits[key]) < 0.1)))
-    data = {"limits": limits, "truncate": c,
-            "weights": {"min": float(log_w.exp().min()), "max": float(log_w.exp().max()),
-                        "truncated_beta_mass": float((beta_p * (log_w.exp() > c)).sum() / beta_p.sum())},
-            "relative_ess_mean": [_nanmean(v) for v in ess], "draws_without_valid": empty,
-            "valid_mass_beta": valid_mass(beta, prompts), "runtime_s": time.perf_counter() - start}
-    plot = _plot("off_policy_convergence", name, "Valid traces of β training π: plain vs importance-weighted SFT",
-                 sizes, list(series.values()),
-                 reference=[("on_policy", "∇J (IW limit)", 1.0),
-                            ("plain_sft_limit", "plain SFT limit", limits["plain_sft"]),
-                            ("iw_truncated_limit", f"truncated-IW limit (c = {c:g})", limits["iw_truncated"]),
-                            ("iw_per_token_limit", "per-token IW limit", limits["iw_per_token"])])
+        rows.append(
+            Row(
+                f"{name}: {s.label}",
+                f"→ its own biased limit, exact cosine {limits[key]:.4f} (lower variance than w)",
+                _fmt_curve(s, sizes),
+                verdict(abs(_nanmean(s.values[last]) - limits[key]) < 0.1),
+            )
+        )
+    data = {
+        "limits": limits,
+        "truncate": c,
+        "weights": {
+            "min": float(log_w.exp().min()),
+            "max": float(log_w.exp().max()),
+            "truncated_beta_mass": float((beta_p * (log_w.exp() > c)).sum() / beta_p.sum()),
+        },
+        "relative_ess_mean": [_nanmean(v) for v in ess],
+        "draws_without_valid": empty,
+        "valid_mass_beta": valid_mass(beta, prompts),
+        "runtime_s": time.perf_counter() - start,
+    }
+    plot = _plot(
+        "off_policy_convergence",
+        name,
+        "Valid traces of β training π: plain vs importance-weighted SFT",
+        sizes,
+        list(series.values()),
+        reference=[
+            ("on_policy", "∇J (IW limit)", 1.0),
+            ("plain_sft_limit", "plain SFT limit", limits["plain_sft"]),
+            ("iw_truncated_limit", f"truncated-IW limit (c = {c:g})", limits["iw_truncated"]),
+            ("iw_per_token_limit", "per-token IW limit", limits["iw_per_token"]),
+        ],
+    )
     return CheckResult(name, rows, data, [plot])
 
 
@@ -1358,19 +1651,31 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
     worst = 0.0
     for lam in config.lambdas:
         lhs = lam * on_policy_part + (1 - lam) * off_policy_part
-        advantages = [lp.exp() * (lam + (1 - lam) * (lb - lp).exp())
-                      for lp, lb in zip(per_prompt_pi, per_prompt_beta, strict=True)]
+        advantages = [
+            lp.exp() * (lam + (1 - lam) * (lb - lp).exp())
+            for lp, lb in zip(per_prompt_pi, per_prompt_beta, strict=True)
+        ]
         rhs = weighted_sequences_gradient(pi, prompts, params, advantages)
         rel = float((lhs - rhs).norm() / rhs.norm())
         worst = max(worst, rel)
-        exact_rows.append({"lambda": lam, "relative_error": rel, "cosine": cosine(lhs, rhs),
-                           "cosine_to_on_policy": cosine(rhs, on_policy_part)})
-    rows = [Row(f"{name}: E[SFT on λ·π + (1−λ)·β samples] = REINFORCE with r(λ + (1−λ)β/π)",
-                f"equal to float precision for λ ∈ {{{', '.join(f'{x:g}' for x in config.lambdas)}}} "
-                f"(relative error ≤ {1e3 * tol:.0e})",
-                f"max relative error {worst:.1e}; cos to ∇J of the mixture direction: "
-                + ", ".join(f"λ={e['lambda']:g}: {e['cosine_to_on_policy']:.4f}" for e in exact_rows),
-                verdict(worst <= 1e3 * tol))]
+        exact_rows.append(
+            {
+                "lambda": lam,
+                "relative_error": rel,
+                "cosine": cosine(lhs, rhs),
+                "cosine_to_on_policy": cosine(rhs, on_policy_part),
+            }
+        )
+    rows = [
+        Row(
+            f"{name}: E[SFT on λ·π + (1−λ)·β samples] = REINFORCE with r(λ + (1−λ)β/π)",
+            f"equal to float precision for λ ∈ {{{', '.join(f'{x:g}' for x in config.lambdas)}}} "
+            f"(relative error ≤ {1e3 * tol:.0e})",
+            f"max relative error {worst:.1e}; cos to ∇J of the mixture direction: "
+            + ", ".join(f"λ={e['lambda']:g}: {e['cosine_to_on_policy']:.4f}" for e in exact_rows),
+            verdict(worst <= 1e3 * tol),
+        )
+    ]
     # Monte Carlo: round(λN) samples of π and N − round(λN) of β per prompt, SFT on the valid ones.
     lam = config.mixture_lambda
     p_pi, p_beta = ctx.logp_pi.exp() / len(prompts), ctx.logp_beta.exp() / len(prompts)
@@ -1388,23 +1693,39 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
                 mc.add(i, float("nan"), {g: float("nan") for g in params.groups})
                 continue
             _record(mc, i, ctx, _sft_coefficients(ctx, valid_rows), target, params)
-    rows.append(Row(f"{name}: Monte-Carlo mixture SFT → effective-reward REINFORCE direction",
-                    f"cosine → 1 as N grows (λ = {lam:g}; mean ≥ 0.9 at N = {sizes[-1]})",
-                    _fmt_curve(mc, sizes), verdict(_converges(mc, 0.9))))
+    rows.append(
+        Row(
+            f"{name}: Monte-Carlo mixture SFT → effective-reward REINFORCE direction",
+            f"cosine → 1 as N grows (λ = {lam:g}; mean ≥ 0.9 at N = {sizes[-1]})",
+            _fmt_curve(mc, sizes),
+            verdict(_converges(mc, 0.9)),
+        )
+    )
     data = {"exact": exact_rows, "mc_lambda": lam, "runtime_s": time.perf_counter() - start}
-    plot = _plot("mixture_convergence", name, f"Mixture (λ = {lam:g}) SFT vs the effective-reward gradient",
-                 sizes, [mc], y_label="cosine to E_π[r(λ + (1−λ)β/π)∇log π]",
-                 reference=[("effective_reward", "effective-reward gradient", 1.0),
-                            ("on_policy", "cos(effective-reward gradient, ∇J)",
-                             cosine(target, ctx.exact_direction))])
+    plot = _plot(
+        "mixture_convergence",
+        name,
+        f"Mixture (λ = {lam:g}) SFT vs the effective-reward gradient",
+        sizes,
+        [mc],
+        y_label="cosine to E_π[r(λ + (1−λ)β/π)∇log π]",
+        reference=[
+            ("effective_reward", "effective-reward gradient", 1.0),
+            ("on_policy", "cos(effective-reward gradient, ∇J)", cosine(target, ctx.exact_direction)),
+        ],
+    )
     return CheckResult(name, rows, data, [plot])
 
 
 # ----------------------------------------------------------------------------------------- driver
 
 
-def run_checks(config: TheoryConfig | None = None, checks: Sequence[str] | None = None,
-               log: Callable[[str], None] | None = None, setting: Setting | None = None) -> TheoryReport:
+def run_checks(
+    config: TheoryConfig | None = None,
+    checks: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    setting: Setting | None = None,
+) -> TheoryReport:
     """Build the setting (``build_setting``) and run ``checks`` (default: all of ``CHECKS``)."""
     config = config or TheoryConfig()
     checks = list(checks or CHECKS)
@@ -1422,11 +1743,15 @@ def run_checks(config: TheoryConfig | None = None, checks: Sequence[str] | None 
             results.append(on_policy_same_samples(setting, config))
             continue
         ctx = ctx or exact_context(setting)
-        results.append({"exact_gradient": exact_gradient, "off_policy": off_policy, "mixture": mixture}[check](
-            setting, config, ctx))
+        results.append(
+            {"exact_gradient": exact_gradient, "off_policy": off_policy, "mixture": mixture}[check](
+                setting, config, ctx
+            )
+        )
     setup = dict(setting.info)
-    setup["warmup_runtime_s"] = round(time.perf_counter() - start - sum(r.data.get("runtime_s", 0) for r in results),
-                                      2)
+    setup["warmup_runtime_s"] = round(
+        time.perf_counter() - start - sum(r.data.get("runtime_s", 0) for r in results), 2
+    )
     return TheoryReport(results, setup, time.perf_counter() - start)
 
 
@@ -1437,23 +1762,69 @@ def format_table(rows: Sequence[Row], width: int = 120) -> str:
     cols = [("check", 34), ("expected", 38), ("measured", 44), ("verdict", 7)]
     scale = max(0.5, width / sum(w for _, w in cols))
     widths = [max(7, int(w * scale)) for _, w in cols]
-    lines = [" | ".join(name.ljust(w) for (name, _), w in zip(cols, widths, strict=True)),
-             "-+-".join("-" * w for w in widths)]
+    lines = [
+        " | ".join(name.ljust(w) for (name, _), w in zip(cols, widths, strict=True)),
+        "-+-".join("-" * w for w in widths),
+    ]
     for row in rows:
-        cells = [textwrap.wrap(str(getattr(row, name)), w) or [""] for (name, _), w in zip(cols, widths, strict=True)]
+        cells = [
+            textwrap.wrap(str(getattr(row, name)), w) or [""]
+            for (name, _), w in zip(cols, widths, strict=True)
+        ]
         for k in range(max(len(c) for c in cells)):
-            lines.append(" | ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths,
-                                                                                            strict=True)).rstrip())
+            lines.append(
+                " | ".join(
+                    (c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths, strict=True)
+                ).rstrip()
+            )
     return "\n".join(lines)
 
 
 __all__ = [
-    "CHECKS", "SCHEMA", "CheckResult", "NoValidTraces", "ParamSet", "PlanningPrompt", "Policy", "Row",
-    "SequenceGradients", "Setting", "TheoryConfig", "TheoryError", "TheoryReport", "build_setting",
-    "canonical_completion", "check_same_tokenizer", "completion_logprobs", "cosine", "encode_completion",
-    "encode_prompt", "enumerate_valid_plans", "exact_gradient", "flat_grad", "format_table",
-    "iw_sft_gradient_loss", "mixture", "module_group", "off_policy", "on_policy_same_samples",
-    "per_module_cosine", "planning_prompts", "reinforce_gradient_loss", "run_checks", "sample_completions",
-    "sequence_gradients", "sequence_logprobs", "sft_on_valid_gradient_loss", "to_precision", "total_valid_probability_gradient",
-    "trainable_parameters", "val_rewards", "valid_mass", "warm_up",
+    "CHECKS",
+    "SCHEMA",
+    "CheckResult",
+    "NoValidTraces",
+    "ParamSet",
+    "PlanningPrompt",
+    "Policy",
+    "Row",
+    "SamplePool",
+    "SequenceGradients",
+    "Setting",
+    "TheoryConfig",
+    "TheoryError",
+    "TheoryReport",
+    "build_setting",
+    "canonical_completion",
+    "check_same_tokenizer",
+    "completion_logprobs",
+    "cosine",
+    "encode_completion",
+    "encode_prompt",
+    "enumerate_valid_plans",
+    "exact_context",
+    "exact_gradient",
+    "flat_grad",
+    "format_table",
+    "iw_sft_gradient_loss",
+    "mixture",
+    "module_group",
+    "off_policy",
+    "on_policy_same_samples",
+    "per_module_cosine",
+    "planning_prompts",
+    "reinforce_gradient_loss",
+    "run_checks",
+    "sample_completions",
+    "sequence_gradients",
+    "sequence_logprobs",
+    "sft_on_valid_gradient_loss",
+    "to_precision",
+    "total_valid_probability_gradient",
+    "trainable_parameters",
+    "val_rewards",
+    "valid_mass",
+    "warm_up",
+    "weighted_sequences_gradient",
 ]

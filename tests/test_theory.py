@@ -35,8 +35,9 @@ def prompts(tok):
 
 def _setting(model, tok, prompts, beta=None) -> th.Setting:
     pi = th.Policy(model, tok)
-    return th.Setting(pi, beta or pi, th.trainable_parameters(model), list(prompts), list(prompts),
-                      domain_pddl(DOMAIN), {})
+    return th.Setting(
+        pi, beta or pi, th.trainable_parameters(model), list(prompts), list(prompts), domain_pddl(DOMAIN), {}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,9 @@ def _samples_and_rewards(setting: th.Setting, seed: int = 0):
     samples, rewards = [], []
     for p in setting.on_policy_prompts:
         valid = list(p.valid_ids)
-        junk = th.sample_completions(setting.pi, p.prompt_ids, 8 - len(valid), max_new_tokens=12, generator=gen)
+        junk = th.sample_completions(
+            setting.pi, p.prompt_ids, 8 - len(valid), max_new_tokens=12, generator=gen
+        )
         junk = [y for y in junk if y not in p.valid_ids]
         junk += [junk[0]] * (8 - len(valid) - len(junk))
         samples.append(valid + junk)
@@ -94,16 +97,21 @@ def test_exact_gradient_by_enumeration_is_autograd_of_valid_mass(fresh) -> None:
         tl, m = th.completion_logprobs(fresh.pi, fresh.exact_prompts[k].prompt_ids, [ids])
         tls.append(tl)
         masks.append(m)
-    direct = -th.flat_grad(losses.sft_loss(th._pad_cat(tls), th._pad_cat(masks), "sequence_sum"), fresh.params)
+    direct = -th.flat_grad(
+        losses.sft_loss(th._pad_cat(tls), th._pad_cat(masks), "sequence_sum"), fresh.params
+    )
     assert float((direct - via_coefficients).norm() / direct.norm()) < 1e-10
 
 
 def test_enumerated_plans_are_val_valid(fresh) -> None:
     plans = [(p, plan) for p in fresh.exact_prompts for plan in p.valid_plans]
     texts = [th.canonical_completion(plan) for _, plan in plans]
-    assert th.val_rewards(fresh.domain_pddl, [p.problem for p, _ in plans], texts).tolist() == [1.0] * len(plans)
-    assert th.val_rewards(fresh.domain_pddl, [plans[0][0].problem] * 2,
-                          ["(stack b1 b1)\n", "no plan here"]).tolist() == [0.0, 0.0]
+    assert th.val_rewards(fresh.domain_pddl, [p.problem for p, _ in plans], texts).tolist() == [1.0] * len(
+        plans
+    )
+    assert th.val_rewards(
+        fresh.domain_pddl, [plans[0][0].problem] * 2, ["(stack b1 b1)\n", "no plan here"]
+    ).tolist() == [0.0, 0.0]
 
 
 def test_importance_weights_with_beta_equal_pi_are_plain_sft(fresh) -> None:
@@ -126,7 +134,9 @@ def trained(tok):
     model = make_small_model(tok, "tiny", seed=0)
     torch.manual_seed(0)
     train = [(prompt.prompt_ids, ids) for ids in prompt.valid_ids]
-    _, model, info = th.warm_up(model, tok, train, [prompt], beta_mass=0.0, pi_mass=0.4, max_steps=200, lr=1e-2)
+    _, model, info = th.warm_up(
+        model, tok, train, [prompt], beta_mass=0.0, pi_mass=0.4, max_steps=200, lr=1e-2
+    )
     assert info["history"][-1]["valid_mass"][0] >= 0.4
     th.to_precision(model, torch.float64).eval()
     setting = _setting(model, tok, [prompt])
@@ -156,7 +166,9 @@ def test_mixture_is_effective_reward_reinforce(trained) -> None:
 
 def test_no_valid_trace_is_a_zero_gradient_not_a_division_by_zero(fresh) -> None:
     samples, rewards = _samples_and_rewards(fresh)
-    result = th.on_policy_same_samples(fresh, th.TheoryConfig(), samples=samples, rewards=torch.zeros_like(rewards))
+    result = th.on_policy_same_samples(
+        fresh, th.TheoryConfig(), samples=samples, rewards=torch.zeros_like(rewards)
+    )
     first = result.rows[0]
     assert "no valid trace" in first.check and first.verdict == th.PASS and "N⁺ = 0" in first.measured
     assert {r.verdict for r in result.rows[1:]} == {th.FAIL}  # Prop. 1 could not be checked

@@ -25,26 +25,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--check", action="append", choices=CHECKS, metavar="NAME",
-                        help=f"run only this check (repeatable): {', '.join(CHECKS)}")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of {check, expected, measured, verdict} and nothing else")
+    parser.add_argument(
+        "--check",
+        action="append",
+        choices=CHECKS,
+        metavar="NAME",
+        help=f"run only this check (repeatable): {', '.join(CHECKS)}",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {check, expected, measured, verdict} and nothing else",
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="write DIR/theory.json (rows and plot data)")
-    parser.add_argument("--model", metavar="PATH",
-                        help="local Hugging Face causal LM directory for π (default: a fresh small model, warmed "
-                             "up with a few SFT steps on valid plans)")
-    parser.add_argument("--beta-model", metavar="PATH",
-                        help="local model directory for the behaviour policy β (same tokenizer as π; default: an "
-                             "earlier warm-up checkpoint of π)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="local Hugging Face causal LM directory for π (default: a fresh small model, warmed "
+        "up with a few SFT steps on valid plans)",
+    )
+    parser.add_argument(
+        "--beta-model",
+        metavar="PATH",
+        help="local model directory for the behaviour policy β (same tokenizer as π; default: an "
+        "earlier warm-up checkpoint of π)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
-                        help="precision of the checks (default float64: cosines of 1 to ~1e-15)")
-    parser.add_argument("--repeats", type=int, default=10, metavar="R",
-                        help="independent repeats of each Monte-Carlo estimate (default 10; at least 5 for bands)")
-    parser.add_argument("--sample-sizes", type=int, nargs="+", default=[4, 16, 64, 256], metavar="N",
-                        help="samples per prompt of the Monte-Carlo estimates (default: 4 16 64 256)")
-    parser.add_argument("--warmup-steps", type=int, default=600, metavar="S",
-                        help="at most this many warm-up SFT steps (0: use the model as it is; default 600)")
+    parser.add_argument(
+        "--dtype",
+        default="float64",
+        choices=("float64", "float32"),
+        help="precision of the checks (default float64: cosines of 1 to ~1e-15)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        metavar="R",
+        help="independent repeats of each Monte-Carlo estimate (default 10; at least 5 for bands)",
+    )
+    parser.add_argument(
+        "--sample-sizes",
+        type=int,
+        nargs="+",
+        default=[4, 16, 64, 256],
+        metavar="N",
+        help="samples per prompt of the Monte-Carlo estimates (default: 4 16 64 256)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=600,
+        metavar="S",
+        help="at most this many warm-up SFT steps (0: use the model as it is; default 600)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     parser.set_defaults(func=run)
@@ -67,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     config = TheoryConfig(
-        model_path=args.model, beta_model_path=args.beta_model, device=args.device, dtype=args.dtype,
-        seed=args.seed, repeats=args.repeats, sample_sizes=tuple(sorted(set(args.sample_sizes))),
+        model_path=args.model,
+        beta_model_path=args.beta_model,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        repeats=args.repeats,
+        sample_sizes=tuple(sorted(set(args.sample_sizes))),
         warmup_max_steps=args.warmup_steps,
     )
     log = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -81,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "theory.json").write_text(
-                json.dumps(report.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+                json.dumps(report.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+            )
         except OSError as exc:
             return fail(f"{args.out}: cannot write theory.json ({exc.strerror})")
     if args.json:
@@ -89,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(report.rows))
         failed = sum(row.verdict != "pass" for row in report.rows)
-        print(f"\n{len(report.rows) - failed}/{len(report.rows)} rows pass; {report.runtime_s:.0f}s"
-              + (f"; wrote {args.out / 'theory.json'}" if args.out is not None else ""))
+        print(
+            f"\n{len(report.rows) - failed}/{len(report.rows)} rows pass; {report.runtime_s:.0f}s"
+            + (f"; wrote {args.out / 'theory.json'}" if args.out is not None else "")
+        )
     return 0 if report.passed else 1
 
 
