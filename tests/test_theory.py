@@ -209,3 +209,29 @@ def test_cli_bad_input_exit_2(tmp_path, capsys) -> None:
     assert main(["theory", "--model", str(tmp_path / "missing"), "--json"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["theory", "--repeats", "0"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["theory", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_json_rows_and_theory_json(tmp_path, capsys) -> None:
+    """A fresh model without warm-up: the four-key rows, theory.json, and exit 1 iff a row fails."""
+    from iterdeploy_trl.cli import main
+
+    argv = [
+        "theory",
+        "--check",
+        "on_policy_same_samples",
+        "--warmup-steps",
+        "0",
+        "--json",
+        "--out",
+        str(tmp_path),
+    ]
+    rc = main(argv)
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(set(r) == {"check", "expected", "measured", "verdict"} for r in rows)
+    assert rc == (0 if all(r["verdict"] == "pass" for r in rows) else 1)
+    saved = json.loads((tmp_path / "theory.json").read_text())
+    assert saved["schema"] == th.SCHEMA and saved["rows"] == rows
+    assert "--warmup-steps 0" in saved["command"]
