@@ -660,7 +660,7 @@ class SequenceGradients:
         loss = loss_of(leaf)
         (d,) = torch.autograd.grad(loss, leaf, allow_unused=True)
         if d is None:
-            return torch.zeros(len(self.keys), dtype=torch.float64)
+            return torch.zeros(len(self.keys), dtype=torch.float64, device=leaf.device)
         d = -d.double() * self.mask
         per_row = d.sum(1) / self.mask.sum(1).clamp(min=1)
         spread = (d - per_row[:, None] * self.mask).abs().max()
