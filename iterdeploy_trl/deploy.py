@@ -89,8 +89,9 @@ class TransformersBackend(Backend):
         out: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
             batch = flat[start : start + self.batch_size]
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False,
-                      padding_side="left").to(model.device)
+            # Tokenise exactly as TRL's SFT does (special tokens included, e.g. BOS), so that the recorded
+            # behaviour log-prob and the trainer's log pi(y|x) condition on the same context.
+            enc = tok(batch, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             torch.manual_seed(batch_seed(seed, start))
             with torch.no_grad():
                 gen = model.generate(
