@@ -112,7 +112,9 @@ class TransformersBackend(Backend):
                         break
                 ended = n <= len(ids) and n > 0 and ids[n - 1] in eos_ids
                 lp = float(logp[row, :n].sum())
-                text = tok.decode(ids[:n], skip_special_tokens=True)
+                # Decode every sampled token but the final end-of-sequence one (TRL appends it again), so
+                # that re-tokenising the text gives back the sampled tokens the log-prob was taken on.
+                text = tok.decode(ids[: n - 1] if ended else ids[:n], skip_special_tokens=False)
                 out.append(Completion(
                     text=text, completion_tokens=n, reasoning_tokens=_reasoning_tokens(ids[:n], self._think_end),
                     truncated=not ended, behaviour_logprob=lp if math.isfinite(lp) else float("-inf"),
