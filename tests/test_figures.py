@@ -42,7 +42,8 @@ def theory_json() -> Path | None:
     """A real theory.json: $ITERDEPLOY_THEORY_DIR, or the repository's theory/ (``iterdeploy theory --out
     theory``). Making one here takes minutes of CPU (warm-up, enumeration, Monte Carlo), too slow for
     this file."""
-    for d in (os.environ.get("ITERDEPLOY_THEORY_DIR"), Path(__file__).resolve().parents[1] / "theory"):
+    root = Path(__file__).resolve().parents[1] / "theory"
+    for d in (os.environ.get("ITERDEPLOY_THEORY_DIR"), root / "results", root):
         if d and (Path(d) / "theory.json").is_file():
             return Path(d) / "theory.json"
     return None
