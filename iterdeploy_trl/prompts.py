@@ -7,8 +7,8 @@ Two styles:
   action a line in parentheses, in a fenced ``plan`` block. ``build_messages`` wraps it as chat
   messages for a tokenizer's chat template.
 - ``"compact"`` (the small local model): ``init: (atom) ... \\n goal: (atom) ... \\n plan:\\n``, every
-  word in the small model's vocabulary (``models.build_tokenizer``). Atoms are lower-cased and sorted by
-  the objects they are about (see ``natural_key``), so that the same task always gives the same prompt.
+  word in the small model's vocabulary (``models.build_tokenizer``). Atoms are lower-cased and sorted
+  (numbers in names compared as numbers) so that the same task always gives the same prompt.
 
 Sokoban's compact prompt leaves out ``move-dir`` and ``is-nongoal`` facts: they are implied by the
 other facts (the floor is every cell named in ``clear``/``at`` facts, ``move-dir`` links floor cells
@@ -97,17 +97,8 @@ def _atom(atom: tuple[str, ...]) -> str:
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:
-    """Sort key grouping atoms by the objects they are about, then by predicate: ``(clear b2)
-    (on b2 b10) (clear b10) (ontable b10)``. Numbers in names compare as numbers.
-
-    Grouping puts what is known of an object side by side (a block being clear and what it stands
-    on; a cell being clear and a goal), which a small model reads off far more easily than facts
-    scattered by predicate."""
-    return tuple(_natural(w) for w in atom[1:]), atom[0]
-
-
-def _natural(word: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", word))
+    """Sort key putting ``(on b2 b10)`` before ``(on b10 b2)`` (numbers compared as numbers)."""
+    return tuple(tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", w)) for w in atom)
 
 
 def domain_name(domain_pddl: str) -> str | None:

@@ -24,10 +24,10 @@ SOKOBAN = """(define (problem sok-line) (:domain sokoban-sequential)
   (:metric minimize (total-cost)))"""
 
 
-def test_compact_prompt_lists_init_and_goal_grouped_by_object() -> None:
+def test_compact_prompt_lists_init_and_goal_sorted() -> None:
     prompt = build_prompt(domain_pddl("blocksworld"), BLOCKS)
     assert prompt == (
-        "init: (handempty) (clear b1) (on b1 b2) (ontable b2) (clear b10) (ontable b10)\n"
+        "init: (clear b1) (clear b10) (handempty) (on b1 b2) (ontable b2) (ontable b10)\n"
         "goal: (on b2 b10) (on b10 b1)\n"
         "plan:\n"
     )
@@ -37,7 +37,7 @@ def test_compact_prompt_lists_init_and_goal_grouped_by_object() -> None:
 def test_compact_sokoban_prompt_keeps_the_map_facts_it_needs() -> None:
     prompt = build_prompt(domain_pddl("sokoban"), SOKOBAN)
     assert prompt == (
-        "init: (at player-01 pos-01-01) (clear pos-03-01) (is-goal pos-03-01) (at stone-01 pos-02-01)\n"
+        "init: (at player-01 pos-01-01) (at stone-01 pos-02-01) (clear pos-03-01) (is-goal pos-03-01)\n"
         "goal: (at-goal stone-01)\n"
         "plan:\n"
     )
