@@ -29,6 +29,10 @@ from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, bat
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 
+# Bump when the compact prompt's format changes: cached base models were pretrained on the old one.
+COMPACT_PROMPT_VERSION = 1
+
+
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says what to do."""
 
@@ -98,7 +102,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
     key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
            f"-lr{cfg.model.base_learning_rate:g}-walk{cfg.model.base_max_walk}"
-           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-seed0")
+           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
     path = cache_root(cfg) / "base_models" / key
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
