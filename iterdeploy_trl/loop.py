@@ -28,7 +28,6 @@ from iterdeploy_trl.curate import curate, training_rows
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
-
 # Bump when the compact prompt's format changes: cached base models were pretrained on the old one.
 COMPACT_PROMPT_VERSION = 1
 
