@@ -130,3 +130,23 @@ def test_pretrain_smoke(tmp_path) -> None:
     model, tok = load_model_and_tokenizer(tmp_path)
     [(text, _)] = sample_completions(model, tok, [PROMPT], max_new_tokens=8)
     assert isinstance(text, str)
+
+
+def test_base_model_command(tmp_path, capsys) -> None:
+    import json
+
+    from iterdeploy_trl.cli import main
+    from iterdeploy_trl.commands.base_model import SIZES as CLI_SIZES
+    from iterdeploy_trl.models import SIZES
+
+    assert set(CLI_SIZES) == set(SIZES)
+    out = tmp_path / "bm"
+    argv = ["base-model", "--domain", "sokoban", "--out", str(out), "--steps", "2", "--size", "tiny"]
+    argv += ["--num-walks", "8", "--task-size", "1", "2", "--threads", "1", "--measure", "4"]
+    assert main(argv) == 0
+    assert json.loads((out / "base_model.json").read_text())["domain"] == "sokoban"
+    report = json.loads((out / "measure.json").read_text())
+    assert report["tasks"] == 4 and 0 <= report["legal_action_fraction"] <= 1
+    bad = ["base-model", "--domain", "sokoban", "--out", str(tmp_path / "x"), "--task-size", "0", "99"]
+    assert main(bad) == 2
+    assert "size" in capsys.readouterr().err

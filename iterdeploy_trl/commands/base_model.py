@@ -10,6 +10,9 @@ from pathlib import Path
 
 from iterdeploy_trl.domains import PLANNING_DOMAINS
 
+# Kept in step with models.SIZES without importing torch for `--help`.
+SIZES = ("tiny", "x64", "x96", "small", "medium")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,21 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="output directory (a Hugging Face model directory)"
     )
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps (default: 600)")
+    # Defaults are those of a run config's auto base model (config.ModelConfig, TaskConfig).
+    p.add_argument("--steps", type=int, default=2500, help="optimiser steps (default: 2500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the walks and of the initialisation")
-    p.add_argument("--size", choices=("tiny", "small", "medium"), default="small", help="model size")
-    p.add_argument("--num-walks", type=int, default=6000, help="training walks (default: 6000)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--size", choices=tuple(SIZES), default="tiny", help="model size (default: tiny)")
+    p.add_argument("--num-walks", type=int, default=8000, help="training walks (default: 8000)")
+    p.add_argument("--batch-size", type=int, default=32, help="walks per step (default: 32)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
         "--task-size",
         type=int,
         nargs=2,
         metavar=("LO", "HI"),
-        default=None,
-        help="generator size range of the tasks the walks start from (default: the domain's range)",
+        default=(2, 5),
+        help="generator size range of the tasks the walks start from and of the --measure pool "
+        "(default: 2 5, as a run config's tasks.size)",
     )
-    p.add_argument("--max-walk", type=int, default=24, help="longest walk, in actions (default: 24)")
+    p.add_argument("--max-walk", type=int, default=10, help="longest walk, in actions (default: 10)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     p.add_argument(
         "--measure",
@@ -43,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="afterwards, sample one plan for each of N fresh tasks and report legality and solve rate",
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation limit when measuring")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=100, help="generation limit when measuring (default: 100)"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,26 +67,34 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    record = pretrain_base_model(
-        args.domain,
-        args.out,
-        steps=args.steps,
-        seed=args.seed,
-        size=args.size,
-        num_walks=args.num_walks,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        task_size=tuple(args.task_size) if args.task_size else None,
-        max_walk=args.max_walk,
-        threads=args.threads,
-    )
+    try:
+        record = pretrain_base_model(
+            args.domain,
+            args.out,
+            steps=args.steps,
+            seed=args.seed,
+            size=args.size,
+            num_walks=args.num_walks,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            task_size=tuple(args.task_size) if args.task_size else None,
+            max_walk=args.max_walk,
+            threads=args.threads,
+        )
+    except ValueError as exc:  # a size range the generator rejects, an unknown model size
+        print(f"iterdeploy base-model: {exc}", file=sys.stderr)
+        return 2
     print(
         f"saved the {args.domain} base model ({record['parameters']:,} parameters, final loss "
         f"{record['final_loss']:.4f}, {record['train_seconds']:.0f}s of training) to {args.out}"
     )
     if args.measure:
         report = measure_small_model(
-            args.out, args.domain, n=args.measure, max_new_tokens=args.max_new_tokens
+            args.out,
+            args.domain,
+            n=args.measure,
+            task_size=tuple(args.task_size) if args.task_size else None,
+            max_new_tokens=args.max_new_tokens,
         )
         (args.out / "measure.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
