@@ -98,7 +98,8 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
             m = generation_metrics(records, g, len(pool), len(heldout))
             m.update(seed=seed, samples_used=g * per_segment, deploy_seconds=round(time.time() - t0, 2),
                      train_traces=stats.get("train_traces", 0), train_seconds=stats.get("train_seconds", 0.0),
-                     train_completion_tokens=tokens)
+                     train_completion_tokens=stats.get("train_completion_tokens", 0),
+                     train_completion_tokens_cumulative=tokens)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(m) + "\n")
             done[g] = m
@@ -137,7 +138,8 @@ def train_reinforce_segment(cfg: RunConfig, base: Path, init_from: Path | None, 
         peft_config = LoraConfig(r=tcfg.lora.r, lora_alpha=tcfg.lora.alpha, lora_dropout=tcfg.lora.dropout,
                                  target_modules=tcfg.lora.target_modules, task_type="CAUSAL_LM")
     args = ReinforceConfig(
-        output_dir=str(tmp / "trainer"), max_steps=steps, learning_rate=tcfg.learning_rate,
+        output_dir=str(tmp / "trainer"), max_steps=steps,
+        learning_rate=tcfg.reinforce_learning_rate or tcfg.learning_rate,
         per_device_train_batch_size=per_step, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         num_generations=s.samples_per_task, temperature=s.temperature, top_p=s.top_p,
         max_completion_length=s.max_new_tokens, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
@@ -198,6 +200,7 @@ def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "val
                          "solved_ci": [lo, hi], "solved_per_seed": solved, "unanimous": gen["unanimous"],
                          "unanimous_k": gen["unanimous_k"], "heldout_solved_mean": hmean, "heldout_ci": [hlo, hhi],
                          "train_traces": gen["train_traces"], "train_completion_tokens": gen["train_completion_tokens"],
+                         "train_completion_tokens_cumulative": gen.get("train_completion_tokens_cumulative"),
                          "train_seconds": gen["train_seconds"], "deploy_seconds": gen["deploy_seconds"]})
         table[method] = rows
     paired: dict[str, Any] = {}

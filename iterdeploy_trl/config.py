@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ BACKENDS = ("transformers", "vllm")
 INITS = ("base", "previous")
 NORMALIZATIONS = ("sequence_sum", "batch_tokens", "sequence_mean")
 BASELINES = ("none", "mean", "leave_one_out")
+
+
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -54,7 +58,8 @@ class ModelConfig:
     prompt_style: str = "compact"  # "compact" for the small model, "paper" for chat LLMs
     dtype: str = "float32"  # float32 | bfloat16 | float16
     size: str = "tiny"  # small-model size when path is auto (tiny: 0.1 M parameters)
-    base_steps: int = 2500  # pretraining steps of the auto base model
+    base_steps: int = 5000  # pretraining steps of the auto base model
+    base_num_walks: int = 80000  # random legal walks in its pretraining data (4 per generated task)
     base_batch_size: int = 32  # walks per pretraining step
     base_learning_rate: float = 3e-3
     base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
@@ -66,6 +71,7 @@ class ModelConfig:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
                  "must be float32, bfloat16 or float16")
         _require(self.base_steps >= 1, "model.base_steps", self.base_steps, "must be >= 1")
+        _require(self.base_num_walks >= 1, "model.base_num_walks", self.base_num_walks, "must be >= 1")
         _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
         _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
@@ -125,6 +131,9 @@ class TrainingConfig:
     iw_self_normalize: bool = True
     iw_per_token: bool = False
     reinforce_baseline: str = "none"
+    # REINFORCE's own learning rate (null: learning_rate). Online REINFORCE takes one step per batch of
+    # fresh samples, the SFT methods several epochs over a curated set: one rate rarely suits both.
+    reinforce_learning_rate: float | None = None
     warmup_ratio: float = 0.0  # fraction of the steps with a linear learning-rate warmup
     weight_decay: float = 0.0
 
@@ -142,6 +151,8 @@ class TrainingConfig:
                  f"must be one of {BASELINES}")
         _require(self.iw_truncate is None or self.iw_truncate > 0, "training.iw_truncate", self.iw_truncate,
                  "must be > 0 or null")
+        _require(self.reinforce_learning_rate is None or self.reinforce_learning_rate > 0,
+                 "training.reinforce_learning_rate", self.reinforce_learning_rate, "must be > 0 or null")
         _require(0 <= self.warmup_ratio < 1, "training.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
         if self.lora is not None:
             self.lora.check()
@@ -258,6 +269,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 (PyYAML) reads `1e-5` (no dot) as a string; accept what Python reads as a number.
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

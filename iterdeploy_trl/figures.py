@@ -705,8 +705,10 @@ def fig_ablation(domain: str, curated: Sequence[Run], uncurated: Sequence[Run], 
 def _cumulative_tokens(method: str, rows: Sequence[dict[str, Any]]) -> list[float]:
     """Training tokens spent to obtain each budget point's model: REINFORCE's counter is cumulative
     already; an SFT generation's is that fine-tune's alone, so it is summed over generations."""
+    if rows and all(r.get("train_completion_tokens_cumulative") is not None for r in rows):
+        return [float(r["train_completion_tokens_cumulative"]) for r in rows]
     vals = [float(r.get("train_completion_tokens") or 0) for r in rows]
-    if method == "reinforce":
+    if method == "reinforce":  # runs made before the cumulative counter: REINFORCE's was cumulative
         return vals
     out, total = [], 0.0
     for v in vals:

@@ -100,7 +100,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
 
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
     key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
-           f"-lr{cfg.model.base_learning_rate:g}-walk{cfg.model.base_max_walk}"
+           f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
            f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
     path = cache_root(cfg) / "base_models" / key
     if not (path / "base_model.json").exists():
@@ -109,7 +109,8 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
         tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # runs may pretrain side by side
         shutil.rmtree(tmp, ignore_errors=True)
         pretrain_base_model(cfg.domain, tmp, steps=cfg.model.base_steps, seed=0, size=cfg.model.size,
-                            batch_size=cfg.model.base_batch_size, lr=cfg.model.base_learning_rate, num_walks=8000,
+                            batch_size=cfg.model.base_batch_size, lr=cfg.model.base_learning_rate,
+                            num_walks=cfg.model.base_num_walks,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
                             threads=cfg.threads)
         if (path / "base_model.json").exists():  # another run finished the same model first
@@ -439,11 +440,15 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
             train_stats = read_json(stats_path) if stats_path.exists() else {}
             m = generation_metrics(records, g, len(pool), len(heldout))
             # Budget: the sampled completions the generation-g model has learnt from (g rounds of n*K).
+            tokens = train_stats.get("train_completion_tokens", 0)
             m.update(seed=seed, samples_used=g * len(pool) * cfg.sampling.samples_per_task,
                      samples_deployed=samples_deployed, deploy_seconds=round(deploy_s, 2),
                      train_traces=train_stats.get("train_traces", 0),
                      train_seconds=train_stats.get("train_seconds", 0.0),
-                     train_completion_tokens=train_stats.get("train_completion_tokens", 0))
+                     # this generation's fine-tune alone, and all fine-tunes of this seed up to it
+                     train_completion_tokens=tokens,
+                     train_completion_tokens_cumulative=tokens + sum(
+                         done[h].get("train_completion_tokens", 0) for h in done if h < g))
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(m) + "\n")
             done[g] = m
@@ -480,6 +485,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
         for key in ("solved", "heldout_solved", "train_traces", "max_valid_plan_length", "samples_used",
                     "mean_valid_plan_length", "max_solved_reference_length", "valid_fraction",
                     "mean_reasoning_tokens", "mean_completion_tokens", "train_completion_tokens",
+                    "train_completion_tokens_cumulative",
                     "deploy_seconds", "train_seconds", "all_samples_valid"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             if not vals:

@@ -80,3 +80,22 @@ def test_shipped_experiment_configs_load(path):
     if "model:\n  path: /" in text or "path: ~/" in text:
         pytest.skip("GPU config pointing at a local model path that is not on this machine")
     load_config(path)
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-5` as the string "1e-5"; a float field takes it as the number.
+    p = tmp_path / "c.yaml"
+    p.write_text("training: {learning_rate: 1e-5, reinforce_learning_rate: 3E-4}\n")
+    cfg = load_config(p)
+    assert cfg.training.learning_rate == 1e-5
+    assert cfg.training.reinforce_learning_rate == 3e-4
+    with pytest.raises(ConfigError, match="training.learning_rate"):
+        config_from_dict({"training": {"learning_rate": "1e-5x"}})
+
+
+def test_reinforce_learning_rate_defaults_to_learning_rate():
+    assert RunConfig().training.reinforce_learning_rate is None
+    with pytest.raises(ConfigError, match="training.reinforce_learning_rate"):
+        config_from_dict({"training": {"reinforce_learning_rate": 0}})
+    with pytest.raises(ConfigError, match="model.base_num_walks"):
+        config_from_dict({"model": {"base_num_walks": 0}})

@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="output directory (a Hugging Face model directory)"
     )
     # Defaults are those of a run config's auto base model (config.ModelConfig, TaskConfig).
-    p.add_argument("--steps", type=int, default=2500, help="optimiser steps (default: 2500)")
+    p.add_argument("--steps", type=int, default=5000, help="optimiser steps (default: 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the walks and of the initialisation")
     p.add_argument("--size", choices=tuple(SIZES), default="tiny", help="model size (default: tiny)")
-    p.add_argument("--num-walks", type=int, default=8000, help="training walks (default: 8000)")
+    p.add_argument("--num-walks", type=int, default=80000, help="training walks (default: 80000)")
     p.add_argument("--batch-size", type=int, default=32, help="walks per step (default: 32)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: 2 5, as a run config's tasks.size)",
     )
     p.add_argument("--max-walk", type=int, default=10, help="longest walk, in actions (default: 10)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: 1; more spin-wait on a busy box)"
+    )
     p.add_argument(
         "--measure",
         type=int,
