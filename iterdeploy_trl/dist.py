@@ -101,8 +101,8 @@ def check_trainer(trainer: object) -> None:
     """Fail if a trainer does not train over all the processes (each would train alone on its data shard)."""
     n = trainer.accelerator.num_processes  # type: ignore[attr-defined]
     if n != world_size():
-        raise RuntimeError(f"the trainer sees {n} process(es) but {world_size()} were launched: each would train "
-                           "alone; launch with `accelerate launch` or `torchrun` as docs/ARCHITECTURE.md says")
+        raise RuntimeError(f"the trainer sees {n} process(es) but {world_size()} were launched (WORLD_SIZE): each "
+                           "would train alone on part of the data; launch as README.md, 'Several GPUs', says")
 
 
 def _destroy() -> None:

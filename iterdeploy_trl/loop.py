@@ -56,6 +56,15 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _note_chunk(path: Path) -> None:
+    """Test hook: with ``ITERDEPLOY_CHUNK_LOG=file`` each process appends ``<rank> <chunk path>`` to that file
+    when it writes a trace chunk. Used by the distributed tests to see that each chunk is written once."""
+    log = os.environ.get("ITERDEPLOY_CHUNK_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{dist.rank()} {path}\n")
+
+
 # --------------------------------------------------------------------------- tasks and models
 
 
@@ -245,6 +254,7 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                                 generation=generation, split=split, model_id=model_id, run_name=run_name,
                                 method=method, validator=validator)
             write_jsonl(path, rows)
+            _note_chunk(path)
             deployed[path] = rows
     finally:
         if backend is not None:
