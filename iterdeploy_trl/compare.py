@@ -29,6 +29,7 @@ from iterdeploy_trl.loop import (
     RunError,
     _silent,
     aggregate,
+    check_launch,
     deploy_generation,
     generation_metrics,
     make_backend,
@@ -51,10 +52,10 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
 
 def run_reinforce(cfg: RunConfig, out: Path, *, progress: bool = True, log=print) -> dict[str, Any]:
     """Online REINFORCE with the VAL reward, evaluated after every n·K sampled completions."""
+    check_launch(cfg)
     dist.init()
     if not dist.is_main():
         progress, log = False, _silent
-    _reinforce_batch(cfg)  # fail before any work
 
     def check_run_dir() -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
     return [done[g] for g in sorted(done)]
 
 
-def _reinforce_batch(cfg: RunConfig) -> tuple[int, int, int]:
+def reinforce_batch(cfg: RunConfig) -> tuple[int, int, int]:
     """(completions per optimizer step over all processes, per-process batch, per-process accumulation)."""
     tcfg, s = cfg.training, cfg.sampling
     # Completions per optimizer step: per_device_train_batch_size (completions) x accumulation.
@@ -147,7 +148,7 @@ def train_reinforce_segment(cfg: RunConfig, base: Path, init_from: Path | None, 
     rows = [{"prompt": prompt_for(cfg, domain_pddl, t, tok), "domain_pddl": domain_pddl, "problem_pddl": t.problem}
             for t in pool]
     # The global batch (completions per optimizer step) is the same whatever the number of processes.
-    per_step, batch_size, accumulation = _reinforce_batch(cfg)
+    per_step, batch_size, accumulation = reinforce_batch(cfg)
     steps = max(1, math.ceil(completions / (per_step * tcfg.gradient_accumulation_steps)))
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if dist.is_main():

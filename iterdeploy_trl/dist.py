@@ -42,6 +42,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes on this machine (they share its CPUs, e.g. for VAL)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 _this_rank = rank
 
 

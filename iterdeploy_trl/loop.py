@@ -151,10 +151,6 @@ def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> t
 
 def make_backend(cfg: RunConfig, base: Path, model_dir: Path | None) -> Backend:
     if cfg.sampling.backend == "vllm":
-        if dist.world_size() > 1:
-            # Each process would start its own vLLM engine, and every engine would take the first GPU.
-            raise RunError(f"sampling.backend vllm does not run under {dist.world_size()} processes yet: launch "
-                           "one process (vLLM can use several GPUs itself), or use sampling.backend transformers")
         adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
         model_path = str(base if adapter or model_dir is None else model_dir)
         return VLLMBackend(model_path, adapter_path=adapter, dtype=cfg.model.dtype,
@@ -207,8 +203,11 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
                                max_new_tokens=s.max_new_tokens, seed=sample_seed)
     _fault("generation")
     flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
+    workers = cfg.validation_workers
+    if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
     extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
-                                 timeout=cfg.validation_timeout, workers=cfg.validation_workers)
+                                 timeout=cfg.validation_timeout, workers=workers)
     _fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
@@ -277,6 +276,23 @@ def process_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     except ValueError as exc:
         raise RunError(f"{exc}: set training.batch_size or training.gradient_accumulation_steps to a multiple of "
                        f"{dist.world_size()} (a different experiment), or launch fewer processes") from None
+
+
+def check_launch(cfg: RunConfig) -> None:
+    """Fail before any work if this many processes cannot run ``cfg``."""
+    n = dist.world_size()
+    if n == 1:
+        return
+    if cfg.sampling.backend == "vllm":
+        # Each process would start its own vLLM engine, and every engine would take the first GPU.
+        raise RunError(f"sampling.backend vllm does not run under {n} processes yet: launch one process "
+                       "(vLLM can use several GPUs itself), or use sampling.backend transformers")
+    if cfg.method == "reinforce":
+        from iterdeploy_trl.compare import reinforce_batch
+
+        reinforce_batch(cfg)
+    else:
+        process_batch(cfg.training.batch_size, cfg.training.gradient_accumulation_steps)
 
 
 def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_dir: Path, *, seed: int,
@@ -539,6 +555,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
     Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
     set_threads(cfg)
+    check_launch(cfg)
     dist.init()
     if not dist.is_main():
         progress, log = False, _silent
@@ -546,7 +563,6 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
         from iterdeploy_trl.compare import run_reinforce
 
         return run_reinforce(cfg, out, progress=progress, log=log)
-    process_batch(cfg.training.batch_size, cfg.training.gradient_accumulation_steps)  # fail before any work
     if dist.world_size() > 1:
         log(f"[iterdeploy] {dist.world_size()} processes: deployment split by chunk, training data-parallel")
     dist.main_first(lambda: _check_run_dir(cfg, out, config_text))

@@ -17,7 +17,7 @@ from conftest import tiny_run_config
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import config_from_dict
-from iterdeploy_trl.loop import RunError, process_batch, run_loop
+from iterdeploy_trl.loop import RunError, check_launch, process_batch, run_loop
 from iterdeploy_trl.runio import read_json, read_jsonl
 
 # Uncurated SFT trains on every untruncated trace, so generation 1 is really trained whatever the tiny model
@@ -50,10 +50,19 @@ def test_split_batch_keeps_the_global_batch():
         dist.split_batch(1, 1, 2)
 
 
-def test_unsplittable_batch_fails_before_any_work(monkeypatch):
+def test_what_several_processes_cannot_run_fails_before_any_work(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(RunError, match="multiple of 3"):
         process_batch(8, 1)
+    assert process_batch(6, 1) == (2, 1)
+    for over, match in [({}, "multiple of 3"), ({"method": "reinforce"}, "multiple of 3"),
+                        ({"sampling": {"backend": "vllm"}, "training": {"batch_size": 3}}, "vllm")]:
+        cfg = config_from_dict(tiny_run_config(tmp_path, **over))
+        with pytest.raises(RunError, match=match):
+            check_launch(cfg)
+        with pytest.raises(RunError, match=match):
+            run_loop(cfg, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
 
 
 def _free_port() -> int:
