@@ -157,3 +157,18 @@ def test_two_processes_match_one_and_resume(tiny_base_model, tmp_path):
     assert again["generations"] == summary["generations"]
     assert [_traces(out, g) for g in (0, 1)] == before
     print(f"two-process launches: killed {t1 - t0:.1f} s, resumed to the end {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_failure_in_the_main_process_stops_every_process(tiny_base_model, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_run_config(tiny_base_model, **OVER)))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    proc = _launch(cfg_path, tmp_path / "junk", {})
+    assert proc.returncode != 0
+    # The main process says why; the other one does not wait for it at a barrier but says it failed too.
+    assert "not a run directory" in proc.stderr
+    assert "the main process failed: RunError" in proc.stderr
+    assert "exitcode  : 2" in proc.stderr and "SIGKILL" not in proc.stderr
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
