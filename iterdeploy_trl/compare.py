@@ -22,15 +22,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import dist
 from iterdeploy_trl.config import RunConfig, config_hash
 from iterdeploy_trl.deploy import batch_seed
 from iterdeploy_trl.loop import (
     RunError,
+    _silent,
     aggregate,
+    check_launch,
     deploy_generation,
     generation_metrics,
     make_backend,
     prepare_tasks,
+    process_batch,
     resolve_base_model,
     run_loop,
     set_threads,
@@ -48,14 +52,23 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
 
 def run_reinforce(cfg: RunConfig, out: Path, *, progress: bool = True, log=print) -> dict[str, Any]:
     """Online REINFORCE with the VAL reward, evaluated after every n·K sampled completions."""
-    out.mkdir(parents=True, exist_ok=True)
-    h = config_hash(cfg)
-    resolved = out / "resolved_config.json"
-    if resolved.exists() and read_json(resolved).get("hash") != h:
-        raise RunError(f"{out} holds a run of another config; use a new --out")
-    write_json(resolved, {"hash": h, "config": cfg.to_dict()})
-    task_set, pool, heldout = prepare_tasks(cfg, out)
-    base = resolve_base_model(cfg, progress=progress)
+    check_launch(cfg)
+    dist.init()
+    if not dist.is_main():
+        progress, log = False, _silent
+
+    def check_run_dir() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        h = config_hash(cfg)
+        resolved = out / "resolved_config.json"
+        if resolved.exists() and read_json(resolved).get("hash") != h:
+            raise RunError(f"{out} holds a run of another config; use a new --out")
+        if dist.is_main():
+            write_json(resolved, {"hash": h, "config": cfg.to_dict()})
+
+    dist.main_first(check_run_dir)
+    task_set, pool, heldout = dist.main_first(lambda: prepare_tasks(cfg, out))
+    base = dist.main_first(lambda: resolve_base_model(cfg, progress=progress))
     per_seed = {}
     for seed in cfg.seeds:
         per_seed[seed] = _reinforce_seed(cfg, out, seed, base, task_set.domain_pddl, pool, heldout,
@@ -66,7 +79,8 @@ def run_reinforce(cfg: RunConfig, out: Path, *, progress: bool = True, log=print
                "generations": aggregate(per_seed),
                "per_seed": {str(s): [{k: v for k, v in m.items() if not k.endswith("task_ids")} for m in ms]
                             for s, ms in per_seed.items()}}
-    write_json(out / "summary.json", summary)
+    if dist.is_main():
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -83,7 +97,7 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
     for g in range(cfg.generations + 1):
         gdir = sdir / f"gen_{g:02d}"
         model_dir = None if g == 0 else gdir / "model"
-        if g > 0 and not (model_dir / "train_stats.json").exists():
+        if g > 0 and not dist.from_main((model_dir / "train_stats.json").exists()):
             prev = None if g == 1 else sdir / f"gen_{g - 1:02d}" / "model"
             train_reinforce_segment(cfg, base, prev, pool, domain_pddl, model_dir, completions=per_segment,
                                     seed=batch_seed(seed, "reinforce", g) % (2**31))
@@ -100,8 +114,9 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
                      train_traces=stats.get("train_traces", 0), train_seconds=stats.get("train_seconds", 0.0),
                      train_completion_tokens=stats.get("train_completion_tokens", 0),
                      train_completion_tokens_cumulative=tokens)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(m) + "\n")
+            if dist.is_main():
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(m) + "\n")
             done[g] = m
         m = done[g]
         log(f"reinforce seed {seed} budget {m['samples_used']}: solved {m['solved']}/{m['tasks']}, "
@@ -109,10 +124,17 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
     return [done[g] for g in sorted(done)]
 
 
+def reinforce_batch(cfg: RunConfig) -> tuple[int, int, int]:
+    """(completions per optimizer step over all processes, per-process batch, per-process accumulation)."""
+    tcfg, s = cfg.training, cfg.sampling
+    # Completions per optimizer step: per_device_train_batch_size (completions) x accumulation.
+    per_step = max(s.samples_per_task, (tcfg.batch_size // s.samples_per_task) * s.samples_per_task)
+    return (per_step, *process_batch(per_step, tcfg.gradient_accumulation_steps))
+
+
 def train_reinforce_segment(cfg: RunConfig, base: Path, init_from: Path | None, pool: list[Any], domain_pddl: str,
                             out_dir: Path, *, completions: int, seed: int) -> dict[str, Any]:
     """One segment of online REINFORCE: ``completions`` sampled completions, then save the model."""
-    import torch
     from datasets import Dataset
 
     from iterdeploy_trl.loop import _dtype, prompt_for
@@ -122,15 +144,16 @@ def train_reinforce_segment(cfg: RunConfig, base: Path, init_from: Path | None, 
 
     t0 = time.time()
     tcfg, s = cfg.training, cfg.sampling
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = dist.device()
     model, tok = load_model_and_tokenizer(init_from or base, dtype=_dtype(cfg.model.dtype), device=device)
     rows = [{"prompt": prompt_for(cfg, domain_pddl, t, tok), "domain_pddl": domain_pddl, "problem_pddl": t.problem}
             for t in pool]
-    # Completions per optimizer step: per_device_train_batch_size (completions) x accumulation.
-    per_step = max(s.samples_per_task, (tcfg.batch_size // s.samples_per_task) * s.samples_per_task)
+    # The global batch (completions per optimizer step) is the same whatever the number of processes.
+    per_step, batch_size, accumulation = reinforce_batch(cfg)
     steps = max(1, math.ceil(completions / (per_step * tcfg.gradient_accumulation_steps)))
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
     peft_config = None
     if tcfg.lora is not None:
         from peft import LoraConfig
@@ -140,30 +163,33 @@ def train_reinforce_segment(cfg: RunConfig, base: Path, init_from: Path | None, 
     args = ReinforceConfig(
         output_dir=str(tmp / "trainer"), max_steps=steps,
         learning_rate=tcfg.reinforce_learning_rate or tcfg.learning_rate,
-        per_device_train_batch_size=per_step, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         num_generations=s.samples_per_task, temperature=s.temperature, top_p=s.top_p,
         max_completion_length=s.max_new_tokens, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
-        logging_steps=1, baseline=tcfg.reinforce_baseline, bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
+        logging_steps=1, baseline=tcfg.reinforce_baseline, bf16=cfg.model.dtype == "bfloat16" and device.startswith("cuda"),
         use_vllm=s.backend == "vllm", lr_scheduler_type="constant", disable_tqdm=False,
     )
     reward = ValidPlanReward(timeout=cfg.validation_timeout, workers=cfg.validation_workers)
     trainer = ReinforceTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                                processing_class=tok, peft_config=peft_config)
+    dist.check_trainer(trainer)
     trainer.train()
-    hist = trainer.state.log_history
-    mean_len = [h["completions/mean_length"] for h in hist if "completions/mean_length" in h]
-    tmp.mkdir(parents=True, exist_ok=True)
-    model_out = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    model_out.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    stats = {"train_traces": steps * per_step * tcfg.gradient_accumulation_steps, "train_steps": steps,
-             "train_seconds": round(time.time() - t0, 2),
-             "train_completion_tokens": int(sum(mean_len) * per_step * tcfg.gradient_accumulation_steps),
-             "reward_mean": [h.get("reward") for h in hist if "reward" in h]}
-    write_json(tmp / "train_stats.json", stats)
-    replace_dir(tmp, out_dir)
-    return stats
+    if dist.is_main():  # DDP: every process holds the same weights
+        hist = trainer.state.log_history
+        mean_len = [h["completions/mean_length"] for h in hist if "completions/mean_length" in h]
+        tmp.mkdir(parents=True, exist_ok=True)
+        model_out = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+        model_out.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        stats = {"train_traces": steps * per_step * tcfg.gradient_accumulation_steps, "train_steps": steps,
+                 "train_seconds": round(time.time() - t0, 2),
+                 "train_completion_tokens": int(sum(mean_len) * per_step * tcfg.gradient_accumulation_steps),
+                 "reward_mean": [h.get("reward") for h in hist if "reward" in h]}
+        write_json(tmp / "train_stats.json", stats)
+        replace_dir(tmp, out_dir)
+    dist.barrier()  # the model is in place before any process deploys it
+    return read_json(out_dir / "train_stats.json")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -230,8 +256,11 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
     out = Path(out)
     set_threads(cfg)
+    dist.init()
+    if not dist.is_main():
+        progress, log = False, _silent
     out.mkdir(parents=True, exist_ok=True)
-    if config_text is not None and not (out / "config.yaml").exists():
+    if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
         (out / "config.yaml").write_text(config_text)
     methods = methods or ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
     results = {}
@@ -254,5 +283,6 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
               "budget_unit": "sampled completions used for learning",
               "wall_seconds": {m: results[m]["wall_seconds"] for m in methods},
               **compare_statistics(results), "total_wall_seconds": round(time.time() - t0, 1)}
-    write_json(out / "compare.json", report)
+    if dist.is_main():
+        write_json(out / "compare.json", report)
     return report

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from iterdeploy_trl import dist
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
 from iterdeploy_trl.curate import curate, training_rows
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed
@@ -53,6 +54,15 @@ def _fault(point: str) -> None:
 
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _note_chunk(path: Path) -> None:
+    """Test hook: with ``ITERDEPLOY_CHUNK_LOG=file`` each process appends ``<rank> <chunk path>`` to that file
+    when it writes a trace chunk. Used by the distributed tests to see that each chunk is written once."""
+    log = os.environ.get("ITERDEPLOY_CHUNK_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{dist.rank()} {path}\n")
 
 
 # --------------------------------------------------------------------------- tasks and models
@@ -128,11 +138,9 @@ def _dtype(name: str) -> Any:
 
 def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> tuple[Any, Any]:
     """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA merged."""
-    import torch
-
     from iterdeploy_trl.models import load_model_and_tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = dist.device()
     if model_dir is not None and (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
@@ -196,8 +204,11 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
                                max_new_tokens=s.max_new_tokens, seed=sample_seed)
     _fault("generation")
     flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
+    workers = cfg.validation_workers
+    if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
     extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
-                                 timeout=cfg.validation_timeout, workers=cfg.validation_workers)
+                                 timeout=cfg.validation_timeout, workers=workers)
     _fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
@@ -219,23 +230,22 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
 def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], domain_pddl: str,
                       splits: dict[str, Sequence[Any]], gen_dir: Path, *, seed: int, generation: int,
                       model_id: str, run_name: str, method: str, progress: bool = True) -> list[dict[str, Any]]:
-    """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume)."""
+    """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume). Under several
+    processes each deploys its share of the chunks (:func:`dist.shard`), then every process reads them all."""
     from iterdeploy_trl.validate import validator_info
 
     info = validator_info()
     validator = {"version": info.version, "sha256": info.sha256}
     tdir = gen_dir / "traces"
     backend = None
-    records: list[dict[str, Any]] = []
-    jobs = [(split, i, tasks[i : i + cfg.chunk_size]) for split, tasks in splits.items()
-            for i in range(0, len(tasks), cfg.chunk_size)]
-    bar = tqdm(jobs, desc=f"seed {seed} gen {generation}: deploy+validate", unit="chunk", disable=not progress,
-               leave=False)
+    jobs = [(split, i, tasks[i : i + cfg.chunk_size], tdir / f"{split}-{i // cfg.chunk_size:05d}.jsonl")
+            for split, tasks in splits.items() for i in range(0, len(tasks), cfg.chunk_size)]
+    deployed: dict[Path, list[dict[str, Any]]] = {}
+    bar = tqdm(dist.shard(jobs), desc=f"seed {seed} gen {generation}: deploy+validate", unit="chunk",
+               disable=not progress, leave=False)
     try:
-        for split, start, chunk in bar:
-            path = tdir / f"{split}-{start // cfg.chunk_size:05d}.jsonl"
+        for split, start, chunk, path in bar:
             if path.exists():
-                records.extend(read_jsonl(path))
                 continue
             if backend is None:
                 backend = backend_factory()
@@ -244,14 +254,46 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                                 generation=generation, split=split, model_id=model_id, run_name=run_name,
                                 method=method, validator=validator)
             write_jsonl(path, rows)
-            records.extend(rows)
+            _note_chunk(path)
+            deployed[path] = rows
     finally:
         if backend is not None:
             backend.close()
+    dist.barrier()  # every chunk is on disk
+    records: list[dict[str, Any]] = []
+    for *_, path in jobs:
+        records.extend(deployed[path] if path in deployed else read_jsonl(path))
     return records
 
 
 # --------------------------------------------------------------------------- training
+
+
+def process_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
+    """(per-process batch size, accumulation steps) under this launch: the global batch of the config is
+    kept whatever the number of processes, so that adding GPUs does not change the experiment."""
+    try:
+        return dist.split_batch(batch_size, accumulation, dist.world_size())
+    except ValueError as exc:
+        raise RunError(f"{exc}: set training.batch_size or training.gradient_accumulation_steps to a multiple of "
+                       f"{dist.world_size()} (a different experiment), or launch fewer processes") from None
+
+
+def check_launch(cfg: RunConfig) -> None:
+    """Fail before any work if this many processes cannot run ``cfg``."""
+    n = dist.world_size()
+    if n == 1:
+        return
+    if cfg.sampling.backend == "vllm":
+        # Each process would start its own vLLM engine, and every engine would take the first GPU.
+        raise RunError(f"sampling.backend vllm does not run under {n} processes yet: launch one process "
+                       "(vLLM can use several GPUs itself), or use sampling.backend transformers")
+    if cfg.method == "reinforce":
+        from iterdeploy_trl.compare import reinforce_batch
+
+        reinforce_batch(cfg)
+    else:
+        process_batch(cfg.training.batch_size, cfg.training.gradient_accumulation_steps)
 
 
 def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_dir: Path, *, seed: int,
@@ -259,8 +301,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
-    Returns training statistics (steps, tokens, loss, seconds)."""
-    import torch
+    Returns training statistics (steps, tokens, loss, seconds). Under several processes every process
+    trains (DDP, the config's global batch split over them) and the main process saves."""
     from datasets import Dataset
 
     from iterdeploy_trl.models import load_model_and_tokenizer
@@ -277,7 +319,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
                        "Sample more completions per task, add easier tasks, or use a stronger base model.")
     t0 = time.time()
     tcfg = cfg.training
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = dist.device()
+    batch_size, accumulation = process_batch(tcfg.batch_size, tcfg.gradient_accumulation_steps)
     start_dir = base
     if init_from is not None and not (init_from / "adapter_config.json").exists():
         start_dir = init_from
@@ -292,13 +335,14 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
             peft_config = LoraConfig(r=tcfg.lora.r, lora_alpha=tcfg.lora.alpha, lora_dropout=tcfg.lora.dropout,
                                      target_modules=tcfg.lora.target_modules, task_type="CAUSAL_LM")
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
     common = dict(
         output_dir=str(tmp / "trainer"), num_train_epochs=tcfg.epochs, learning_rate=tcfg.learning_rate,
-        per_device_train_batch_size=tcfg.batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
         logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_steps=tcfg.warmup_ratio,
-        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
+        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device.startswith("cuda"),
         loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
         disable_tqdm=False, dataloader_num_workers=0,
     )
@@ -312,20 +356,23 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         trainer_cls = ValidTraceSFTTrainer
         data = data.remove_columns(["behaviour_logprob"])
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config)
+    dist.check_trainer(trainer)
     result = trainer.train()
     _fault("training")
-    tmp.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-    stats = {"train_traces": len(rows), "train_steps": int(result.global_step),
-             "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
-             "train_completion_tokens": int(n_tokens * tcfg.epochs)}
-    write_json(tmp / "train_stats.json", stats)
-    replace_dir(tmp, out_dir)
+    if dist.is_main():  # DDP: every process holds the same weights
+        tmp.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
+        stats = {"train_traces": len(rows), "train_steps": int(result.global_step),
+                 "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
+                 "train_completion_tokens": int(n_tokens * tcfg.epochs)}
+        write_json(tmp / "train_stats.json", stats)
+        replace_dir(tmp, out_dir)
     del trainer, model
-    return stats
+    dist.barrier()  # the model is in place before any process deploys it
+    return read_json(out_dir / "train_stats.json")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -449,8 +496,9 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      train_completion_tokens=tokens,
                      train_completion_tokens_cumulative=tokens + sum(
                          done[h].get("train_completion_tokens", 0) for h in done if h < g))
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(m) + "\n")
+            if dist.is_main():
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(m) + "\n")
             done[g] = m
         log(f"seed {seed} gen {g}: solved {m['solved']}/{m['tasks']}, held-out {m['heldout_solved']}/"
             f"{m['heldout_tasks']}, all-{cfg.sampling.samples_per_task}-valid {m['all_samples_valid']}, "
@@ -459,14 +507,17 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         if g == cfg.generations:
             break
         next_dir = sdir / f"gen_{g + 1:02d}" / "model"
-        if next_dir.exists():
+        if dist.from_main(next_dir.exists()):  # one answer for all processes: the main one writes next_dir
             continue
         history = all_records if cfg.accumulate else records
-        curated = curate(history, cfg.curation, seed=seed)
-        write_jsonl(gdir / "train.jsonl", training_rows(curated))
+        curated = curate(history, cfg.curation, seed=seed)  # the same in every process: made from the files
+        if dist.is_main():
+            write_jsonl(gdir / "train.jsonl", training_rows(curated))
         if not curated:
             log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
-            write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
+            if dist.is_main():
+                write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
+            dist.barrier()
             continue
         init_from = model_dir if (cfg.training.init == "previous" and model_dir is not None) else None
         train_generation(cfg, base, training_rows(curated), next_dir, seed=batch_seed(seed, "train", g) % (2**31),
@@ -505,17 +556,25 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
 
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary."""
+    """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.
+
+    Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
     set_threads(cfg)
+    check_launch(cfg)
+    dist.init()
+    if not dist.is_main():
+        progress, log = False, _silent
     if cfg.method == "reinforce":
         from iterdeploy_trl.compare import run_reinforce
 
         return run_reinforce(cfg, out, progress=progress, log=log)
-    _check_run_dir(cfg, out, config_text)
+    if dist.world_size() > 1:
+        log(f"[iterdeploy] {dist.world_size()} processes: deployment split by chunk, training data-parallel")
+    dist.main_first(lambda: _check_run_dir(cfg, out, config_text))
     t0 = time.time()
-    task_set, pool, heldout = prepare_tasks(cfg, out)
-    base = resolve_base_model(cfg, progress=progress)
+    task_set, pool, heldout = dist.main_first(lambda: prepare_tasks(cfg, out))
+    base = dist.main_first(lambda: resolve_base_model(cfg, progress=progress))
     per_seed = {}
     for seed in cfg.seeds:
         per_seed[seed] = run_seed(cfg, out, seed, base, task_set.domain_pddl, pool, heldout, progress=progress,
@@ -529,8 +588,13 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
                      for s, ms in per_seed.items()},
         "wall_seconds_this_invocation": round(time.time() - t0, 1),
     }
-    write_json(out / "summary.json", summary)
+    if dist.is_main():
+        write_json(out / "summary.json", summary)
     return summary
+
+
+def _silent(*_: Any) -> None:
+    """The log of the processes other than the main one."""
 
 
 def run_from_file(config_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.compare import run_compare
     from iterdeploy_trl.config import ConfigError, load_config
+    from iterdeploy_trl.dist import MainProcessFailed, is_main
     from iterdeploy_trl.loop import RunError
 
     try:
@@ -29,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
         methods = tuple(args.methods) if args.methods else cfg.compare_methods
         report = run_compare(cfg, args.out, methods=methods, config_text=args.config.read_text(),
                              progress=not args.no_progress)
-    except (ConfigError, RunError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, RunError, ValueError, FileNotFoundError, MainProcessFailed) as exc:
         print(f"iterdeploy compare: {exc}", file=sys.stderr)
         return 2
+    if not is_main():
+        return 0  # the main process reports
     print(f"{'method':<15} {'budget':>8} {'solved (95% CI)':>22} {'unanimous':>10}")
     for method, rows in report["methods"].items():
         last = rows[-1]

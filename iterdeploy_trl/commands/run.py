@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.config import ConfigError, RunConfig, load_config
+    from iterdeploy_trl.dist import MainProcessFailed, is_main
     from iterdeploy_trl.loop import RunError, run_loop
 
     try:
@@ -36,9 +37,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)
-    except (ConfigError, RunError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, RunError, FileNotFoundError, ValueError, MainProcessFailed) as exc:
         print(f"iterdeploy run: {exc}", file=sys.stderr)
         return 2
+    if not is_main():
+        return 0  # the main process reports
     gens = summary["generations"]
     first, last = gens[0], gens[-1]
     print(f"done: {args.out}/summary.json — solved {first['solved']} -> {last['solved']} of {last['tasks']} "
