@@ -63,6 +63,7 @@ class ModelConfig:
     base_batch_size: int = 32  # walks per pretraining step
     base_learning_rate: float = 3e-3
     base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
+    base_walks_per_task: int = 4  # walks from each generated task's initial state (more: less PDDL parsing)
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self) -> None:
@@ -75,6 +76,8 @@ class ModelConfig:
         _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
         _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
+        _require(self.base_walks_per_task >= 1, "model.base_walks_per_task", self.base_walks_per_task,
+                 "must be >= 1")
         if self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
                               "(nothing is downloaded) or 'auto' for the small local model")

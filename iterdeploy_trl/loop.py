@@ -111,6 +111,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
     key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
            f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
+           f"-per{cfg.model.base_walks_per_task}"
            f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
     path = cache_root(cfg) / "base_models" / key
     if not (path / "base_model.json").exists():
@@ -122,6 +123,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
                             batch_size=cfg.model.base_batch_size, lr=cfg.model.base_learning_rate,
                             num_walks=cfg.model.base_num_walks,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
+                            walks_per_task=cfg.model.base_walks_per_task,
                             threads=cfg.threads)
         if (path / "base_model.json").exists():  # another run finished the same model first
             shutil.rmtree(tmp, ignore_errors=True)

@@ -286,6 +286,7 @@ def pretrain_base_model(
     lr: float = 3e-3,
     task_size: tuple[int, int] | None = None,
     max_walk: int = 10,
+    walks_per_task: int = 4,
     threads: int | None = 1,
     log_every: int = 50,
     progress: bool = True,
@@ -302,7 +303,8 @@ def pretrain_base_model(
     out = Path(out)
     rng = random.Random(seed)
     tok = build_tokenizer(domain)
-    examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk)
+    examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk,
+                             walks_per_task=walks_per_task)
     prompts = tok([p for p, _ in examples])["input_ids"]
     completions = tok([c + tok.eos_token for _, c in examples], add_special_tokens=False)["input_ids"]
     rows = sorted(zip(prompts, completions, strict=True), key=lambda r: len(r[0]) + len(r[1]))
@@ -354,6 +356,7 @@ def pretrain_base_model(
         "lr": lr,
         "task_size": list(task_size) if task_size else None,
         "max_walk": max_walk,
+        "walks_per_task": walks_per_task,
         "final_loss": sum(tail) / len(tail) if tail else None,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.time() - started - data_seconds, 1),

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-walk", type=int, default=10, help="longest walk, in actions (default: 10)")
     p.add_argument(
+        "--walks-per-task",
+        type=int,
+        default=4,
+        help="walks from each generated task's initial state (default: 4; more parse fewer PDDL files)",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default: 1; more spin-wait on a busy box)"
     )
     p.add_argument(
@@ -59,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.models import measure_small_model, pretrain_base_model
 
-    if args.steps < 1 or args.num_walks < 1:
-        print("iterdeploy base-model: --steps and --num-walks must be at least 1", file=sys.stderr)
+    if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1:
+        print("iterdeploy base-model: --steps, --num-walks and --walks-per-task must be at least 1", file=sys.stderr)
         return 2
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "base_model.json").exists():
         print(
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             task_size=tuple(args.task_size) if args.task_size else None,
             max_walk=args.max_walk,
+            walks_per_task=args.walks_per_task,
             threads=args.threads,
         )
     except ValueError as exc:  # a size range the generator rejects, an unknown model size
