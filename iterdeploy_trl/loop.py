@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
 from iterdeploy_trl.curate import curate, training_rows
-from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed
+from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 # Bump when the compact prompt's format changes: cached base models were pretrained on the old one.
@@ -126,7 +126,7 @@ def _dtype(name: str) -> Any:
 
 
 def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> tuple[Any, Any]:
-    """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA merged."""
+    """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA adapter."""
     import torch
 
     from iterdeploy_trl.models import load_model_and_tokenizer
@@ -136,19 +136,25 @@ def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> t
         from peft import PeftModel
 
         model, tok = load_model_and_tokenizer(base, dtype=_dtype(cfg.model.dtype), device=device)
-        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        # Unmerged, as vLLM serves it and as the trainer computed log pi: merged into bf16 weights, a LoRA
+        # update of a few lr-1e-5 steps is mostly rounded away (bf16 keeps ~3 significant digits).
+        model = PeftModel.from_pretrained(model, str(model_dir))
+        model.eval()
         return model, tok
     return load_model_and_tokenizer(model_dir or base, dtype=_dtype(cfg.model.dtype), device=device)
 
 
 def make_backend(cfg: RunConfig, base: Path, model_dir: Path | None) -> Backend:
+    """The sampling backend of ``sampling.backend`` serving the base (``model_dir`` None), a full model,
+    or base + a LoRA adapter."""
+    check_backend(cfg.sampling.backend)
     if cfg.sampling.backend == "vllm":
         adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
         model_path = str(base if adapter or model_dir is None else model_dir)
         return VLLMBackend(model_path, adapter_path=adapter, dtype=cfg.model.dtype,
                            max_model_len=cfg.training.max_length,
                            gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
-                           max_lora_rank=cfg.training.lora.r if cfg.training.lora else 64)
+                           max_lora_rank=cfg.training.lora.r if cfg.training.lora else 16)
     model, tok = load_for_generation(cfg, base, model_dir)
     return TransformersBackend(model, tok, batch_size=cfg.sampling.batch_size)
 
@@ -161,7 +167,13 @@ def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = Non
 
     if cfg.model.prompt_style == "paper" and tokenizer is not None and getattr(tokenizer, "chat_template", None):
         messages = build_messages(domain_pddl, task.problem, domain=cfg.domain)
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The prompt is tokenised later with special tokens (by the backends and by TRL's SFT alike); a
+        # template that writes the BOS itself (Llama 3) would then get two.
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos):]
+        return text
     return build_prompt(domain_pddl, task.problem, cfg.model.prompt_style, domain=cfg.domain)
 
 
@@ -258,7 +270,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
-    Returns training statistics (steps, tokens, loss, seconds)."""
+    Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan).
+    Returns training statistics (traces, steps, tokens, losses, seconds), also in ``train_stats.json``."""
     import torch
     from datasets import Dataset
 
@@ -281,6 +294,11 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     if init_from is not None and not (init_from / "adapter_config.json").exists():
         start_dir = init_from
     model, tok = load_model_and_tokenizer(start_dir, dtype=_dtype(cfg.model.dtype), device=device)
+    fitting = [r for r, n in zip(rows, row_tokens(tok, rows), strict=True) if n <= tcfg.max_length]
+    if not fitting:
+        raise RunError(f"every one of the {len(rows)} training traces is longer than training.max_length="
+                       f"{tcfg.max_length} tokens (prompt + completion + EOS): raise training.max_length")
+    train_rows = fitting
     peft_config = None
     if tcfg.lora is not None:
         from peft import LoraConfig, PeftModel
@@ -297,11 +315,16 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         per_device_train_batch_size=tcfg.batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
         logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_steps=tcfg.warmup_ratio,
-        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
+        # bf16 autocast wherever the model is bf16, CPU too (transformers wants use_cpu for that), so that
+        # CPU runs take the GPU configs' code path.
+        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16", use_cpu=device == "cpu",
         loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
         disable_tqdm=False, dataloader_num_workers=0,
     )
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in rows])
+    def dataset(part: list[dict[str, Any]]) -> Dataset:
+        data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in part])
+        return data if method == "iw-sft" else data.remove_columns(["behaviour_logprob"])
+
     if method == "iw-sft":
         args = ImportanceWeightedSFTConfig(**common, iw_truncate=tcfg.iw_truncate,
                                            iw_self_normalize=tcfg.iw_self_normalize, iw_per_token=tcfg.iw_per_token)
@@ -309,22 +332,31 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     else:
         args = ValidTraceSFTConfig(**common)
         trainer_cls = ValidTraceSFTTrainer
-        data = data.remove_columns(["behaviour_logprob"])
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset(train_rows),
+                          processing_class=tok,
+                          peft_config=peft_config)
     result = trainer.train()
     _fault("training")
     tmp.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-    stats = {"train_traces": len(rows), "train_steps": int(result.global_step),
+    n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in train_rows)
+    stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
              "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
-             "train_completion_tokens": int(n_tokens * tcfg.epochs)}
+             "train_completion_tokens": int(n_tokens * tcfg.epochs),
+             "overlong_skipped": len(rows) - len(fitting)}
     write_json(tmp / "train_stats.json", stats)
     replace_dir(tmp, out_dir)
     del trainer, model
     return stats
+
+
+def row_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Tokens of each prompt-completion row as TRL's SFT tokenises it: prompt + completion + EOS."""
+    eos = tok.eos_token or ""
+    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows]
+    return [len(ids) for ids in tok(texts)["input_ids"]]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -501,6 +533,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary."""
     out = Path(out)
+    check_backend(cfg.sampling.backend)  # before any work: tasks, base model, run directory
     set_threads(cfg)
     if cfg.method == "reinforce":
         from iterdeploy_trl.compare import run_reinforce
