@@ -24,7 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
-from iterdeploy_trl.curate import curate, training_rows
+from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
@@ -270,7 +270,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
-    Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan).
+    Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan);
+    ``training.validation_fraction`` of the tasks are held out and their eval loss logged each epoch.
     Returns training statistics (traces, steps, tokens, losses, seconds), also in ``train_stats.json``."""
     import torch
     from datasets import Dataset
@@ -298,7 +299,7 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     if not fitting:
         raise RunError(f"every one of the {len(rows)} training traces is longer than training.max_length="
                        f"{tcfg.max_length} tokens (prompt + completion + EOS): raise training.max_length")
-    train_rows = fitting
+    train_rows, eval_rows, split_note = validation_split(fitting, tcfg.validation_fraction, seed=seed)
     peft_config = None
     if tcfg.lora is not None:
         from peft import LoraConfig, PeftModel
@@ -321,6 +322,9 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
         disable_tqdm=False, dataloader_num_workers=0,
     )
+    if eval_rows:
+        common.update(eval_strategy="epoch", per_device_eval_batch_size=tcfg.batch_size)
+
     def dataset(part: list[dict[str, Any]]) -> Dataset:
         data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in part])
         return data if method == "iw-sft" else data.remove_columns(["behaviour_logprob"])
@@ -333,7 +337,7 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         args = ValidTraceSFTConfig(**common)
         trainer_cls = ValidTraceSFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset(train_rows),
-                          processing_class=tok,
+                          eval_dataset=dataset(eval_rows) if eval_rows else None, processing_class=tok,
                           peft_config=peft_config)
     result = trainer.train()
     _fault("training")
@@ -342,10 +346,13 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     tok.save_pretrained(str(tmp))
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in train_rows)
+    eval_losses = [round(float(h["eval_loss"]), 6) for h in trainer.state.log_history if "eval_loss" in h]
     stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
              "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
              "train_completion_tokens": int(n_tokens * tcfg.epochs),
-             "overlong_skipped": len(rows) - len(fitting)}
+             "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
+             "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
+             "validation": split_note}
     write_json(tmp / "train_stats.json", stats)
     replace_dir(tmp, out_dir)
     del trainer, model
@@ -475,7 +482,8 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      samples_deployed=samples_deployed, deploy_seconds=round(deploy_s, 2),
                      train_traces=train_stats.get("train_traces", 0),
                      train_seconds=train_stats.get("train_seconds", 0.0),
-                     train_completion_tokens=train_stats.get("train_completion_tokens", 0))
+                     train_completion_tokens=train_stats.get("train_completion_tokens", 0),
+                     eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"))
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(m) + "\n")
             done[g] = m
@@ -512,7 +520,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
         for key in ("solved", "heldout_solved", "train_traces", "max_valid_plan_length", "samples_used",
                     "mean_valid_plan_length", "max_solved_reference_length", "valid_fraction",
                     "mean_reasoning_tokens", "mean_completion_tokens", "train_completion_tokens",
-                    "deploy_seconds", "train_seconds", "all_samples_valid"):
+                    "deploy_seconds", "train_seconds", "all_samples_valid", "eval_loss"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             if not vals:
                 entry[key] = None

@@ -83,6 +83,7 @@ def test_lora_generation_trains_on_valid_traces(adapter):
     assert read_json(out / "train_stats.json") == stats
     assert stats["train_traces"] == len(rows) and stats["overlong_skipped"] == 0
     assert stats["train_steps"] == 4 and stats["train_loss"] > 0
+    assert stats["eval_traces"] == 0 and stats["eval_loss"] is None
 
 
 def test_adapter_is_deployed_unmerged_and_changes_the_samples(adapter, chat_model):
@@ -172,7 +173,7 @@ def test_loop_paper_path_trains_lora_each_generation(chat_model, tmp_path):
     """The loop end to end in the paper configs' path: generation 1 a fresh LoRA on the bf16 base,
     generation 2 continuing it (init: previous); each generation deployed with its adapter."""
     cfg = _config(chat_model, generations=2, method="uncurated-sft", curation="none",
-                  training={"init": "previous"})
+                  training={"init": "previous", "validation_fraction": 0.1})
     summary = run_loop(cfg, tmp_path / "run", progress=False)
     assert [g["generation"] for g in summary["generations"]] == [0, 1, 2]
     sdir = tmp_path / "run" / "seed_0"
@@ -184,8 +185,10 @@ def test_loop_paper_path_trains_lora_each_generation(chat_model, tmp_path):
         model = sdir / f"gen_{g:02d}" / "model"
         assert (model / "adapter_config.json").exists() and not (model / "config.json").exists()
         stats = read_json(model / "train_stats.json")
-        assert stats["train_traces"] >= 1
+        assert stats["train_traces"] >= 1 and stats["eval_traces"] == 0
+        assert stats["validation"].startswith("none:")  # < 10 rows: all trained on, and said so
     metrics = read_jsonl(sdir / "metrics.jsonl")
+    assert all(m["eval_traces"] == 0 and m["eval_loss"] is None for m in metrics)
     assert all(m["mean_reasoning_tokens"] > 0 for m in metrics)
 
 
