@@ -60,7 +60,7 @@ class ModelConfig:
     base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
-    def check(self) -> None:
+    def check(self, paths: bool = True) -> None:
         _require(self.prompt_style in ("compact", "paper"), "model.prompt_style", self.prompt_style,
                  "must be compact or paper")
         _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
@@ -69,7 +69,7 @@ class ModelConfig:
         _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
         _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
-        if self.path != "auto" and not Path(self.path).expanduser().exists():
+        if paths and self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
                               "(nothing is downloaded) or 'auto' for the small local model")
 
@@ -175,7 +175,9 @@ class RunConfig:
     threads: int | None = 1
     compare_methods: tuple[str, ...] = METHODS  # methods run by `iterdeploy compare`
 
-    def check(self) -> RunConfig:
+    def check(self, *, paths: bool = True) -> RunConfig:
+        """Check every value; ``paths=False`` skips whether ``model.path`` exists on this machine (to check
+        a GPU config elsewhere)."""
         from iterdeploy_trl.domains import PLANNING_DOMAINS
 
         _require(self.domain in PLANNING_DOMAINS, "domain", self.domain, f"must be one of {PLANNING_DOMAINS}")
@@ -191,8 +193,10 @@ class RunConfig:
             _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
         if self.method == "uncurated-sft" and self.curation != "none":
             raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
-        for section in (self.tasks, self.model, self.sampling, self.training):
-            section.check()
+        self.tasks.check()
+        self.model.check(paths=paths)
+        self.sampling.check()
+        self.training.check()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,13 +277,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build and check a :class:`RunConfig` from plain data."""
-    return _build(RunConfig, data, "").check()
+def config_from_dict(data: dict[str, Any], *, check_paths: bool = True) -> RunConfig:
+    """Build and check a :class:`RunConfig` from plain data (``check_paths``: see :meth:`RunConfig.check`)."""
+    return _build(RunConfig, data, "").check(paths=check_paths)
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML/JSON config file; errors name the file and the key."""
+def load_config(path: str | Path, *, check_paths: bool = True) -> RunConfig:
+    """Read a YAML/JSON config file; errors name the file and the key. ``check_paths=False`` accepts a
+    ``model.path`` that does not exist on this machine (a GPU config read elsewhere)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -290,7 +295,7 @@ def load_config(path: str | Path) -> RunConfig:
     if data is None:
         data = {}
     try:
-        return config_from_dict(data)
+        return config_from_dict(data, check_paths=check_paths)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
