@@ -87,6 +87,15 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(os.environ.get("ITERDEPLOY_CACHE", Path.home() / ".cache" / "iterdeploy_trl"))
 
 
+def auto_base_model_path(cfg: RunConfig) -> Path:
+    """Where the small base model of ``model.path: auto`` is cached (made there once when missing)."""
+    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
+           f"-lr{cfg.model.base_learning_rate:g}-walk{cfg.model.base_max_walk}"
+           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
+    return cache_root(cfg) / "base_models" / key
+
+
 def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     """The base model's directory: ``model.path``, or the small local base model of the domain,
     pretrained once (a few minutes on CPU) and kept in the cache."""
@@ -99,10 +108,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     from iterdeploy_trl.models import pretrain_base_model
 
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
-    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
-           f"-lr{cfg.model.base_learning_rate:g}-walk{cfg.model.base_max_walk}"
-           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
-    path = cache_root(cfg) / "base_models" / key
+    path = auto_base_model_path(cfg)
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
               "(once; reused by later runs)", flush=True)
