@@ -24,7 +24,7 @@ from typing import Any
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import RunConfig, config_hash
-from iterdeploy_trl.deploy import batch_seed
+from iterdeploy_trl.deploy import batch_seed, check_backend
 from iterdeploy_trl.loop import (
     RunError,
     _silent,
@@ -255,6 +255,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
     out = Path(out)
+    check_backend(cfg.sampling.backend)
     set_threads(cfg)
     dist.init()
     if not dist.is_main():

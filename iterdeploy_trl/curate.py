@@ -50,3 +50,29 @@ def training_rows(traces: Sequence[Trace]) -> list[dict[str, Any]]:
     """Prompt-completion rows as the SFT trainers read them (with the behaviour log-prob for IW-SFT)."""
     return [{"prompt": t["prompt"], "completion": t["completion"], "behaviour_logprob": t["behaviour_logprob"],
              "task_id": t["task_id"]} for t in traces]
+
+
+# Below this many training rows no validation split is made: a held-out set of one or two traces says
+# nothing and costs a tenth of a tiny training set.
+MIN_ROWS_FOR_VALIDATION = 10
+
+
+def validation_split(rows: Sequence[dict[str, Any]], fraction: float, *, seed: int
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """``(train, eval, note)``: hold out ``floor(fraction * tasks)`` tasks, chosen with ``seed``, and all
+    their rows (a task is never on both sides). Order within each side is kept. With ``fraction`` 0,
+    fewer than ``MIN_ROWS_FOR_VALIDATION`` rows, or a fraction that holds out no task, every row trains
+    and ``note`` says why."""
+    rows = list(rows)
+    if fraction <= 0:
+        return rows, [], "none: training.validation_fraction is 0"
+    if len(rows) < MIN_ROWS_FOR_VALIDATION:
+        return rows, [], f"none: {len(rows)} rows < {MIN_ROWS_FOR_VALIDATION}, all trained on"
+    tasks = sorted({r["task_id"] for r in rows})
+    n_eval = min(int(fraction * len(tasks)), len(tasks) - 1)  # at least one task trains
+    if n_eval == 0:
+        return rows, [], f"none: {fraction:g} of {len(tasks)} tasks is 0 tasks, all trained on"
+    held = set(random.Random(f"validation/{seed}").sample(tasks, n_eval))
+    train = [r for r in rows if r["task_id"] not in held]
+    held_rows = [r for r in rows if r["task_id"] in held]
+    return train, held_rows, f"{n_eval} of {len(tasks)} tasks ({len(held_rows)} rows) held out"

@@ -6,8 +6,8 @@ Two backends share one interface, :meth:`Backend.generate`:
 - :class:`TransformersBackend` (default): batched ``model.generate`` with the KV cache. The processed
   scores that ``generate`` returns are the logits after temperature and top-p, so their log-softmax at
   the sampled token is log β(y_t | x, y_<t) of the real sampling distribution.
-- :class:`VLLMBackend` (``pip install iterdeploy-trl[vllm]``): vLLM with ``logprobs_mode="processed_logprobs"``
-  for the same quantity, and LoRA adapters served without merging.
+- :class:`VLLMBackend` (``pip install 'iterdeploy-trl[vllm]'``): vLLM with
+  ``logprobs_mode="processed_logprobs"`` for the same quantity, and LoRA adapters served without merging.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+THINK_START = "<think>"
 THINK_END = "</think>"
 
 
@@ -38,15 +39,38 @@ def batch_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _reasoning_tokens(token_ids: Sequence[int], think_end_ids: Sequence[int]) -> int:
-    """Number of tokens before the end-of-reasoning marker (all of them if it never closes)."""
+def _find(ids: Sequence[int], marker: Sequence[int]) -> int:
+    n = len(marker)
+    for i in range(len(ids) - n + 1):
+        if list(ids[i : i + n]) == list(marker):
+            return i
+    return -1
+
+
+def _reasoning_tokens(token_ids: Sequence[int], think_end_ids: Sequence[int], think_start_ids: Sequence[int] = (),
+                      *, opened: bool = False) -> int:
+    """Reasoning tokens of a completion: those after the opening ``<think>`` and before ``</think>``.
+
+    The opening is the completion's own ``<think>``, or the prompt's when ``opened`` (Qwen3-Thinking's
+    template ends the generation prompt with it, so the completion holds only ``reasoning</think>answer``).
+    Reasoning that never closes (cut by ``max_new_tokens``) counts to the end. A completion that never
+    thinks has 0."""
     if not think_end_ids:
         return 0
-    n = len(think_end_ids)
-    for i in range(len(token_ids) - n + 1):
-        if list(token_ids[i : i + n]) == list(think_end_ids):
-            return i
-    return 0
+    ids = list(token_ids)
+    start = 0
+    end = _find(ids, think_end_ids)
+    begin = _find(ids, think_start_ids) if think_start_ids else -1
+    if begin >= 0 and (end < 0 or begin < end):
+        start, opened = begin + len(think_start_ids), True
+    if end >= 0:
+        return end - start
+    return len(ids) - start if opened else 0
+
+
+def prompt_opens_reasoning(prompt: str) -> bool:
+    """Whether the prompt ends inside an opened ``<think>`` (a thinking model's generation prompt)."""
+    return prompt.rstrip().endswith(THINK_START)
 
 
 class Backend:
@@ -69,6 +93,7 @@ class TransformersBackend(Backend):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self._think_end = self._marker_ids(THINK_END)
+        self._think_start = self._marker_ids(THINK_START)
 
     def _marker_ids(self, marker: str) -> list[int]:
         ids = self.tokenizer.encode(marker, add_special_tokens=False)
@@ -116,35 +141,72 @@ class TransformersBackend(Backend):
                 # that re-tokenising the text gives back the sampled tokens the log-prob was taken on.
                 text = tok.decode(ids[: n - 1] if ended else ids[:n], skip_special_tokens=False)
                 out.append(Completion(
-                    text=text, completion_tokens=n, reasoning_tokens=_reasoning_tokens(ids[:n], self._think_end),
+                    text=text, completion_tokens=n,
+                    reasoning_tokens=_reasoning_tokens(ids[:n], self._think_end, self._think_start,
+                                                       opened=prompt_opens_reasoning(batch[row])),
                     truncated=not ended, behaviour_logprob=lp if math.isfinite(lp) else float("-inf"),
                 ))
         return [out[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
+VLLM_INSTALL = "pip install 'iterdeploy-trl[vllm]'"
+# Ranks vLLM's LoRAConfig.max_lora_rank accepts (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ConfigError`` naming ``sampling.backend`` and the fix when ``backend`` cannot run here.
+    Called before a run does any work: importing vLLM takes seconds, failing hours in costs more."""
+    if backend != "vllm":
+        return
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (CUDA/torch mismatch)
+        from iterdeploy_trl.config import ConfigError
+
+        raise ConfigError(
+            f"sampling.backend: 'vllm' but vLLM cannot be imported here ({type(exc).__name__}: {exc}). "
+            f"Install it on a CUDA GPU machine with: {VLLM_INSTALL} -- or set sampling.backend: transformers"
+        ) from exc
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``r``."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"LoRA rank {r} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
 class VLLMBackend(Backend):
-    """vLLM sampling; a LoRA adapter (``adapter_path``) is served on top of the base weights unmerged."""
+    """vLLM sampling; a LoRA adapter (``adapter_path``) is served on top of the base weights unmerged.
+
+    Prompts go to vLLM as token ids, tokenised by the model's own Hugging Face tokenizer exactly as TRL's
+    SFT tokenises a prompt, so that the behaviour log-prob and the trainer's log π(y|x) condition on the
+    same tokens. ``logprobs_mode="processed_logprobs"`` makes the returned log-prob of a sampled token the
+    one under the distribution it was drawn from (after temperature, top-k and top-p)."""
 
     def __init__(self, model_path: str, *, adapter_path: str | None = None, dtype: str = "bfloat16",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                 max_lora_rank: int = 64) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise RuntimeError("sampling.backend is vllm but vLLM is not installed: "
-                               "pip install 'iterdeploy-trl[vllm]' (needs a GPU)") from exc
+                 max_lora_rank: int = 16) -> None:
+        check_backend("vllm")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
         kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                       enable_prefix_caching=True, logprobs_mode="processed_logprobs")
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if adapter_path:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(max_lora_rank))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self.llm = LLM(**kwargs)
         self.adapter_path = adapter_path
-        self.tokenizer = self.llm.get_tokenizer()
+        self._think_end = self.tokenizer.encode(THINK_END, add_special_tokens=False)
+        self._think_start = self.tokenizer.encode(THINK_START, add_special_tokens=False)
 
     def generate(self, prompts: Sequence[str], *, num_samples: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> list[list[Completion]]:  # pragma: no cover - GPU only
+                 max_new_tokens: int, seed: int) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         lora = None
@@ -152,28 +214,59 @@ class VLLMBackend(Backend):
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest("adapter", 1, self.adapter_path)
-        params = [SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=batch_seed(seed, i), logprobs=0) for i in range(len(prompts))]
-        results = self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=True)
-        think_end = self.tokenizer.encode(THINK_END, add_special_tokens=False)
+        inputs = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
+        # top_k=0: no top-k (as the transformers backend), whatever the model's generation_config says.
+        # logprobs=0: the sampled token's log-prob only. skip_special_tokens=False: the text keeps what was
+        # sampled (vLLM never detokenises the final EOS), as the transformers backend decodes it.
+        params = [SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, top_k=0,
+                                 max_tokens=max_new_tokens, seed=batch_seed(seed, i), logprobs=0,
+                                 skip_special_tokens=False) for i in range(len(prompts))]
+        results = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=True)
         out = []
-        for res in results:
+        for prompt, res in zip(prompts, results, strict=True):
+            opened = prompt_opens_reasoning(prompt)
             row = []
             for c in res.outputs:
-                lp = sum(next(iter(d.values())).logprob for d in (c.logprobs or []))
                 row.append(Completion(
                     text=c.text, completion_tokens=len(c.token_ids),
-                    reasoning_tokens=_reasoning_tokens(c.token_ids, think_end),
-                    truncated=c.finish_reason == "length", behaviour_logprob=float(lp),
+                    reasoning_tokens=_reasoning_tokens(c.token_ids, self._think_end, self._think_start,
+                                                       opened=opened),
+                    # "stop": an EOS or stop token ended it; "length" (max_tokens or max_model_len) or "abort": cut.
+                    truncated=c.finish_reason != "stop", behaviour_logprob=_sampled_logprob(c),
                 ))
+            if len(row) != num_samples:
+                raise RuntimeError(f"vLLM returned {len(row)} completions for a prompt, asked for {num_samples}")
             out.append(row)
         return out
 
-    def close(self) -> None:  # pragma: no cover - GPU only
+    def close(self) -> None:
+        """Shut vLLM's engine down and free its GPU memory, so the next generation can be trained in
+        this process (best effort: vLLM has no documented in-process teardown)."""
         import gc
 
-        del self.llm
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+        del llm, core
         gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _sampled_logprob(c: Any) -> float:
+    """log β(y|x) of a vLLM ``CompletionOutput``: the sum over its tokens (EOS included) of the sampled
+    token's log-prob, each looked up by its token id (the dict may also hold top-ranked tokens)."""
+    if c.logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs: SamplingParams(logprobs=0) must be set")
+    lp = 0.0
+    for token_id, entry in zip(c.token_ids, c.logprobs, strict=True):
+        lp += entry[token_id].logprob
+    return float(lp) if math.isfinite(lp) else float("-inf")
 
 
 def _as_list(x: Any) -> list:

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
-from iterdeploy_trl.curate import curate, training_rows
-from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed
+from iterdeploy_trl.curate import curate, training_rows, validation_split
+from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 # Bump when the compact prompt's format changes: cached base models were pretrained on the old one.
@@ -97,6 +97,15 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(os.environ.get("ITERDEPLOY_CACHE", Path.home() / ".cache" / "iterdeploy_trl"))
 
 
+def auto_base_model_path(cfg: RunConfig) -> Path:
+    """Where the small base model of ``model.path: auto`` is cached (made there once when missing)."""
+    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
+           f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
+           f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
+    return cache_root(cfg) / "base_models" / key
+
+
 def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     """The base model's directory: ``model.path``, or the small local base model of the domain,
     pretrained once (a few minutes on CPU) and kept in the cache."""
@@ -109,11 +118,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
     from iterdeploy_trl.models import pretrain_base_model
 
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
-    key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
-           f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
-           f"-per{cfg.model.base_walks_per_task}"
-           f"-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION}-seed0")
-    path = cache_root(cfg) / "base_models" / key
+    path = auto_base_model_path(cfg)
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "
               "(once; reused by later runs)", flush=True)
@@ -139,7 +144,7 @@ def _dtype(name: str) -> Any:
 
 
 def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> tuple[Any, Any]:
-    """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA merged."""
+    """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA adapter."""
     from iterdeploy_trl.models import load_model_and_tokenizer
 
     device = dist.device()
@@ -147,19 +152,25 @@ def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> t
         from peft import PeftModel
 
         model, tok = load_model_and_tokenizer(base, dtype=_dtype(cfg.model.dtype), device=device)
-        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        # Unmerged, as vLLM serves it and as the trainer computed log pi: merged into bf16 weights, a LoRA
+        # update of a few lr-1e-5 steps is mostly rounded away (bf16 keeps ~3 significant digits).
+        model = PeftModel.from_pretrained(model, str(model_dir))
+        model.eval()
         return model, tok
     return load_model_and_tokenizer(model_dir or base, dtype=_dtype(cfg.model.dtype), device=device)
 
 
 def make_backend(cfg: RunConfig, base: Path, model_dir: Path | None) -> Backend:
+    """The sampling backend of ``sampling.backend`` serving the base (``model_dir`` None), a full model,
+    or base + a LoRA adapter."""
+    check_backend(cfg.sampling.backend)
     if cfg.sampling.backend == "vllm":
         adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
         model_path = str(base if adapter or model_dir is None else model_dir)
         return VLLMBackend(model_path, adapter_path=adapter, dtype=cfg.model.dtype,
                            max_model_len=cfg.training.max_length,
                            gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
-                           max_lora_rank=cfg.training.lora.r if cfg.training.lora else 64)
+                           max_lora_rank=cfg.training.lora.r if cfg.training.lora else 16)
     model, tok = load_for_generation(cfg, base, model_dir)
     return TransformersBackend(model, tok, batch_size=cfg.sampling.batch_size)
 
@@ -172,7 +183,13 @@ def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = Non
 
     if cfg.model.prompt_style == "paper" and tokenizer is not None and getattr(tokenizer, "chat_template", None):
         messages = build_messages(domain_pddl, task.problem, domain=cfg.domain)
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The prompt is tokenised later with special tokens (by the backends and by TRL's SFT alike); a
+        # template that writes the BOS itself (Llama 3) would then get two.
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos):]
+        return text
     return build_prompt(domain_pddl, task.problem, cfg.model.prompt_style, domain=cfg.domain)
 
 
@@ -303,8 +320,11 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
-    Returns training statistics (steps, tokens, loss, seconds). Under several processes every process
-    trains (DDP, the config's global batch split over them) and the main process saves."""
+    Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan);
+    ``training.validation_fraction`` of the tasks are held out and their eval loss logged each epoch.
+    Under several processes every process trains (DDP, the config's global batch split over them) and
+    the main process saves. Returns training statistics (traces, steps, tokens, losses, seconds), also in
+    ``train_stats.json``."""
     from datasets import Dataset
 
     from iterdeploy_trl.models import load_model_and_tokenizer
@@ -327,6 +347,11 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     if init_from is not None and not (init_from / "adapter_config.json").exists():
         start_dir = init_from
     model, tok = load_model_and_tokenizer(start_dir, dtype=_dtype(cfg.model.dtype), device=device)
+    fitting = [r for r, n in zip(rows, row_tokens(tok, rows), strict=True) if n <= tcfg.max_length]
+    if not fitting:
+        raise RunError(f"every one of the {len(rows)} training traces is longer than training.max_length="
+                       f"{tcfg.max_length} tokens (prompt + completion + EOS): raise training.max_length")
+    train_rows, eval_rows, split_note = validation_split(fitting, tcfg.validation_fraction, seed=seed)
     peft_config = None
     if tcfg.lora is not None:
         from peft import LoraConfig, PeftModel
@@ -344,11 +369,19 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
         logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_steps=tcfg.warmup_ratio,
-        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16" and device.startswith("cuda"),
+        # bf16 autocast wherever the model is bf16, CPU too (transformers wants use_cpu for that), so that
+        # CPU runs take the GPU configs' code path.
+        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16", use_cpu=not device.startswith("cuda"),
         loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
         disable_tqdm=False, dataloader_num_workers=0,
     )
-    data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in rows])
+    if eval_rows:
+        common.update(eval_strategy="epoch", per_device_eval_batch_size=tcfg.batch_size)
+
+    def dataset(part: list[dict[str, Any]]) -> Dataset:
+        data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in part])
+        return data if method == "iw-sft" else data.remove_columns(["behaviour_logprob"])
+
     if method == "iw-sft":
         args = ImportanceWeightedSFTConfig(**common, iw_truncate=tcfg.iw_truncate,
                                            iw_self_normalize=tcfg.iw_self_normalize, iw_per_token=tcfg.iw_per_token)
@@ -356,8 +389,9 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     else:
         args = ValidTraceSFTConfig(**common)
         trainer_cls = ValidTraceSFTTrainer
-        data = data.remove_columns(["behaviour_logprob"])
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset(train_rows),
+                          eval_dataset=dataset(eval_rows) if eval_rows else None, processing_class=tok,
+                          peft_config=peft_config)
     dist.check_trainer(trainer)
     result = trainer.train()
     _fault("training")
@@ -366,15 +400,26 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
         trainer.model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-        stats = {"train_traces": len(rows), "train_steps": int(result.global_step),
+        n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in train_rows)
+        eval_losses = [round(float(h["eval_loss"]), 6) for h in trainer.state.log_history if "eval_loss" in h]
+        stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
                  "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
-                 "train_completion_tokens": int(n_tokens * tcfg.epochs)}
+                 "train_completion_tokens": int(n_tokens * tcfg.epochs),
+                 "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
+                 "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
+                 "validation": split_note}
         write_json(tmp / "train_stats.json", stats)
         replace_dir(tmp, out_dir)
     del trainer, model
     dist.barrier()  # the model is in place before any process deploys it
     return read_json(out_dir / "train_stats.json")
+
+
+def row_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Tokens of each prompt-completion row as TRL's SFT tokenises it: prompt + completion + EOS."""
+    eos = tok.eos_token or ""
+    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows]
+    return [len(ids) for ids in tok(texts)["input_ids"]]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -497,7 +542,8 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      # this generation's fine-tune alone, and all fine-tunes of this seed up to it
                      train_completion_tokens=tokens,
                      train_completion_tokens_cumulative=tokens + sum(
-                         done[h].get("train_completion_tokens", 0) for h in done if h < g))
+                         done[h].get("train_completion_tokens", 0) for h in done if h < g),
+                     eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"))
             if dist.is_main():
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(m) + "\n")
@@ -539,7 +585,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
                     "mean_valid_plan_length", "max_solved_reference_length", "valid_fraction",
                     "mean_reasoning_tokens", "mean_completion_tokens", "train_completion_tokens",
                     "train_completion_tokens_cumulative",
-                    "deploy_seconds", "train_seconds", "all_samples_valid"):
+                    "deploy_seconds", "train_seconds", "all_samples_valid", "eval_loss"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             if not vals:
                 entry[key] = None
@@ -562,6 +608,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
 
     Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
+    check_backend(cfg.sampling.backend)  # before any work: tasks, base model, run directory
     set_threads(cfg)
     check_launch(cfg)
     dist.init()

@@ -54,6 +54,13 @@ def build_prompt(
     raise ValueError(f"unknown prompt style {style!r}: choose one of {', '.join(STYLES)}")
 
 
+def paper_answer(actions: Iterable[str], reasoning: str = "I look for a plan.") -> str:
+    """A completion in the paper prompt's answer format, as a thinking model writes it after a generation
+    prompt that opened ``<think>``: the reasoning, ``</think>``, then the plan in a fenced ``plan`` block."""
+    plan = "".join(a + "\n" for a in actions)
+    return f"{reasoning}\n</think>\n\n```plan\n{plan}```"
+
+
 def build_messages(
     domain_pddl: str, problem_pddl: str, *, domain: str | None = None, system: bool = False
 ) -> list[dict[str, str]]:

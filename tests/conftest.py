@@ -47,3 +47,38 @@ def tiny_run_config(model: Path, **over) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny Qwen3-Thinking-like chat model: byte-level BPE tokenizer, ChatML template whose generation
+    prompt opens <think>, eos <|im_end|>; taught for a few seconds to answer paper prompts in the format
+    (reasoning, </think>, a fenced plan of a random legal walk). ~8 s on one core."""
+    import torch
+
+    from iterdeploy_trl.models import make_chat_test_model
+
+    torch.set_num_threads(1)
+    return make_chat_test_model(tmp_path_factory.mktemp("models") / "chat-tiny")
+
+
+def paper_run_config(model_path: Path, **over) -> dict:
+    """The paper configs' code path at toy scale: paper prompt through the chat template, bf16, a fresh
+    LoRA (r 4, alpha 8, dropout 0.05) on the base each generation, the transformers backend."""
+    cfg = tiny_run_config(
+        model_path,
+        name="paper-cpu",
+        generations=1,
+        tasks={"n": 2, "heldout": 1, "size": [2, 3], "seed": 0},
+        sampling={"samples_per_task": 2, "max_new_tokens": 40, "batch_size": 32},
+        training={"epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "max_length": 2048,
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.05}},
+        chunk_size=4,
+    )
+    cfg["model"].update(prompt_style="paper", dtype="bfloat16")
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from iterdeploy_trl.deploy import TransformersBackend, _reasoning_tokens, batch_seed
+from iterdeploy_trl.deploy import TransformersBackend, _reasoning_tokens, batch_seed, prompt_opens_reasoning
 from iterdeploy_trl.models import build_tokenizer, make_small_model
 
 
@@ -59,4 +59,9 @@ def test_reasoning_tokens_and_seeds():
     assert _reasoning_tokens([5, 6, 7, 8, 9], [7, 8]) == 2
     assert _reasoning_tokens([5, 6], [7, 8]) == 0
     assert _reasoning_tokens([5, 6], []) == 0
+    # <think> opened by the completion (3) or by the prompt (Qwen3-Thinking's template); never closed: to the end
+    assert _reasoning_tokens([3, 5, 6, 7, 8, 9], [7, 8], [3]) == 2
+    assert _reasoning_tokens([3, 5, 6], [7, 8], [3]) == 2
+    assert _reasoning_tokens([5, 6, 4], [7, 8], [3], opened=True) == 3
+    assert prompt_opens_reasoning("<|im_start|>assistant\n<think>\n") and not prompt_opens_reasoning("plan:\n")
     assert batch_seed(0, 1, "pool", 0) == batch_seed(0, 1, "pool", 0) != batch_seed(0, 1, "pool", 64)

@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CPU default runs (small local model, Blocksworld). Re-running with the same "
                                    "--out resumes where a killed run stopped.")
     p.add_argument("--config", type=Path, default=None, help="YAML/JSON run config (default: the CPU default)")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--out", type=Path, default=None, help="run directory (required unless --check)")
+    p.add_argument("--check", action="store_true",
+                   help="check the config, model, tokenizer, backend, task set, prompt lengths and --out, print "
+                        "what the run would do, and exit (0: ready, 2: problems) without running or writing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print summary.json at the end")
     p.set_defaults(func=run)
@@ -25,9 +28,13 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.dist import MainProcessFailed, is_main
     from iterdeploy_trl.loop import RunError, run_loop
 
+    if args.out is None and not args.check:
+        print("iterdeploy run: --out RUNDIR is required (or --check to only check the config)", file=sys.stderr)
+        return 2
     try:
         if args.config is not None:
-            cfg = load_config(args.config)
+            # --check reports a missing model path with the other problems instead of stopping at it
+            cfg = load_config(args.config, check_paths=not args.check)
             text = args.config.read_text()
         else:
             cfg = RunConfig().check()
@@ -35,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"iterdeploy run: bad config: {exc}", file=sys.stderr)
         return 2
+    if args.check:
+        from iterdeploy_trl.preflight import preflight
+
+        result = preflight(cfg, args.out)
+        print(f"iterdeploy run --check {args.config if args.config is not None else '(the CPU default)'}")
+        print(result.report())
+        return 0 if result.ok else 2
     try:
         summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)
     except (ConfigError, RunError, FileNotFoundError, ValueError, MainProcessFailed) as exc:

@@ -1,0 +1,213 @@
+"""``iterdeploy run --check``: everything a run needs, checked without running it.
+
+Before a multi-hour GPU job: the config, the model directory and its tokenizer (chat template, eos), the
+sampling backend, the task set, prompt lengths against the context, the run directory (new or resume),
+and what the run would do (tasks, generations, seeds, samples, budget). Nothing is trained, sampled or
+written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl.config import ConfigError, RunConfig, config_hash
+from iterdeploy_trl.runio import read_json
+
+# Pool tasks whose prompt lengths are measured (prompts grow with the task's size).
+PROMPTS_MEASURED = 20
+# Above this, --check warns about the transformers backend's per-step scores.
+SCORES_GIB_WARNING = 8.0
+
+
+@dataclass
+class Preflight:
+    """What ``--check`` found: ``lines`` to print, ``warnings`` (the run can start) and ``problems``
+    (it cannot, or would fail)."""
+
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def report(self) -> str:
+        out = list(self.lines)
+        out += [f"warning: {w}" for w in self.warnings]
+        out += [f"PROBLEM: {p}" for p in self.problems]
+        out.append("check passed: nothing was run or written" if self.ok
+                   else f"check failed: {len(self.problems)} problem(s); nothing was run or written")
+        return "\n".join(out)
+
+
+def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
+    """Check that ``cfg`` can run (into ``out`` when given) and describe the run; writes nothing."""
+    import torch
+
+    from iterdeploy_trl.deploy import check_backend, vllm_lora_rank
+
+    pf = Preflight()
+    s, t, tr = cfg.sampling, cfg.tasks, cfg.training
+    pf.lines.append(f"run {cfg.name!r}: {cfg.domain}, method {cfg.method}, curation {cfg.curation}, "
+                    f"accumulate {cfg.accumulate}, config hash {config_hash(cfg)}")
+
+    # the machine and the backend
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    pf.lines.append(f"device: {f'{gpus} CUDA GPU(s)' if gpus else 'CPU only'}; torch {torch.__version__}")
+    try:
+        check_backend(s.backend)
+        pf.lines.append(f"backend: {s.backend} (importable)")
+    except ConfigError as exc:
+        pf.problems.append(str(exc))
+    if s.backend == "vllm" and not gpus:
+        pf.problems.append("sampling.backend: 'vllm' needs a CUDA GPU and none is visible here")
+    if cfg.model.dtype != "float32" and not gpus:
+        pf.warnings.append(f"model.dtype {cfg.model.dtype} on CPU: it runs, slowly")
+
+    tok = _check_model(cfg, pf)
+    tasks = _check_tasks(cfg, pf)
+    if tok is not None and tasks:
+        _check_lengths(cfg, tok, tasks, pf)
+    if tok is not None and s.backend == "transformers":
+        # generate(output_scores=True) keeps every step's processed float32 scores (the behaviour log-probs
+        # are read from them): batch x new tokens x vocabulary x 4 bytes.
+        gib = min(s.batch_size, (t.n + t.heldout) * s.samples_per_task) * s.max_new_tokens * len(tok) * 4 / 2**30
+        if gib > SCORES_GIB_WARNING:
+            pf.warnings.append(f"the transformers backend keeps {gib:,.0f} GiB of per-step scores for a batch "
+                               f"(sampling.batch_size x max_new_tokens x {len(tok)} tokens x 4 B): lower "
+                               "sampling.batch_size, or use sampling.backend: vllm")
+
+    # what the run would do
+    per_deploy = (t.n + t.heldout) * s.samples_per_task
+    deploys = (cfg.generations + 1) * len(cfg.seeds)
+    pf.lines.append(f"tasks: {t.n} pool + {t.heldout} held-out; generations 0..{cfg.generations} "
+                    f"({cfg.generations} trained); seeds {list(cfg.seeds)}")
+    pf.lines.append(f"sampling: {s.samples_per_task} per task, temperature {s.temperature}, top-p {s.top_p}, "
+                    f"up to {s.max_new_tokens} new tokens; {per_deploy} completions a deployment, "
+                    f"{deploys} deployments = {deploys * per_deploy} completions "
+                    f"(at most {deploys * per_deploy * s.max_new_tokens:,} generated tokens), each checked by VAL")
+    pf.lines.append(f"budget: generation g learns from g x {t.n} x {s.samples_per_task} = "
+                    f"{t.n * s.samples_per_task} more sampled pool completions a generation")
+    lora = tr.lora
+    how = (f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {lora.target_modules}"
+           if lora else "full fine-tuning")
+    pf.lines.append(f"training: {how}, init from {tr.init}, lr {tr.learning_rate:g}, {tr.epochs:g} epochs, "
+                    f"batch {tr.batch_size} x {tr.gradient_accumulation_steps} accumulation, max_length "
+                    f"{tr.max_length}, loss {tr.loss_normalization}, validation_fraction {tr.validation_fraction:g}")
+    if lora and s.backend == "vllm":
+        pf.lines.append(f"vLLM serves each adapter unmerged with max_lora_rank {vllm_lora_rank(lora.r)}")
+    _check_out(cfg, out, pf)
+    return pf
+
+
+def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
+    """The base model's directory and its tokenizer; returns the tokenizer (None when it cannot load)."""
+    from iterdeploy_trl.loop import RunError, auto_base_model_path, resolve_base_model
+
+    if cfg.model.path == "auto":
+        from iterdeploy_trl.models import build_tokenizer
+
+        path = auto_base_model_path(cfg)
+        state = "cached" if (path / "base_model.json").exists() else "not cached: pretrained first (minutes on CPU)"
+        pf.lines.append(f"model: the small {cfg.model.size} {cfg.domain} base model, {path} ({state})")
+        return build_tokenizer(cfg.domain)
+    if not Path(cfg.model.path).expanduser().exists():
+        pf.problems.append(f"model.path: {cfg.model.path!r} does not exist on this machine; give a local model "
+                           "directory (nothing is downloaded)")
+        return None
+    try:
+        path = resolve_base_model(cfg, progress=False)  # a model directory: validated, nothing made
+    except RunError as exc:
+        pf.problems.append(str(exc))
+        return None
+    kind = "a LoRA adapter" if (path / "adapter_config.json").exists() else "a model"
+    pf.lines.append(f"model: {path} ({kind}), dtype {cfg.model.dtype}, prompt style {cfg.model.prompt_style}")
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # any failure to read the tokenizer is the user's to fix
+        pf.problems.append(f"model.path: the tokenizer in {path} does not load: {type(exc).__name__}: {exc}")
+        return None
+    has_template = bool(getattr(tok, "chat_template", None))
+    pf.lines.append(f"tokenizer: {type(tok).__name__}, {len(tok)} tokens, eos {tok.eos_token!r}, "
+                    f"pad {tok.pad_token!r}, chat template {'yes' if has_template else 'no'}")
+    if tok.eos_token is None:
+        pf.problems.append(f"the tokenizer in {path} has no eos token: completions could not end")
+    if cfg.model.prompt_style == "paper" and not has_template:
+        pf.warnings.append("model.prompt_style: paper, but the tokenizer has no chat template: the prompt goes in "
+                           "as plain text")
+    if cfg.model.prompt_style == "compact":
+        pf.warnings.append("model.prompt_style: compact is the small word-level model's format; a Hugging Face "
+                           "chat model wants paper")
+    return tok
+
+
+def _check_tasks(cfg: RunConfig, pf: Preflight) -> list[Any]:
+    """The first pool tasks (to measure prompts), after checking the task set."""
+    t = cfg.tasks
+    if t.dir:
+        from iterdeploy_trl.tasks import TaskSetError, load_task_set
+
+        try:
+            task_set = load_task_set(Path(t.dir).expanduser())
+        except (TaskSetError, OSError, ValueError) as exc:
+            pf.problems.append(f"tasks.dir: {exc}")
+            return []
+        if task_set.domain != cfg.domain:
+            pf.problems.append(f"tasks.dir: {t.dir} holds {task_set.domain} tasks, the config says {cfg.domain}")
+        if len(task_set.tasks) < t.n + t.heldout:
+            pf.problems.append(f"tasks.dir: {t.dir} has {len(task_set.tasks)} tasks; tasks.n + tasks.heldout = "
+                               f"{t.n + t.heldout}")
+        pf.lines.append(f"task set: {t.dir}, {len(task_set.tasks)} tasks")
+        return list(task_set.tasks[: min(t.n, PROMPTS_MEASURED)])
+    from iterdeploy_trl.tasks import generate_tasks
+
+    size = tuple(t.size) if t.size else None
+    try:
+        tasks = generate_tasks(cfg.domain, min(t.n, PROMPTS_MEASURED), t.seed, size=size)
+    except ValueError as exc:
+        pf.problems.append(f"tasks.size: {exc}")
+        return []
+    pf.lines.append(f"task set: generated ({cfg.domain}, seed {t.seed}, size {list(size) if size else 'default'})"
+                    f", written to RUNDIR/tasks")
+    return tasks
+
+
+def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], pf: Preflight) -> None:
+    """Prompt tokens of the first pool tasks against the context the run trains and serves with."""
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.loop import prompt_for
+
+    dom = domain_pddl(cfg.domain)
+    lengths = [len(tok(prompt_for(cfg, dom, task, tok))["input_ids"]) for task in tasks]
+    longest = max(lengths)
+    pf.lines.append(f"prompt tokens (first {len(tasks)} pool tasks): {min(lengths)}..{longest}")
+    limit = cfg.training.max_length
+    if longest >= limit:
+        pf.problems.append(f"training.max_length: a prompt of {longest} tokens leaves no room for a completion "
+                           f"(max_length {limit})")
+    elif longest + cfg.sampling.max_new_tokens + 1 > limit:
+        pf.warnings.append(f"prompt ({longest} tokens) + sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) "
+                           f"+ EOS > training.max_length ({limit}): a trace of more than {limit - longest - 1} "
+                           f"completion tokens is left out of training (vLLM, served with max_model_len = "
+                           f"training.max_length, cuts it there)")
+
+
+def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
+    if out is None:
+        return
+    resolved = out / "resolved_config.json"
+    if resolved.exists():
+        old = read_json(resolved).get("hash")
+        if old == config_hash(cfg):
+            pf.lines.append(f"run directory: {out} holds this run: it would resume")
+        else:
+            pf.problems.append(f"--out {out} holds a run of another config (hash {old}); use a new directory")
+    elif out.exists() and any(p.name != "config.yaml" for p in out.iterdir()):
+        pf.problems.append(f"--out {out} is not empty and is not a run directory; choose a new one")
+    else:
+        pf.lines.append(f"run directory: {out} (new)")
