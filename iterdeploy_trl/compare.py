@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist
-from iterdeploy_trl.config import RunConfig, config_hash
-from iterdeploy_trl.deploy import batch_seed, check_backend
+from iterdeploy_trl.config import RunConfig
+from iterdeploy_trl.deploy import batch_seed
 from iterdeploy_trl.loop import (
     RunError,
-    _silent,
+    _check_run_dir,
     aggregate,
-    check_launch,
+    append_metrics,
+    begin_run,
     deploy_generation,
     generation_metrics,
     make_backend,
@@ -37,7 +38,6 @@ from iterdeploy_trl.loop import (
     process_batch,
     resolve_base_model,
     run_loop,
-    set_threads,
 )
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json
 
@@ -50,23 +50,11 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     return dataclasses.replace(cfg, method=method, curation=curation, name=f"{cfg.name}/{method}").check()
 
 
-def run_reinforce(cfg: RunConfig, out: Path, *, progress: bool = True, log=print) -> dict[str, Any]:
+def run_reinforce(cfg: RunConfig, out: Path, *, config_text: str | None = None, progress: bool = True,
+                  log=print) -> dict[str, Any]:
     """Online REINFORCE with the VAL reward, evaluated after every n·K sampled completions."""
-    check_launch(cfg)
-    dist.init()
-    if not dist.is_main():
-        progress, log = False, _silent
-
-    def check_run_dir() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        h = config_hash(cfg)
-        resolved = out / "resolved_config.json"
-        if resolved.exists() and read_json(resolved).get("hash") != h:
-            raise RunError(f"{out} holds a run of another config; use a new --out")
-        if dist.is_main():
-            write_json(resolved, {"hash": h, "config": cfg.to_dict()})
-
-    dist.main_first(check_run_dir)
+    progress, log = begin_run(cfg, progress, log)
+    dist.main_first(lambda: _check_run_dir(cfg, out, config_text))
     task_set, pool, heldout = dist.main_first(lambda: prepare_tasks(cfg, out))
     base = dist.main_first(lambda: resolve_base_model(cfg, progress=progress))
     per_seed = {}
@@ -86,7 +74,6 @@ def run_reinforce(cfg: RunConfig, out: Path, *, progress: bool = True, log=print
 
 def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str, pool: list[Any],
                     heldout: list[Any], *, progress: bool, log) -> list[dict[str, Any]]:
-    import json
 
     sdir = out / f"seed_{seed}"
     metrics_path = sdir / "metrics.jsonl"
@@ -114,9 +101,7 @@ def _reinforce_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pdd
                      train_traces=stats.get("train_traces", 0), train_seconds=stats.get("train_seconds", 0.0),
                      train_completion_tokens=stats.get("train_completion_tokens", 0),
                      train_completion_tokens_cumulative=tokens)
-            if dist.is_main():
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(m) + "\n")
+            append_metrics(metrics_path, m)
             done[g] = m
         m = done[g]
         log(f"reinforce seed {seed} budget {m['samples_used']}: solved {m['solved']}/{m['tasks']}, "
@@ -255,11 +240,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
     out = Path(out)
-    check_backend(cfg.sampling.backend)
-    set_threads(cfg)
-    dist.init()
-    if not dist.is_main():
-        progress, log = False, _silent
+    progress, log = begin_run(cfg, progress, log)
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
         (out / "config.yaml").write_text(config_text)

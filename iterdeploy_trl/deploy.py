@@ -68,6 +68,14 @@ def _reasoning_tokens(token_ids: Sequence[int], think_end_ids: Sequence[int], th
     return len(ids) - start if opened else 0
 
 
+def marker_ids(tokenizer: Any, marker: str) -> list[int]:
+    """Token ids of a reasoning marker such as ``</think>``; none when the tokenizer cannot spell it (a
+    word-level vocabulary without it would give ``<unk>``, which must not match)."""
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return [] if (not ids or unk in ids) else list(ids)
+
+
 def prompt_opens_reasoning(prompt: str) -> bool:
     """Whether the prompt ends inside an opened ``<think>`` (a thinking model's generation prompt)."""
     return prompt.rstrip().endswith(THINK_START)
@@ -92,13 +100,8 @@ class TransformersBackend(Backend):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self._think_end = self._marker_ids(THINK_END)
-        self._think_start = self._marker_ids(THINK_START)
-
-    def _marker_ids(self, marker: str) -> list[int]:
-        ids = self.tokenizer.encode(marker, add_special_tokens=False)
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        return [] if (not ids or unk in ids) else list(ids)
+        self._think_end = marker_ids(tokenizer, THINK_END)
+        self._think_start = marker_ids(tokenizer, THINK_START)
 
     def generate(self, prompts: Sequence[str], *, num_samples: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[list[Completion]]:
@@ -202,8 +205,8 @@ class VLLMBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self.llm = LLM(**kwargs)
         self.adapter_path = adapter_path
-        self._think_end = self.tokenizer.encode(THINK_END, add_special_tokens=False)
-        self._think_start = self.tokenizer.encode(THINK_START, add_special_tokens=False)
+        self._think_end = marker_ids(self.tokenizer, THINK_END)
+        self._think_start = marker_ids(self.tokenizer, THINK_START)
 
     def generate(self, prompts: Sequence[str], *, num_samples: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[list[Completion]]:

@@ -544,9 +544,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      train_completion_tokens_cumulative=tokens + sum(
                          done[h].get("train_completion_tokens", 0) for h in done if h < g),
                      eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"))
-            if dist.is_main():
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(m) + "\n")
+            append_metrics(metrics_path, m)
             done[g] = m
         log(f"seed {seed} gen {g}: solved {m['solved']}/{m['tasks']}, held-out {m['heldout_solved']}/"
             f"{m['heldout_tasks']}, all-{cfg.sampling.samples_per_task}-valid {m['all_samples_valid']}, "
@@ -608,16 +606,11 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
 
     Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
-    check_backend(cfg.sampling.backend)  # before any work: tasks, base model, run directory
-    set_threads(cfg)
-    check_launch(cfg)
-    dist.init()
-    if not dist.is_main():
-        progress, log = False, _silent
+    progress, log = begin_run(cfg, progress, log)
     if cfg.method == "reinforce":
         from iterdeploy_trl.compare import run_reinforce
 
-        return run_reinforce(cfg, out, progress=progress, log=log)
+        return run_reinforce(cfg, out, config_text=config_text, progress=progress, log=log)
     if dist.world_size() > 1:
         log(f"[iterdeploy] {dist.world_size()} processes: deployment split by chunk, training data-parallel")
     dist.main_first(lambda: _check_run_dir(cfg, out, config_text))
@@ -642,8 +635,28 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
     return summary
 
 
+def begin_run(cfg: RunConfig, progress: bool, log: Callable[[str], None]) -> tuple[bool, Callable[[str], None]]:
+    """What every entry point (loop, REINFORCE, comparison) does before any work: check the backend and
+    the launch, set torch's threads, join the process group; returns (progress, log) for this process
+    (the processes other than the main one stay quiet). Calling it again is harmless."""
+    check_backend(cfg.sampling.backend)
+    set_threads(cfg)
+    check_launch(cfg)
+    dist.init()
+    if not dist.is_main():
+        return False, _silent
+    return progress, log
+
+
 def _silent(*_: Any) -> None:
     """The log of the processes other than the main one."""
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    """Append a finished generation's metrics row to ``metrics.jsonl`` (the main process writes it)."""
+    if dist.is_main():
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 def run_from_file(config_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:

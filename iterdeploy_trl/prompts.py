@@ -93,14 +93,12 @@ def format_compact(
     init: Iterable[tuple[str, ...]], goal: Iterable[tuple[str, ...]], domain: str | None = None
 ) -> str:
     """The compact prompt of a state and a goal given as atoms such as ``("on", "b1", "b2")``."""
+    from iterdeploy_trl.sim import format_atom
+
     omit = COMPACT_OMIT.get(domain or "", frozenset())
-    init_text = " ".join(_atom(a) for a in sorted((a for a in init if a[0] not in omit), key=natural_key))
-    goal_text = " ".join(_atom(a) for a in sorted(goal, key=natural_key))
+    init_text = " ".join(format_atom(a) for a in sorted((a for a in init if a[0] not in omit), key=natural_key))
+    goal_text = " ".join(format_atom(a) for a in sorted(goal, key=natural_key))
     return f"init: {init_text}\ngoal: {goal_text}\nplan:\n"
-
-
-def _atom(atom: tuple[str, ...]) -> str:
-    return "(" + " ".join(atom) + ")"
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:

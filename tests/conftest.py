@@ -27,6 +27,16 @@ def tiny_base_model(tmp_path_factory) -> Path:
     return out
 
 
+def _override(cfg: dict, over: dict) -> dict:
+    """``cfg`` with ``over`` applied: a dict value updates a section, anything else replaces the key."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def tiny_run_config(model: Path, **over) -> dict:
     """A run config that finishes in well under a minute on CPU with the tiny model."""
     cfg = {
@@ -41,12 +51,7 @@ def tiny_run_config(model: Path, **over) -> dict:
         "chunk_size": 8,
         "validation_workers": 2,
     }
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return _override(cfg, over)
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +81,4 @@ def paper_run_config(model_path: Path, **over) -> dict:
         chunk_size=4,
     )
     cfg["model"].update(prompt_style="paper", dtype="bfloat16")
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return _override(cfg, over)
