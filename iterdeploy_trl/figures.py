@@ -124,7 +124,7 @@ class Run:
                               "of iterdeploy?") from exc
 
     def traces(self) -> list[dict[str, Any]]:
-        """The small fields of every trace record of a finished generation (read once, streamed)."""
+        """The small fields of every trace record of a finished generation (read once, file by file)."""
         if self._traces is None:
             self._traces = list(_read_traces(self))
         return self._traces
@@ -213,22 +213,22 @@ def _read_metrics(path: Path) -> dict[int, dict[str, Any]]:
 
 
 def _read_traces(run: Run) -> Iterable[dict[str, Any]]:
+    from iterdeploy_trl.runio import read_jsonl
+
     for seed, gens in sorted(run.metrics.items()):
         for g in sorted(gens):
-            tdir = run.path / f"seed_{seed}" / f"gen_{g:02d}" / "traces"
-            for path in sorted(tdir.glob("*.jsonl")):
-                with open(path) as fh:
-                    for lineno, line in enumerate(fh, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            rec = json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise FigureError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-                        row = {k: rec.get(k) for k in TRACE_FIELDS}
-                        row["split"] = row["split"] or "pool"
-                        row["seed"], row["generation"] = seed, g
-                        yield row
+            for path in sorted((run.path / f"seed_{seed}" / f"gen_{g:02d}" / "traces").glob("*.jsonl")):
+                try:
+                    records = read_jsonl(path)  # chunks are written whole (runio.write_jsonl)
+                except UnicodeDecodeError:
+                    raise
+                except ValueError as exc:  # "<path>:<line>: not valid JSON (...)"
+                    raise FigureError(str(exc)) from exc
+                for rec in records:
+                    row = {k: rec.get(k) for k in TRACE_FIELDS}
+                    row["split"] = row["split"] or "pool"
+                    row["seed"], row["generation"] = seed, g
+                    yield row
 
 
 def _is_run(path: Path) -> bool:
@@ -331,7 +331,9 @@ def detect(path: str | Path) -> str:
         return "compare"
     if _is_run(path):
         return "run"
-    if any(_is_run(path / m) for m in ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")):
+    from iterdeploy_trl.compare import LOOP_METHODS
+
+    if any(_is_run(path / m) for m in (*LOOP_METHODS, "reinforce")):
         return "compare"
     raise FigureError(
         f"{path} is not a run directory (no resolved_config.json), a compare directory (no compare.json) nor a "
@@ -573,8 +575,10 @@ def fig_plan_lengths(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
     fig, axes = _figure(SINGLE, 2.5)
     ax = axes[0, 0]
     gens = run.finished
-    valid = {g: [t["plan_length"] for t in run.traces() if t["generation"] == g and t["split"] == "pool"
-                 and t["valid"] and t["plan_length"] is not None] for g in gens}
+    valid: dict[int, list[int]] = {g: [] for g in gens}  # traces are read for finished generations only
+    for t in run.traces():
+        if t["split"] == "pool" and t["valid"] and t["plan_length"] is not None:
+            valid[t["generation"]].append(t["plan_length"])
     pool_ref, _ = run.reference_lengths()
     _boxes(ax, [pool_ref], [-1.2], GREY, strip=False, width=0.7)
     _boxes(ax, [valid[g] for g in gens], gens, OKABE_ITO["blue"])
@@ -605,7 +609,6 @@ def fig_plan_lengths(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
     ax.set_xlabel("generation")
     ax.set_ylabel("plan length (actions)")
     ax.set_title(f"valid plan lengths, {run.legend}")
-    ax.set_ylim(bottom=0)
     top = max([*pool_ref, *(v for v in longest if v == v), 1])
     ax.set_ylim(0, top * 1.45)  # room for the legend
     files = _save(fig, out, stem)
@@ -629,12 +632,15 @@ def fig_tokens(run: Run, out: Path, stem: str, md: _Markdown) -> Drawn:
     """Reasoning and completion tokens per trace, per generation (all pool traces; mean of valid ones)."""
     fig, axes = _figure(SINGLE, 3.4, 2, 1, sharex=True)
     gens = run.finished
-    pool = [t for t in run.traces() if t["split"] == "pool"]
+    pool: dict[int, list[dict[str, Any]]] = {g: [] for g in gens}  # pool traces by generation
+    for t in run.traces():
+        if t["split"] == "pool":
+            pool[t["generation"]].append(t)
     rows: dict[int, list[Any]] = {g: [g] for g in gens}
     titles = []
     for ax, key, what in ((axes[0, 0], "reasoning_tokens", "reasoning"), (axes[1, 0], "completion_tokens", "completion")):
-        allv = {g: [t[key] for t in pool if t["generation"] == g and t[key] is not None] for g in gens}
-        validv = {g: [t[key] for t in pool if t["generation"] == g and t["valid"] and t[key] is not None] for g in gens}
+        allv = {g: [t[key] for t in pool[g] if t[key] is not None] for g in gens}
+        validv = {g: [t[key] for t in pool[g] if t["valid"] and t[key] is not None] for g in gens}
         _boxes(ax, [allv[g] for g in gens], gens, OKABE_ITO["sky"], strip=False)
         ax.plot(gens, [statistics.fmean(allv[g]) if allv[g] else float("nan") for g in gens], marker="D",
                 color=OKABE_ITO["blue"], label="mean, all traces")

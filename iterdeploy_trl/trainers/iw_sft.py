@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, IterableDataset
 
 from iterdeploy_trl.trainers import losses
-from iterdeploy_trl.trainers.sft import ValidTraceSFTConfig, ValidTraceSFTTrainer
+from iterdeploy_trl.trainers.sft import ValidTraceSFTConfig, ValidTraceSFTTrainer, _column_names
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
 
     The weight comes from the training forward itself (log π(y|x) summed over the completion tokens, no
     second forward) and carries no gradient. That forward runs in training mode: with dropout (LoRA
-    dropout, say) log π, hence w, carries the dropout noise; set dropout to 0 for exact weights. Logged: `iw/weight_min`, `iw/weight_max` (over the steps since
-    the last log), `iw/weight_mean`, `iw/ess` (effective sample size (Σw)²/Σw² of a micro-batch) and
-    `iw/truncated_fraction` (averaged).
+    dropout, say) log π, hence w, carries the dropout noise; set dropout to 0 for exact weights. Logged:
+    `iw/weight_min`, `iw/weight_max` (over the steps since the last log), `iw/weight_mean`, `iw/ess`
+    (effective sample size (Σw)²/Σw² of a micro-batch) and `iw/truncated_fraction` (averaged).
     """
 
     config_class = ImportanceWeightedSFTConfig
@@ -94,30 +94,17 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     _name = "ImportanceWeightedSFT"
     _extra_columns = (BEHAVIOUR_LOGPROB,)
 
-    def __init__(
-        self,
-        model: Any,
-        args: ImportanceWeightedSFTConfig | None = None,
-        data_collator: Any = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """`ValidTraceSFTTrainer`'s arguments (`args` an `ImportanceWeightedSFTConfig`)."""
+        super().__init__(*args, **kwargs)
+        # TRL's collators build model inputs only: carry behaviour_logprob through beside them
+        self.data_collator = KeepFloatColumns(self.data_collator, (BEHAVIOUR_LOGPROB,))
+
+    def _check_datasets(self, train_dataset: Dataset | IterableDataset | None, eval_dataset: Any) -> None:
         _check_behaviour_logprobs(train_dataset, "train")
         for name, dataset in _named(eval_dataset):
             _check_behaviour_logprobs(dataset, name)
-        super().__init__(
-            model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
-        # TRL's collators build model inputs only: carry behaviour_logprob through beside them
-        self.data_collator = KeepFloatColumns(self.data_collator, (BEHAVIOUR_LOGPROB,))
+        super()._check_datasets(train_dataset, eval_dataset)
 
     def _set_signature_columns_if_needed(self) -> None:
         # `remove_unused_columns` would drop the behaviour log-prob before the collator sees it
@@ -200,7 +187,7 @@ def _check_behaviour_logprobs(dataset: Dataset | IterableDataset | None, name: s
     """Every row carries a finite behaviour log-prob; otherwise an error naming the first bad row."""
     if dataset is None or (isinstance(dataset, Dataset) and len(dataset) == 0):
         return  # the empty set gets its own error
-    columns = dataset.column_names or list(next(iter(dataset)).keys())
+    columns = _column_names(dataset)
     hint = (
         "Record the log-prob of each completion under the distribution it was sampled from (summed over its "
         "tokens) when generating, or train on these traces with ValidTraceSFTTrainer."

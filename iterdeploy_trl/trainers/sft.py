@@ -151,7 +151,7 @@ class ValidTraceSFTTrainer(SFTTrainer):
             raise ValueError(
                 f"{type(self).__name__} computes its own loss: compute_loss_func is not supported"
             )
-        _check_prompt_completion(train_dataset, "train")
+        self._check_datasets(train_dataset, eval_dataset)
         self.num_overlong_skipped: dict[str, int] = {}
         self._batch_counts: dict[str, torch.Tensor] | None = None
         super().__init__(
@@ -165,6 +165,10 @@ class ValidTraceSFTTrainer(SFTTrainer):
         )
 
     # --- data ---------------------------------------------------------------------------------------------
+
+    def _check_datasets(self, train_dataset: Dataset | IterableDataset | None, eval_dataset: Any) -> None:
+        """Clear errors for unusable datasets, before TRL prepares them (IW-SFT adds its own column's)."""
+        _check_prompt_completion(train_dataset, "train")
 
     def _prepare_dataset(
         self,
@@ -226,8 +230,9 @@ class ValidTraceSFTTrainer(SFTTrainer):
         """Also count the traces and completion tokens of the whole optimizer batch (all devices), the
         denominators of the loss under gradient accumulation."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        traces = sum(int(b["labels"][:, 1:].ne(-100).any(-1).sum()) for b in batch_samples)
-        tokens = sum(int(b["labels"][:, 1:].ne(-100).sum()) for b in batch_samples)
+        masks = [b["labels"][:, 1:].ne(-100) for b in batch_samples]
+        traces = sum(int(m.any(-1).sum()) for m in masks)
+        tokens = sum(int(m.sum()) for m in masks)
         counts = torch.tensor([traces, tokens], device=device, dtype=torch.float64)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
