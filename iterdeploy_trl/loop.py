@@ -196,20 +196,10 @@ def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = Non
 def score_completions(domain_pddl: str, tasks: Sequence[Any], completions: Sequence[str], *,
                       timeout: float, workers: int | None) -> tuple[list[Any], list[Any]]:
     """Extract each completion's plan and validate it with VAL (in parallel): (extractions, verdicts)."""
-    from iterdeploy_trl.extract import extract_plan
-    from iterdeploy_trl.validate import validate_batch, verdict_without_plan
+    from iterdeploy_trl.reward import check_completions
 
-    extractions = [extract_plan(c) for c in completions]
-    todo = [i for i, e in enumerate(extractions) if e.reason is None]
-    checked = validate_batch([(domain_pddl, tasks[i].problem, list(extractions[i].actions)) for i in todo],
-                             workers=workers, timeout=timeout)
-    verdicts: list[Any] = [None] * len(completions)
-    for i, v in zip(todo, checked, strict=True):
-        verdicts[i] = v
-    for i, e in enumerate(extractions):
-        if verdicts[i] is None:
-            verdicts[i] = verdict_without_plan(e)
-    return extractions, verdicts
+    return check_completions([domain_pddl] * len(tasks), [t.problem for t in tasks], completions,
+                             timeout=timeout, workers=workers)
 
 
 def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequence[Any], *, seed: int,

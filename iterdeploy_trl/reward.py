@@ -5,8 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from iterdeploy_trl.extract import extract_plan
+from iterdeploy_trl.extract import Extraction, extract_plan
 from iterdeploy_trl.validate import Verdict, validate_batch, verdict_without_plan
+
+
+def check_completions(domains: Sequence[str], problems: Sequence[str], texts: Sequence[str | bytes], *,
+                      timeout: float, workers: int | None) -> tuple[list[Extraction], list[Verdict]]:
+    """Extract the plan of each completion text and validate the found plans with VAL in parallel; a text
+    without a plan gets its verdict from the extraction. Returns (extractions, verdicts), aligned."""
+    extractions = [extract_plan(t) for t in texts]
+    todo = [i for i, e in enumerate(extractions) if e.reason is None]
+    checked = validate_batch([(domains[i], problems[i], list(extractions[i].actions)) for i in todo],
+                             workers=workers, timeout=timeout)
+    verdicts: list[Verdict | None] = [None] * len(texts)
+    for i, v in zip(todo, checked, strict=True):
+        verdicts[i] = v
+    return extractions, [v if v is not None else verdict_without_plan(e) for v, e in zip(verdicts, extractions,
+                                                                                           strict=True)]
 
 
 def completion_text(completion: Any) -> str | bytes:
@@ -58,20 +73,8 @@ class ValidPlanReward:
                 f"ValidPlanReward: {len(completions)} completions but {len(domains)} domain_pddl and "
                 f"{len(problems)} problem_pddl values"
             )
-        verdicts: list[Verdict | None] = [None] * len(completions)
-        jobs, where = [], []
-        for i, completion in enumerate(completions):
-            extraction = extract_plan(completion_text(completion))
-            if extraction.reason is None:
-                jobs.append((domains[i], problems[i], list(extraction.actions)))
-                where.append(i)
-            else:
-                verdicts[i] = verdict_without_plan(extraction)
-        for i, verdict in zip(
-            where, validate_batch(jobs, workers=self.workers, timeout=self.timeout), strict=True
-        ):
-            verdicts[i] = verdict
-        self.last_verdicts = [v for v in verdicts if v is not None]
+        _, self.last_verdicts = check_completions(domains, problems, [completion_text(c) for c in completions],
+                                                  timeout=self.timeout, workers=self.workers)
         log_extra = kwargs.get("log_extra")
         if callable(log_extra):
             log_extra("val_reason", [v.reason for v in self.last_verdicts])
