@@ -56,7 +56,7 @@ import re
 import statistics
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iterdeploy_trl.tasks.taskset import plan_text
 from iterdeploy_trl.trainers import losses
 
 SCHEMA = "iterdeploy-theory/1"
@@ -345,8 +346,8 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def canonical_completion(plan: Sequence[str]) -> str:
-    """The plan as the model writes it: one action a line, ``(name a b)\\n`` each."""
-    return "".join(f"{a}\n" for a in plan)
+    """The plan as the model writes it: one action a line, ``(name a b)\\n`` each (``plan_text``)."""
+    return plan_text(plan)
 
 
 def encode_completion(tokenizer: Any, prompt: str, completion: str) -> tuple[int, ...]:
@@ -892,7 +893,7 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
         tokenizer = build_tokenizer(config.domain)
         model = make_small_model(tokenizer, config.model_size, seed=config.seed)
         model_name = f"make_small_model(size={config.model_size!r}, seed={config.seed}) (fresh)"
-    params = trainable_parameters(model)  # fails early on a frozen model
+    trainable_parameters(model)  # fails early on a frozen model
     model.to(config.device)
     dom = domain_pddl(config.domain)
     exact = planning_prompts(
@@ -938,7 +939,10 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
     )
     to_precision(pi_model, dtype)
     pi = Policy(pi_model, tokenizer, 1.0, "π")
-    if beta_model is None:
+    if config.beta_model_path:
+        beta = _load_beta(config, tokenizer, dtype)
+        warm["beta"] = f"loaded from {config.beta_model_path}"
+    elif beta_model is None:
         beta = Policy(
             pi_model, tokenizer, config.beta_temperature, f"β = π at temperature {config.beta_temperature}"
         )
@@ -951,10 +955,6 @@ def build_setting(config: TheoryConfig, log: Callable[[str], None] | None = None
             p.requires_grad_(False)
         beta = Policy(beta_model, tokenizer, 1.0, f"β = π after {warm['beta_step']} warm-up steps")
         warm["beta"] = f"checkpoint after {warm['beta_step']} warm-up steps"
-    if config.beta_model_path:
-        beta = _load_beta(config, tokenizer, dtype)
-        warm["beta"] = f"loaded from {config.beta_model_path}"
-    check_same_tokenizer(pi.tokenizer, beta.tokenizer)
     params = trainable_parameters(pi_model)
     pi_mass, beta_mass = valid_mass(pi, exact), valid_mass(beta, exact)
     info = {
@@ -1125,9 +1125,9 @@ def on_policy_same_samples(
                 )
             )
         comparisons.append(entry)
+    per_group = rewards.view(-1, group).sum(1)
+    degenerate = bool(((per_group == 0) | (per_group == group)).all())
     for b in ("mean", "leave_one_out"):
-        per_group = rewards.view(-1, group).sum(1)
-        degenerate = bool(((per_group == 0) | (per_group == group)).all())
         norm_b = float(g_rl[b].norm())
         if norm_b == 0.0:
             cos_text, cos, ok = "g = 0 (every group all-valid or all-invalid)", float("nan"), degenerate
@@ -1194,6 +1194,10 @@ class ExactContext:
     index: list[dict[tuple[int, ...], int]]  # per prompt: completion ids -> row
     exact_direction: Tensor  # ∇J
     max_new_tokens: int
+
+    def per_prompt(self, values: Tensor) -> list[Tensor]:
+        """A (U,) tensor over the sequences split into one tensor per prompt (rows are prompt-major)."""
+        return list(values.split(torch.bincount(self.prompt_of, minlength=len(self.index)).tolist()))
 
 
 def exact_context(setting: Setting) -> ExactContext:
@@ -1301,6 +1305,10 @@ class _Series:
         self.values[i].append(value)
         self.modules[i].append(per_module)
 
+    def add_nan(self, i: int, groups: Iterable[str]) -> None:
+        """A draw without a valid sample: no estimate, NaN everywhere."""
+        self.add(i, float("nan"), dict.fromkeys(groups, float("nan")))
+
     def to_json(self) -> dict[str, Any]:
         stats = [_summary(v) for v in self.values]
         groups = list(self.modules[0][0]) if self.modules and self.modules[0] else []
@@ -1311,12 +1319,6 @@ class _Series:
             **{k: [s[k] for s in stats] for k in ("mean", "std", "p10", "p50", "p90")},
             "per_module_mean": {g: [_nanmean([m[g] for m in ms]) for ms in self.modules] for g in groups},
         }
-
-    def mean(self, i: int) -> float:
-        return statistics.fmean(self.values[i])
-
-    def std(self, i: int) -> float:
-        return statistics.stdev(self.values[i]) if len(self.values[i]) > 1 else 0.0
 
 
 def _nanmean(values: list[float]) -> float:
@@ -1329,7 +1331,7 @@ def _record(
 ) -> None:
     """Cosine of the estimate Σ c_u g_u to ``target``; NaN when the estimate is 0 (no valid sample)."""
     if not bool(coef.abs().sum() > 0):
-        series.add(i, float("nan"), {g: float("nan") for g in params.groups})
+        series.add_nan(i, params.groups)
         return
     vec = ctx.grads.direction(coef)
     series.add(i, cosine(vec, target), per_module_cosine(vec, target, params))
@@ -1422,16 +1424,17 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
     gen = torch.Generator(device=pi.device).manual_seed(config.seed + 202)
     pool = SamplePool(pi, setting, ctx, 2 * config.repeats * sum(sizes), gen)
     agree = _val_agreement(setting, ctx, sizes[-1], gen)
+    estimators = (
+        (sft, lambda rows_, tot: _sft_coefficients(ctx, rows_)),
+        (rl, lambda rows_, tot: _reinforce_coefficients(ctx, rows_, tot)),
+    )
     for _ in range(config.repeats):
         for i, n in enumerate(sizes):
-            for series, make in (
-                (sft, lambda rows_, tot: _sft_coefficients(ctx, rows_)),
-                (rl, lambda rows_, tot: _reinforce_coefficients(ctx, rows_, tot)),
-            ):
+            for series, make in estimators:
                 valid_rows, total = pool.take(n)
                 if len(valid_rows) == 0:
                     none_valid[series.name] += 1
-                    series.add(i, float("nan"), {g: float("nan") for g in params.groups})
+                    series.add_nan(i, params.groups)
                     continue
                 _record(series, i, ctx, make(valid_rows, total), ctx.exact_direction, params)
     threshold = 0.9
@@ -1531,20 +1534,14 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
         "iw_truncated": cosine(ctx.grads.direction(beta_p * log_w.exp().clamp(max=c)), target),
         "iw_per_token": cosine(ctx.grads.direction(beta_p * (log_w / lengths).exp()), target),
     }
-    series = {
-        "plain_sft": _Series("plain_sft", "plain SFT on valid β-samples"),
-        "iw": _Series("iw", "IW-SFT, w = π/β"),
-        "iw_self_normalized": _Series("iw_self_normalized", "IW-SFT, self-normalised w"),
-        "iw_truncated": _Series("iw_truncated", f"IW-SFT, w = min(π/β, {c:g})"),
-        "iw_per_token": _Series("iw_per_token", "IW-SFT, per-token geometric mean of π/β"),
+    variants: dict[str, tuple[str, dict[str, Any]]] = {  # name: (label, iw_sft_gradient_loss options)
+        "plain_sft": ("plain SFT on valid β-samples", {"plain": True}),
+        "iw": ("IW-SFT, w = π/β", {}),
+        "iw_self_normalized": ("IW-SFT, self-normalised w", {"self_normalize": True}),
+        "iw_truncated": (f"IW-SFT, w = min(π/β, {c:g})", {"truncate": c}),
+        "iw_per_token": ("IW-SFT, per-token geometric mean of π/β", {"per_token": True}),
     }
-    kwargs: dict[str, dict[str, Any]] = {
-        "plain_sft": {"plain": True},
-        "iw": {},
-        "iw_self_normalized": {"self_normalize": True},
-        "iw_truncated": {"truncate": c},
-        "iw_per_token": {"per_token": True},
-    }
+    series = {key: _Series(key, label) for key, (label, _) in variants.items()}
     ess: list[list[float]] = [[] for _ in sizes]
     gen = torch.Generator(device=beta.device).manual_seed(config.seed + 303)
     pool = SamplePool(beta, setting, ctx, config.repeats * sum(sizes), gen)
@@ -1555,10 +1552,10 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             if len(rows_) == 0:
                 empty += 1
                 for s in series.values():
-                    s.add(i, float("nan"), {g: float("nan") for g in params.groups})
+                    s.add_nan(i, params.groups)
                 continue
             for key, s in series.items():
-                coef, stats = _iw_coefficients(ctx, rows_, **kwargs[key])
+                coef, stats = _iw_coefficients(ctx, rows_, **variants[key][1])
                 if key == "iw":
                     ess[i].append(stats["ess"] / len(rows_))
                 _record(s, i, ctx, coef, target, params)
@@ -1614,7 +1611,7 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
         },
         "relative_ess_mean": [_nanmean(v) for v in ess],
         "draws_without_valid": empty,
-        "valid_mass_beta": valid_mass(beta, prompts),
+        "valid_mass_beta": [float(lb.exp().sum()) for lb in ctx.per_prompt(ctx.logp_beta)],
         "runtime_s": time.perf_counter() - start,
     }
     plot = _plot(
@@ -1644,7 +1641,7 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
     #   LHS = λ ∇ Σ_valid π  +  (1−λ) Σ_valid β ∇log π          (the mixture's expected SFT-on-valid gradient)
     #   RHS = Σ_valid π · r(λ + (1−λ) β/π) ∇log π               (REINFORCE with the effective reward)
     on_policy_part = total_valid_probability_gradient(pi, prompts, params)
-    per_prompt_beta = [sequence_logprobs(beta, p.prompt_ids, p.valid_ids) for p in prompts]
+    per_prompt_beta = ctx.per_prompt(ctx.logp_beta)
     per_prompt_pi = [sequence_logprobs(pi, p.prompt_ids, p.valid_ids) for p in prompts]
     off_policy_part = weighted_sequences_gradient(pi, prompts, params, [lb.exp() for lb in per_prompt_beta])
     exact_rows = []
@@ -1690,7 +1687,7 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
         for i, n in enumerate(sizes):
             valid_rows = torch.cat([pool_pi.take(from_pi[i])[0], pool_beta.take(n - from_pi[i])[0]])
             if len(valid_rows) == 0:
-                mc.add(i, float("nan"), {g: float("nan") for g in params.groups})
+                mc.add_nan(i, params.groups)
                 continue
             _record(mc, i, ctx, _sft_coefficients(ctx, valid_rows), target, params)
     rows.append(

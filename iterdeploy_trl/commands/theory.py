@@ -14,6 +14,17 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
+
+# Defaults of the options that ``command_line`` repeats only when they differ (in its order).
+DEFAULTS: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float64",
+    "repeats": 10,
+    "sample_sizes": [4, 16, 64, 256],
+    "warmup_steps": 600,
+    "seed": 0,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,17 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local model directory for the behaviour policy β (same tokenizer as π; default: an "
         "earlier warm-up checkpoint of π)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", default=DEFAULTS["device"], help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--dtype",
-        default="float64",
+        default=DEFAULTS["dtype"],
         choices=("float64", "float32"),
         help="precision of the checks (default float64: cosines of 1 to ~1e-15)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
-        default=10,
+        default=DEFAULTS["repeats"],
         metavar="R",
         help="independent repeats of each Monte-Carlo estimate (default 10; at least 5 for bands)",
     )
@@ -68,18 +79,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sample-sizes",
         type=int,
         nargs="+",
-        default=[4, 16, 64, 256],
+        default=list(DEFAULTS["sample_sizes"]),
         metavar="N",
         help="samples per prompt of the Monte-Carlo estimates (default: 4 16 64 256)",
     )
     parser.add_argument(
         "--warmup-steps",
         type=int,
-        default=600,
+        default=DEFAULTS["warmup_steps"],
         metavar="S",
         help="at most this many warm-up SFT steps (0: use the model as it is; default 600)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     parser.set_defaults(func=run)
 
@@ -87,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from iterdeploy_trl.runio import atomic_write_text
     from iterdeploy_trl.theory import TheoryConfig, TheoryError, format_table, run_checks
 
     def fail(message: str) -> int:
@@ -118,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
     report.command = command_line(args)
     if args.out is not None:
         try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "theory.json").write_text(
-                json.dumps(report.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+            atomic_write_text(
+                args.out / "theory.json",
+                json.dumps(report.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
             )
         except OSError as exc:
             return fail(f"{args.out}: cannot write theory.json ({exc.strerror})")
@@ -145,18 +157,12 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--model", args.model]
     if args.beta_model:
         parts += ["--beta-model", args.beta_model]
-    if args.device != "cpu":
-        parts += ["--device", args.device]
-    if args.dtype != "float64":
-        parts += ["--dtype", args.dtype]
-    if args.repeats != 10:
-        parts += ["--repeats", str(args.repeats)]
-    if list(args.sample_sizes) != [4, 16, 64, 256]:
-        parts += ["--sample-sizes", *map(str, args.sample_sizes)]
-    if args.warmup_steps != 600:
-        parts += ["--warmup-steps", str(args.warmup_steps)]
-    if args.seed != 0:
-        parts += ["--seed", str(args.seed)]
+    for dest, default in DEFAULTS.items():
+        value = getattr(args, dest)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != default:
+            parts += ["--" + dest.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]
     if args.out is not None:
         parts += ["--out", str(args.out)]
     return " ".join(shlex.quote(p) for p in parts)
