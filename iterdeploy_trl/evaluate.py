@@ -11,8 +11,10 @@ from iterdeploy_trl.runio import write_jsonl
 
 
 def legal_action_fraction(domain_pddl: str, records: list[dict[str, Any]], problems: dict[str, str]) -> float:
-    """Share of extracted actions that are applicable when executed in order (counting up to the first
-    illegal action of each plan, and that one)."""
+    """Share of extracted actions that are legal: of each plan, the actions that apply in turn from the
+    initial state (its legal prefix) over all its actions. Actions after the first illegal one count as
+    not legal (the state they would apply to is undefined). The same definition as the base-model
+    measurement (``models.measure_small_model``), so the two report the same number for the same plans."""
     from iterdeploy_trl.sim import Simulator
 
     sims: dict[str, Any] = {}
@@ -24,7 +26,7 @@ def legal_action_fraction(domain_pddl: str, records: list[dict[str, Any]], probl
         sim = sims.get(r["task_id"]) or sims.setdefault(r["task_id"], Simulator(domain_pddl, problems[r["task_id"]]))
         k = sim.legal_prefix(actions)
         legal += k
-        total += min(len(actions), k + 1)
+        total += len(actions)
     return legal / total if total else 0.0
 
 

@@ -31,3 +31,22 @@ def test_evaluate_json(tiny_base_model, tmp_path):
 def test_evaluate_bad_paths(tmp_path):
     proc = run("--model", str(tmp_path / "nope"), "--tasks", str(tmp_path))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_legal_action_fraction_counts_every_action():
+    """Legal prefix over all actions: actions after the first illegal one count as not legal."""
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.evaluate import legal_action_fraction
+    from iterdeploy_trl.sim import Simulator
+
+    task = generate_tasks("blocksworld", 1, 3, size=(3, 3))[0]
+    dom = domain_pddl("blocksworld")
+    sim = Simulator(dom, task.problem)
+    first = sim.applicable(sim.init_state)[0]
+    assert not sim.is_applicable(sim.apply(sim.init_state, first), first)  # the same action twice is illegal
+    records = [
+        {"task_id": task.id, "plan": f"{first}\n{first}\n{first}\n"},  # 1 of 3 legal: the 3rd is not either
+        {"task_id": task.id, "plan": ""},  # nothing extracted: no actions
+        {"task_id": task.id, "plan": first},  # 1 of 1
+    ]
+    assert legal_action_fraction(dom, records, {task.id: task.problem}) == 2 / 4
