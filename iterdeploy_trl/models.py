@@ -407,6 +407,22 @@ def sample_completions(
     return results
 
 
+def illegal_reason(sim: Simulator, state: Any, action: str) -> str:
+    """Why ``action`` is illegal in ``state``, with objects replaced by their types so that reasons can be
+    counted across tasks: ``"move: precondition (clear location) does not hold"``. Raises ValueError if the
+    action is legal."""
+    from iterdeploy_trl.sim import IllegalAction, parse_action
+
+    try:
+        sim.check(state, action)
+    except IllegalAction as exc:
+        name = (parse_action(action) or ("?",))[0]
+        reason = re.sub(r"'[^']*'", "(name)", exc.reason)  # an unknown object's or action's name
+        words = re.split(r"([\s()])", reason)
+        return name + ": " + "".join(f"<{sim.objects[w]}>" if w in sim.objects else w for w in words)
+    raise ValueError(f"{action} is legal in the given state")
+
+
 def measure_small_model(
     path: str | Path,
     domain: str,
@@ -421,7 +437,9 @@ def measure_small_model(
 ) -> dict[str, Any]:
     """Sample one plan per task of a fresh ``n``-task pool with the compact prompt and measure: the
     fraction of actions in the legal prefix, plans fully legal, plans ended by ``<eos>``, tasks solved
-    (simulator; confirmed by VAL when ``use_val``), and solve rates per task size."""
+    (simulator; confirmed by VAL when ``use_val``), solve rates per task size, and why the first illegal
+    action of each plan was illegal (:func:`illegal_reason`), the place to look when a base model writes too
+    many illegal actions."""
     from iterdeploy_trl.extract import extract_plan
     from iterdeploy_trl.prompts import build_prompt
     from iterdeploy_trl.tasks import generate_tasks
@@ -436,17 +454,22 @@ def measure_small_model(
     )
     actions = legal = full = ended = solved = 0
     by_size: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    reasons: dict[str, int] = defaultdict(int)
+    first_illegal_at: dict[int, int] = defaultdict(int)
     solved_plans: list[tuple[str, list[str]]] = []
     for task, (text, eos) in zip(tasks, samples, strict=True):
         extraction = extract_plan(text)
         plan = list(extraction.actions)
         sim = Simulator(dom, task.problem)
-        k = sim.legal_prefix(plan)
+        state, k = sim.run(plan)
+        if k < len(plan):
+            reasons[illegal_reason(sim, state, plan[k])] += 1
+            first_illegal_at[k + 1] += 1
         actions += len(plan)
         legal += k
         full += k == len(plan)
         ended += eos
-        ok = extraction.found and k == len(plan) and sim.is_goal(sim.run(plan)[0])
+        ok = extraction.found and k == len(plan) and sim.is_goal(state)
         solved += ok
         by_size[task.params["size"]][0] += ok
         by_size[task.params["size"]][1] += 1
@@ -462,6 +485,10 @@ def measure_small_model(
         "solved": solved,
         "solve_rate": solved / n,
         "solved_by_size": {s: f"{v[0]}/{v[1]}" for s, v in sorted(by_size.items())},
+        # Why the first illegal action of each plan was illegal (objects replaced by their types), most
+        # frequent first, and at which action of the plan (1 = the first action) it came.
+        "first_illegal_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "first_illegal_position": dict(sorted(first_illegal_at.items())),
     }
     if use_val and solved_plans:
         from iterdeploy_trl.validate import validate_batch

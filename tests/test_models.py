@@ -150,3 +150,25 @@ def test_base_model_command(tmp_path, capsys) -> None:
     bad = ["base-model", "--domain", "sokoban", "--out", str(tmp_path / "x"), "--task-size", "0", "99"]
     assert main(bad) == 2
     assert "size" in capsys.readouterr().err
+
+
+def test_illegal_reason_names_types_not_objects() -> None:
+    import re
+
+    import pytest
+
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.models import illegal_reason
+    from iterdeploy_trl.sim import Simulator
+    from iterdeploy_trl.tasks import generate_tasks
+
+    task = generate_tasks("blocksworld", 1, 3, size=(3, 3))[0]
+    sim = Simulator(domain_pddl("blocksworld"), task.problem)
+    first = sim.applicable(sim.init_state)[0]
+    state = sim.apply(sim.init_state, first)
+    reason = illegal_reason(sim, state, first)  # the same action twice
+    assert reason.startswith(first.strip("(").split()[0] + ": precondition (")
+    assert f"<{sim.objects['b1']}>" in reason and not set(sim.objects) & set(re.split(r"[\s()<>]", reason))
+    assert illegal_reason(sim, state, "(fly b1)") == "fly: unknown action (name)"
+    with pytest.raises(ValueError, match="legal"):
+        illegal_reason(sim, sim.init_state, first)
