@@ -86,8 +86,10 @@ def domain_symbols(pddl_text: str) -> list[str]:
 
 def vocabulary(domain: str) -> list[str]:
     """The tokenizer's vocabulary in id order; deterministic for a domain."""
+    from iterdeploy_trl.prompts import COMPACT_KEYWORDS
+
     words: list[str] = [*SPECIAL_TOKENS, *STRUCTURE_TOKENS, *KEYWORD_TOKENS]
-    for word in domain_symbols(domain_pddl(domain)) + object_names(domain):
+    for word in domain_symbols(domain_pddl(domain)) + object_names(domain) + list(COMPACT_KEYWORDS.get(domain, ())):
         if word not in words:
             words.append(word)
     return words

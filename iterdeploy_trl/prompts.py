@@ -10,10 +10,23 @@ Two styles:
   word in the small model's vocabulary (``models.build_tokenizer``). Atoms are lower-cased and sorted
   (numbers in names compared as numbers) so that the same task always gives the same prompt.
 
-Sokoban's compact prompt leaves out ``move-dir`` and ``is-nongoal`` facts: they are implied by the
-other facts (the floor is every cell named in ``clear``/``at`` facts, ``move-dir`` links floor cells
-that are grid neighbours by their ``pos-XX-YY`` names, ``is-nongoal`` is every floor cell not
-``is-goal``), and keeping them would make a level-10 prompt ~1700 tokens instead of ~300.
+Sokoban's compact prompt draws the level instead of listing ``clear``, ``move-dir`` and ``is-nongoal``
+facts: a ``map:`` section with one ``row:`` line for each horizontal run of two or more floor cells and
+one ``col:`` line for each vertical run, cells in order. It holds the same information (the floor is
+every cell on the map; ``move-dir`` links cells next to each other on a line, rightwards/downwards or
+back; ``clear`` is every floor cell no ``at`` fact occupies; ``is-nongoal`` every floor cell not
+``is-goal``) in fewer tokens than the clear facts alone, and a neighbour of a cell is the word next to
+it on a line, which a small model finds by matching the cell's name (where listing ``move-dir`` facts
+would make a level-10 prompt ~1700 tokens instead of ~300). Level 1 (3x3 room)::
+
+    init: (at player-01 pos-02-02) (at stone-01 pos-02-03) (is-goal pos-02-04)
+    map:
+    row: pos-02-02 pos-03-02 pos-04-02
+    row: pos-02-03 pos-03-03
+    col: pos-02-02 pos-02-03 pos-02-04
+    col: pos-03-02 pos-03-03
+    goal: (at-goal stone-01)
+    plan:
 """
 
 from __future__ import annotations
@@ -25,10 +38,16 @@ from iterdeploy_trl.domains import example
 
 STYLES: tuple[str, ...] = ("compact", "paper")
 
-# Static facts left out of compact prompts, per domain, because other facts imply them (see above).
+# Facts left out of compact prompts, per domain, because the map or other facts imply them (see above).
 COMPACT_OMIT: dict[str, frozenset[str]] = {
-    "sokoban": frozenset({"move-dir", "is-nongoal"}),
+    "sokoban": frozenset({"move-dir", "is-nongoal", "clear"}),
 }
+
+# Words of the compact prompt beyond init:/goal:/plan:, per domain (models.vocabulary adds them).
+COMPACT_KEYWORDS: dict[str, tuple[str, ...]] = {"sokoban": ("map:", "row:", "col:")}
+
+# Bump a domain's number when its compact prompt changes: cached base models were pretrained on the old one.
+COMPACT_PROMPT_VERSION: dict[str, int] = {"blocksworld": 1, "rovers": 1, "sokoban": 2}
 
 _DOMAIN_NAMES = {"blocksworld": "blocksworld", "rover": "rovers", "sokoban-sequential": "sokoban"}
 
@@ -95,10 +114,42 @@ def format_compact(
     """The compact prompt of a state and a goal given as atoms such as ``("on", "b1", "b2")``."""
     from iterdeploy_trl.sim import format_atom
 
+    init = list(init)
     omit = COMPACT_OMIT.get(domain or "", frozenset())
     init_text = " ".join(format_atom(a) for a in sorted((a for a in init if a[0] not in omit), key=natural_key))
     goal_text = " ".join(format_atom(a) for a in sorted(goal, key=natural_key))
-    return f"init: {init_text}\ngoal: {goal_text}\nplan:\n"
+    level = sokoban_map(init) if domain == "sokoban" else ""
+    return f"init: {init_text}\n{level}goal: {goal_text}\nplan:\n"
+
+
+def sokoban_map(init: Iterable[tuple[str, ...]]) -> str:
+    """The ``map:`` section of a sokoban state: its floor cells (``clear`` or occupied), one line for each
+    horizontal (``row:``) and vertical (``col:``) run of two or more neighbouring cells."""
+    cells: dict[str, tuple[int, int]] = {}
+    for atom in init:
+        if atom[0] in ("clear", "at"):
+            match = re.fullmatch(r"pos-(\d+)-(\d+)", atom[-1])
+            if match is None:
+                raise ValueError(f"sokoban cell {atom[-1]!r} is not named pos-XX-YY")
+            cells[atom[-1]] = (int(match[1]), int(match[2]))
+    lines = []
+    for word, line_of, along in (("row:", 1, 0), ("col:", 0, 1)):
+        for _, cell_list in sorted(_group(cells, line_of).items()):
+            run: list[str] = []
+            for name in sorted(cell_list, key=lambda c: cells[c][along]):
+                if run and cells[name][along] != cells[run[-1]][along] + 1:
+                    lines += [f"{word} {' '.join(run)}\n"] if len(run) > 1 else []
+                    run = []
+                run.append(name)
+            lines += [f"{word} {' '.join(run)}\n"] if len(run) > 1 else []
+    return "map:\n" + "".join(lines)
+
+
+def _group(cells: dict[str, tuple[int, int]], coordinate: int) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, xy in cells.items():
+        groups.setdefault(xy[coordinate], []).append(name)
+    return groups
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:

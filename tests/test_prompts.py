@@ -34,13 +34,41 @@ def test_compact_prompt_lists_init_and_goal_sorted() -> None:
     assert build_prompt(domain_pddl("blocksworld"), BLOCKS, "compact", domain="blocksworld") == prompt
 
 
-def test_compact_sokoban_prompt_keeps_the_map_facts_it_needs() -> None:
+def test_compact_sokoban_prompt_draws_the_map() -> None:
     prompt = build_prompt(domain_pddl("sokoban"), SOKOBAN)
     assert prompt == (
-        "init: (at player-01 pos-01-01) (at stone-01 pos-02-01) (clear pos-03-01) (is-goal pos-03-01)\n"
+        "init: (at player-01 pos-01-01) (at stone-01 pos-02-01) (is-goal pos-03-01)\n"
+        "map:\n"
+        "row: pos-01-01 pos-02-01 pos-03-01\n"
         "goal: (at-goal stone-01)\n"
         "plan:\n"
     )
+
+
+def test_sokoban_map_has_a_line_for_each_run_of_neighbouring_cells() -> None:
+    from iterdeploy_trl.prompts import sokoban_map
+    from iterdeploy_trl.sim import Simulator
+    from iterdeploy_trl.tasks import generate_tasks
+
+    # An L-shaped floor with a wall cell (03-02) inside its bounding box:
+    #   01-01 02-01 03-01
+    #   01-02 02-02   #
+    init = [("at", "player-01", "pos-01-01"), ("at", "stone-01", "pos-02-02")]
+    init += [("clear", c) for c in ("pos-02-01", "pos-03-01", "pos-01-02")]
+    assert sokoban_map(init) == (
+        "map:\nrow: pos-01-01 pos-02-01 pos-03-01\nrow: pos-01-02 pos-02-02\n"
+        "col: pos-01-01 pos-01-02\ncol: pos-02-01 pos-02-02\n"
+    )
+    with pytest.raises(ValueError, match="pos-XX-YY"):
+        sokoban_map([("clear", "cell-7")])
+    # The map's neighbours are exactly the task's move-dir facts, on generated levels.
+    for task in generate_tasks("sokoban", 20, 4, size=(1, 6)):
+        sim = Simulator(domain_pddl("sokoban"), task.problem)
+        pairs = set()
+        for line in sokoban_map(sim.init_state).splitlines()[1:]:
+            cells = line.split()[1:]
+            pairs |= {(a, b) for a, b in zip(cells, cells[1:])} | {(b, a) for a, b in zip(cells, cells[1:])}
+        assert pairs == {(a[1], a[2]) for a in sim.init_state if a[0] == "move-dir"}
 
 
 @pytest.mark.parametrize(("domain", "problem"), [("blocksworld", BLOCKS), ("sokoban", SOKOBAN)])
