@@ -31,7 +31,6 @@ from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 
-
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says what to do."""
 

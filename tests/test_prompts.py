@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from iterdeploy_trl.domains import domain_pddl, example
@@ -67,7 +69,7 @@ def test_sokoban_map_has_a_line_for_each_run_of_neighbouring_cells() -> None:
         pairs = set()
         for line in sokoban_map(sim.init_state).splitlines()[1:]:
             cells = line.split()[1:]
-            pairs |= {(a, b) for a, b in zip(cells, cells[1:])} | {(b, a) for a, b in zip(cells, cells[1:])}
+            pairs |= {p for a, b in pairwise(cells) for p in ((a, b), (b, a))}
         assert pairs == {(a[1], a[2]) for a in sim.init_state if a[0] == "move-dir"}
 
 
