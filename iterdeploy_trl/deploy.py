@@ -3,9 +3,12 @@ each completion under the distribution it was actually sampled from (temperature
 
 Two backends share one interface, :meth:`Backend.generate`:
 
-- :class:`TransformersBackend` (default): batched ``model.generate`` with the KV cache. The processed
-  scores that ``generate`` returns are the logits after temperature and top-p, so their log-softmax at
-  the sampled token is log β(y_t | x, y_<t) of the real sampling distribution.
+- :class:`TransformersBackend` (default): batched ``model.generate`` with the KV cache. Temperature and
+  top-p are applied by a logits processor of ours (:class:`SampledLogProbs`) that also keeps, step by
+  step, the log-softmax of the processed scores at the token sampled from them: log β(y_t | x, y_<t) of
+  the real sampling distribution. Only one step's distribution is held at a time; asking ``generate``
+  for ``output_scores`` would hold batch × steps × vocabulary floats (terabytes at a 150 k vocabulary
+  and 32 k new tokens).
 - :class:`VLLMBackend` (``pip install 'iterdeploy-trl[vllm]'``): vLLM with
   ``logprobs_mode="processed_logprobs"`` for the same quantity, and LoRA adapters served without merging.
 """
@@ -93,6 +96,49 @@ class Backend:
         """Free memory held by the backend."""
 
 
+class SampledLogProbs:
+    """A ``generate`` logits processor that applies temperature and top-p (``generate``'s own warpers must be
+    off: temperature 1, top-p 1, top-k 0) and records the log-probability of each sampled token under the
+    processed scores it was sampled from.
+
+    At each step it reads the token sampled at the previous step (the last column of ``input_ids``) from
+    that step's log-softmax, then keeps only the new step's: memory is one batch × vocabulary tensor.
+    :meth:`result` adds the last token's and returns a batch × new-tokens tensor."""
+
+    def __init__(self, temperature: float, top_p: float) -> None:
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = LogitsProcessorList()
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        self._last: Any = None
+        self._steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores = self.warpers(input_ids, scores)
+        if self._last is not None:
+            self._steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self._last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def result(self, new_tokens: Any) -> Any:
+        """Log-probs of ``new_tokens`` (batch × n, the ids ``generate`` added), one per token. ``generate``
+        may drop a last step it had already sampled (deferred stop checks): then that step is not read."""
+        import torch
+
+        n = new_tokens.shape[1]
+        if len(self._steps) < n and self._last is not None:
+            self._steps.append(self._last.gather(-1, new_tokens[:, -1:]).squeeze(-1))
+        self._last = None
+        if len(self._steps) < n:
+            raise RuntimeError(f"recorded {len(self._steps)} sampling steps for {n} new tokens")
+        return torch.stack(self._steps[:n], dim=1) if n else new_tokens.new_zeros((new_tokens.shape[0], 0), dtype=torch.float)
+
+
 class TransformersBackend(Backend):
     """Batched sampling with ``transformers``' ``generate`` (KV cache on)."""
 
@@ -121,16 +167,17 @@ class TransformersBackend(Backend):
             # behaviour log-prob and the trainer's log pi(y|x) condition on the same context.
             enc = tok(batch, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             torch.manual_seed(batch_seed(seed, start))
+            recorder = SampledLogProbs(temperature, top_p)
             with torch.no_grad():
-                gen = model.generate(
-                    **enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                    max_new_tokens=max_new_tokens, output_scores=True, return_dict_in_generate=True,
-                    pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
+                # generate's own warpers off (the model's generation config may set others): the recorder
+                # applies the run's temperature and top-p, last, and reads the distribution sampled from.
+                sequences = model.generate(
+                    **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, min_p=None, typical_p=1.0,
+                    epsilon_cutoff=0.0, eta_cutoff=0.0, logits_processor=[recorder],
+                    max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
                 )
-            new = gen.sequences[:, enc["input_ids"].shape[1]:]
-            # scores[t] are the processed logits (after temperature / top-p) at step t.
-            scores = torch.stack(gen.scores, dim=1).float()
-            logp = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            new = sequences[:, enc["input_ids"].shape[1]:]
+            logp = recorder.result(new)
             for row in range(new.shape[0]):
                 ids = new[row].tolist()
                 n = len(ids)

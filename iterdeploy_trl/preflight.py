@@ -17,8 +17,6 @@ from iterdeploy_trl.runio import read_json
 
 # Pool tasks whose prompt lengths are measured (prompts grow with the task's size).
 PROMPTS_MEASURED = 20
-# Above this, --check warns about the transformers backend's per-step scores.
-SCORES_GIB_WARNING = 8.0
 
 
 @dataclass
@@ -71,15 +69,6 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
     tasks = _check_tasks(cfg, pf)
     if tok is not None and tasks:
         _check_lengths(cfg, tok, tasks, pf)
-    if tok is not None and s.backend == "transformers":
-        # generate(output_scores=True) keeps every step's processed float32 scores (the behaviour log-probs
-        # are read from them): batch x new tokens x vocabulary x 4 bytes.
-        gib = min(s.batch_size, (t.n + t.heldout) * s.samples_per_task) * s.max_new_tokens * len(tok) * 4 / 2**30
-        if gib > SCORES_GIB_WARNING:
-            pf.warnings.append(f"the transformers backend keeps {gib:,.0f} GiB of per-step scores for a batch "
-                               f"(sampling.batch_size x max_new_tokens x {len(tok)} tokens x 4 B): lower "
-                               "sampling.batch_size, or use sampling.backend: vllm")
-
     # what the run would do
     per_deploy = (t.n + t.heldout) * s.samples_per_task
     deploys = (cfg.generations + 1) * len(cfg.seeds)

@@ -65,3 +65,31 @@ def test_reasoning_tokens_and_seeds():
     assert _reasoning_tokens([5, 6, 4], [7, 8], [3], opened=True) == 3
     assert prompt_opens_reasoning("<|im_start|>assistant\n<think>\n") and not prompt_opens_reasoning("plan:\n")
     assert batch_seed(0, 1, "pool", 0) == batch_seed(0, 1, "pool", 0) != batch_seed(0, 1, "pool", 64)
+
+
+def test_sampled_logprobs_equal_generates_processed_scores():
+    """The streaming recorder gives the same tokens and log-probs as generate(output_scores=True) with
+    generate's own temperature/top-p warpers, while holding one step's distribution at a time."""
+    from iterdeploy_trl.deploy import SampledLogProbs
+
+    tok = build_tokenizer("blocksworld")
+    model = make_small_model(tok, "tiny", seed=5).eval()
+    enc = tok(["init: (clear b1) (handempty) (ontable b1)\ngoal: (holding b1)\nplan:\n",
+               "init: (clear b2) (handempty) (on b2 b1) (ontable b1)\ngoal: (on b1 b2)\nplan:\n"],
+              return_tensors="pt", padding=True)
+    width = enc["input_ids"].shape[1]
+    for temperature, top_p in [(1.0, 1.0), (0.7, 0.9), (1.5, 0.5)]:
+        torch.manual_seed(11)
+        ref = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                             max_new_tokens=10, output_scores=True, return_dict_in_generate=True,
+                             pad_token_id=tok.pad_token_id)
+        new = ref.sequences[:, width:]
+        want = torch.log_softmax(torch.stack(ref.scores, 1).float(), -1).gather(-1, new[..., None]).squeeze(-1)
+        torch.manual_seed(11)
+        recorder = SampledLogProbs(temperature, top_p)
+        seq = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=10,
+                             logits_processor=[recorder], pad_token_id=tok.pad_token_id)
+        assert torch.equal(seq, ref.sequences)
+        got = recorder.result(seq[:, width:])
+        assert got.shape == want.shape and torch.equal(got, want)
+        assert recorder._last is None and len(recorder._steps) == new.shape[1]
