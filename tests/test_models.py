@@ -172,3 +172,18 @@ def test_illegal_reason_names_types_not_objects() -> None:
     assert illegal_reason(sim, state, "(fly b1)") == "fly: unknown action (name)"
     with pytest.raises(ValueError, match="legal"):
         illegal_reason(sim, sim.init_state, first)
+
+
+def test_base_model_task_size_defaults_follow_the_cpu_configs() -> None:
+    from pathlib import Path
+
+    from iterdeploy_trl.commands.base_model import CPU_TASK_SIZES
+    from iterdeploy_trl.config import load_config
+    from iterdeploy_trl.domains import PLANNING_DOMAINS
+
+    experiments = Path(__file__).resolve().parent.parent / "experiments"
+    names = {"blocksworld": "cpu_default", "sokoban": "cpu_sokoban", "rovers": "cpu_rovers"}
+    assert set(CPU_TASK_SIZES) == set(PLANNING_DOMAINS)
+    for domain, size in CPU_TASK_SIZES.items():
+        cfg = load_config(experiments / f"{names[domain]}.yaml")
+        assert cfg.domain == domain and tuple(cfg.tasks.size) == size

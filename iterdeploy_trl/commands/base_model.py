@@ -10,6 +10,9 @@ from pathlib import Path
 
 from iterdeploy_trl.domains import PLANNING_DOMAINS
 
+# The task sizes of the CPU configs (experiments/cpu_<domain>.yaml), the --task-size default.
+CPU_TASK_SIZES = {"blocksworld": (2, 5), "sokoban": (1, 4), "rovers": (1, 1)}
+
 # Kept in step with models.SIZES without importing torch for `--help`.
 SIZES = ("tiny", "x64", "x96", "small", "medium")
 
@@ -35,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         nargs=2,
         metavar=("LO", "HI"),
-        default=(2, 5),
-        help="generator size range of the tasks the walks start from and of the --measure pool "
-        "(default: 2 5, as a run config's tasks.size)",
+        default=None,
+        help="generator size range of the tasks the walks start from and of the --measure pool (default: that "
+        "of experiments/cpu_<domain>.yaml: blocksworld 2 5, sokoban 1 4, rovers 1 1)",
     )
     p.add_argument("--max-walk", type=int, default=10, help="longest walk, in actions (default: 10)")
     p.add_argument(
@@ -65,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.models import measure_small_model, pretrain_base_model
 
+    if args.task_size is None:
+        args.task_size = CPU_TASK_SIZES[args.domain]
     if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1:
         print("iterdeploy base-model: --steps, --num-walks and --walks-per-task must be at least 1", file=sys.stderr)
         return 2
