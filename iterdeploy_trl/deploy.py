@@ -121,9 +121,13 @@ class SampledLogProbs:
 
         scores = self.warpers(input_ids, scores)
         if self._last is not None:
-            self._steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+            self._read(input_ids[:, -1:])
         self._last = torch.log_softmax(scores.float(), dim=-1)
         return scores
+
+    def _read(self, tokens: Any) -> None:
+        """Keep the log-probs of ``tokens`` (batch × 1), sampled from the last step's distribution."""
+        self._steps.append(self._last.gather(-1, tokens).squeeze(-1))
 
     def result(self, new_tokens: Any) -> Any:
         """Log-probs of ``new_tokens`` (batch × n, the ids ``generate`` added), one per token. ``generate``
@@ -132,7 +136,7 @@ class SampledLogProbs:
 
         n = new_tokens.shape[1]
         if len(self._steps) < n and self._last is not None:
-            self._steps.append(self._last.gather(-1, new_tokens[:, -1:]).squeeze(-1))
+            self._read(new_tokens[:, -1:])
         self._last = None
         if len(self._steps) < n:
             raise RuntimeError(f"recorded {len(self._steps)} sampling steps for {n} new tokens")

@@ -134,22 +134,15 @@ def sokoban_map(init: Iterable[tuple[str, ...]]) -> str:
             cells[atom[-1]] = (int(match[1]), int(match[2]))
     lines = []
     for word, line_of, along in (("row:", 1, 0), ("col:", 0, 1)):
-        for _, cell_list in sorted(_group(cells, line_of).items()):
-            run: list[str] = []
-            for name in sorted(cell_list, key=lambda c: cells[c][along]):
-                if run and cells[name][along] != cells[run[-1]][along] + 1:
-                    lines += [f"{word} {' '.join(run)}\n"] if len(run) > 1 else []
-                    run = []
-                run.append(name)
-            lines += [f"{word} {' '.join(run)}\n"] if len(run) > 1 else []
+        runs: list[list[str]] = []  # cells in line order; a new run where the line changes or a wall breaks it
+        for name in sorted(cells, key=lambda c: (cells[c][line_of], cells[c][along])):
+            last = cells[runs[-1][-1]] if runs else None
+            if last and last[line_of] == cells[name][line_of] and last[along] + 1 == cells[name][along]:
+                runs[-1].append(name)
+            else:
+                runs.append([name])
+        lines += [f"{word} {' '.join(run)}\n" for run in runs if len(run) > 1]
     return "map:\n" + "".join(lines)
-
-
-def _group(cells: dict[str, tuple[int, int]], coordinate: int) -> dict[int, list[str]]:
-    groups: dict[int, list[str]] = {}
-    for name, xy in cells.items():
-        groups.setdefault(xy[coordinate], []).append(name)
-    return groups
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:
