@@ -29,6 +29,7 @@ from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
+from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
 
 
 class RunError(RuntimeError):
@@ -100,7 +101,11 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
     key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
            f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
-           f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}-prompt{COMPACT_PROMPT_VERSION.get(cfg.domain, 1)}-seed0")
+           f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}"
+           f"-prompt{COMPACT_PROMPT_VERSION.get(cfg.domain, 1)}")
+    if GENERATOR_VERSION[cfg.domain] > 1:  # version 1 keys predate the version: keep them valid
+        key += f"-gen{GENERATOR_VERSION[cfg.domain]}"
+    key += "-seed0"
     return cache_root(cfg) / "base_models" / key
 
 

@@ -187,3 +187,17 @@ def test_base_model_task_size_defaults_follow_the_cpu_configs() -> None:
     for domain, size in CPU_TASK_SIZES.items():
         cfg = load_config(experiments / f"{names[domain]}.yaml")
         assert cfg.domain == domain and tuple(cfg.tasks.size) == size
+
+
+def test_cached_base_model_key_follows_the_generator_version() -> None:
+    from pathlib import Path
+
+    from iterdeploy_trl.config import load_config
+    from iterdeploy_trl.loop import auto_base_model_path
+
+    experiments = Path(__file__).resolve().parent.parent / "experiments"
+    # Blocksworld's generator never changed: its key (and so its cached model) is the one of before.
+    blocks = auto_base_model_path(load_config(experiments / "cpu_default.yaml")).name
+    assert blocks == "blocksworld-tiny-steps5000-bs32-lr0.003-walks80000x10-per4-tasks2to5-prompt1-seed0"
+    # Sokoban's tasks changed (the player starts anywhere): a model pretrained on the old tasks is not reused.
+    assert auto_base_model_path(load_config(experiments / "cpu_sokoban.yaml")).name.endswith("-gen2-seed0")

@@ -110,8 +110,13 @@ def test_sizes_and_lengths_spread(pools: dict[str, list[Task]]) -> None:
 
 
 def test_easiest_tasks_are_trivial() -> None:
-    # one stone one push from its goal; one rover one goal; two blocks
-    assert all(t.reference_length == 1 for t in generate_tasks("sokoban", 20, 0, size=(1, 1)))
+    # one stone one push from its goal (after the player walks to it); one rover one goal; two blocks
+    sokoban = generate_tasks("sokoban", 20, 0, size=(1, 1))
+    assert all(t.params["stones"] == 1 and t.params["pushes"] == 1 for t in sokoban)
+    assert all(t.reference_plan[-1].startswith("(push") for t in sokoban)
+    assert all(a.startswith("(move") for t in sokoban for a in t.reference_plan[:-1])
+    # the player starts anywhere it can reach, not always beside the stone
+    assert any(t.reference_length > 1 for t in sokoban)
     rovers = generate_tasks("rovers", 20, 0, size=(1, 1))
     assert all(t.params["goals"] == 1 and t.params["rovers"] == 1 for t in rovers)
     assert all(t.reference_length <= 4 for t in generate_tasks("blocksworld", 20, 0, size=(2, 2)))

@@ -17,6 +17,11 @@ GENERATORS: dict[str, Callable[[random.Random, int, str], Generated]] = {
     "sokoban": sokoban.generate,
 }
 
+# Bumped when a generator's output for the same seed changes (sokoban 2: the player starts at a random
+# reachable cell, no longer beside the stone it pulled last). Cached base models pretrained on walks
+# from an older generator's tasks are not reused (loop.auto_base_model_path).
+GENERATOR_VERSION: dict[str, int] = {"blocksworld": 1, "rovers": 1, "sokoban": 2}
+
 # Range of the size parameter (blocks; rovers level; sokoban level) drawn uniformly per task.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {
     "blocksworld": (2, 25),

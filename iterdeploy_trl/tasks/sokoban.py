@@ -2,11 +2,13 @@
 
 A walled room gets some interior walls, goal cells, a stone on every goal and the player. A reverse
 random walk then *pulls* stones away from their goals (the player steps back and drags the stone
-along); read backwards, the walk is a forward plan of ``move`` / ``push-to-nongoal`` /
-``push-to-goal`` actions from the scrambled state to one with every stone on a goal.
+along), and the player finally walks off to a random cell it can reach. Read backwards, the walk is a
+forward plan of ``move`` / ``push-to-nongoal`` / ``push-to-goal`` actions from the scrambled state to
+one with every stone on a goal.
 
 Size level L (1..10): the room is about (L+2)x(L+2) inside its walls (at most 12x12, i.e. 14x14 with
-walls), with 1 + 5(L-1)//9 stones, each pulled 1..L times. Level 1 is one stone one push away.
+walls), with 1 + 5(L-1)//9 stones, each pulled 1..L times. Level 1 is one stone one push away, after
+the player's walk to it.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def _scramble(
 
 
 def _forward_plan(events: list[tuple], goals: set[Cell]) -> list[str]:
-    """The reverse walk read backwards; the player's trailing moves (first reverse moves) are dropped."""
+    """The reverse walk read backwards; the player's moves before the first pull are dropped (they
+    only bring the player from where it was placed to the first stone)."""
     first_pull = next(k for k, e in enumerate(events) if e[0] == "pull")
     plan = []
     for e in reversed(events[first_pull:]):
@@ -188,6 +191,12 @@ def generate(rng: random.Random, size: int, name: str) -> Generated:
         events, start = _scramble(rng, floor, stones, player, pulls)
         if all(s in goals for s in stones):
             continue  # nothing to do (no pull possible, or the stones came back)
+        # The player walks off to a random cell it can reach: it does not start next to the stone it
+        # pulled last, poised to push it back (a random first push would then often solve the task).
+        parent = _path(floor, set(stones), start)
+        route = _walk_to(parent, rng.choice(sorted(parent)))
+        events += [("move", a, b) for a, b in pairwise(route)]
+        start = route[-1]
         plan = _forward_plan(events, goals)
         params = {
             "size": size,
