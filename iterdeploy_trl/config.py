@@ -64,9 +64,6 @@ class ModelConfig:
     base_learning_rate: float = 3e-3
     base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
     base_walks_per_task: int = 4  # walks from each generated task's initial state (more: less PDDL parsing)
-    # uniform: each walk action drawn uniformly among the legal ones; explore: among those that make a
-    # fact true that was not yet true on the walk (goes somewhere new; never reads the goal)
-    base_walk_policy: str = "uniform"
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self, paths: bool = True) -> None:
@@ -81,8 +78,6 @@ class ModelConfig:
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
         _require(self.base_walks_per_task >= 1, "model.base_walks_per_task", self.base_walks_per_task,
                  "must be >= 1")
-        _require(self.base_walk_policy in ("uniform", "explore"), "model.base_walk_policy",
-                 self.base_walk_policy, "must be uniform or explore")
         if paths and self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
                               "(nothing is downloaded) or 'auto' for the small local model")
@@ -328,7 +323,6 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("training", "validation_fraction"): 0.0,
     ("training", "reinforce_learning_rate"): None,
     ("model", "base_walks_per_task"): 4,
-    ("model", "base_walk_policy"): "uniform",
     ("model", "base_num_walks"): 8000,  # what every auto base model used before the key existed
 }
 

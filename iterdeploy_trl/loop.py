@@ -105,8 +105,6 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
            f"-prompt{COMPACT_PROMPT_VERSION.get(cfg.domain, 1)}")
     if GENERATOR_VERSION[cfg.domain] > 1:  # version 1 keys predate the version: keep them valid
         key += f"-gen{GENERATOR_VERSION[cfg.domain]}"
-    if cfg.model.base_walk_policy != "uniform":  # likewise: uniform walks are what older keys used
-        key += f"-{cfg.model.base_walk_policy}"
     key += "-seed0"
     return cache_root(cfg) / "base_models" / key
 
@@ -134,7 +132,6 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
                             num_walks=cfg.model.base_num_walks,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
                             walks_per_task=cfg.model.base_walks_per_task,
-                            walk_policy=cfg.model.base_walk_policy,
                             threads=cfg.threads)
         if (path / "base_model.json").exists():  # another run finished the same model first
             shutil.rmtree(tmp, ignore_errors=True)

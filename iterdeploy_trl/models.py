@@ -213,7 +213,6 @@ def load_model_and_tokenizer(
 # Pretraining tasks are drawn from generator seeds far from those of deployment pools (0, 1, ...), so
 # the base model never sees a pool task's initial state.
 PRETRAIN_SEED_OFFSET = 1_000_003
-WALK_POLICIES = ("uniform", "explore")
 
 
 def unrelated_goal(sim: Simulator, rng: random.Random) -> list[tuple[str, ...]]:
@@ -238,18 +237,11 @@ def walk_examples(
     task_size: tuple[int, int] | None = None,
     max_walk: int = 24,
     walks_per_task: int = 4,
-    walk_policy: str = "uniform",
 ) -> list[tuple[str, str]]:
     """``(prompt, completion)`` pairs for pretraining: the compact prompt of a generated task's initial
-    state with an unrelated goal, and a random legal walk from that state, one action a line. The
-    walk's length is uniform in ``1..min(max_walk, reference plan length)``, so lengths follow the
-    plans of tasks of that size, but nothing in the walk aims at the goal shown.
-
-    ``walk_policy``: ``"uniform"`` draws each action uniformly among the legal ones; ``"explore"``
-    among those that make a fact true that was not yet true on the walk (``Simulator.random_walk``).
-    Neither reads the goal."""
-    if walk_policy not in WALK_POLICIES:
-        raise ValueError(f"unknown walk policy {walk_policy!r}: choose one of {', '.join(WALK_POLICIES)}")
+    state with an unrelated goal, and a uniformly random legal walk from that state, one action a
+    line. The walk's length is uniform in ``1..min(max_walk, reference plan length)``, so lengths
+    follow the plans of tasks of that size, but nothing in the walk aims at the goal shown."""
     from iterdeploy_trl.prompts import format_compact
     from iterdeploy_trl.tasks import generate_tasks
 
@@ -264,7 +256,7 @@ def walk_examples(
             if len(out) == num_walks:
                 break
             length = rng.randint(1, max(1, min(max_walk, len(task.reference_plan))))
-            walk = sim.random_walk(rng, length, explore=walk_policy == "explore")
+            walk = sim.random_walk(rng, length)
             prompt = format_compact(sim.init_state, unrelated_goal(sim, rng), domain)
             out.append((prompt, "".join(a + "\n" for a in walk)))
     return out
@@ -297,7 +289,6 @@ def pretrain_base_model(
     task_size: tuple[int, int] | None = None,
     max_walk: int = 10,
     walks_per_task: int = 4,
-    walk_policy: str = "uniform",
     threads: int | None = 1,
     log_every: int = 50,
     progress: bool = True,
@@ -315,7 +306,7 @@ def pretrain_base_model(
     rng = random.Random(seed)
     tok = build_tokenizer(domain)
     examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk,
-                             walks_per_task=walks_per_task, walk_policy=walk_policy)
+                             walks_per_task=walks_per_task)
     prompts = tok([p for p, _ in examples])["input_ids"]
     completions = tok([c + tok.eos_token for _, c in examples], add_special_tokens=False)["input_ids"]
     rows = sorted(zip(prompts, completions, strict=True), key=lambda r: len(r[0]) + len(r[1]))
@@ -368,7 +359,6 @@ def pretrain_base_model(
         "task_size": list(task_size) if task_size else None,
         "max_walk": max_walk,
         "walks_per_task": walks_per_task,
-        "walk_policy": walk_policy,
         "final_loss": sum(tail) / len(tail) if tail else None,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.time() - started - data_seconds, 1),

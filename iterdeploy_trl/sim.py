@@ -329,31 +329,18 @@ class Simulator:
         state, n = self.run(plan)
         return n == len(plan) and self.is_goal(state)
 
-    def random_walk(
-        self, rng: random.Random, length: int, state: State | None = None, *, explore: bool = False
-    ) -> list[str]:
+    def random_walk(self, rng: random.Random, length: int, state: State | None = None) -> list[str]:
         """Up to ``length`` uniformly random legal actions from ``state`` (default: the initial
-        state); shorter if a dead end is reached.
-
-        ``explore``: each step draws among the actions that make some fact true that has not been
-        true anywhere on the walk so far (all actions when none does). Such a walk goes somewhere
-        new rather than back and forth, and never looks at the goal."""
+        state); shorter if a dead end is reached."""
         state = self.init_state if state is None else state
-        seen = set(state)
         walk: list[str] = []
         for _ in range(length):
             options = self.applicable(state)
             if not options:
                 break
-            if not explore:
-                action = rng.choice(options)
-                state = self.apply(state, action)
-            else:
-                after = {a: self.apply(state, a) for a in options}
-                action = rng.choice([a for a in options if not after[a] <= seen] or options)
-                state = after[action]
-                seen |= state
+            action = rng.choice(options)
             walk.append(action)
+            state = self.apply(state, action)
         return walk
 
 

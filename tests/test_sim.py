@@ -184,21 +184,3 @@ def test_generated_reference_plans_reach_the_goal(tmp_path: Path, domain: str) -
     goal = sorted(sim.run(walk)[0])[:1]
     problem = with_goal(task.problem, goal)
     assert val_accepts(tmp_path, domain_pddl(domain), problem, walk)
-
-
-@pytest.mark.parametrize("domain", ["blocksworld", "rovers", "sokoban"])
-def test_exploring_walks_are_legal_and_go_somewhere_new(domain: str) -> None:
-    from iterdeploy_trl.tasks import generate_tasks
-
-    for task in generate_tasks(domain, 4, seed=5, size=(3, 4) if domain == "blocksworld" else (1, 2)):
-        sim = Simulator(domain_pddl(domain), task.problem)
-        rng = random.Random(task.id)
-        walk = sim.random_walk(rng, 10, explore=True)
-        assert walk and sim.legal_prefix(walk) == len(walk)
-        # Each step makes a new fact true whenever some legal action would.
-        state, seen = sim.init_state, set(sim.init_state)
-        for action in walk:
-            could = any(not sim.apply(state, a) <= seen for a in sim.applicable(state))
-            state = sim.apply(state, action)
-            assert not could or not state <= seen, (task.id, action)
-            seen |= state

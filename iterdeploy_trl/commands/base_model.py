@@ -50,13 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="walks from each generated task's initial state (default: 4; more parse fewer PDDL files)",
     )
     p.add_argument(
-        "--walk-policy",
-        choices=("uniform", "explore"),
-        default="uniform",
-        help="uniform: each walk action uniformly among the legal ones; explore: among those making a fact "
-        "true that was not yet true on the walk (default: uniform)",
-    )
-    p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default: 1; more spin-wait on a busy box)"
     )
     p.add_argument(
@@ -100,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
             task_size=tuple(args.task_size) if args.task_size else None,
             max_walk=args.max_walk,
             walks_per_task=args.walks_per_task,
-            walk_policy=args.walk_policy,
             threads=args.threads,
         )
     except ValueError as exc:  # a size range the generator rejects, an unknown model size
