@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
+
 METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
 CURATIONS = ("shortest", "all-valid", "random-valid", "none")
 BACKENDS = ("transformers", "vllm")
@@ -336,8 +338,6 @@ def config_hash(cfg: RunConfig) -> str:
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]
-    from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
-
     version = GENERATOR_VERSION.get(cfg.domain, 1)
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version
