@@ -142,11 +142,15 @@ def test_base_model_command(tmp_path, capsys) -> None:
     assert set(CLI_SIZES) == set(SIZES)
     out = tmp_path / "bm"
     argv = ["base-model", "--domain", "sokoban", "--out", str(out), "--steps", "2", "--size", "tiny"]
-    argv += ["--num-walks", "8", "--task-size", "1", "2", "--threads", "1", "--measure", "4"]
+    argv += ["--num-walks", "8", "--task-size", "1", "2", "--threads", "1", "--measure", "4", "--measure-seeds", "3"]
     assert main(argv) == 0
     assert json.loads((out / "base_model.json").read_text())["domain"] == "sokoban"
     report = json.loads((out / "measure.json").read_text())
     assert report["tasks"] == 4 and 0 <= report["legal_action_fraction"] <= 1
+    seeds = report["by_seed"]
+    assert [s["seed"] for s in seeds] == [0, 1, 2] and seeds[0]["solved"] == report["solved"]
+    assert report["legal_action_fraction_mean"] == pytest.approx(sum(s["legal_action_fraction"] for s in seeds) / 3)
+    assert report["solved_mean"] == pytest.approx(sum(s["solved"] for s in seeds) / 3)
     bad = ["base-model", "--domain", "sokoban", "--out", str(tmp_path / "x"), "--task-size", "0", "99"]
     assert main(bad) == 2
     assert "size" in capsys.readouterr().err

@@ -60,6 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="afterwards, sample one plan for each of N fresh tasks and report legality and solve rate",
     )
     p.add_argument(
+        "--measure-seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="measure with sampling seeds 0..K-1 and add their spread and mean to measure.json (default: 1; one "
+        "sample per task moves the legal fraction by several points between seeds)",
+    )
+    p.add_argument(
         "--max-new-tokens", type=int, default=100, help="generation limit when measuring (default: 100)"
     )
     p.set_defaults(func=run)
@@ -70,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task_size is None:
         args.task_size = CPU_TASK_SIZES[args.domain]
-    if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1:
-        print("iterdeploy base-model: --steps, --num-walks and --walks-per-task must be at least 1", file=sys.stderr)
+    if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1 or args.measure_seeds < 1:
+        print("iterdeploy base-model: --steps, --num-walks, --walks-per-task and --measure-seeds must be at least 1",
+              file=sys.stderr)
         return 2
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "base_model.json").exists():
         print(
@@ -103,13 +112,25 @@ def run(args: argparse.Namespace) -> int:
         f"{record['final_loss']:.4f}, {record['train_seconds']:.0f}s of training) to {args.out}"
     )
     if args.measure:
-        report = measure_small_model(
-            args.out,
-            args.domain,
-            n=args.measure,
-            task_size=tuple(args.task_size) if args.task_size else None,
-            max_new_tokens=args.max_new_tokens,
-        )
+        reports = [
+            measure_small_model(
+                args.out,
+                args.domain,
+                n=args.measure,
+                task_size=tuple(args.task_size) if args.task_size else None,
+                max_new_tokens=args.max_new_tokens,
+                seed=seed,
+            )
+            for seed in range(args.measure_seeds)
+        ]
+        report = reports[0]  # seed 0, in full
+        if len(reports) > 1:
+            report["by_seed"] = [
+                {"seed": s, "legal_action_fraction": r["legal_action_fraction"], "solved": r["solved"]}
+                for s, r in enumerate(reports)
+            ]
+            report["legal_action_fraction_mean"] = sum(r["legal_action_fraction"] for r in reports) / len(reports)
+            report["solved_mean"] = sum(r["solved"] for r in reports) / len(reports)
         (args.out / "measure.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
     return 0
