@@ -338,7 +338,7 @@ def config_hash(cfg: RunConfig) -> str:
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]
-    version = GENERATOR_VERSION.get(cfg.domain, 1)
+    version = GENERATOR_VERSION[cfg.domain]
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

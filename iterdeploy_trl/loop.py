@@ -103,8 +103,9 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
            f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
            f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}"
            f"-prompt{COMPACT_PROMPT_VERSION.get(cfg.domain, 1)}")
-    if GENERATOR_VERSION[cfg.domain] > 1:  # version 1 keys predate the version: keep them valid
-        key += f"-gen{GENERATOR_VERSION[cfg.domain]}"
+    generator = GENERATOR_VERSION[cfg.domain]
+    if generator > 1:  # version 1 keys predate the version: keep them valid
+        key += f"-gen{generator}"
     key += "-seed0"
     return cache_root(cfg) / "base_models" / key
 

@@ -118,10 +118,7 @@ def test_reinforce_learning_rate_defaults_to_learning_rate():
 
 
 def test_hash_follows_the_task_generator_version() -> None:
-    from pathlib import Path
-
-    experiments = Path(__file__).resolve().parent.parent / "experiments"
     # Unchanged generators: run directories made before the version existed still resume.
-    assert config_hash(load_config(experiments / "cpu_default.yaml")) == "1e0d0cc7569e319d"
+    assert config_hash(load_config(EXPERIMENTS / "cpu_default.yaml")) == "1e0d0cc7569e319d"
     # Sokoban's generator changed (version 2): a run made on the old pool is not resumed as this one.
-    assert config_hash(load_config(experiments / "cpu_sokoban.yaml")) != "980505e778f122aa"
+    assert config_hash(load_config(EXPERIMENTS / "cpu_sokoban.yaml")) != "980505e778f122aa"

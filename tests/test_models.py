@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +18,8 @@ from iterdeploy_trl.models import (
 )
 
 torch.set_num_threads(1)
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 PROMPT = "init: (clear b1) (on b1 b2) (ontable b2)\ngoal: (on b2 b1)\nplan:\n"
 COMPLETION = "(unstack b1 b2)\n(put-down b1)\n(pick-up b2)\n(stack b2 b1)\n"
@@ -179,29 +183,23 @@ def test_illegal_reason_names_types_not_objects() -> None:
 
 
 def test_base_model_task_size_defaults_follow_the_cpu_configs() -> None:
-    from pathlib import Path
-
     from iterdeploy_trl.commands.base_model import CPU_TASK_SIZES
     from iterdeploy_trl.config import load_config
     from iterdeploy_trl.domains import PLANNING_DOMAINS
 
-    experiments = Path(__file__).resolve().parent.parent / "experiments"
     names = {"blocksworld": "cpu_default", "sokoban": "cpu_sokoban", "rovers": "cpu_rovers"}
     assert set(CPU_TASK_SIZES) == set(PLANNING_DOMAINS)
     for domain, size in CPU_TASK_SIZES.items():
-        cfg = load_config(experiments / f"{names[domain]}.yaml")
+        cfg = load_config(EXPERIMENTS / f"{names[domain]}.yaml")
         assert cfg.domain == domain and tuple(cfg.tasks.size) == size
 
 
 def test_cached_base_model_key_follows_the_generator_version() -> None:
-    from pathlib import Path
-
     from iterdeploy_trl.config import load_config
     from iterdeploy_trl.loop import auto_base_model_path
 
-    experiments = Path(__file__).resolve().parent.parent / "experiments"
     # Blocksworld's generator never changed: its key (and so its cached model) is the one of before.
-    blocks = auto_base_model_path(load_config(experiments / "cpu_default.yaml")).name
+    blocks = auto_base_model_path(load_config(EXPERIMENTS / "cpu_default.yaml")).name
     assert blocks == "blocksworld-tiny-steps5000-bs32-lr0.003-walks80000x10-per4-tasks2to5-prompt1-seed0"
     # Sokoban's tasks changed (the player starts anywhere): a model pretrained on the old tasks is not reused.
-    assert auto_base_model_path(load_config(experiments / "cpu_sokoban.yaml")).name.endswith("-gen2-seed0")
+    assert auto_base_model_path(load_config(EXPERIMENTS / "cpu_sokoban.yaml")).name.endswith("-gen2-seed0")

@@ -76,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.models import measure_small_model, pretrain_base_model
 
-    if args.task_size is None:
-        args.task_size = CPU_TASK_SIZES[args.domain]
+    task_size = tuple(args.task_size or CPU_TASK_SIZES[args.domain])
     if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1 or args.measure_seeds < 1:
         print("iterdeploy base-model: --steps, --num-walks, --walks-per-task and --measure-seeds must be at least 1",
               file=sys.stderr)
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             num_walks=args.num_walks,
             batch_size=args.batch_size,
             lr=args.lr,
-            task_size=tuple(args.task_size) if args.task_size else None,
+            task_size=task_size,
             max_walk=args.max_walk,
             walks_per_task=args.walks_per_task,
             threads=args.threads,
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out,
                 args.domain,
                 n=args.measure,
-                task_size=tuple(args.task_size) if args.task_size else None,
+                task_size=task_size,
                 max_new_tokens=args.max_new_tokens,
                 seed=seed,
             )
