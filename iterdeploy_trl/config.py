@@ -66,6 +66,13 @@ class ModelConfig:
     base_learning_rate: float = 3e-3
     base_max_walk: int = 10  # longest random legal walk in the auto base model's pretraining data
     base_walks_per_task: int = 4  # walks from each generated task's initial state (more: less PDDL parsing)
+    # Each pretraining walk carries a state note (a ``;`` comment, prompts.state_note) before its first
+    # action and after every action (rovers and sokoban; blocksworld has no notes), so the model writes them too.
+    base_notes: bool = False
+    # Length of each walk, uniform in 1..L: "plan": L = min(base_max_walk, the task's reference plan length),
+    # so lengths follow the plans of tasks of that size; "uniform": L = base_max_walk (longer walks reach more
+    # goals by chance).
+    base_walk_length: str = "plan"
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self, paths: bool = True) -> None:
@@ -78,6 +85,8 @@ class ModelConfig:
         _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
         _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
+        _require(self.base_walk_length in ("plan", "uniform"), "model.base_walk_length", self.base_walk_length,
+                 "must be plan or uniform")
         _require(self.base_walks_per_task >= 1, "model.base_walks_per_task", self.base_walks_per_task,
                  "must be >= 1")
         if paths and self.path != "auto" and not Path(self.path).expanduser().exists():
@@ -326,6 +335,8 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("training", "reinforce_learning_rate"): None,
     ("model", "base_walks_per_task"): 4,
     ("model", "base_num_walks"): 8000,  # what every auto base model used before the key existed
+    ("model", "base_notes"): False,
+    ("model", "base_walk_length"): "plan",
 }
 
 

@@ -106,6 +106,10 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
     generator = GENERATOR_VERSION[cfg.domain]
     if generator > 1:  # version 1 keys predate the version: keep them valid
         key += f"-gen{generator}"
+    if cfg.model.base_walk_length != "plan":
+        key += f"-{cfg.model.base_walk_length}walks"
+    if cfg.model.base_notes:
+        key += "-notes"
     key += "-seed0"
     return cache_root(cfg) / "base_models" / key
 
@@ -132,8 +136,8 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
                             batch_size=cfg.model.base_batch_size, lr=cfg.model.base_learning_rate,
                             num_walks=cfg.model.base_num_walks,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
-                            walks_per_task=cfg.model.base_walks_per_task,
-                            threads=cfg.threads)
+                            walks_per_task=cfg.model.base_walks_per_task, notes=cfg.model.base_notes,
+                            walk_length=cfg.model.base_walk_length, threads=cfg.threads)
         if (path / "base_model.json").exists():  # another run finished the same model first
             shutil.rmtree(tmp, ignore_errors=True)
         else:

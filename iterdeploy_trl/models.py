@@ -237,12 +237,18 @@ def walk_examples(
     task_size: tuple[int, int] | None = None,
     max_walk: int = 24,
     walks_per_task: int = 4,
+    notes: bool = False,
+    walk_length: str = "plan",
 ) -> list[tuple[str, str]]:
     """``(prompt, completion)`` pairs for pretraining: the compact prompt of a generated task's initial
     state with an unrelated goal, and a uniformly random legal walk from that state, one action a
-    line. The walk's length is uniform in ``1..min(max_walk, reference plan length)``, so lengths
-    follow the plans of tasks of that size, but nothing in the walk aims at the goal shown."""
-    from iterdeploy_trl.prompts import format_compact
+    line. The walk's length is uniform in ``1..min(max_walk, reference plan length)`` (``walk_length="plan"``:
+    lengths follow the plans of tasks of that size) or in ``1..max_walk`` (``"uniform"``), and nothing in
+    the walk aims at the goal shown. With ``notes``, the walk is written with the note of each state it
+    passes (``prompts.annotated_plan``): the base model learns to say where it is before it acts."""
+    if walk_length not in ("plan", "uniform"):
+        raise ValueError(f"walk_length must be 'plan' or 'uniform', not {walk_length!r}")
+    from iterdeploy_trl.prompts import annotated_plan, format_compact
     from iterdeploy_trl.tasks import generate_tasks
 
     rng = random.Random(f"walks/{domain}/{seed}")
@@ -255,10 +261,17 @@ def walk_examples(
         for _ in range(walks_per_task):
             if len(out) == num_walks:
                 break
-            length = rng.randint(1, max(1, min(max_walk, len(task.reference_plan))))
+            cap = max_walk if walk_length == "uniform" else max(1, min(max_walk, len(task.reference_plan)))
+            length = rng.randint(1, cap)
             walk = sim.random_walk(rng, length)
             prompt = format_compact(sim.init_state, unrelated_goal(sim, rng), domain)
-            out.append((prompt, "".join(a + "\n" for a in walk)))
+            if notes:
+                states = [sim.init_state]
+                for action in walk:
+                    states.append(sim.apply(states[-1], action))
+                out.append((prompt, annotated_plan(domain, states, walk)))
+            else:
+                out.append((prompt, "".join(a + "\n" for a in walk)))
     return out
 
 
@@ -289,6 +302,8 @@ def pretrain_base_model(
     task_size: tuple[int, int] | None = None,
     max_walk: int = 10,
     walks_per_task: int = 4,
+    notes: bool = False,
+    walk_length: str = "plan",
     threads: int | None = 1,
     log_every: int = 50,
     progress: bool = True,
@@ -306,7 +321,7 @@ def pretrain_base_model(
     rng = random.Random(seed)
     tok = build_tokenizer(domain)
     examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk,
-                             walks_per_task=walks_per_task)
+                             walks_per_task=walks_per_task, notes=notes, walk_length=walk_length)
     prompts = tok([p for p, _ in examples])["input_ids"]
     completions = tok([c + tok.eos_token for _, c in examples], add_special_tokens=False)["input_ids"]
     rows = sorted(zip(prompts, completions, strict=True), key=lambda r: len(r[0]) + len(r[1]))
@@ -359,6 +374,8 @@ def pretrain_base_model(
         "task_size": list(task_size) if task_size else None,
         "max_walk": max_walk,
         "walks_per_task": walks_per_task,
+        "notes": notes,
+        "walk_length": walk_length,
         "final_loss": sum(tail) / len(tail) if tail else None,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.time() - started - data_seconds, 1),

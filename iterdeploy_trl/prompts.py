@@ -44,7 +44,7 @@ COMPACT_OMIT: dict[str, frozenset[str]] = {
 }
 
 # Words of the compact prompt beyond init:/goal:/plan:, per domain (models.vocabulary adds them).
-COMPACT_KEYWORDS: dict[str, tuple[str, ...]] = {"sokoban": ("map:", "row:", "col:")}
+COMPACT_KEYWORDS: dict[str, tuple[str, ...]] = {"rovers": (";",), "sokoban": ("map:", "row:", "col:", ";")}
 
 # Bump a domain's number when its compact prompt changes: cached base models were pretrained on the old one.
 COMPACT_PROMPT_VERSION: dict[str, int] = {"blocksworld": 1, "rovers": 1, "sokoban": 2}
@@ -186,3 +186,70 @@ def paper_prompt(domain_pddl: str, problem_pddl: str) -> str:
         + ANSWER_FORMAT
         + "\n"
     )
+
+
+# ----------------------------------------------------------------------------------------- notes
+
+NOTE = ";"  # a plan comment: VAL and extract.py skip it, the small model reads it
+
+
+def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:
+    """A ``; ...`` comment describing the facts of ``state`` that the next action's legality turns on,
+    or None for a domain without notes.
+
+    - rovers: for each rover, its waypoint, then what is there (``at_soil_sample``, ``at_rock_sample``),
+      the objectives visible from it, the waypoints it can drive to, the landers it can talk to, and
+      ``full`` / ``calibrated`` when its store is full / a camera of its is calibrated;
+    - sokoban: where the player and each stone are now, then for each direction with a floor cell next to
+      the player: the direction and the cell, and when a stone is on it, the stone and, if the cell beyond
+      is clear, that cell (and ``is-goal`` when it is a goal): the pushes open to the player.
+    """
+    state = set(state)
+    if domain == "rovers":
+        words: list[str] = []
+        stores = {a[2]: a[1] for a in state if a[0] == "store_of"}
+        for rover, here in sorted((a[1], a[2]) for a in state if a[0] == "at"):
+            words += [rover, here]
+            words += [p for p in ("at_soil_sample", "at_rock_sample") if (p, here) in state]
+            words += sorted((a[1] for a in state if a[0] == "visible_from" and a[2] == here), key=natural_key)
+            words += sorted(
+                (a[3] for a in state if a[0] == "can_traverse" and a[1] == rover and a[2] == here
+                 and ("visible", here, a[3]) in state),
+                key=natural_key,
+            )
+            words += sorted(a[1] for a in state if a[0] == "at_lander" and ("visible", here, a[2]) in state)
+            if ("full", stores.get(rover)) in state:
+                words.append("full")
+            if any(a[0] == "calibrated" and a[2] == rover for a in state):
+                words.append("calibrated")
+        return f"{NOTE} {' '.join(words)}"
+    if domain == "sokoban":
+        at = sorted((a for a in state if a[0] == "at"), key=natural_key)
+        words = [w for a in at for w in a[1:]]
+        stone_at = {a[2]: a[1] for a in at if a[1].startswith("stone")}
+        step = {(a[1], a[3]): a[2] for a in state if a[0] == "move-dir"}
+        for player in (a[2] for a in at if a[1].startswith("player")):
+            for direction in ("dir-up", "dir-down", "dir-left", "dir-right"):
+                cell = step.get((player, direction))
+                if cell is None:
+                    continue
+                words += [direction, cell]
+                if cell in stone_at:
+                    words.append(stone_at[cell])
+                    beyond = step.get((cell, direction))
+                    if beyond is not None and ("clear", beyond) in state:
+                        words.append(beyond)
+                        if ("is-goal", beyond) in state:
+                            words.append("is-goal")
+        return f"{NOTE} {' '.join(words)}"
+    return None
+
+
+def annotated_plan(domain: str, states: list, actions: Iterable[str]) -> str:
+    """A plan one action a line, each followed by the note of the state it leads to, after a first line
+    with the note of the initial state; ``states`` are the initial state and each action's successor.
+    Without notes for ``domain``, the plain plan."""
+    notes = [state_note(domain, s) for s in states]
+    if notes[0] is None:
+        return "".join(a + "\n" for a in actions)
+    return notes[0] + "\n" + "".join(f"{a} {n}\n" for a, n in zip(actions, notes[1:], strict=True))

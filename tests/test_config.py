@@ -43,6 +43,8 @@ def test_unknown_keys_are_named(data, key):
         ({"sampling": {"samples_per_task": "four"}}, "sampling.samples_per_task"),
         ({"accumulate": "yes"}, "accumulate"),
         ({"model": {"path": "/no/such/model"}}, "model.path"),
+        ({"model": {"base_walk_length": "long"}}, "model.base_walk_length"),
+        ({"model": {"base_notes": "maybe"}}, "model.base_notes"),
     ],
 )
 def test_impossible_values_are_named(data, key):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,58 @@ def test_cached_base_model_key_follows_the_generator_version() -> None:
     assert blocks == "blocksworld-tiny-steps5000-bs32-lr0.003-walks80000x10-per4-tasks2to5-prompt1-seed0"
     # Sokoban's tasks changed (the player starts anywhere): a model pretrained on the old tasks is not reused.
     assert auto_base_model_path(load_config(EXPERIMENTS / "cpu_sokoban.yaml")).name.endswith("-gen2-seed0")
+
+
+def test_cached_base_model_key_names_notes_and_walk_lengths() -> None:
+    from iterdeploy_trl.config import config_hash, load_config
+    from iterdeploy_trl.loop import auto_base_model_path
+
+    cfg = load_config(EXPERIMENTS / "cpu_rovers.yaml")
+    assert cfg.model.base_notes and cfg.model.base_walk_length == "uniform"
+    assert auto_base_model_path(cfg).name.endswith("-prompt1-uniformwalks-notes-seed0")
+    plain = replace(cfg, model=replace(cfg.model, base_notes=False, base_walk_length="plan"))
+    assert auto_base_model_path(plain).name.endswith("-prompt1-seed0")
+    assert config_hash(plain) != config_hash(cfg)
+
+
+@pytest.mark.parametrize(("domain", "size"), [("rovers", (1, 1)), ("sokoban", (1, 4))])
+def test_walks_with_notes_read_back_as_the_walk(domain: str, size: tuple[int, int]) -> None:
+    """Each note is that of the state the walk has reached; the plan read from the completion (notes are
+    ``;`` comments) is the walk itself, legal from the prompt's task."""
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.extract import extract_plan
+    from iterdeploy_trl.models import PRETRAIN_SEED_OFFSET, walk_examples
+    from iterdeploy_trl.prompts import state_note
+    from iterdeploy_trl.sim import Simulator
+    from iterdeploy_trl.tasks import generate_tasks
+
+    examples = walk_examples(domain, 6, seed=0, task_size=size, walks_per_task=6, notes=True)
+    task = generate_tasks(domain, 1, seed=PRETRAIN_SEED_OFFSET, size=size)[0]  # the walks' task
+    sim = Simulator(domain_pddl(domain), task.problem)
+    tok = build_tokenizer(domain)
+    for prompt, completion in examples:
+        assert tok.unk_token_id not in tok(prompt + completion)["input_ids"]
+        lines = completion.splitlines()
+        assert lines[0] == state_note(domain, sim.init_state)
+        actions = extract_plan(completion).actions
+        assert len(actions) == len(lines) - 1 >= 1
+        state = sim.init_state
+        for action, line in zip(actions, lines[1:], strict=True):
+            state = sim.apply(state, action)
+            assert line == f"{action} {state_note(domain, state)}"
+    plain = walk_examples(domain, 6, seed=0, task_size=size, walks_per_task=6)
+    assert [extract_plan(c).actions for _, c in plain] == [extract_plan(c).actions for _, c in examples]
+
+
+def test_walk_length_uniform_is_not_capped_by_the_plan() -> None:
+    from iterdeploy_trl.models import PRETRAIN_SEED_OFFSET, walk_examples
+    from iterdeploy_trl.sim import parse_plan
+    from iterdeploy_trl.tasks import generate_tasks
+
+    capped = walk_examples("rovers", 120, task_size=(1, 1), max_walk=12, walks_per_task=6)
+    uniform = walk_examples("rovers", 120, task_size=(1, 1), max_walk=12, walks_per_task=6, walk_length="uniform")
+    tasks = generate_tasks("rovers", 20, seed=PRETRAIN_SEED_OFFSET, size=(1, 1))  # the walks' tasks
+    longest_plan = max(len(t.reference_plan) for t in tasks)
+    assert longest_plan < 12
+    assert max(len(parse_plan(c)) for _, c in capped) <= longest_plan
+    assert max(len(parse_plan(c)) for _, c in uniform) > longest_plan

@@ -107,3 +107,37 @@ def test_domain_name_and_unknown_style() -> None:
     ]
     with pytest.raises(ValueError, match="unknown prompt style"):
         build_prompt(domain_pddl("blocksworld"), BLOCKS, "verbose")
+
+
+def test_rovers_note_describes_the_rovers_waypoint() -> None:
+    from iterdeploy_trl.prompts import state_note
+
+    state = {
+        ("at", "rover0", "waypoint1"), ("at_soil_sample", "waypoint1"), ("at_rock_sample", "waypoint2"),
+        ("visible_from", "objective0", "waypoint1"), ("visible_from", "objective1", "waypoint2"),
+        ("can_traverse", "rover0", "waypoint1", "waypoint2"), ("visible", "waypoint1", "waypoint2"),
+        ("can_traverse", "rover0", "waypoint1", "waypoint3"),  # not visible: navigate is illegal
+        ("at_lander", "general", "waypoint0"), ("visible", "waypoint1", "waypoint0"),
+        ("store_of", "rover0store", "rover0"), ("empty", "rover0store"),
+    }
+    assert state_note("rovers", state) == "; rover0 waypoint1 at_soil_sample objective0 waypoint2 general"
+    full = (state - {("empty", "rover0store")}) | {("full", "rover0store"), ("calibrated", "camera0", "rover0")}
+    assert state_note("rovers", full).endswith(" general full calibrated")
+    assert state_note("blocksworld", {("clear", "b1")}) is None
+
+
+def test_sokoban_note_lists_neighbours_and_open_pushes() -> None:
+    from iterdeploy_trl.prompts import state_note
+
+    row = ["pos-02-02", "pos-03-02", "pos-04-02", "pos-05-02"]
+    moves = {("move-dir", a, b, "dir-right") for a, b in pairwise(row)}
+    moves |= {("move-dir", b, a, "dir-left") for a, b in pairwise(row)}
+    state = moves | {("at", "player-01", "pos-02-02"), ("at", "stone-01", "pos-03-02"), ("is-goal", "pos-04-02"),
+                     ("clear", "pos-04-02"), ("clear", "pos-05-02")}
+    # The only neighbour holds a stone that can be pushed onto a goal.
+    assert state_note("sokoban", state) == (
+        "; player-01 pos-02-02 stone-01 pos-03-02 dir-right pos-03-02 stone-01 pos-04-02 is-goal"
+    )
+    # A second stone beyond the first: the push is blocked, so no cell follows the stone.
+    blocked = (state - {("clear", "pos-04-02")}) | {("at", "stone-02", "pos-04-02")}
+    assert state_note("sokoban", blocked).endswith("dir-right pos-03-02 stone-01")

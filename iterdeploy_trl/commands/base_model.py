@@ -50,6 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="walks from each generated task's initial state (default: 4; more parse fewer PDDL files)",
     )
     p.add_argument(
+        "--walk-length",
+        choices=("plan", "uniform"),
+        default="plan",
+        help="walk lengths uniform in 1..min(--max-walk, the task's reference plan length) (plan, the default) or "
+        "in 1..--max-walk (uniform)",
+    )
+    p.add_argument(
+        "--notes",
+        action="store_true",
+        help="walks carry a state note (a ; comment, prompts.state_note) before the first action and after each "
+        "action, and so will the model's plans (rovers, sokoban; blocksworld has none)",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default: 1; more spin-wait on a busy box)"
     )
     p.add_argument(
@@ -101,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             task_size=task_size,
             max_walk=args.max_walk,
             walks_per_task=args.walks_per_task,
+            notes=args.notes,
+            walk_length=args.walk_length,
             threads=args.threads,
         )
     except ValueError as exc:  # a size range the generator rejects, an unknown model size
