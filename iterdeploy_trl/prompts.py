@@ -27,6 +27,18 @@ would make a level-10 prompt ~1700 tokens instead of ~300). Level 1 (3x3 room)::
     col: pos-03-02 pos-03-03
     goal: (at-goal stone-01)
     plan:
+
+**State notes** (rovers and sokoban, ``model.base_notes``). The small model may write a ``;`` comment
+before its first action and after each action, saying what the state it is in holds that decides which
+actions are legal next (``state_note``): a rover's waypoint, the samples there, the objectives it sees,
+the waypoints it can drive to and the landers it can talk to; the player's and stones' cells, the player's
+neighbours and the pushes open to it. VAL and ``extract.py`` skip comments, so the plan is unchanged; the
+notes play the part of the study's reasoning, turning "which facts hold where I am now" from a lookup over
+the prompt and every earlier action into a copy from the line above. Pretraining walks carry the notes the
+simulator computes; nothing in them refers to the goal::
+
+    ; rover0 waypoint0 at_soil_sample waypoint1 waypoint3 general
+    (navigate rover0 waypoint0 waypoint3) ; rover0 waypoint3 at_rock_sample objective0 waypoint0 general
 """
 
 from __future__ import annotations
