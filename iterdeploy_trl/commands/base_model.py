@@ -81,7 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sample per task moves the legal fraction by several points between seeds)",
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=100, help="generation limit when measuring (default: 100)"
+        "--max-new-tokens",
+        type=int,
+        default=512,
+        help="generation limit when measuring (default: 512; with --notes a plan takes ~15-25 tokens an action)",
     )
     p.set_defaults(func=run)
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="completions per task (solved: any valid)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=512,
+                   help="generation limit (default: 512; a small model with state notes writes ~25 tokens an action)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--prompt-style", choices=["compact", "paper"], default="compact")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
