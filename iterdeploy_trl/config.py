@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from iterdeploy_trl.prompts import NOTE_DOMAINS
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
 
 METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
@@ -218,6 +219,9 @@ class RunConfig:
             _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
         if self.method == "uncurated-sft" and self.curation != "none":
             raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
+        if self.model.base_notes:
+            _require(self.domain in NOTE_DOMAINS, "model.base_notes", True,
+                     f"{self.domain} has no state notes (only {', '.join(NOTE_DOMAINS)})")
         self.tasks.check()
         self.model.check(paths=paths)
         self.sampling.check()

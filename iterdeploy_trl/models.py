@@ -7,6 +7,7 @@ same way it loads a hub model (``AutoModelForCausalLM`` / ``AutoTokenizer``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -246,10 +247,13 @@ def walk_examples(
     lengths follow the plans of tasks of that size) or in ``1..max_walk`` (``"uniform"``), and nothing in
     the walk aims at the goal shown. With ``notes``, the walk is written with the note of each state it
     passes (``prompts.annotated_plan``): the base model learns to say where it is before it acts."""
+    from iterdeploy_trl.prompts import NOTE_DOMAINS, annotated_plan, format_compact
+    from iterdeploy_trl.tasks import generate_tasks
+
     if walk_length not in ("plan", "uniform"):
         raise ValueError(f"walk_length must be 'plan' or 'uniform', not {walk_length!r}")
-    from iterdeploy_trl.prompts import annotated_plan, format_compact
-    from iterdeploy_trl.tasks import generate_tasks
+    if notes and domain not in NOTE_DOMAINS:
+        raise ValueError(f"{domain} has no state notes (only {', '.join(NOTE_DOMAINS)})")
 
     rng = random.Random(f"walks/{domain}/{seed}")
     n_tasks = -(-num_walks // walks_per_task)
@@ -266,9 +270,7 @@ def walk_examples(
             walk = sim.random_walk(rng, length)
             prompt = format_compact(sim.init_state, unrelated_goal(sim, rng), domain)
             if notes:
-                states = [sim.init_state]
-                for action in walk:
-                    states.append(sim.apply(states[-1], action))
+                states = list(itertools.accumulate(walk, sim.apply, initial=sim.init_state))
                 out.append((prompt, annotated_plan(domain, states, walk)))
             else:
                 out.append((prompt, "".join(a + "\n" for a in walk)))

@@ -203,6 +203,7 @@ def paper_prompt(domain_pddl: str, problem_pddl: str) -> str:
 # ----------------------------------------------------------------------------------------- notes
 
 NOTE = ";"  # a plan comment: VAL and extract.py skip it, the small model reads it
+NOTE_DOMAINS: tuple[str, ...] = ("rovers", "sokoban")  # the domains state_note describes
 
 
 def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:

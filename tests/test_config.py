@@ -45,6 +45,7 @@ def test_unknown_keys_are_named(data, key):
         ({"model": {"path": "/no/such/model"}}, "model.path"),
         ({"model": {"base_walk_length": "long"}}, "model.base_walk_length"),
         ({"model": {"base_notes": "maybe"}}, "model.base_notes"),
+        ({"domain": "blocksworld", "model": {"base_notes": True}}, "model.base_notes"),
     ],
 )
 def test_impossible_values_are_named(data, key):

@@ -247,6 +247,15 @@ def test_walks_with_notes_read_back_as_the_walk(domain: str, size: tuple[int, in
     assert [extract_plan(c).actions for _, c in plain] == [extract_plan(c).actions for _, c in examples]
 
 
+def test_notes_for_a_domain_without_them_are_refused() -> None:
+    from iterdeploy_trl.models import walk_examples
+
+    with pytest.raises(ValueError, match="blocksworld has no state notes"):
+        walk_examples("blocksworld", 2, notes=True)
+    with pytest.raises(ValueError, match="walk_length"):
+        walk_examples("rovers", 2, walk_length="long")
+
+
 def test_walk_length_uniform_is_not_capped_by_the_plan() -> None:
     from iterdeploy_trl.models import PRETRAIN_SEED_OFFSET, walk_examples
     from iterdeploy_trl.sim import parse_plan
