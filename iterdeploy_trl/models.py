@@ -7,7 +7,6 @@ same way it loads a hub model (``AutoModelForCausalLM`` / ``AutoTokenizer``)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -267,13 +266,9 @@ def walk_examples(
                 break
             cap = max_walk if walk_length == "uniform" else max(1, min(max_walk, len(task.reference_plan)))
             length = rng.randint(1, cap)
-            walk = sim.random_walk(rng, length)
+            walk, states = sim.random_walk_states(rng, length)
             prompt = format_compact(sim.init_state, unrelated_goal(sim, rng), domain)
-            if notes:
-                states = list(itertools.accumulate(walk, sim.apply, initial=sim.init_state))
-                out.append((prompt, annotated_plan(domain, states, walk)))
-            else:
-                out.append((prompt, "".join(a + "\n" for a in walk)))
+            out.append((prompt, annotated_plan(domain, states, walk) if notes else "".join(a + "\n" for a in walk)))
     return out
 
 

@@ -217,7 +217,8 @@ def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:
       the player: the direction and the cell, and when a stone is on it, the stone and, if the cell beyond
       is clear, that cell (and ``is-goal`` when it is a goal): the pushes open to the player.
     """
-    state = set(state)
+    if not isinstance(state, set | frozenset):
+        state = set(state)
     if domain == "rovers":
         words: list[str] = []
         stores = {a[2]: a[1] for a in state if a[0] == "store_of"}

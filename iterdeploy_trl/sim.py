@@ -332,16 +332,23 @@ class Simulator:
     def random_walk(self, rng: random.Random, length: int, state: State | None = None) -> list[str]:
         """Up to ``length`` uniformly random legal actions from ``state`` (default: the initial
         state); shorter if a dead end is reached."""
-        state = self.init_state if state is None else state
+        return self.random_walk_states(rng, length, state)[0]
+
+    def random_walk_states(
+        self, rng: random.Random, length: int, state: State | None = None
+    ) -> tuple[list[str], list[State]]:
+        """:meth:`random_walk` (the same draws from ``rng``) and the states it passes: the start state,
+        then each action's successor."""
+        states = [self.init_state if state is None else state]
         walk: list[str] = []
         for _ in range(length):
-            options = self.applicable(state)
+            options = self.applicable(states[-1])
             if not options:
                 break
             action = rng.choice(options)
             walk.append(action)
-            state = self.apply(state, action)
-        return walk
+            states.append(self.apply(states[-1], action))
+        return walk, states
 
 
 def _ground(atom: Atom, binding: dict[str, str]) -> Atom:
