@@ -205,3 +205,16 @@ def test_mixed_domains_are_split_with_a_message(compare_dir, tmp_path, capsys):
     assert "2 domains" in err and "blocksworld" in err and "rovers" in err and "per domain" in err
     assert (tmp_path / "o" / "solved-blocksworld.png").exists()
     assert (tmp_path / "o" / "solved-rovers.png").exists()
+
+
+def test_theory_figure_helpers_keep_every_series_and_label_readable():
+    """Mended theory figure: a series equal to an earlier one is detected (so it is drawn as rings on top
+    instead of hidden), a different one is not, and a formula in an axis label is never broken."""
+    from iterdeploy_trl.figures.theory import coinciding, wrap_label
+
+    earlier = [("plain", [0.6, 0.64, 0.61]), ("IW", [0.71, 0.90, 0.94])]
+    assert coinciding([0.71, 0.90 + 1e-15, 0.94], earlier) == "IW"
+    assert coinciding([0.71, 0.91, 0.94], earlier) is None
+    label = wrap_label("cosine to E_π[r(λ + (1−λ)β/π)∇log π]", 30)
+    assert label.split("\n") == ["cosine to", "E_π[r(λ + (1−λ)β/π)∇log π]"]
+    assert wrap_label("cosine to the exact on-policy gradient ∇J", 30).count("\n") == 1
