@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from iterdeploy_trl.prompts import NOTE_DOMAINS
+from iterdeploy_trl.domains import note_domains
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
 
 METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
@@ -220,8 +220,8 @@ class RunConfig:
         if self.method == "uncurated-sft" and self.curation != "none":
             raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
         if self.model.base_notes:
-            _require(self.domain in NOTE_DOMAINS, "model.base_notes", True,
-                     f"{self.domain} has no state notes (only {', '.join(NOTE_DOMAINS)})")
+            _require(self.domain in note_domains(), "model.base_notes", True,
+                     f"{self.domain} has no state notes (only {', '.join(note_domains())})")
         self.tasks.check()
         self.model.check(paths=paths)
         self.sampling.check()

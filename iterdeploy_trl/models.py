@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,15 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from iterdeploy_trl.domains import PLANNING_DOMAINS, domain_pddl
+from iterdeploy_trl.domains import STUDY_DOMAINS, Domain, domain_pddl
+from iterdeploy_trl.domains import get as get_domain
+from iterdeploy_trl.pddlio import read_domain, read_problem
 from iterdeploy_trl.sim import Simulator
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 STRUCTURE_TOKENS: tuple[str, ...] = ("(", ")", "\n")
 # Keywords of the compact prompt (see prompts.py) and the reasoning delimiters of thinking models.
 KEYWORD_TOKENS: tuple[str, ...] = ("init:", "goal:", "plan:", "<think>", "</think>")
-
-# Words of a domain file that are PDDL syntax, not domain symbols.
-_PDDL_KEYWORDS = frozenset({"define", "domain", "and", "not", "or", "either", "increase", "number"})
 
 # Context of the small model (RoPE: no parameters depend on it). The compact prompt and plan of a
 # level-10 sokoban task take ~1400 tokens.
@@ -52,56 +52,65 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def object_names(domain: str) -> list[str]:
-    """Every object name of the fixed naming scheme of ``docs/ARCHITECTURE.md`` for ``domain``."""
-    if domain == "blocksworld":
-        return [f"b{i}" for i in range(1, 31)]
-    if domain == "rovers":
-        return (
-            [f"rover{i}" for i in range(10)]
-            + [f"rover{i}store" for i in range(10)]
-            + [f"waypoint{i}" for i in range(60)]
-            + [f"camera{i}" for i in range(15)]
-            + [f"objective{i}" for i in range(15)]
-            + ["colour", "high_res", "low_res", "general"]
-        )
-    if domain == "sokoban":
-        return (
-            [f"pos-{x:02d}-{y:02d}" for x in range(1, 15) for y in range(1, 15)]
-            + ["dir-up", "dir-down", "dir-left", "dir-right", "player-01"]
-            + [f"stone-{i:02d}" for i in range(1, 13)]
-        )
-    raise ValueError(f"unknown domain {domain!r}: choose one of {', '.join(PLANNING_DOMAINS)}")
+def _spec(domain: str | Domain) -> Domain:
+    return get_domain(domain) if isinstance(domain, str) else domain
+
+
+def object_names(domain: str | Domain) -> list[str]:
+    """The object names a registered domain's tasks can use: its generator's ``OBJECT_NAMES``, or else the
+    objects of ten of its largest generated tasks (naturally sorted). Empty for a domain without a
+    generator (its task set's objects are given to :func:`vocabulary` instead)."""
+    from iterdeploy_trl.prompts import natural_key
+
+    spec = _spec(domain)
+    if spec.object_names is not None:
+        return list(spec.object_names)
+    if not spec.builtin:
+        return []
+    from iterdeploy_trl.tasks import generate_tasks
+
+    top = spec.size_limits[1]
+    names: set[str] = set()
+    for task in generate_tasks(spec.name, 10, seed=PRETRAIN_SEED_OFFSET, size=(top, top)):
+        names.update(read_problem(spec.pddl, task.problem, task.id).objects)
+    return sorted(names, key=lambda n: natural_key((n,)))
 
 
 def domain_symbols(pddl_text: str) -> list[str]:
-    """Names declared in a domain file (actions, predicates, types, constants), lower-cased, sorted.
-
-    A regex over the text rather than a parser: every non-variable, non-keyword word is a symbol,
-    which is exactly what can appear in a ground atom or a ground action."""
-    text = re.sub(r";[^\n]*", "", pddl_text).lower()
-    words = re.findall(r"(?<![?:\w-])[a-z][a-z0-9_\-]*", text)
-    return sorted(set(words) - _PDDL_KEYWORDS)
+    """Names declared in a domain file (its name, types, constants, predicates, functions, actions),
+    lower-cased, sorted: what can appear in a ground atom or a ground action besides object names.
+    Read by ``pddlio``, the one PDDL reader."""
+    return read_domain(pddl_text).symbols()
 
 
-def vocabulary(domain: str) -> list[str]:
-    """The tokenizer's vocabulary in id order; deterministic for a domain."""
-    from iterdeploy_trl.prompts import COMPACT_KEYWORDS
+def vocabulary(domain: str | Domain, objects: Iterable[str] = ()) -> list[str]:
+    """The tokenizer's vocabulary in id order: special, structure and keyword tokens, the domain's symbols
+    (with its ``VOCABULARY_EXTRAS``), its object names, ``objects`` (a task set's, naturally sorted) and
+    its compact-prompt keywords. Deterministic for a domain and a set of objects."""
+    from iterdeploy_trl.prompts import natural_key
 
+    spec = _spec(domain)
     words: list[str] = [*SPECIAL_TOKENS, *STRUCTURE_TOKENS, *KEYWORD_TOKENS]
-    for word in domain_symbols(domain_pddl(domain)) + object_names(domain) + list(COMPACT_KEYWORDS.get(domain, ())):
-        if word not in words:
+    symbols = sorted(set(domain_symbols(spec.pddl)) | set(spec.vocabulary_extras))
+    extra = sorted(set(objects), key=lambda n: natural_key((n,)))
+    seen = set(words)
+    for word in symbols + object_names(spec) + extra + list(spec.compact_keywords):
+        if word not in seen:
+            seen.add(word)
             words.append(word)
     return words
 
 
-def build_tokenizer(domain: str, model_max_length: int = MODEL_MAX_LENGTH) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer whose vocabulary is the domain's symbols and object names.
+def build_tokenizer(
+    domain: str | Domain, model_max_length: int = MODEL_MAX_LENGTH, *, objects: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer whose vocabulary is the domain's symbols and object names (:func:`vocabulary`;
+    ``objects``: the objects of a task set, for a domain without fixed names).
 
     Spaces and tabs separate words and are dropped; "(", ")" and newlines are tokens of their own,
     so any well-formed plan encodes without ``<unk>``. The decoder rebuilds "(unstack b1 b2)" lines.
     A ``<bos>`` is prepended to every encoded text."""
-    vocab = {word: i for i, word in enumerate(vocabulary(domain))}
+    vocab = {word: i for i, word in enumerate(vocabulary(domain, objects))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -246,13 +255,14 @@ def walk_examples(
     lengths follow the plans of tasks of that size) or in ``1..max_walk`` (``"uniform"``), and nothing in
     the walk aims at the goal shown. With ``notes``, the walk is written with the note of each state it
     passes (``prompts.annotated_plan``): the base model learns to say where it is before it acts."""
-    from iterdeploy_trl.prompts import NOTE_DOMAINS, annotated_plan, format_compact
+    from iterdeploy_trl.domains import note_domains
+    from iterdeploy_trl.prompts import annotated_plan, format_compact
     from iterdeploy_trl.tasks import generate_tasks
 
     if walk_length not in ("plan", "uniform"):
         raise ValueError(f"walk_length must be 'plan' or 'uniform', not {walk_length!r}")
-    if notes and domain not in NOTE_DOMAINS:
-        raise ValueError(f"{domain} has no state notes (only {', '.join(NOTE_DOMAINS)})")
+    if notes and domain not in note_domains():
+        raise ValueError(f"{domain} has no state notes (only {', '.join(note_domains())})")
 
     rng = random.Random(f"walks/{domain}/{seed}")
     n_tasks = -(-num_walks // walks_per_task)
@@ -566,7 +576,7 @@ def chat_corpus(tasks_per_domain: int = 3) -> list[str]:
     from iterdeploy_trl.prompts import SYSTEM_PROMPT, paper_answer, paper_prompt
 
     texts = [SYSTEM_PROMPT]
-    for domain in PLANNING_DOMAINS:
+    for domain in STUDY_DOMAINS:
         dom = domain_pddl(domain)
         for task in _small_tasks(domain, tasks_per_domain):
             texts.append(paper_prompt(dom, task.problem))

@@ -46,20 +46,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from iterdeploy_trl.domains import example
+from iterdeploy_trl.domains import example, get, is_registered, view
 
 STYLES: tuple[str, ...] = ("compact", "paper")
 
-# Facts left out of compact prompts, per domain, because the map or other facts imply them (see above).
-COMPACT_OMIT: dict[str, frozenset[str]] = {
-    "sokoban": frozenset({"move-dir", "is-nongoal", "clear"}),
-}
-
-# Words of the compact prompt beyond init:/goal:/plan:, per domain (models.vocabulary adds them).
-COMPACT_KEYWORDS: dict[str, tuple[str, ...]] = {"rovers": (";",), "sokoban": ("map:", "row:", "col:", ";")}
-
-# Bump a domain's number when its compact prompt changes: cached base models were pretrained on the old one.
-COMPACT_PROMPT_VERSION: dict[str, int] = {"blocksworld": 1, "rovers": 1, "sokoban": 2}
+# Per-domain views over the registry (domains/<name>/prompt.py), read on access: facts left out of compact
+# prompts because the map or other facts imply them; words of the compact prompt beyond init:/goal:/plan:
+# (models.vocabulary adds them); the compact prompt's version (bumped when it changes: cached base models
+# were pretrained on the old one).
+COMPACT_OMIT = view(lambda d: d.compact_omit)
+COMPACT_KEYWORDS = view(lambda d: d.compact_keywords)
+COMPACT_PROMPT_VERSION = view(lambda d: d.compact_prompt_version)
 
 _DOMAIN_NAMES = {"blocksworld": "blocksworld", "rover": "rovers", "sokoban-sequential": "sokoban"}
 
@@ -127,34 +124,19 @@ def format_compact(
     from iterdeploy_trl.sim import format_atom
 
     init = list(init)
-    omit = COMPACT_OMIT.get(domain or "", frozenset())
+    spec = get(domain) if is_registered(domain) else None
+    omit = spec.compact_omit if spec else frozenset()
     init_text = " ".join(format_atom(a) for a in sorted((a for a in init if a[0] not in omit), key=natural_key))
     goal_text = " ".join(format_atom(a) for a in sorted(goal, key=natural_key))
-    level = sokoban_map(init) if domain == "sokoban" else ""
-    return f"init: {init_text}\n{level}goal: {goal_text}\nplan:\n"
+    extra = spec.compact_map(init) if spec and spec.compact_map else ""
+    return f"init: {init_text}\n{extra}goal: {goal_text}\nplan:\n"
 
 
 def sokoban_map(init: Iterable[tuple[str, ...]]) -> str:
-    """The ``map:`` section of a sokoban state: its floor cells (``clear`` or occupied), one line for each
-    horizontal (``row:``) and vertical (``col:``) run of two or more neighbouring cells."""
-    cells: dict[str, tuple[int, int]] = {}
-    for atom in init:
-        if atom[0] in ("clear", "at"):
-            match = re.fullmatch(r"pos-(\d+)-(\d+)", atom[-1])
-            if match is None:
-                raise ValueError(f"sokoban cell {atom[-1]!r} is not named pos-XX-YY")
-            cells[atom[-1]] = (int(match[1]), int(match[2]))
-    lines = []
-    for word, line_of, along in (("row:", 1, 0), ("col:", 0, 1)):
-        runs: list[list[str]] = []  # cells in line order; a new run where the line changes or a wall breaks it
-        for name in sorted(cells, key=lambda c: (cells[c][line_of], cells[c][along])):
-            last = cells[runs[-1][-1]] if runs else None
-            if last and last[line_of] == cells[name][line_of] and last[along] + 1 == cells[name][along]:
-                runs[-1].append(name)
-            else:
-                runs.append([name])
-        lines += [f"{word} {' '.join(run)}\n" for run in runs if len(run) > 1]
-    return "map:\n" + "".join(lines)
+    """The ``map:`` section of a sokoban state (``domains/sokoban/prompt.py``)."""
+    from iterdeploy_trl.domains.sokoban.prompt import compact_map
+
+    return compact_map(init)
 
 
 def natural_key(atom: tuple[str, ...]) -> tuple:
@@ -203,12 +185,11 @@ def paper_prompt(domain_pddl: str, problem_pddl: str) -> str:
 # ----------------------------------------------------------------------------------------- notes
 
 NOTE = ";"  # a plan comment: VAL and extract.py skip it, the small model reads it
-NOTE_DOMAINS: tuple[str, ...] = ("rovers", "sokoban")  # the domains state_note describes
 
 
 def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:
-    """A ``; ...`` comment describing the facts of ``state`` that the next action's legality turns on,
-    or None for a domain without notes.
+    """A ``; ...`` comment describing the facts of ``state`` that the next action's legality turns on
+    (the domain's ``prompt.state_note``), or None for a domain without notes:
 
     - rovers: for each rover, its waypoint, then what is there (``at_soil_sample``, ``at_rock_sample``),
       the objectives visible from it, the waypoints it can drive to, the landers it can talk to, and
@@ -217,46 +198,10 @@ def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:
       the player: the direction and the cell, and when a stone is on it, the stone and, if the cell beyond
       is clear, that cell (and ``is-goal`` when it is a goal): the pushes open to the player.
     """
-    if not isinstance(state, set | frozenset):
-        state = set(state)
-    if domain == "rovers":
-        words: list[str] = []
-        stores = {a[2]: a[1] for a in state if a[0] == "store_of"}
-        for rover, here in sorted((a[1], a[2]) for a in state if a[0] == "at"):
-            words += [rover, here]
-            words += [p for p in ("at_soil_sample", "at_rock_sample") if (p, here) in state]
-            words += sorted((a[1] for a in state if a[0] == "visible_from" and a[2] == here), key=natural_key)
-            words += sorted(
-                (a[3] for a in state if a[0] == "can_traverse" and a[1] == rover and a[2] == here
-                 and ("visible", here, a[3]) in state),
-                key=natural_key,
-            )
-            words += sorted(a[1] for a in state if a[0] == "at_lander" and ("visible", here, a[2]) in state)
-            if ("full", stores.get(rover)) in state:
-                words.append("full")
-            if any(a[0] == "calibrated" and a[2] == rover for a in state):
-                words.append("calibrated")
-        return f"{NOTE} {' '.join(words)}"
-    if domain == "sokoban":
-        at = sorted((a for a in state if a[0] == "at"), key=natural_key)
-        words = [w for a in at for w in a[1:]]
-        stone_at = {a[2]: a[1] for a in at if a[1].startswith("stone")}
-        step = {(a[1], a[3]): a[2] for a in state if a[0] == "move-dir"}
-        for player in (a[2] for a in at if a[1].startswith("player")):
-            for direction in ("dir-up", "dir-down", "dir-left", "dir-right"):
-                cell = step.get((player, direction))
-                if cell is None:
-                    continue
-                words += [direction, cell]
-                if cell in stone_at:
-                    words.append(stone_at[cell])
-                    beyond = step.get((cell, direction))
-                    if beyond is not None and ("clear", beyond) in state:
-                        words.append(beyond)
-                        if ("is-goal", beyond) in state:
-                            words.append("is-goal")
-        return f"{NOTE} {' '.join(words)}"
-    return None
+    note = get(domain).state_note if is_registered(domain) else None
+    if note is None:
+        return None
+    return note(state if isinstance(state, set | frozenset) else set(state))
 
 
 def annotated_plan(domain: str, states: list, actions: Iterable[str]) -> str:

@@ -4,10 +4,11 @@ Used to make the base model's pretraining data (random legal walks) and to measu
 model's plans are. VAL stays the judge of validity (``validate.py``); this module is cross-checked
 against it in the tests.
 
-Parsing uses the ``pddl`` package. Numeric parts (sokoban's ``(increase (total-cost) 1)`` effects and
-``(= (total-cost) 0)`` init) parse fine with pddl 0.5.1 and are ignored here: action costs never
-decide whether an action is applicable. States are frozensets of lower-cased ground atoms such as
-``("on", "b1", "b2")``."""
+Domains and problems are read by ``pddlio`` (the ``pddl`` library on lower-cased text, so
+``(:INIT`` and ``(AND`` read as VAL reads them). A domain using anything beyond STRIPS with typing and
+negative preconditions is refused with the feature and its line; action costs (sokoban's
+``(increase (total-cost) 1)``) are read and ignored: they never decide whether an action applies.
+States are frozensets of lower-cased ground atoms such as ``("on", "b1", "b2")``."""
 
 from __future__ import annotations
 
@@ -15,16 +16,12 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 
-from pddl.logic.base import And, Not
-from pddl.logic.predicates import Predicate
-from pddl.parser.domain import DomainParser
-from pddl.parser.problem import ProblemParser
+from iterdeploy_trl.pddlio import ActionSchema, PDDLReadError, read_domain, read_problem, strips_problems
 
 Atom = tuple[str, ...]
 State = frozenset[Atom]
+Schema = ActionSchema  # a lifted action: parameters, their allowed types, and its literals
 
 
 class IllegalAction(ValueError):
@@ -34,83 +31,6 @@ class IllegalAction(ValueError):
         super().__init__(f"{action}: {reason}")
         self.action = action
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Schema:
-    """A lifted action: parameters with their types, and atoms over parameter names (``?x``) or
-    constants."""
-
-    name: str
-    params: tuple[str, ...]
-    param_types: tuple[str, ...]
-    pre_pos: tuple[Atom, ...]
-    pre_neg: tuple[Atom, ...]
-    add: tuple[Atom, ...]
-    delete: tuple[Atom, ...]
-
-
-def _literals(formula) -> tuple[list[Atom], list[Atom]]:
-    """Positive and negative atoms of a conjunction of literals; numeric parts are skipped."""
-    if formula is None:
-        return [], []
-    parts = formula.operands if isinstance(formula, And) else (formula,)
-    pos: list[Atom] = []
-    neg: list[Atom] = []
-    for part in parts:
-        if isinstance(part, Predicate):
-            pos.append(_atom(part))
-        elif isinstance(part, Not) and isinstance(part.argument, Predicate):
-            neg.append(_atom(part.argument))
-        elif type(part).__name__ in {"Increase", "Decrease", "Assign", "EqualTo"}:
-            continue  # action costs: irrelevant to applicability
-        else:
-            raise ValueError(f"unsupported PDDL construct {part} (only conjunctions of literals)")
-    return pos, neg
-
-
-def _atom(pred: Predicate) -> Atom:
-    terms = tuple(("?" + t.name if type(t).__name__ == "Variable" else t.name).lower() for t in pred.terms)
-    return (pred.name.lower(), *terms)
-
-
-def _type_of(term) -> str:
-    tags = sorted(term.type_tags)
-    return tags[0].lower() if tags else "object"
-
-
-@dataclass(frozen=True)
-class _Domain:
-    schemas: dict[str, Schema]
-    parents: dict[str, str]  # type -> parent type
-    constants: dict[str, str]  # constant -> type
-
-
-@lru_cache(maxsize=1)
-def _problem_parser() -> ProblemParser:
-    # Building the parser (its grammar) costs ~60 ms; parsing a problem with it ~6 ms.
-    return ProblemParser()
-
-
-@lru_cache(maxsize=16)
-def _parse_domain(domain_pddl: str) -> _Domain:
-    dom = DomainParser()(domain_pddl)
-    parents = {str(t).lower(): (str(p).lower() if p else "object") for t, p in dom.types.items()}
-    schemas = {}
-    for act in dom.actions:
-        pre_pos, pre_neg = _literals(act.precondition)
-        add, delete = _literals(act.effect)
-        schemas[act.name.lower()] = Schema(
-            name=act.name.lower(),
-            params=tuple("?" + v.name.lower() for v in act.parameters),
-            param_types=tuple(_type_of(v) for v in act.parameters),
-            pre_pos=tuple(pre_pos),
-            pre_neg=tuple(pre_neg),
-            add=tuple(add),
-            delete=tuple(delete),
-        )
-    constants = {c.name.lower(): _type_of(c) for c in dom.constants}
-    return _Domain(schemas, parents, constants)
 
 
 def parse_action(action: str) -> tuple[str, ...]:
@@ -131,36 +51,32 @@ def format_atom(atom: Atom) -> str:
 class Simulator:
     """Successor generator of one task: ``Simulator(domain_pddl, problem_pddl)``."""
 
-    def __init__(self, domain_pddl: str, problem_pddl: str) -> None:
-        self._dom = _parse_domain(domain_pddl)
-        prob = _problem_parser()(problem_pddl)
-        self.objects: dict[str, str] = dict(self._dom.constants)
-        self.objects.update({o.name.lower(): _type_of(o) for o in prob.objects})
-        init = [p for p in prob.init if isinstance(p, Predicate)]  # drops (= (total-cost) 0)
-        self.init_state: State = frozenset(_atom(p) for p in init)
-        goal_pos, goal_neg = _literals(prob.goal)
-        self.goal: frozenset[Atom] = frozenset(goal_pos)
-        self.goal_neg: frozenset[Atom] = frozenset(goal_neg)
-        self.schemas = self._dom.schemas
+    def __init__(self, domain_pddl: str, problem_pddl: str, *, domain_label: str = "domain",
+                 problem_label: str = "problem") -> None:
+        """Raises :class:`pddlio.PDDLReadError` (a ``ValueError`` naming the label, the line and the
+        feature) for a malformed domain or problem, or one beyond STRIPS + typing + negative
+        preconditions; the labels are the file names to use in those messages."""
+        self._dom = read_domain(domain_pddl, domain_label)
+        strips_problems(self._dom, domain_label)
+        prob = read_problem(domain_pddl, problem_pddl, problem_label)
+        if prob.unsupported:
+            raise PDDLReadError(problem_label, "the goal is not a conjunction of literals: "
+                                + "; ".join(prob.unsupported))
+        self.objects: dict[str, str] = {o: types[0] for o, types in prob.objects.items()}
+        self.init_state: State = prob.init
+        self.goal: frozenset[Atom] = prob.goal_pos
+        self.goal_neg: frozenset[Atom] = prob.goal_neg
+        self.schemas = dict(self._dom.actions)
         # Objects of each type, subtypes included, for parameters no precondition binds.
         self._by_type: dict[str, list[str]] = defaultdict(list)
         self._types_of: dict[str, frozenset[str]] = {}
-        for obj in sorted(self.objects):
-            self._types_of[obj] = frozenset(self._ancestors(self.objects[obj]))
+        for obj in sorted(prob.objects):
+            self._types_of[obj] = frozenset(t for own in prob.objects[obj] for t in self._dom.ancestors(own))
             for t in self._types_of[obj]:
                 self._by_type[t].append(obj)
 
-    def _ancestors(self, t: str) -> list[str]:
-        out = [t]
-        while t in self._dom.parents and self._dom.parents[t] not in out:
-            t = self._dom.parents[t]
-            out.append(t)
-        if "object" not in out:
-            out.append("object")
-        return out
-
-    def _is_a(self, obj: str, t: str) -> bool:
-        return t in self._types_of.get(obj, ())
+    def _is_a(self, obj: str, types: tuple[str, ...]) -> bool:
+        return any(t in self._types_of.get(obj, ()) for t in types)
 
     # -- successor generation ------------------------------------------------------------------
 
@@ -252,8 +168,9 @@ class Simulator:
                     if not any(_ground(a, full) in state for a in schema.pre_neg):
                         results.append(tuple(full[p] for p in schema.params))
                 return
-            p, t = free[k]
-            for obj in self._by_type.get(t, ()):
+            p, types = free[k]
+            for obj in sorted({o for t in types for o in self._by_type.get(t, ())}) if len(types) > 1 else \
+                    self._by_type.get(types[0], ()):
                 extend(k + 1, {**full, p: obj})
 
         extend(0, binding)
@@ -273,7 +190,7 @@ class Simulator:
             if arg not in self.objects:
                 raise IllegalAction(action, f"unknown object {arg!r}")
             if not self._is_a(arg, t):
-                raise IllegalAction(action, f"{arg} is a {self.objects[arg]}, not a {t}")
+                raise IllegalAction(action, f"{arg} is a {self.objects[arg]}, not a {' or '.join(t)}")
         binding = dict(zip(schema.params, args, strict=True))
         for atom in schema.pre_pos:
             if _ground(atom, binding) not in state:

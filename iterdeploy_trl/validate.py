@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl.extract import Extraction, extract_plan, parse_plan
+from iterdeploy_trl.pddlio import DomainInfo, PDDLReadError, read_domain, read_problem
 
 ENV_VAR = "ITERDEPLOY_VALIDATE"
 RAW_OUTPUT_CAP = 20_000  # characters of VAL's output kept in a Verdict
@@ -166,222 +167,6 @@ class Verdict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# A light PDDL reader: enough to know action signatures, types, objects and predicates.
-
-_TOKEN = re.compile(r"[()]|[^\s()]+")
-_COMMENT = re.compile(r";[^\n]*")
-_LOGIC = {
-    "and",
-    "or",
-    "not",
-    "imply",
-    "exists",
-    "forall",
-    "when",
-    "preference",
-    "at",
-    "over",
-    "=",
-    "<",
-    ">",
-    "<=",
-    ">=",
-    "increase",
-    "decrease",
-    "assign",
-    "scale-up",
-    "scale-down",
-}
-Sexpr = str | list
-
-
-class _Syntax(Exception):
-    """Malformed PDDL; the caller adds which file."""
-
-
-def _parse_sexpr(text: str) -> Sexpr:
-    """Parse the single top-level form of a PDDL file (lower-cased, comments removed)."""
-    text = _COMMENT.sub("", text.lower())
-    stack: list[list] = []
-    opened: list[int] = []
-    top: list[Sexpr] = []
-    for match in _TOKEN.finditer(text):
-        tok = match.group()
-        if tok == "(":
-            stack.append([])
-            opened.append(match.start())
-        elif tok == ")":
-            if not stack:
-                raise _Syntax(f"unbalanced parentheses: unexpected ')' on line {_line(text, match.start())}")
-            done = stack.pop()
-            opened.pop()
-            (stack[-1] if stack else top).append(done)
-        else:
-            if not stack:
-                raise _Syntax(f"text outside parentheses on line {_line(text, match.start())}: {tok[:40]!r}")
-            stack[-1].append(tok)
-    if stack:
-        raise _Syntax(
-            f"unbalanced parentheses: {len(stack)} '(' never closed "
-            f"(the first one on line {_line(text, opened[0])})"
-        )
-    if not top:
-        raise _Syntax("empty: no (define ...) form")
-    if len(top) > 1:
-        raise _Syntax("more than one top-level form: expected a single (define ...)")
-    return top[0]
-
-
-def _line(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _typed_list(items: Sequence[Sexpr], what: str) -> list[tuple[str, tuple[str, ...]]]:
-    """``a b - t c - (either u v) d`` → ``[(a,(t,)), (b,(t,)), (c,(u,v)), (d,(object,))]``."""
-    out: list[tuple[str, tuple[str, ...]]] = []
-    pending: list[str] = []
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if item == "-":
-            if i + 1 >= len(items):
-                raise _Syntax(f"{what}: '-' without a type")
-            kind = items[i + 1]
-            if isinstance(kind, list):
-                if not kind or kind[0] != "either" or not all(isinstance(k, str) for k in kind[1:]):
-                    raise _Syntax(f"{what}: bad type {kind!r}")
-                types = tuple(kind[1:])
-            else:
-                types = (kind,)
-            out.extend((name, types) for name in pending)
-            pending = []
-            i += 2
-            continue
-        if not isinstance(item, str):
-            raise _Syntax(f"{what}: expected a name, got a list")
-        pending.append(item)
-        i += 1
-    out.extend((name, ("object",)) for name in pending)
-    return out
-
-
-def _sections(form: Sexpr, kind: str) -> tuple[str, dict[str, list]]:
-    """Check ``(define (<kind> NAME) ...)`` and return NAME and its ``(:section ...)`` parts."""
-    if not (isinstance(form, list) and len(form) >= 2 and form[0] == "define"):
-        raise _Syntax(f"expected (define ({kind} NAME) ...)")
-    head = form[1]
-    if not (isinstance(head, list) and len(head) == 2 and head[0] == kind and isinstance(head[1], str)):
-        found = head[0] if isinstance(head, list) and head and isinstance(head[0], str) else head
-        raise _Syntax(f"expected (define ({kind} NAME) ...), found ({found} ...)")
-    sections: dict[str, list] = {}
-    for part in form[2:]:
-        if not (isinstance(part, list) and part and isinstance(part[0], str) and part[0].startswith(":")):
-            raise _Syntax(f"expected a (:section ...) inside the define, got {str(part)[:60]!r}")
-        if part[0] == ":action":
-            sections.setdefault(":action", []).append(part)
-        else:
-            sections[part[0]] = part
-    return head[1], sections
-
-
-@dataclass(frozen=True)
-class _Domain:
-    name: str
-    actions: dict[str, tuple[tuple[str, ...], ...]]  # action -> allowed types of each parameter
-    constants: dict[str, tuple[str, ...]]
-    parents: dict[str, frozenset[str]]  # type -> its direct supertypes
-    symbols: frozenset[str]  # predicates and functions
-    typed: bool
-
-    def is_a(self, types: tuple[str, ...], wanted: tuple[str, ...]) -> bool:
-        """Whether an object of (any of) ``types`` may fill a parameter of (any of) ``wanted``."""
-        if not self.typed or "object" in wanted:
-            return True
-        seen: set[str] = set()
-        todo = list(types)
-        while todo:
-            t = todo.pop()
-            if t in wanted:
-                return True
-            if t not in seen:
-                seen.add(t)
-                todo.extend(self.parents.get(t, ()))
-        return False
-
-
-@lru_cache(maxsize=64)
-def _read_domain(text: str) -> _Domain:
-    name, sec = _sections(_parse_sexpr(text), "domain")
-    parents: dict[str, set[str]] = {}
-    for child, sup in _typed_list(sec.get(":types", [":types"])[1:], ":types"):
-        parents.setdefault(child, set()).update(s for s in sup if s != child)
-    constants = dict(_typed_list(sec.get(":constants", [":constants"])[1:], ":constants"))
-    symbols: set[str] = set()
-    for part in sec.get(":predicates", [])[1:] + sec.get(":functions", [])[1:]:
-        if isinstance(part, list) and part and isinstance(part[0], str):
-            symbols.add(part[0])
-    actions: dict[str, tuple[tuple[str, ...], ...]] = {}
-    for act in sec.get(":action", []):
-        if len(act) < 2 or not isinstance(act[1], str):
-            raise _Syntax("(:action ...) without a name")
-        params: list[Sexpr] = []
-        for key, value in zip(act[2::2], act[3::2], strict=False):
-            if key == ":parameters":
-                if not isinstance(value, list):
-                    raise _Syntax(f"action {act[1]}: :parameters must be a list")
-                params = value
-        actions[act[1]] = tuple(t for _, t in _typed_list(params, f"action {act[1]} :parameters"))
-    if not actions:
-        raise _Syntax("no (:action ...) defined")
-    typed = ":types" in sec
-    return _Domain(
-        name, actions, constants, {k: frozenset(v) for k, v in parents.items()}, frozenset(symbols), typed
-    )
-
-
-@lru_cache(maxsize=4096)
-def _read_problem(domain_text: str, problem_text: str) -> dict[str, tuple[str, ...]]:
-    """Objects (with domain constants) a plan may use; checks the problem against the domain."""
-    domain = _read_domain(domain_text)
-    _, sec = _sections(_parse_sexpr(problem_text), "problem")
-    for needed in (":init", ":goal"):
-        if needed not in sec:
-            # VAL accepts a problem without a goal and calls every plan valid.
-            raise _Syntax(f"no ({needed} ...) section")
-    objects = dict(domain.constants)
-    objects.update(_typed_list(sec.get(":objects", [":objects"])[1:], ":objects"))
-    declared = set(domain.parents).union(*domain.parents.values(), {"object"})
-    for name, types in objects.items():
-        for t in types:
-            if domain.typed and t not in declared:
-                raise _Syntax(f"object {name} has type {t}, which the domain does not declare")
-    for section in (":init", ":goal"):
-        _check_atoms(sec[section][1:], section, domain, objects)
-    return objects
-
-
-def _check_atoms(forms: Sequence[Sexpr], section: str, domain: _Domain, objects: dict) -> None:
-    """Every atom names a domain predicate/function and declared objects (VAL crashes or errs otherwise)."""
-    for form in forms:
-        if not isinstance(form, list):
-            continue
-        if not form or not isinstance(form[0], str):
-            raise _Syntax(f"{section}: malformed expression {str(form)[:60]!r}")
-        head, args = form[0], form[1:]
-        if head in _LOGIC:
-            if head in ("exists", "forall"):
-                args = args[1:]  # skip the variable list
-            _check_atoms(args, section, domain, objects)
-            continue
-        if head not in domain.symbols:
-            raise _Syntax(f"{section}: unknown predicate {head!r} (not in the domain's :predicates)")
-        for arg in args:
-            if isinstance(arg, str) and not arg.startswith("?") and arg not in objects:
-                if not re.fullmatch(r"-?\d+(\.\d+)?", arg):
-                    raise _Syntax(f"{section}: object {arg!r} in ({head} ...) is not declared in :objects")
-
-
-# ---------------------------------------------------------------------------------------------------
 # Running VAL
 
 
@@ -419,12 +204,13 @@ def _failed(
 
 
 def _precheck(
-    domain: _Domain, objects: dict, actions: Sequence[str], validator: ValidatorInfo | str
+    domain: DomainInfo, objects: Mapping, actions: Sequence[str], validator: ValidatorInfo | str
 ) -> Verdict | None:
     """Name, arity, objects and types of each action, checked before VAL (which ignores extra args)."""
     for step, action in enumerate(actions, start=1):
         name, *args = action[1:-1].split()
-        signature = domain.actions.get(name)
+        schema = domain.actions.get(name)
+        signature = schema.param_types if schema is not None else None
         if signature is None:
             return _failed(len(actions), f"unknown action {name}", validator, step, action)
         if len(args) != len(signature):
@@ -493,16 +279,14 @@ class _Workspace:
 
 def _check_pddl(
     domain_text: str, domain_label: str, problem_text: str, problem_label: str
-) -> tuple[_Domain, dict[str, tuple[str, ...]]]:
+) -> tuple[DomainInfo, Mapping[str, tuple[str, ...]]]:
+    """The domain and the problem's objects, read by ``pddlio`` (the one PDDL reader)."""
     try:
-        domain = _read_domain(domain_text)
-    except _Syntax as exc:
-        raise PDDLError(f"{domain_label}: malformed PDDL domain: {exc}") from None
-    try:
-        objects = _read_problem(domain_text, problem_text)
-    except _Syntax as exc:
-        raise PDDLError(f"{problem_label}: malformed PDDL problem: {exc}") from None
-    return domain, objects
+        domain = read_domain(domain_text, domain_label)
+        problem = read_problem(domain_text, problem_text, problem_label)
+    except PDDLReadError as exc:
+        raise PDDLError(str(exc)) from None
+    return domain, problem.objects
 
 
 def _validate_in(
@@ -749,6 +533,24 @@ def validate_completion(
     return validate_plan(domain, problem, list(extraction.actions), **kwargs)
 
 
+def validate_file_text(
+    domain: PDDLSource, problem: PDDLSource, text: str | bytes, **kwargs: Any
+) -> Verdict:
+    """Validate the text of a file that holds either a plan or a whole model completion.
+
+    A plain plan file (every line an action, a comment or blank: what :func:`extract.parse_plan` reads
+    without error) is validated whole, however long; the extraction caps (``extract_plan``'s
+    ``max_actions``, ``max_chars``) apply to model completions only, and when one applies the verdict's
+    reason and detail say which. ``kwargs`` go to ``validate_plan``.
+    """
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    actions, error = parse_plan(text)
+    if error is None and actions:
+        return validate_plan(domain, problem, list(actions), **kwargs)
+    return validate_completion(domain, problem, text, **kwargs)
+
+
 def verdict_without_plan(extraction: Extraction) -> Verdict:
     """The verdict on a completion whose extraction found no readable plan (VAL is not run)."""
     if extraction.reason is None:
@@ -759,7 +561,11 @@ def verdict_without_plan(extraction: Extraction) -> Verdict:
         validator = "none (VAL not run)"
     if extraction.malformed:
         return _failed(len(extraction.actions), "parse error", validator, None, extraction.reason)
-    return _failed(0, f"no plan found in completion: {extraction.reason}", validator)
+    detail = ""
+    if extraction.reason.startswith(("too many actions", "answer too long")):
+        detail = ("a cap on model completions (extract.extract_plan's max_actions / max_chars); a plain plan "
+                  "file, one action a line, is validated whole")
+    return _failed(0, f"no plan found in completion: {extraction.reason}", validator, detail=detail)
 
 
 __all__ = [
@@ -771,6 +577,7 @@ __all__ = [
     "find_validate",
     "validate_batch",
     "validate_completion",
+    "validate_file_text",
     "validate_plan",
     "validator_info",
     "verdict_without_plan",

@@ -188,11 +188,15 @@ def test_base_model_task_size_defaults_follow_the_cpu_configs() -> None:
     from iterdeploy_trl.config import load_config
     from iterdeploy_trl.domains import PLANNING_DOMAINS
 
-    names = {"blocksworld": "cpu_default", "sokoban": "cpu_sokoban", "rovers": "cpu_rovers"}
     assert set(CPU_TASK_SIZES) == set(PLANNING_DOMAINS)
+    checked = 0
     for domain, size in CPU_TASK_SIZES.items():
-        cfg = load_config(EXPERIMENTS / f"{names[domain]}.yaml")
-        assert cfg.domain == domain and tuple(cfg.tasks.size) == size
+        path = EXPERIMENTS / ("cpu_default.yaml" if domain == "blocksworld" else f"cpu_{domain}.yaml")
+        if path.exists():  # a domain without a CPU loop yet has nothing to keep in step
+            cfg = load_config(path)
+            assert cfg.domain == domain and tuple(cfg.tasks.size) == size, path
+            checked += 1
+    assert checked >= 3
 
 
 def test_cached_base_model_key_follows_the_generator_version() -> None:

@@ -184,3 +184,28 @@ def test_generated_reference_plans_reach_the_goal(tmp_path: Path, domain: str) -
     goal = sorted(sim.run(walk)[0])[:1]
     problem = with_goal(task.problem, goal)
     assert val_accepts(tmp_path, domain_pddl(domain), problem, walk)
+
+
+def test_reads_upper_case_pddl_as_val_does(tmp_path: Path) -> None:
+    """IPC-2000 files write ``(:INIT`` and ``(AND``: PDDL names are case-insensitive, and the simulator
+    reads such files (the ``pddl`` library's grammar alone does not) exactly like their lower-case text."""
+    upper_domain = domain_pddl("blocksworld").upper()
+    upper_problem = BLOCKS.upper()
+    assert "(:INIT" in upper_problem and "(AND" in upper_problem and "(:ACTION" in upper_domain
+    sim = Simulator(upper_domain, upper_problem)
+    plain = Simulator(domain_pddl("blocksworld"), BLOCKS)
+    assert sim.init_state == plain.init_state and sim.goal == plain.goal
+    plan = ["(unstack b1 b2)", "(put-down b1)", "(unstack b2 b3)", "(put-down b2)", "(pick-up b3)",
+            "(stack b3 b1)", "(pick-up b4)", "(stack b4 b3)"]
+    assert sim.solves(plan) and sim.applicable(sim.init_state) == plain.applicable(plain.init_state)
+    assert val_accepts(tmp_path, upper_domain, upper_problem, [a.upper() for a in plan])
+
+
+def test_features_beyond_strips_are_refused_naming_the_feature_and_line() -> None:
+    from iterdeploy_trl.pddlio import PDDLReadError
+
+    conditional = domain_pddl("blocksworld").replace(
+        ":effect (and (holding ?x)", ":effect (and (when (clear ?x) (holding ?x))", 1)
+    assert conditional != domain_pddl("blocksworld")
+    with pytest.raises(PDDLReadError, match=r"conditional effects \(when\) \(line \d+\)"):
+        Simulator(conditional, BLOCKS)

@@ -16,6 +16,7 @@ import pytest
 
 from iterdeploy_trl.cli import main
 from iterdeploy_trl.domains import PLANNING_DOMAINS, domain_path
+from iterdeploy_trl.domains.blocksworld.generator import count_states, random_state
 from iterdeploy_trl.tasks import (
     DEFAULT_SIZES,
     SIZE_LIMITS,
@@ -25,7 +26,6 @@ from iterdeploy_trl.tasks import (
     load_task_set,
     write_task_set,
 )
-from iterdeploy_trl.tasks.blocksworld import count_states, random_state
 
 POOL = {"blocksworld": 120, "rovers": 80, "sokoban": 120}  # default size ranges
 LARGEST = 4  # tasks at the top of each domain's size limit

@@ -180,9 +180,9 @@ def test_completion_as_non_utf8_bytes():
 
 
 def test_malformed_domain_or_problem_raises_pddl_error_naming_it(tmp_path):
-    with pytest.raises(PDDLError, match="^domain: .*unbalanced"):
+    with pytest.raises(PDDLError, match=r"^domain, line \d+: .*unbalanced"):
         validate_plan(BW[:-3], PROBLEM, PLAN)
-    with pytest.raises(PDDLError, match="^problem: .*define \\(problem"):
+    with pytest.raises(PDDLError, match=r"^problem, line 1: .*define \(problem"):
         validate_plan(BW, PROBLEM.replace("(problem", "(domain"), PLAN)
     broken = tmp_path / "broken.pddl"
     broken.write_text(PROBLEM.replace("(ontable b1)", "(ontable b1"))  # VAL segfaults on this one
@@ -331,3 +331,28 @@ def test_cli_bad_input(files, capsys, monkeypatch):
     monkeypatch.setenv(ENV_VAR, str(files / "no-val"))
     assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan")]) == 2
     assert ENV_VAR in capsys.readouterr().err
+
+
+def test_cli_validates_a_long_plain_plan_file_whole(files, capsys):
+    """The extraction caps (2000 actions) are for model completions: a plain plan file of 2101 actions that
+    VAL accepts is valid; the same actions inside a completion give the cap and the reason."""
+    long_plan = ["(pick-up b3)", "(put-down b3)"] * 1050 + ["(unstack b2 b1)"]
+    tail = ["(stack b2 b3)", "(pick-up b1)", "(stack b1 b2)"]
+    (files / "long.plan").write_text("; a planner's plan\n" + "\n".join(long_plan + tail) + "\n")
+    assert len(long_plan + tail) > 2000
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "long.plan")]) == 0
+    assert capsys.readouterr().out.startswith(f"valid ({len(long_plan + tail)} actions")
+    (files / "long.txt").write_text("<think>ok</think>\n```plan\n" + "\n".join(long_plan + tail) + "\n```\n")
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "long.txt")]) == 1
+    out = capsys.readouterr().out
+    assert "too many actions (2104 > 2000)" in out and "plain plan file" in out and "is validated whole" in out
+
+
+def test_cli_resolves_a_domain_name_unless_it_is_a_file(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    (files / "blocksworld").mkdir()  # a directory named like the domain does not hide the shipped one
+    assert cli_main(["validate", "blocksworld", "p.pddl", "good.plan"]) == 0
+    assert capsys.readouterr().out.startswith("valid")
+    (files / "rovers").write_text(BW)  # a file of that name is read as the domain file
+    assert cli_main(["validate", "rovers", "p.pddl", "good.plan"]) == 0
+    assert capsys.readouterr().out.startswith("valid")

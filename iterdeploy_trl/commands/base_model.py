@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from iterdeploy_trl.domains import PLANNING_DOMAINS
+from iterdeploy_trl.tasks.generate import CPU_SIZES
 
-# The task sizes of the CPU configs (experiments/cpu_<domain>.yaml), the --task-size default.
-CPU_TASK_SIZES = {"blocksworld": (2, 5), "sokoban": (1, 4), "rovers": (1, 1)}
+# The task sizes of the CPU configs (each domain's SIZES["cpu"], as in experiments/cpu_<domain>.yaml), the
+# --task-size default.
+CPU_TASK_SIZES = CPU_SIZES
 
 # Kept in step with models.SIZES without importing torch for `--help`.
 SIZES = ("tiny", "x64", "x96", "small", "medium")

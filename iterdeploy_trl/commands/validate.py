@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "file",
         metavar="FILE",
-        help="plan file, or a whole model completion (the plan is extracted from its answer)",
+        help="plan file (validated whole), or a whole model completion (the plan is extracted from its "
+        "answer, at most 2000 actions)",
     )
     parser.add_argument(
         "--json",
@@ -42,17 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _domain_path(arg: str) -> Path:
-    """A path as given, or the shipped domain of that name when no such file exists."""
+    """The shipped domain of that name unless ``arg`` is a file (a directory called ``rovers`` in the
+    current folder does not hide the shipped rovers domain); otherwise the path as given."""
     from iterdeploy_trl.domains import EXAMPLE_DOMAINS, PLANNING_DOMAINS, domain_path
 
     path = Path(arg)
-    if not path.exists() and arg in PLANNING_DOMAINS + EXAMPLE_DOMAINS:
+    if not path.is_file() and arg in PLANNING_DOMAINS + EXAMPLE_DOMAINS:
         return domain_path(arg)
     return path
 
 
 def run(args: argparse.Namespace) -> int:
-    from iterdeploy_trl.validate import PDDLError, ValidatorNotFound, validate_completion
+    from iterdeploy_trl.validate import PDDLError, ValidatorNotFound, validate_file_text
 
     if args.timeout <= 0:
         print(f"iterdeploy validate: --timeout must be positive, got {args.timeout}", file=sys.stderr)
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        verdict = validate_completion(
+        verdict = validate_file_text(
             _domain_path(args.domain), Path(args.problem), completion, timeout=args.timeout
         )
     except (PDDLError, ValidatorNotFound) as exc:

@@ -1,9 +1,10 @@
-"""Seeded task generators (blocksworld, rovers, sokoban) and task sets in the IPC layout.
+"""Seeded task generation (the generators live in ``domains/<name>/``) and task sets in the IPC layout.
 
 Every task carries a reference plan that VAL accepts, so the pool is solvable by construction.
 """
 
 from iterdeploy_trl.tasks.generate import (
+    CPU_SIZES,
     DEFAULT_SIZES,
     SIZE_LIMITS,
     build_task_set,
@@ -14,6 +15,7 @@ from iterdeploy_trl.tasks.generate import (
 from iterdeploy_trl.tasks.taskset import Task, TaskSet, TaskSetError, load_task_set, read_plan, write_task_set
 
 __all__ = [
+    "CPU_SIZES",
     "DEFAULT_SIZES",
     "SIZE_LIMITS",
     "Task",

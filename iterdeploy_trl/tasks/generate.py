@@ -1,38 +1,23 @@
-"""Seeded, deterministic task generation for the three planning domains."""
+"""Seeded, deterministic task generation for the registered planning domains (``domains/<name>/``)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from pathlib import Path
 
-from iterdeploy_trl.domains import PLANNING_DOMAINS, domain_pddl
-from iterdeploy_trl.tasks import blocksworld, rovers, sokoban
-from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.domains import domain_pddl, get, view
 from iterdeploy_trl.tasks.taskset import Task, TaskSet, write_task_set
 
-GENERATORS: dict[str, Callable[[random.Random, int, str], Generated]] = {
-    "blocksworld": blocksworld.generate,
-    "rovers": rovers.generate,
-    "sokoban": sokoban.generate,
-}
-
-# Bumped when a generator's output for the same seed changes (sokoban 2: the player starts at a random
-# reachable cell, no longer beside the stone it pulled last). Cached base models pretrained on walks
-# from an older generator's tasks are not reused (loop.auto_base_model_path).
-GENERATOR_VERSION: dict[str, int] = {"blocksworld": 1, "rovers": 1, "sokoban": 2}
-
-# Range of the size parameter (blocks; rovers level; sokoban level) drawn uniformly per task.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {
-    "blocksworld": (2, 25),
-    "rovers": (1, 10),
-    "sokoban": (1, 10),
-}
-SIZE_LIMITS: dict[str, tuple[int, int]] = {
-    "blocksworld": (2, blocksworld.MAX_BLOCKS),
-    "rovers": (1, rovers.MAX_LEVEL),
-    "sokoban": (1, sokoban.MAX_LEVEL),
-}
+# Per-domain views over the registry (domains/<name>/generator.py), read on access.
+# GENERATOR_VERSION is bumped when a generator's output for the same seed changes (sokoban 2: the player
+# starts at a random reachable cell). Cached base models pretrained on walks from an older generator's
+# tasks are not reused (loop.auto_base_model_path), and a run on an older pool is not resumed.
+GENERATOR_VERSION = view(lambda d: d.generator_version)
+# Range of the size parameter drawn uniformly per task when none is given (the "full" range).
+DEFAULT_SIZES = view(lambda d: d.sizes["full"])
+# The size ranges of the CPU configs (experiments/cpu_<domain>.yaml).
+CPU_SIZES = view(lambda d: d.sizes["cpu"])
+SIZE_LIMITS = view(lambda d: d.size_limits)
 
 
 def task_id(domain: str, seed: int, index: int) -> str:
@@ -41,8 +26,7 @@ def task_id(domain: str, seed: int, index: int) -> str:
 
 
 def _check(domain: str, size: tuple[int, int] | None) -> tuple[int, int]:
-    if domain not in GENERATORS:
-        raise ValueError(f"unknown domain {domain!r}: choose one of {', '.join(PLANNING_DOMAINS)}")
+    get(domain)  # DomainError (a ValueError) naming the registered domains if it is not one
     lo, hi = DEFAULT_SIZES[domain] if size is None else (int(size[0]), int(size[1]))
     lim_lo, lim_hi = SIZE_LIMITS[domain]
     if not lim_lo <= lo <= hi <= lim_hi:
@@ -59,7 +43,7 @@ def generate_task(domain: str, seed: int, index: int, size: tuple[int, int] | No
     lo, hi = _check(domain, size)
     rng = random.Random(f"iterdeploy-tasks/{domain}/{seed}/{index}")
     name = task_id(domain, seed, index)
-    g = GENERATORS[domain](rng, rng.randint(lo, hi), name)
+    g = get(domain).generate(rng, rng.randint(lo, hi), name)
     return Task(id=name, domain=domain, problem=g.problem, reference_plan=g.plan, params=g.params, seed=seed)
 
 

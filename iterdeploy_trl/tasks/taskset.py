@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl.domains import PLANNING_DOMAINS, shipped_name
 from iterdeploy_trl.domains import domain_pddl as shipped_domain_pddl
 
 INDEX = "tasks.jsonl"
@@ -106,18 +107,15 @@ def _existing_domain(out: Path) -> str | None:
                 except (ValueError, KeyError, TypeError):
                     break
     if (out / "domain.pddl").exists():
-        text = (out / "domain.pddl").read_text()
-        for name in ("blocksworld", "rovers", "sokoban"):
-            if text == shipped_domain_pddl(name):
-                return name
-        return "an unknown domain"
+        return shipped_name((out / "domain.pddl").read_text()) or "an unknown domain"
     return None
 
 
-def write_task_set(tasks: Iterable[Task], out: Path | str) -> Path:
+def write_task_set(tasks: Iterable[Task], out: Path | str, domain_pddl: str | None = None) -> Path:
     """Write ``tasks`` (all of one domain) to ``out`` in the IPC layout and return ``out``.
 
-    Each file is written to a temporary name and renamed, ``tasks.jsonl`` last. An existing task set
+    ``domain_pddl`` is the domain file's text; by default the shipped file of the tasks' domain (required
+    for a domain that is not registered). Each file is written to a temporary name and renamed, ``tasks.jsonl`` last. An existing task set
     of the same domain in ``out`` is replaced (its problem and plan files no longer listed are
     removed); one of another domain is refused.
     """
@@ -146,7 +144,11 @@ def write_task_set(tasks: Iterable[Task], out: Path | str) -> Path:
             old_ids = set()
     (out / "problems").mkdir(parents=True, exist_ok=True)
     (out / "plans").mkdir(exist_ok=True)
-    _write_atomic(out / "domain.pddl", shipped_domain_pddl(domain))
+    if domain_pddl is None:
+        if domain not in PLANNING_DOMAINS:
+            raise ValueError(f"{domain} is not a registered domain: give its domain_pddl text")
+        domain_pddl = shipped_domain_pddl(domain)
+    _write_atomic(out / "domain.pddl", domain_pddl)
     for task in tasks:
         _write_atomic(out / "problems" / f"{task.id}.pddl", task.problem)
         _write_atomic(out / "plans" / f"{task.id}.plan", plan_text(task.reference_plan))

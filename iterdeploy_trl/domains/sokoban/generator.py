@@ -22,6 +22,17 @@ from iterdeploy_trl.tasks.common import Generated
 MAX_LEVEL = 10
 MAX_STONES = 12
 
+# 2: the player starts at a random reachable cell, no longer beside the stone it pulled last.
+GENERATOR_VERSION = 2
+SIZE_PARAMETER = "level"
+SIZES = {"cpu": (1, 4), "full": (1, 10)}
+SIZE_LIMITS = (1, MAX_LEVEL)
+OBJECT_NAMES = (
+    tuple(f"pos-{x:02d}-{y:02d}" for x in range(1, 15) for y in range(1, 15))
+    + ("dir-up", "dir-down", "dir-left", "dir-right", "player-01")
+    + tuple(f"stone-{i:02d}" for i in range(1, MAX_STONES + 1))
+)
+
 Cell = tuple[int, int]  # (column, row), 1-based; the walls are column/row 1 and the last ones
 DIRS: dict[str, Cell] = {"dir-up": (0, -1), "dir-down": (0, 1), "dir-left": (-1, 0), "dir-right": (1, 0)}
 NAME_OF: dict[Cell, str] = {v: k for k, v in DIRS.items()}

@@ -15,6 +15,13 @@ from iterdeploy_trl.tasks.common import Generated
 TABLE = "table"
 MAX_BLOCKS = 30  # the fixed vocabulary names blocks b1 ... b30
 
+GENERATOR_VERSION = 1
+SIZE_PARAMETER = "number of blocks"
+SIZES = {"cpu": (2, 5), "full": (2, 25)}
+SIZE_LIMITS = (2, MAX_BLOCKS)
+# Every object name a task can use (the small model's tokenizer has one word each).
+OBJECT_NAMES = tuple(f"b{i}" for i in range(1, MAX_BLOCKS + 1))
+
 State = dict[str, str]  # block -> what it stands on
 
 

@@ -25,6 +25,19 @@ MAX_LEVEL = 15
 MODES = ("colour", "high_res", "low_res")
 LANDER = "general"
 
+GENERATOR_VERSION = 1
+SIZE_PARAMETER = "level"
+SIZES = {"cpu": (1, 1), "full": (1, 10)}
+SIZE_LIMITS = (1, MAX_LEVEL)
+OBJECT_NAMES = (
+    tuple(f"rover{i}" for i in range(10))
+    + tuple(f"rover{i}store" for i in range(10))
+    + tuple(f"waypoint{i}" for i in range(60))
+    + tuple(f"camera{i}" for i in range(15))
+    + tuple(f"objective{i}" for i in range(15))
+    + (*MODES, LANDER)
+)
+
 
 def level_counts(level: int) -> dict[str, int]:
     """Object and goal counts of a size level."""

@@ -1,0 +1,1 @@
+"""Blocksworld: ``domain.pddl``, its seeded generator (``generator``)."""

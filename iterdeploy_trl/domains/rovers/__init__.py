@@ -1,0 +1,1 @@
+"""Rovers: ``domain.pddl``, its seeded generator (``generator``) and its compact-prompt extras (``prompt``)."""

@@ -1,0 +1,1 @@
+"""Sokoban: ``domain.pddl``, its seeded generator (``generator``) and its compact-prompt extras (``prompt``)."""
