@@ -1,0 +1,1 @@
+"""Ferry (IPC-2023 learning track): ``domain.pddl`` and a seeded generator (``generator``)."""

@@ -1,0 +1,1 @@
+"""Satellite (IPC-2023 learning track): ``domain.pddl`` and a seeded generator (``generator``)."""
