@@ -8,8 +8,8 @@ For each domain: the time to generate an ``--n``-task pool over the domain's ``-
 its size first, as ``tasks.generate`` does), min / quartiles / max of the size and of the reference
 plan length, with ``--validate`` VAL's verdict on every reference plan, and with
 ``--planner-sample K`` the ratio of reference plan length to Fast Downward's (``lama-first``, from
-``up-fast-downward``) on the first K tasks of a pool of sizes ``--planner-size`` (default: the low
-half of the cpu range). These are the numbers quoted in docs/tasks.md.
+``up-fast-downward``) on the first K tasks of a pool of sizes ``--planner-size`` (default: the
+cpu range). These are the numbers quoted in docs/tasks.md.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> None:
             print(f"  VAL: {valid}/{len(tasks)} reference plans valid ({time.perf_counter() - start:.1f}s)")
         if args.planner_sample:
             lo, hi = gen.SIZES["cpu"]
-            psize = tuple(args.planner_size) if args.planner_size else (lo, max(lo, (lo + hi) // 2))
+            psize = tuple(args.planner_size) if args.planner_size else (lo, hi)
             sample = pool(domain, args.planner_sample, args.seed, psize)
             ratios, failed = [], 0
             start = time.perf_counter()
