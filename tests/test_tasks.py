@@ -62,7 +62,7 @@ def pools() -> dict[str, list[Task]]:
     out = {d: generate_tasks(d, n, seed=11) for d, n in POOL.items()}
     for d in PLANNING_DOMAINS:
         top = SIZE_LIMITS[d][1]
-        out[d] += generate_tasks(d, LARGEST, seed=12, size=(top, top))
+        out.setdefault(d, []).extend(generate_tasks(d, LARGEST, seed=12, size=(top, top)))
     return out
 
 

@@ -39,6 +39,13 @@ PLANNING_DOMAINS: tuple[str, ...] = (
     "blocksworld",
     "rovers",
     "sokoban",
+    "childsnack",
+    "ferry",
+    "floortile",
+    "miconic",
+    "satellite",
+    "spanner",
+    "transport",
 )
 # The domains of the study's main results (the tiny chat test model is trained on their prompts).
 STUDY_DOMAINS: tuple[str, ...] = ("blocksworld", "rovers", "sokoban")
