@@ -145,16 +145,61 @@ def trained(tok):
 
 
 def test_importance_weighted_sft_beats_plain_sft_off_policy(trained) -> None:
-    config = th.TheoryConfig(sample_sizes=(4, 64), repeats=5, truncate=2.0)
+    """IW-SFT converges to ∇J (limit 1), plain SFT to E_β[r g] (limit 0.84 here).
+
+    Claimed at N = 1024 samples, where every draw separates them: at N = 64 the spread of the IW estimate over
+    draws (std 0.11–0.28 over 20 repeats, 4 seeds) exceeds the gap between the two limits (0.16), so which of
+    two 5-draw means is larger is chance (IW won 60–85% of single draws); the earlier test claimed it at
+    N = 64 and failed under other library versions with the same seeds (different random streams)."""
+    config = th.TheoryConfig(sample_sizes=(4, 1024), repeats=5, truncate=2.0)
     result = th.off_policy(trained, config)
     limits = result.data["limits"]
-    assert limits["plain_sft"] < 0.999 and limits["iw"] == pytest.approx(1.0)
+    assert limits["plain_sft"] < 0.95 and limits["iw"] == pytest.approx(1.0)
     series = {s["name"]: s for s in result.plots[0]["series"]}
     assert all(len(v) == 5 for v in series["iw"]["values"])
+    plain = series["plain_sft"]["values"][-1]
     for corrected in ("iw", "iw_self_normalized"):
-        assert series[corrected]["mean"][-1] > series["plain_sft"]["mean"][-1]
+        values = series[corrected]["values"][-1]
+        assert all(a > b for a, b in zip(values, plain, strict=True)), (corrected, values, plain)
+        assert series[corrected]["mean"][-1] > 0.95
     assert series["plain_sft"]["mean"][-1] == pytest.approx(limits["plain_sft"], abs=0.05)
     json.dumps(result.plots)  # plot data is JSON-ready
+
+
+def test_self_normalised_weights_rescale_the_step(trained) -> None:
+    """Self-normalisation keeps w's direction and divides the step by mean(w) (weights here 1.4–4.9, so a
+    plain-w stand-in would be caught by the step size though not by the direction)."""
+    result = th.off_policy(trained, th.TheoryConfig(sample_sizes=(16,), repeats=3))
+    step = next(r for r in result.rows if r.check.endswith("self-normalised w, step size"))
+    assert step.verdict == th.PASS and step.kind == th.IDENTITY, step
+    assert result.data["weights"]["min"] > 1.0  # mean(w) > 1: a plain-w stand-in has ratio·mean(w) ≠ 1
+    assert result.data["self_normalized_step_ratio_times_mean_w"] == pytest.approx([1.0] * 3, rel=1e-9)
+
+
+def test_reinforce_coefficients_are_one_over_n_per_valid_sample(fresh) -> None:
+    """REINFORCE without baseline: each valid sample's factor is 1/N (N all samples, valid or not)."""
+    ctx = th.exact_context(fresh)
+    rows = torch.tensor([0, 0, 3])
+    coef = th._reinforce_coefficients(ctx, rows, 8)
+    want = torch.zeros(len(ctx.grads.keys), dtype=torch.float64)
+    want[0], want[3] = 2 / 8, 1 / 8
+    assert torch.allclose(coef, want, rtol=1e-12, atol=1e-15)
+
+
+def test_exact_gradient_check(trained) -> None:
+    """``exact_gradient`` end to end: enumeration = autograd (identity), VAL on the enumerated plans, Monte
+    Carlo SFT and REINFORCE → ∇J, REINFORCE unbiased in norm (empirical)."""
+    config = th.TheoryConfig(sample_sizes=(8, 256), repeats=5, max_actions=4)
+    result = th.exact_gradient(trained, config)
+    kinds = {r.check: r.kind for r in result.rows}
+    assert kinds["exact_gradient: Σ_valid π(y)∇log π(y) = ∇ Σ_valid π(y)"] == th.IDENTITY
+    assert all(r.verdict == th.PASS for r in result.rows), th.format_table(result.rows)
+    unbiased = result.data["reinforce_mean_estimate"]
+    assert unbiased["norm_ratio_to_exact"] == pytest.approx(1.0, abs=0.15)
+    assert result.data["enumeration_vs_autograd"]["relative_error"] < 1e-10
+    assert result.data["val_enumerated"]["valid"] == result.data["val_enumerated"]["plans"]
+    series = {s["name"]: s for s in result.plots[0]["series"]}
+    assert series["reinforce"]["mean"][-1] > series["reinforce"]["mean"][0]
 
 
 def test_mixture_is_effective_reward_reinforce(trained) -> None:
@@ -215,7 +260,7 @@ def test_cli_bad_input_exit_2(tmp_path, capsys) -> None:
 
 
 def test_cli_json_rows_and_theory_json(tmp_path, capsys) -> None:
-    """A fresh model without warm-up: the four-key rows, theory.json, and exit 1 iff a row fails."""
+    """A fresh model without warm-up: the five-key rows, theory.json, and exit 1 iff a row fails."""
     from iterdeploy_trl.cli import main
 
     argv = [
@@ -230,7 +275,10 @@ def test_cli_json_rows_and_theory_json(tmp_path, capsys) -> None:
     ]
     rc = main(argv)
     rows = json.loads(capsys.readouterr().out)
-    assert rows and all(set(r) == {"check", "expected", "measured", "verdict"} for r in rows)
+    assert rows and all(set(r) == {"check", "expected", "measured", "verdict", "kind"} for r in rows)
+    assert {r["kind"] for r in rows} <= {th.IDENTITY, th.EMPIRICAL}
+    # Prop. 1 on the same samples is an identity of the code, labelled as such
+    assert all(r["kind"] == th.IDENTITY for r in rows if "SFT[sequence_sum] ∥ REINFORCE" in r["check"])
     assert rc == (0 if all(r["verdict"] == "pass" for r in rows) else 1)
     saved = json.loads((tmp_path / "theory.json").read_text())
     assert saved["schema"] == th.SCHEMA and saved["rows"] == rows

@@ -1,8 +1,12 @@
 """``iterdeploy theory``: empirical checks that valid-trace SFT is binary-reward REINFORCE (Prop. 1 and 2).
 
-Checks: on_policy_same_samples, exact_gradient, off_policy, mixture (default: all). Prints a table
-(check, expected, measured, verdict); ``--json`` prints the rows as a JSON list instead; ``--out DIR``
-writes DIR/theory.json (rows and plot data; schema in ``iterdeploy_trl/theory.py``).
+Enumeration checks (a tiny model in float64; the default): on_policy_same_samples, exact_gradient,
+off_policy, mixture. Pipeline checks (real models, deployment backend, TRL tokenisation, VAL):
+``pipeline`` (SFT vs REINFORCE vs IW-SFT at T = 1 and T = 0.6 / top-p 0.95, LoRA, float32 and bf16;
+needs --model PATH or --run-dir RUN) and ``actual_update`` (a run directory's real per-generation update
+against REINFORCE; --run-dir RUN, which alone selects it). Each row is labelled identity or empirical.
+Prints a table (check, expected, measured, verdict, kind); ``--json`` prints the rows as a JSON list
+instead; ``--out DIR`` writes DIR/theory.json (rows and data; schema in ``iterdeploy_trl/theory/``).
 
 Exit status: 0 every check passed, 1 some check failed, 2 bad input.
 """
@@ -20,10 +24,13 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "dtype": "float64",
-    "repeats": 10,
+    "repeats": None,
     "sample_sizes": [4, 16, 64, 256],
     "warmup_steps": 600,
     "seed": 0,
+    "pipeline_tasks": 24,
+    "pipeline_samples": 8,
+    "max_tasks": 64,
 }
 
 
@@ -46,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {check, expected, measured, verdict} and nothing else",
+        help="print a JSON list of {check, expected, measured, verdict, kind} and nothing else",
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help="write DIR/theory.json (rows and plot data)")
     parser.add_argument(
@@ -73,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULTS["repeats"],
         metavar="R",
-        help="independent repeats of each Monte-Carlo estimate (default 10; at least 5 for bands)",
+        help="independent repeats of each Monte-Carlo estimate (default 10 for the enumeration checks, 5 for "
+        "pipeline and actual_update; at least 5 for bands)",
     )
     parser.add_argument(
         "--sample-sizes",
@@ -91,6 +99,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="at most this many warm-up SFT steps (0: use the model as it is; default 600)",
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument(
+        "--run-dir",
+        metavar="RUN",
+        help="an `iterdeploy run` directory: run the actual_update check on it (its base model is also the "
+        "pipeline check's model unless --model is given)",
+    )
+    parser.add_argument("--run-seed", type=int, metavar="S", help="the run's seed directory (default: the first)")
+    parser.add_argument(
+        "--max-tasks",
+        type=int,
+        default=DEFAULTS["max_tasks"],
+        metavar="N",
+        help="actual_update: pool tasks its REINFORCE estimates sample (a fixed random subset; 0: all; default 64)",
+    )
+    parser.add_argument(
+        "--pipeline-tasks",
+        type=int,
+        default=DEFAULTS["pipeline_tasks"],
+        metavar="N",
+        help="pipeline: tasks (of the run's task set with --run-dir, generated otherwise; default 24)",
+    )
+    parser.add_argument(
+        "--pipeline-samples",
+        type=int,
+        default=DEFAULTS["pipeline_samples"],
+        metavar="K",
+        help="pipeline: samples per task per repeat and setting (default 8)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     parser.set_defaults(func=run)
 
@@ -99,14 +135,38 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from iterdeploy_trl.runio import atomic_write_text
-    from iterdeploy_trl.theory import TheoryConfig, TheoryError, format_table, run_checks
+    from iterdeploy_trl.theory import (
+        PipelineConfig,
+        TheoryConfig,
+        TheoryError,
+        UpdateConfig,
+        format_table,
+        run_checks,
+    )
 
     def fail(message: str) -> int:
         print(f"iterdeploy theory: {message}", file=sys.stderr)
         return 2
 
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         return fail(f"--repeats must be at least 1, got {args.repeats}")
+    checks = list(args.check or [])
+    if not checks and args.run_dir:
+        checks = ["actual_update"]
+    if "actual_update" in checks and not args.run_dir:
+        return fail("--check actual_update needs --run-dir RUN (an `iterdeploy run` directory)")
+    if "pipeline" in checks and not (args.model or args.run_dir):
+        return fail("--check pipeline needs a model that solves some tasks: --model PATH or --run-dir RUN")
+    pipeline_model, task_dir, prompt_style, domain = args.model or "", None, "compact", "blocksworld"
+    if args.run_dir and "pipeline" in checks:
+        try:
+            from iterdeploy_trl.theory.actual_update import RunView
+
+            view = RunView(args.run_dir, args.run_seed)
+        except TheoryError as exc:
+            return fail(str(exc))
+        pipeline_model = args.model or str(view.base)
+        task_dir, prompt_style, domain = str(view.root / "tasks"), view.cfg.model.prompt_style, view.cfg.domain
     if min(args.sample_sizes) < 1:
         return fail(f"--sample-sizes must be positive, got {args.sample_sizes}")
     if args.warmup_steps < 0:
@@ -118,13 +178,22 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         seed=args.seed,
-        repeats=args.repeats,
+        repeats=args.repeats or 10,
         sample_sizes=tuple(sorted(set(args.sample_sizes))),
         warmup_max_steps=args.warmup_steps,
+        pipeline=PipelineConfig(
+            model_path=pipeline_model, domain=domain, task_dir=task_dir, prompt_style=prompt_style,
+            tasks=args.pipeline_tasks, samples_per_task=args.pipeline_samples, repeats=args.repeats or 5,
+            seed=args.seed, device=args.device,
+        ),
+        update=UpdateConfig(
+            run_dir=args.run_dir or "", seed=args.run_seed, repeats=args.repeats or 5, max_tasks=args.max_tasks,
+            device=args.device,
+        ),
     )
     log = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
-        report = run_checks(config, args.check, log=log)
+        report = run_checks(config, checks or None, log=log)
     except TheoryError as exc:
         return fail(str(exc))
     report.command = command_line(args)
@@ -157,11 +226,15 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--model", args.model]
     if args.beta_model:
         parts += ["--beta-model", args.beta_model]
+    if args.run_dir:
+        parts += ["--run-dir", args.run_dir]
+    if args.run_seed is not None:
+        parts += ["--run-seed", str(args.run_seed)]
     for dest, default in DEFAULTS.items():
         value = getattr(args, dest)
         if isinstance(value, tuple):
             value = list(value)
-        if value != default:
+        if value != default and value is not None:
             parts += ["--" + dest.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]
     if args.out is not None:
         parts += ["--out", str(args.out)]
