@@ -181,3 +181,21 @@ def test_reference_plan_without_its_last_action_fails(domain):
     for task in _sample(domain, 3, seed="cut"):
         verdict = validate_plan(text, task.problem, list(task.plan[:-1]))
         assert not verdict.valid, (domain, task.params)
+
+
+@needs_val
+@pytest.mark.parametrize(
+    ("domain", "first_action"),
+    [
+        ("ferry", "(sail {at} {at})"),  # sail needs (not (at-ferry ?to))
+        ("childsnack", "(move_tray tray1 kitchen kitchen)"),  # move_tray needs (not (at ?t ?p2))
+    ],
+)
+def test_negative_preconditions_of_the_track_hold(domain, first_action):
+    gen = _gen(domain)
+    task = gen.generate(random.Random("neg"), gen.SIZE_LIMITS[0], "t")
+    at = re.search(r"\(at-ferry (\w+)\)", task.problem)
+    step = first_action.format(at=at.group(1) if at else "")
+    text = _domain_text(domain)
+    assert validate_plan(text, task.problem, list(task.plan)).valid
+    assert not validate_plan(text, task.problem, [step, *task.plan]).valid
