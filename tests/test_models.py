@@ -207,7 +207,7 @@ def test_cached_base_model_key_follows_the_generator_version() -> None:
     blocks = auto_base_model_path(load_config(EXPERIMENTS / "cpu_default.yaml")).name
     assert blocks == "blocksworld-tiny-steps5000-bs32-lr0.003-walks80000x10-per4-tasks2to5-prompt1-seed0"
     # Sokoban's tasks changed (the player starts anywhere): a model pretrained on the old tasks is not reused.
-    assert "-prompt2-gen2-" in auto_base_model_path(load_config(EXPERIMENTS / "cpu_sokoban.yaml")).name
+    assert "-prompt2-gen3-" in auto_base_model_path(load_config(EXPERIMENTS / "cpu_sokoban.yaml")).name
 
 
 def test_cached_base_model_key_names_notes_and_walk_lengths() -> None:

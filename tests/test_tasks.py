@@ -122,6 +122,21 @@ def test_easiest_tasks_are_trivial() -> None:
     assert all(t.reference_length <= 4 for t in generate_tasks("blocksworld", 20, 0, size=(2, 2)))
 
 
+def test_high_sokoban_levels_are_not_trivial() -> None:
+    """Levels 7-10 (4-6 stones): no reference plan of at most two actions and no task with all stones but
+    one already on a goal. Before GENERATOR_VERSION 3 a pull that walled the player in silently stopped
+    the scrambling: 3-4% of such tasks had a plan of <= 2 actions, 5-10% one stone off its goal."""
+    from iterdeploy_trl.sim import Simulator
+
+    dom = domain_path("sokoban").read_text()
+    for level in range(7, 11):
+        for task in generate_tasks("sokoban", 50, 0, size=(level, level)):
+            sim = Simulator(dom, task.problem)
+            goals = {a[1] for a in sim.init_state if a[0] == "is-goal"}
+            off = [a for a in sim.init_state if a[0] == "at" and a[1].startswith("stone") and a[2] not in goals]
+            assert task.reference_length > 2 and len(off) >= 2, (task.id, task.reference_length, len(off))
+
+
 def test_blocksworld_plan_bound(pools: dict[str, list[Task]]) -> None:
     for t in pools["blocksworld"]:
         assert t.reference_length <= 4 * (t.params["blocks"] - 1)

@@ -7,7 +7,9 @@ forward plan of ``move`` / ``push-to-nongoal`` / ``push-to-goal`` actions from t
 one with every stone on a goal.
 
 Size level L (1..10): the room is about (L+2)x(L+2) inside its walls (at most 12x12, i.e. 14x14 with
-walls), with 1 + 5(L-1)//9 stones, each pulled 1..L times. Level 1 is one stone one push away, after
+walls), with 1 + 5(L-1)//9 stones, each pulled 1..L times (at least once: a room that leaves a stone no
+pull is redrawn; a pull that would wall the player in away from the stones still to be pulled is not
+taken). Level 1 is one stone one push away, after
 the player's walk to it.
 """
 
@@ -23,7 +25,9 @@ MAX_LEVEL = 10
 MAX_STONES = 12
 
 # 2: the player starts at a random reachable cell, no longer beside the stone it pulled last.
-GENERATOR_VERSION = 2
+# 3: no pull walls the player in while other stones wait for theirs, and every stone is pulled at least once
+#    (levels 7-10 had 3-4% tasks of at most 2 actions, a stone or more never moved off its goal).
+GENERATOR_VERSION = 3
 SIZE_PARAMETER = "level"
 SIZES = {"cpu": (1, 4), "full": (1, 10)}
 SIZE_LIMITS = (1, MAX_LEVEL)
@@ -103,16 +107,21 @@ def _walk_to(parent: dict[Cell, Cell | None], goal: Cell) -> list[Cell]:
 
 def _scramble(
     rng: random.Random, floor: set[Cell], stones: list[Cell], player: Cell, pulls: list[int]
-) -> tuple[list[tuple], Cell]:
-    """Pull stone i up to ``pulls[i]`` times (stones in random order); return the reverse events.
+) -> tuple[list[tuple], Cell, list[int]]:
+    """Pull stone i up to ``pulls[i]`` times (stones in random order); return the reverse events, where
+    the player ends, and how often each stone was pulled.
 
     Events are ``("move", a, b)`` (player a -> b) and ``("pull", stone, s, c, c2)`` (stone from s to
-    c, player from c to c2 = c + (c - s)), in the order they happen in reverse time.
+    c, player from c to c2 = c + (c - s)), in the order they happen in reverse time. A pull after which
+    the player could no longer reach a side of every stone still waiting for its pulls is not taken (it
+    would wall the player in a pocket, and the walk would silently stop scrambling the other stones).
     """
     events: list[tuple] = []
     order = list(range(len(stones)))
     rng.shuffle(order)
-    for i in order:
+    done = [0] * len(stones)
+    for k, i in enumerate(order):
+        waiting = order[k + 1 :]
         previous: Cell | None = None  # where stone i was before its last pull: do not undo it
         for _ in range(pulls[i]):
             s = stones[i]
@@ -123,7 +132,7 @@ def _scramble(
                 if c in parent and c2 in floor and c2 not in stones:
                     options.append((c, c2))
             fresh = [o for o in options if o[0] != previous]
-            options = fresh or options
+            options = [o for o in fresh or options if _keeps_reach(floor, stones, i, o, waiting)]
             if not options:
                 break
             c, c2 = rng.choice(options)
@@ -131,7 +140,17 @@ def _scramble(
             events += [("move", a, b) for a, b in pairwise(route)]
             events.append(("pull", i, s, c, c2))
             previous, stones[i], player = s, c, c2
-    return events, player
+            done[i] += 1
+    return events, player, done
+
+
+def _keeps_reach(floor: set[Cell], stones: list[Cell], i: int, pull: tuple[Cell, Cell], waiting: list[int]) -> bool:
+    """Whether, after pulling stone i to ``pull[0]`` (the player stepping back to ``pull[1]``), the player
+    can still reach a cell next to each stone in ``waiting``."""
+    moved = list(stones)
+    moved[i] = pull[0]
+    reach = _path(floor, set(moved), pull[1])
+    return all(any(_add(moved[j], d) in reach for d in DIRS.values()) for j in waiting)
 
 
 def _forward_plan(events: list[tuple], goals: set[Cell]) -> list[str]:
@@ -199,9 +218,9 @@ def generate(rng: random.Random, size: int, name: str) -> Generated:
         goals, player = set(picked[:-1]), picked[-1]
         stones = sorted(goals)
         pulls = [1 if size == 1 else rng.randint(1, size) for _ in stones]
-        events, start = _scramble(rng, floor, stones, player, pulls)
-        if all(s in goals for s in stones):
-            continue  # nothing to do (no pull possible, or the stones came back)
+        events, start, done = _scramble(rng, floor, stones, player, pulls)
+        if not all(done) or all(s in goals for s in stones):
+            continue  # a stone never pulled (the room left it no pull), or nothing to do
         # The player walks off to a random cell it can reach: it does not start next to the stone it
         # pulled last, poised to push it back (a random first push would then often solve the task).
         parent = _path(floor, set(stones), start)
