@@ -39,6 +39,7 @@ def main() -> None:
         train_generation,
     )
     from iterdeploy_trl.tasks import generate_tasks
+    from iterdeploy_trl.traces import TraceRecord
 
     cfg = RunConfig().check()
     model_dir = args.model or resolve_base_model(cfg)
@@ -74,10 +75,12 @@ def main() -> None:
     t0 = time.perf_counter()
     _, verdicts = score_completions(dom, flat_tasks, [c.text for c in flat], timeout=30, workers=None)
     t_val = time.perf_counter() - t0
-    records = [{"task_id": t.id, "generation": 0, "sample_index": i, "valid": v.valid, "plan_length": v.plan_length,
-                "reasoning_tokens": c.reasoning_tokens, "completion_tokens": c.completion_tokens,
-                "truncated": c.truncated, "split": "pool", "prompt": prompt_for(cfg, dom, t), "completion": c.text,
-                "behaviour_logprob": c.behaviour_logprob}
+    records = [TraceRecord(run="bench", method="valid-sft", generation=0, seed=0, split="pool", task_id=t.id,
+                           sample_index=i, domain="blocksworld", prompt=prompt_for(cfg, dom, t), completion=c.text,
+                           plan="", plan_length=v.plan_length, valid=v.valid, reason=v.reason,
+                           reasoning_tokens=c.reasoning_tokens, completion_tokens=c.completion_tokens,
+                           truncated=c.truncated, behaviour_logprob=c.behaviour_logprob,
+                           reference_length=t.reference_length, model=str(model_dir), sampling={}, validator={})
                for i, (t, c, v) in enumerate(zip(flat_tasks, flat, verdicts, strict=True))]
     rows = training_rows(curate(records, "all-valid")) or training_rows(curate(records, "none"))
     import tempfile

@@ -132,7 +132,11 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Fine-tuning of each new generation."""
+    """Fine-tuning of each new generation. Every method reads ``learning_rate`` (REINFORCE: unless
+    ``reinforce.learning_rate``), ``batch_size``, ``gradient_accumulation_steps``, ``max_length``,
+    ``loss_normalization``, ``lora``, ``warmup_ratio`` and ``weight_decay``; ``init``, ``epochs`` and
+    ``validation_fraction`` are read by the SFT methods only (REINFORCE trains online, from the
+    deployed model, on n·K fresh samples a generation)."""
 
     init: str = "base"  # base: fresh model from the base each generation (the study); previous: continue
     learning_rate: float = 1e-3  # the small model, full fine-tuning; the study's LoRA used 1e-5
@@ -142,13 +146,6 @@ class TrainingConfig:
     max_length: int = 512  # prompt + completion tokens
     loss_normalization: str = "sequence_sum"
     lora: LoraConfig | None = None  # None: full fine-tuning (the small model)
-    iw_truncate: float | None = 10.0  # IW-SFT weight cap c in min(w, c)
-    iw_self_normalize: bool = True
-    iw_per_token: bool = False
-    reinforce_baseline: str = "none"
-    # REINFORCE's own learning rate (null: learning_rate). Online REINFORCE takes one step per batch of
-    # fresh samples, the SFT methods several epochs over a curated set: one rate rarely suits both.
-    reinforce_learning_rate: float | None = None
     warmup_ratio: float = 0.0  # fraction of the steps with a linear learning-rate warmup
     weight_decay: float = 0.0
     # Fraction of each generation's curated tasks held out of training, their eval loss logged every epoch
@@ -165,17 +162,50 @@ class TrainingConfig:
         _require(self.max_length >= 8, "training.max_length", self.max_length, "must be >= 8")
         _require(self.loss_normalization in NORMALIZATIONS, "training.loss_normalization",
                  self.loss_normalization, f"must be one of {NORMALIZATIONS}")
-        _require(self.reinforce_baseline in BASELINES, "training.reinforce_baseline", self.reinforce_baseline,
-                 f"must be one of {BASELINES}")
-        _require(self.iw_truncate is None or self.iw_truncate > 0, "training.iw_truncate", self.iw_truncate,
-                 "must be > 0 or null")
-        _require(self.reinforce_learning_rate is None or self.reinforce_learning_rate > 0,
-                 "training.reinforce_learning_rate", self.reinforce_learning_rate, "must be > 0 or null")
         _require(0 <= self.warmup_ratio < 1, "training.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
         _require(0 <= self.validation_fraction < 1, "training.validation_fraction", self.validation_fraction,
                  "must be in [0, 1)")
         if self.lora is not None:
             self.lora.check()
+
+
+@dataclass(frozen=True)
+class IWSFTSettings:
+    """IW-SFT's own settings (section ``iw_sft``; read by method iw-sft only)."""
+
+    truncate: float | None = 10.0  # weight cap c in min(w, c); null: no cap
+    self_normalize: bool = True  # divide the weights by their mean over the batch
+    per_token: bool = False  # per-token geometric mean of the ratio instead of the sequence ratio
+
+    def check(self) -> None:
+        _require(self.truncate is None or self.truncate > 0, "iw_sft.truncate", self.truncate, "must be > 0 or null")
+
+
+@dataclass(frozen=True)
+class ReinforceSettings:
+    """REINFORCE's own settings (section ``reinforce``; read by method reinforce only)."""
+
+    baseline: str = "none"  # none (A = r, Prop. 1) | mean | leave_one_out, within a prompt's K samples
+    # REINFORCE's own learning rate (null: training.learning_rate). Online REINFORCE takes one step per batch
+    # of fresh samples, the SFT methods several epochs over a curated set: one rate rarely suits both.
+    learning_rate: float | None = None
+
+    def check(self) -> None:
+        _require(self.baseline in BASELINES, "reinforce.baseline", self.baseline, f"must be one of {BASELINES}")
+        _require(self.learning_rate is None or self.learning_rate > 0, "reinforce.learning_rate",
+                 self.learning_rate, "must be > 0 or null")
+
+
+SFT_METHODS = ("valid-sft", "iw-sft", "uncurated-sft")  # train on the deployment's (curated) traces
+
+# Keys that moved into a method's own section: an old config naming one is refused with the new key.
+MOVED_KEYS = {
+    "training.iw_truncate": "iw_sft.truncate",
+    "training.iw_self_normalize": "iw_sft.self_normalize",
+    "training.iw_per_token": "iw_sft.per_token",
+    "training.reinforce_baseline": "reinforce.baseline",
+    "training.reinforce_learning_rate": "reinforce.learning_rate",
+}
 
 
 @dataclass(frozen=True)
@@ -193,6 +223,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    # A method's own settings; null (the section left out): its defaults. A section given to a run whose
+    # method does not read it is refused (unread_settings).
+    iw_sft: IWSFTSettings | None = None
+    reinforce: ReinforceSettings | None = None
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores
     chunk_size: int = 64  # tasks per resumable deployment chunk
@@ -226,10 +260,58 @@ class RunConfig:
         self.model.check(paths=paths)
         self.sampling.check()
         self.training.check()
+        for section in (self.iw_sft, self.reinforce):
+            if section is not None:
+                section.check()
         return self
+
+    @property
+    def iw_sft_settings(self) -> IWSFTSettings:
+        """The ``iw_sft`` section, or its defaults when left out."""
+        return self.iw_sft or IWSFTSettings()
+
+    @property
+    def reinforce_settings(self) -> ReinforceSettings:
+        """The ``reinforce`` section, or its defaults when left out."""
+        return self.reinforce or ReinforceSettings()
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
+
+
+def unread_settings(cfg: RunConfig, methods: tuple[str, ...]) -> list[str]:
+    """The settings ``cfg`` gives that none of ``methods`` reads, by dotted key: a method's section for
+    a run without that method; the SFT methods' settings (curation, accumulate, training.init, .epochs,
+    .validation_fraction) set away from their defaults for a run of REINFORCE alone."""
+    unread = []
+    for name, method, section, default in (("iw_sft", "iw-sft", cfg.iw_sft, IWSFTSettings()),
+                                           ("reinforce", "reinforce", cfg.reinforce, ReinforceSettings())):
+        if section is not None and method not in methods:
+            changed = [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
+            unread.append(f"{name}.{changed[0]}" if changed else name)
+    if not set(methods) & set(SFT_METHODS):
+        run, training = RunConfig(), TrainingConfig()
+        for key, value, default in (("curation", cfg.curation, run.curation), ("accumulate", cfg.accumulate, run.accumulate),
+                                    ("training.init", cfg.training.init, training.init),
+                                    ("training.epochs", cfg.training.epochs, training.epochs),
+                                    ("training.validation_fraction", cfg.training.validation_fraction,
+                                     training.validation_fraction)):
+            if value != default:
+                unread.append(key)
+    return unread
+
+
+def check_settings_read(cfg: RunConfig, methods: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` naming the first setting of ``cfg`` that none of ``methods`` reads (called
+    before any work: a setting silently ignored is an experiment not run)."""
+    unread = unread_settings(cfg, methods)
+    if not unread:
+        return
+    key = unread[0]
+    readers = {"iw_sft": "method iw-sft", "reinforce": "method reinforce"}.get(key.split(".")[0], "the SFT methods")
+    raise ConfigError(f"{key}: set, but only {readers} read{'s' if readers.startswith('method') else ''} it and "
+                      f"this run's method{'s are' if len(methods) > 1 else ' is'} {', '.join(methods)}; remove "
+                      f"it from the config (or run a method that reads it)")
 
 
 def _require(ok: bool, key: str, value: Any, what: str) -> None:
@@ -252,6 +334,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    moved = [f"{prefix}{k}" for k in unknown if f"{prefix}{k}" in MOVED_KEYS]
+    if moved:
+        new = MOVED_KEYS[moved[0]]
+        section, key = new.split(".")
+        raise ConfigError(f"{moved[0]}: moved to {new} (the {section} section, the method's own settings): "
+                          f"write `{section}: {{{key}: ...}}` instead")
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(f"{key}: unknown key; known keys here: {', '.join(sorted(names))}")
@@ -336,7 +424,7 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> RunConfig:
 # (made when the key did not exist, i.e. with its default behaviour) still resume.
 _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("training", "validation_fraction"): 0.0,
-    ("training", "reinforce_learning_rate"): None,
+    ("training", "reinforce_learning_rate"): None,  # reinforce.learning_rate, hashed at its old place
     ("model", "base_walks_per_task"): 4,
     ("model", "base_num_walks"): 8000,  # what every auto base model used before the key existed
     ("model", "base_notes"): False,
@@ -348,7 +436,7 @@ def config_hash(cfg: RunConfig) -> str:
     """Stable hash of everything that determines a run's results (the run name excluded)."""
     import hashlib
 
-    data = cfg.to_dict()
+    data = _hash_layout(cfg.to_dict())
     data.pop("name", None)
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
@@ -357,3 +445,15 @@ def config_hash(cfg: RunConfig) -> str:
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _hash_layout(data: dict[str, Any]) -> dict[str, Any]:
+    """``cfg.to_dict()`` in the layout run hashes were made with before the methods' own sections: their
+    settings (defaults when a section is left out) back under ``training`` with their old names, so that
+    a run directory made before the sections existed still resumes."""
+    iw = data.pop("iw_sft") or dataclasses.asdict(IWSFTSettings())
+    rf = data.pop("reinforce") or dataclasses.asdict(ReinforceSettings())
+    data["training"].update(iw_truncate=iw["truncate"], iw_self_normalize=iw["self_normalize"],
+                            iw_per_token=iw["per_token"], reinforce_baseline=rf["baseline"],
+                            reinforce_learning_rate=rf["learning_rate"])
+    return data

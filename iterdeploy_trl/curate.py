@@ -17,25 +17,25 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-Trace = dict[str, Any]
+from iterdeploy_trl.traces import TraceRecord
 
 
-def _key(t: Trace) -> tuple:
-    return (t["plan_length"], t["reasoning_tokens"], t["completion_tokens"], t["generation"], t["sample_index"])
+def _key(t: TraceRecord) -> tuple:
+    return (t.plan_length, t.reasoning_tokens, t.completion_tokens, t.generation, t.sample_index)
 
 
-def curate(traces: Iterable[Trace], policy: str, *, seed: int = 0) -> list[Trace]:
+def curate(traces: Iterable[TraceRecord], policy: str, *, seed: int = 0) -> list[TraceRecord]:
     """Apply ``policy`` to ``traces``; the result is ordered by task id, then generation and sample."""
-    traces = [t for t in traces if t.get("split", "pool") == "pool"]
+    traces = [t for t in traces if t.split == "pool"]
     if policy == "none":
-        chosen = [t for t in traces if not t["truncated"]]
+        chosen = [t for t in traces if not t.truncated]
     elif policy == "all-valid":
-        chosen = [t for t in traces if t["valid"]]
+        chosen = [t for t in traces if t.valid]
     elif policy in ("shortest", "random-valid"):
-        by_task: dict[str, list[Trace]] = {}
+        by_task: dict[str, list[TraceRecord]] = {}
         for t in traces:
-            if t["valid"]:
-                by_task.setdefault(t["task_id"], []).append(t)
+            if t.valid:
+                by_task.setdefault(t.task_id, []).append(t)
         rng = random.Random(seed)
         chosen = []
         for task_id in sorted(by_task):
@@ -43,13 +43,23 @@ def curate(traces: Iterable[Trace], policy: str, *, seed: int = 0) -> list[Trace
             chosen.append(group[0] if policy == "shortest" else rng.choice(group))
     else:
         raise ValueError(f"unknown curation policy {policy!r}: use shortest, all-valid, random-valid or none")
-    return sorted(chosen, key=lambda t: (t["task_id"], t["generation"], t["sample_index"]))
+    return sorted(chosen, key=lambda t: (t.task_id, t.generation, t.sample_index))
 
 
-def training_rows(traces: Sequence[Trace]) -> list[dict[str, Any]]:
-    """Prompt-completion rows as the SFT trainers read them (with the behaviour log-prob for IW-SFT)."""
-    return [{"prompt": t["prompt"], "completion": t["completion"], "behaviour_logprob": t["behaviour_logprob"],
-             "task_id": t["task_id"]} for t in traces]
+def training_rows(traces: Sequence[TraceRecord]) -> list[dict[str, Any]]:
+    """Prompt-completion rows as the SFT trainers read them: ``prompt``, ``completion``, ``task_id``,
+    ``behaviour_logprob`` (IW-SFT's log β), and, where the trace recorded them, ``prompt_ids`` and
+    ``completion_ids``: the tokens that were sampled, to be trained on as they are (no re-tokenisation,
+    no EOS appended: a completion that sampled EOS has it in ``completion_ids``, a truncated one has none).
+    Traces from before the ids were recorded give rows without the two id columns."""
+    rows = []
+    for t in traces:
+        row: dict[str, Any] = {"prompt": t.prompt, "completion": t.completion,
+                               "behaviour_logprob": t.behaviour_logprob, "task_id": t.task_id}
+        if t.prompt_ids is not None and t.completion_ids is not None:
+            row.update(prompt_ids=list(t.prompt_ids), completion_ids=list(t.completion_ids))
+        rows.append(row)
+    return rows
 
 
 # Below this many training rows no validation split is made: a held-out set of one or two traces says

@@ -33,7 +33,11 @@ class Completion:
     completion_tokens: int
     reasoning_tokens: int  # tokens before ``</think>``; 0 for a model that does not think
     truncated: bool  # hit max_new_tokens before an end-of-sequence token
-    behaviour_logprob: float  # log β(y|x) summed over the completion's tokens (eos included)
+    behaviour_logprob: float  # log β(y|x) summed over ``token_ids`` (the ending EOS included)
+    # The sampled tokens exactly as sampled, the token that ended the sample (EOS / stop) included.
+    token_ids: tuple[int, ...] = ()
+    # The token that ended the sample; None when max_new_tokens cut it (then truncated is True).
+    stop_token_id: int | None = None
 
 
 def batch_seed(seed: int, *parts: Any) -> int:
@@ -199,6 +203,7 @@ class TransformersBackend(Backend):
                     reasoning_tokens=_reasoning_tokens(ids[:n], self._think_end, self._think_start,
                                                        opened=prompt_opens_reasoning(batch[row])),
                     truncated=not ended, behaviour_logprob=lp if math.isfinite(lp) else float("-inf"),
+                    token_ids=tuple(ids[:n]), stop_token_id=ids[n - 1] if ended else None,
                 ))
         return [out[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
@@ -287,6 +292,9 @@ class VLLMBackend(Backend):
                                                        opened=opened),
                     # "stop": an EOS or stop token ended it; "length" (max_tokens or max_model_len) or "abort": cut.
                     truncated=c.finish_reason != "stop", behaviour_logprob=_sampled_logprob(c),
+                    # vLLM keeps the EOS / stop token that ended a sample in token_ids (not in the text).
+                    token_ids=tuple(c.token_ids),
+                    stop_token_id=c.token_ids[-1] if c.finish_reason == "stop" and c.token_ids else None,
                 ))
             if len(row) != num_samples:
                 raise RuntimeError(f"vLLM returned {len(row)} completions for a prompt, asked for {num_samples}")

@@ -7,10 +7,10 @@ from typing import Any
 
 from iterdeploy_trl.config import ModelConfig, RunConfig, SamplingConfig, TasksConfig
 from iterdeploy_trl.loop import RunError, deploy_generation, make_backend
-from iterdeploy_trl.runio import write_jsonl
+from iterdeploy_trl.traces import TraceRecord, write_traces
 
 
-def legal_action_fraction(domain_pddl: str, records: list[dict[str, Any]], problems: dict[str, str]) -> float:
+def legal_action_fraction(domain_pddl: str, records: list[TraceRecord], problems: dict[str, str]) -> float:
     """Share of extracted actions that are legal: of each plan, the actions that apply in turn from the
     initial state (its legal prefix) over all its actions. Actions after the first illegal one count as
     not legal (the state they would apply to is undefined). The same definition as the base-model
@@ -20,10 +20,10 @@ def legal_action_fraction(domain_pddl: str, records: list[dict[str, Any]], probl
     sims: dict[str, Any] = {}
     legal = total = 0
     for r in records:
-        actions = [a for a in r["plan"].splitlines() if a.strip()]
+        actions = [a for a in r.plan.splitlines() if a.strip()]
         if not actions:
             continue
-        sim = sims.get(r["task_id"]) or sims.setdefault(r["task_id"], Simulator(domain_pddl, problems[r["task_id"]]))
+        sim = sims.get(r.task_id) or sims.setdefault(r.task_id, Simulator(domain_pddl, problems[r.task_id]))
         k = sim.legal_prefix(actions)
         legal += k
         total += len(actions)
@@ -54,13 +54,13 @@ def evaluate_model(model: str | Path, tasks_dir: str | Path, *, samples: int = 1
                                     {"pool": list(task_set.tasks)}, Path(tmp), seed=seed, generation=0,
                                     model_id=str(model), run_name="evaluate", method="evaluate", progress=progress)
     if traces_out:
-        write_jsonl(Path(traces_out), records)
-    solved = {r["task_id"] for r in records if r["valid"]}
+        write_traces(Path(traces_out), records)
+    solved = {r.task_id for r in records if r.valid}
     n = len(task_set.tasks)
     problems = {t.id: t.problem for t in task_set.tasks}
     return {
         "solved": len(solved), "tasks": n, "rate": len(solved) / n if n else 0.0,
-        "valid_fraction": sum(r["valid"] for r in records) / max(1, len(records)),
+        "valid_fraction": sum(r.valid for r in records) / max(1, len(records)),
         "legal_action_fraction": legal_action_fraction(task_set.domain_pddl, records, problems),
         "solved_task_ids": sorted(solved),
     }

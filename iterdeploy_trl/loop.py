@@ -18,18 +18,27 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from iterdeploy_trl import dist
-from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, load_config
+from iterdeploy_trl.config import (
+    METHODS,
+    ConfigError,
+    RunConfig,
+    check_settings_read,
+    config_hash,
+    load_config,
+)
 from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
+from iterdeploy_trl.traces import TraceRecord, read_traces, write_traces
 
 
 class RunError(RuntimeError):
@@ -212,7 +221,7 @@ def score_completions(domain_pddl: str, tasks: Sequence[Any], completions: Seque
 
 def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequence[Any], *, seed: int,
                  sample_seed: int, generation: int, split: str, model_id: str, run_name: str, method: str,
-                 validator: dict[str, Any]) -> list[dict[str, Any]]:
+                 validator: dict[str, Any]) -> list[TraceRecord]:
     """Sample K completions for each task of a chunk, validate them, and return the trace records."""
     tok = getattr(backend, "tokenizer", None)
     prompts = [prompt_for(cfg, domain_pddl, t, tok) for t in tasks]
@@ -229,24 +238,26 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
     _fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
+    # The prompt tokens as both backends feed them (special tokens included, no padding).
+    prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)} if tok is not None else {}
     records = []
     for (task, prompt, k, comp), ext, verdict in zip(flat, extractions, verdicts, strict=True):
-        plan = ext.actions
-        records.append({
-            "run": run_name, "method": method, "generation": generation, "seed": seed, "split": split,
-            "task_id": task.id, "sample_index": k, "domain": cfg.domain, "prompt": prompt, "completion": comp.text,
-            "plan": "\n".join(plan), "plan_length": verdict.plan_length, "valid": bool(verdict.valid),
-            "reason": verdict.reason, "reasoning_tokens": comp.reasoning_tokens,
-            "completion_tokens": comp.completion_tokens, "truncated": comp.truncated,
-            "behaviour_logprob": comp.behaviour_logprob, "reference_length": task.reference_length,
-            "model": model_id, "sampling": sampling, "validator": validator,
-        })
+        records.append(TraceRecord(
+            run=run_name, method=method, generation=generation, seed=seed, split=split, task_id=task.id,
+            sample_index=k, domain=cfg.domain, prompt=prompt, completion=comp.text, plan="\n".join(ext.actions),
+            plan_length=verdict.plan_length, valid=bool(verdict.valid), reason=verdict.reason,
+            reasoning_tokens=comp.reasoning_tokens, completion_tokens=comp.completion_tokens,
+            truncated=comp.truncated, behaviour_logprob=comp.behaviour_logprob,
+            reference_length=task.reference_length, model=model_id, sampling=sampling, validator=validator,
+            completion_ids=list(comp.token_ids) if comp.token_ids else None, stop_token_id=comp.stop_token_id,
+            prompt_ids=prompt_ids.get(prompt),
+        ))
     return records
 
 
 def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], domain_pddl: str,
                       splits: dict[str, Sequence[Any]], gen_dir: Path, *, seed: int, generation: int,
-                      model_id: str, run_name: str, method: str, progress: bool = True) -> list[dict[str, Any]]:
+                      model_id: str, run_name: str, method: str, progress: bool = True) -> list[TraceRecord]:
     """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume). Under several
     processes each deploys its share of the chunks (:func:`dist.shard`), then every process reads them all."""
     from iterdeploy_trl.validate import validator_info
@@ -257,7 +268,7 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
     backend = None
     jobs = [(split, i, tasks[i : i + cfg.chunk_size], tdir / f"{split}-{i // cfg.chunk_size:05d}.jsonl")
             for split, tasks in splits.items() for i in range(0, len(tasks), cfg.chunk_size)]
-    deployed: dict[Path, list[dict[str, Any]]] = {}
+    deployed: dict[Path, list[TraceRecord]] = {}
     bar = tqdm(dist.shard(jobs), desc=f"seed {seed} gen {generation}: deploy+validate", unit="chunk",
                disable=not progress, leave=False)
     try:
@@ -270,17 +281,85 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                                 sample_seed=batch_seed(seed, generation, split, start),
                                 generation=generation, split=split, model_id=model_id, run_name=run_name,
                                 method=method, validator=validator)
-            write_jsonl(path, rows)
+            write_traces(path, rows)
             _note_chunk(path)
             deployed[path] = rows
     finally:
         if backend is not None:
             backend.close()
     dist.barrier()  # every chunk is on disk
-    records: list[dict[str, Any]] = []
+    records: list[TraceRecord] = []
     for *_, path in jobs:
-        records.extend(deployed[path] if path in deployed else read_jsonl(path))
+        records.extend(deployed[path] if path in deployed else read_traces(path))
     return records
+
+
+# --------------------------------------------------------------------------- methods
+#
+# A method is its data (what the generation-g deployment gives it to train on) and its trainer; deployment,
+# validation, evaluation, the run directory and the model's dtype, LoRA and save policy are the loop's.
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the loop. ``data(cfg, records=, history=, pool=, domain_pddl=, seed=)`` gives the rows
+    the next generation trains on from this generation's trace records (``history``: every generation's);
+    ``train(cfg, job, rows)`` fine-tunes it and returns its training statistics. ``curates``: the rows
+    are curated traces (written to ``gen_<g>/train.jsonl``); an empty set keeps the model."""
+
+    name: str
+    curates: bool
+    data: Callable[..., list[dict[str, Any]]]
+    train: Callable[..., dict[str, Any]]
+    trains_on: str  # in words, for the log and the docs
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Where a generation trains: ``model_dir`` is the model deployed in this generation (None: the
+    base), ``out_dir`` where the next generation's model goes (moved into place when complete)."""
+
+    base: Path
+    model_dir: Path | None
+    out_dir: Path
+    seed: int
+
+
+def _curated_rows(cfg: RunConfig, *, records: Sequence[TraceRecord], history: Sequence[TraceRecord],
+                  pool: Sequence[Any], domain_pddl: str, seed: int) -> list[dict[str, Any]]:
+    """The SFT methods' data: the curated traces (of every generation so far with ``accumulate``)."""
+    return training_rows(curate(history if cfg.accumulate else records, cfg.curation, seed=seed))
+
+
+def _prompt_rows(cfg: RunConfig, *, records: Sequence[TraceRecord], history: Sequence[TraceRecord],
+                 pool: Sequence[Any], domain_pddl: str, seed: int) -> list[dict[str, Any]]:
+    """REINFORCE's data: each pool task's prompt as this generation deployed it, and its PDDL for the
+    reward; the trainer samples K completions of each (n·K, the deployment's budget)."""
+    prompts = {r.task_id: r.prompt for r in records if r.split == "pool"}
+    return [{"prompt": prompts[t.id], "domain_pddl": domain_pddl, "problem_pddl": t.problem, "task_id": t.id}
+            for t in pool]
+
+
+def _train_sft(cfg: RunConfig, job: TrainJob, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    init_from = job.model_dir if cfg.training.init == "previous" else None
+    return train_generation(cfg, job.base, rows, job.out_dir, seed=job.seed, init_from=init_from)
+
+
+def _train_reinforce(cfg: RunConfig, job: TrainJob, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return train_reinforce(cfg, job.base, rows, job.out_dir, seed=job.seed, init_from=job.model_dir)
+
+
+METHOD_TABLE: dict[str, Method] = {
+    "valid-sft": Method("valid-sft", True, _curated_rows, _train_sft,
+                        "curated valid traces (ValidTraceSFTTrainer, sequence-sum loss)"),
+    "iw-sft": Method("iw-sft", True, _curated_rows, _train_sft,
+                     "curated valid traces weighted by pi/beta (ImportanceWeightedSFTTrainer)"),
+    "uncurated-sft": Method("uncurated-sft", True, _curated_rows, _train_sft,
+                            "every untruncated trace (ValidTraceSFTTrainer)"),
+    "reinforce": Method("reinforce", False, _prompt_rows, _train_reinforce,
+                        "n*K fresh samples of the deployed model, VAL reward (ReinforceTrainer, online)"),
+}
+assert tuple(METHOD_TABLE) == METHODS
 
 
 # --------------------------------------------------------------------------- training
@@ -296,6 +375,14 @@ def process_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
                        f"{dist.world_size()} (a different experiment), or launch fewer processes") from None
 
 
+def reinforce_batch(cfg: RunConfig) -> tuple[int, int, int]:
+    """(completions per micro-batch over all processes, per-process batch, per-process accumulation):
+    ``training.batch_size`` rounded down to whole groups of K samples (at least one group)."""
+    tcfg, s = cfg.training, cfg.sampling
+    per_step = max(s.samples_per_task, (tcfg.batch_size // s.samples_per_task) * s.samples_per_task)
+    return (per_step, *process_batch(per_step, tcfg.gradient_accumulation_steps))
+
+
 def check_launch(cfg: RunConfig) -> None:
     """Fail before any work if this many processes cannot run ``cfg``."""
     n = dist.world_size()
@@ -306,16 +393,92 @@ def check_launch(cfg: RunConfig) -> None:
         raise RunError(f"sampling.backend vllm does not run under {n} processes yet: launch one process "
                        "(vLLM can use several GPUs itself), or use sampling.backend transformers")
     if cfg.method == "reinforce":
-        from iterdeploy_trl.compare import reinforce_batch
-
         reinforce_batch(cfg)
     else:
         process_batch(cfg.training.batch_size, cfg.training.gradient_accumulation_steps)
 
 
+def check_methods(cfg: RunConfig, methods: Sequence[str]) -> None:
+    """Before any work: every setting of ``cfg`` is read by one of ``methods`` (a ``ConfigError`` names the
+    first that is not), and each method can run at the config's sampling settings."""
+    check_settings_read(cfg, tuple(methods))
+    if "iw-sft" in methods:
+        from iterdeploy_trl.trainers import ImportanceWeightedSFTConfig
+
+        names = {f.name for f in dataclasses.fields(ImportanceWeightedSFTConfig)}
+        s = cfg.sampling
+        if "sampling_temperature" not in names and (s.temperature, s.top_p) != (1.0, 1.0):
+            raise ConfigError(f"sampling.temperature {s.temperature:g} / sampling.top_p {s.top_p:g}: this version's "
+                              "IW-SFT trainer evaluates pi at temperature 1 and top-p 1 only, so its weights would "
+                              "compare two distributions; use temperature 1 and top_p 1 for method iw-sft")
+
+
+def _iw_sampling(cfg: RunConfig) -> dict[str, float]:
+    """What produced beta, for ImportanceWeightedSFTConfig (where the trainer takes it)."""
+    from iterdeploy_trl.trainers import ImportanceWeightedSFTConfig
+
+    names = {f.name for f in dataclasses.fields(ImportanceWeightedSFTConfig)}
+    s = cfg.sampling
+    return ({"sampling_temperature": s.temperature, "sampling_top_p": s.top_p}
+            if "sampling_temperature" in names else {})
+
+
+def _trainable_model(cfg: RunConfig, base: Path, init_from: Path | None) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config) to train: the base, or ``init_from`` (a full model, or the base
+    with ``init_from``'s LoRA adapter, trainable); with ``training.lora`` and no adapter yet, a fresh LoRA
+    config for the trainer to apply. The same for every method."""
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    tcfg = cfg.training
+    adapter = init_from is not None and (init_from / "adapter_config.json").exists()
+    start_dir = init_from if (init_from is not None and not adapter) else base
+    model, tok = load_model_and_tokenizer(start_dir, dtype=_dtype(cfg.model.dtype), device=dist.device())
+    peft_config = None
+    if tcfg.lora is not None:
+        from peft import LoraConfig, PeftModel
+
+        if adapter:
+            model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+        else:
+            peft_config = LoraConfig(r=tcfg.lora.r, lora_alpha=tcfg.lora.alpha, lora_dropout=tcfg.lora.dropout,
+                                     target_modules=tcfg.lora.target_modules, task_type="CAUSAL_LM")
+    return model, tok, peft_config
+
+
+def _common_args(cfg: RunConfig, tmp: Path, *, seed: int, batch_size: int, accumulation: int,
+                 learning_rate: float) -> dict[str, Any]:
+    """TrainingArguments every method's trainer takes from the config alike."""
+    tcfg = cfg.training
+    return dict(
+        output_dir=str(tmp / "trainer"), learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
+        warmup_steps=tcfg.warmup_ratio, weight_decay=tcfg.weight_decay,
+        # bf16 autocast wherever the model is bf16, CPU too (transformers wants use_cpu for that), so that
+        # CPU runs take the GPU configs' code path.
+        bf16=cfg.model.dtype == "bfloat16", use_cpu=not dist.device().startswith("cuda"),
+        loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
+        disable_tqdm=False, dataloader_num_workers=0,
+    )
+
+
+def _save_generation(trainer: Any, tok: Any, tmp: Path, out_dir: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Save the trained model as it will be deployed (a LoRA as its adapter, unmerged: merged into bf16
+    weights a small update is mostly rounded away), with ``train_stats.json``, then move it into place."""
+    if dist.is_main():  # DDP: every process holds the same weights
+        tmp.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        write_json(tmp / "train_stats.json", stats)
+        replace_dir(tmp, out_dir)
+    dist.barrier()  # the model is in place before any process deploys it
+    return read_json(out_dir / "train_stats.json")
+
+
 def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_dir: Path, *, seed: int,
                      init_from: Path | None = None, method: str | None = None) -> dict[str, Any]:
-    """Fine-tune the next generation on ``rows`` and save it to ``out_dir`` (moved into place when done).
+    """Fine-tune the next generation with an SFT method on ``rows`` and save it to ``out_dir`` (moved into
+    place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
     Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan);
@@ -325,7 +488,6 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     ``train_stats.json``."""
     from datasets import Dataset
 
-    from iterdeploy_trl.models import load_model_and_tokenizer
     from iterdeploy_trl.trainers import (
         ImportanceWeightedSFTConfig,
         ImportanceWeightedSFTTrainer,
@@ -339,50 +501,37 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
                        "Sample more completions per task, add easier tasks, or use a stronger base model.")
     t0 = time.time()
     tcfg = cfg.training
-    device = dist.device()
     batch_size, accumulation = process_batch(tcfg.batch_size, tcfg.gradient_accumulation_steps)
-    start_dir = base
-    if init_from is not None and not (init_from / "adapter_config.json").exists():
-        start_dir = init_from
-    model, tok = load_model_and_tokenizer(start_dir, dtype=_dtype(cfg.model.dtype), device=device)
+    model, tok, peft_config = _trainable_model(cfg, base, init_from)
     fitting = [r for r, n in zip(rows, row_tokens(tok, rows), strict=True) if n <= tcfg.max_length]
     if not fitting:
         raise RunError(f"every one of the {len(rows)} training traces is longer than training.max_length="
                        f"{tcfg.max_length} tokens (prompt + completion + EOS): raise training.max_length")
     train_rows, eval_rows, split_note = validation_split(fitting, tcfg.validation_fraction, seed=seed)
-    peft_config = None
-    if tcfg.lora is not None:
-        from peft import LoraConfig, PeftModel
-
-        if init_from is not None and (init_from / "adapter_config.json").exists():
-            model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
-        else:
-            peft_config = LoraConfig(r=tcfg.lora.r, lora_alpha=tcfg.lora.alpha, lora_dropout=tcfg.lora.dropout,
-                                     target_modules=tcfg.lora.target_modules, task_type="CAUSAL_LM")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if dist.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     common = dict(
-        output_dir=str(tmp / "trainer"), num_train_epochs=tcfg.epochs, learning_rate=tcfg.learning_rate,
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-        max_length=tcfg.max_length, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
-        logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1), warmup_steps=tcfg.warmup_ratio,
-        # bf16 autocast wherever the model is bf16, CPU too (transformers wants use_cpu for that), so that
-        # CPU runs take the GPU configs' code path.
-        weight_decay=tcfg.weight_decay, bf16=cfg.model.dtype == "bfloat16", use_cpu=not device.startswith("cuda"),
-        loss_normalization=tcfg.loss_normalization, lr_scheduler_type="constant_with_warmup",
-        disable_tqdm=False, dataloader_num_workers=0,
+        _common_args(cfg, tmp, seed=seed, batch_size=batch_size, accumulation=accumulation,
+                     learning_rate=tcfg.learning_rate),
+        num_train_epochs=tcfg.epochs, max_length=tcfg.max_length,
+        logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1),
     )
     if eval_rows:
         common.update(eval_strategy="epoch", per_device_eval_batch_size=tcfg.batch_size)
+    columns = ("prompt", "completion") + (("behaviour_logprob",) if method == "iw-sft" else ())
+    # The sampled tokens (contract: trained on as they are, no re-tokenisation, no EOS appended), where every
+    # row has them; rows of trace files from before the ids were recorded train on their text.
+    if all(r.get("prompt_ids") is not None and r.get("completion_ids") is not None for r in rows):
+        columns += ("prompt_ids", "completion_ids")
 
     def dataset(part: list[dict[str, Any]]) -> Dataset:
-        data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "behaviour_logprob")} for r in part])
-        return data if method == "iw-sft" else data.remove_columns(["behaviour_logprob"])
+        return Dataset.from_list([{k: r[k] for k in columns} for r in part])
 
     if method == "iw-sft":
-        args = ImportanceWeightedSFTConfig(**common, iw_truncate=tcfg.iw_truncate,
-                                           iw_self_normalize=tcfg.iw_self_normalize, iw_per_token=tcfg.iw_per_token)
+        iw = cfg.iw_sft_settings
+        args = ImportanceWeightedSFTConfig(**common, iw_truncate=iw.truncate, iw_self_normalize=iw.self_normalize,
+                                           iw_per_token=iw.per_token, **_iw_sampling(cfg))
         trainer_cls = ImportanceWeightedSFTTrainer
     else:
         args = ValidTraceSFTConfig(**common)
@@ -393,50 +542,128 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     dist.check_trainer(trainer)
     result = trainer.train()
     _fault("training")
-    if dist.is_main():  # DDP: every process holds the same weights
-        tmp.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in train_rows)
-        eval_losses = [round(float(h["eval_loss"]), 6) for h in trainer.state.log_history if "eval_loss" in h]
-        stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
-                 "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
-                 "train_completion_tokens": int(n_tokens * tcfg.epochs),
-                 "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
-                 "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
-                 "validation": split_note}
-        write_json(tmp / "train_stats.json", stats)
-        replace_dir(tmp, out_dir)
+    eval_losses = [round(float(h["eval_loss"]), 6) for h in trainer.state.log_history if "eval_loss" in h]
+    stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
+             "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
+             "train_completion_tokens": int(sum(completion_tokens(tok, train_rows)) * tcfg.epochs),
+             "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
+             "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
+             "validation": split_note}
+    stats = _save_generation(trainer, tok, tmp, out_dir, stats)
     del trainer, model
-    dist.barrier()  # the model is in place before any process deploys it
-    return read_json(out_dir / "train_stats.json")
+    return stats
+
+
+class _CountingReward:
+    """A reward function that counts the completions it scores and their tokens (the sampled ids GRPO
+    trains on, EOS included), then defers to ``reward``."""
+
+    def __init__(self, reward: Any) -> None:
+        self.reward = reward
+        self.__name__ = reward.__name__  # TRL names the reward's metrics after it
+        self.completions = 0
+        self.tokens = 0
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None,
+                 **kwargs: Any) -> list[float]:
+        self.completions += len(completions)
+        self.tokens += sum(len(ids) for ids in completion_ids or [])
+        return self.reward(prompts, completions, completion_ids=completion_ids, **kwargs)
+
+
+def _sum_over_processes(values: list[int]) -> list[int]:
+    """Element-wise sum of per-process counts (the values themselves under one process)."""
+    import torch
+
+    if dist.world_size() == 1 or not torch.distributed.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.long, device=dist.device())
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def train_reinforce(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_dir: Path, *, seed: int,
+                    init_from: Path | None) -> dict[str, Any]:
+    """One segment of online REINFORCE from ``init_from`` (the deployed model; None: the base): K fresh
+    samples of each row's prompt, n·K in all (the budget an SFT generation learns from), scored by VAL,
+    then the model is saved as :func:`train_generation` saves it. Training tokens are counted from the
+    sampled completions."""
+    import math
+
+    from datasets import Dataset
+
+    from iterdeploy_trl.reward import ValidPlanReward
+    from iterdeploy_trl.trainers import ReinforceConfig, ReinforceTrainer
+
+    t0 = time.time()
+    tcfg, s, rs = cfg.training, cfg.sampling, cfg.reinforce_settings
+    model, tok, peft_config = _trainable_model(cfg, base, init_from)
+    # The global batch (completions per micro-batch x accumulation) is the same whatever the processes.
+    per_step, batch_size, accumulation = reinforce_batch(cfg)
+    completions = len(rows) * s.samples_per_task
+    steps = max(1, math.ceil(completions / (per_step * tcfg.gradient_accumulation_steps)))
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    args = ReinforceConfig(
+        **_common_args(cfg, tmp, seed=seed, batch_size=batch_size, accumulation=accumulation,
+                       learning_rate=rs.learning_rate or tcfg.learning_rate),
+        max_steps=steps, logging_steps=1, num_generations=s.samples_per_task, temperature=s.temperature,
+        top_p=s.top_p, max_completion_length=s.max_new_tokens, baseline=rs.baseline, use_vllm=s.backend == "vllm",
+    )
+    reward = _CountingReward(ValidPlanReward(timeout=cfg.validation_timeout, workers=cfg.validation_workers))
+    data = Dataset.from_list([{k: r[k] for k in ("prompt", "domain_pddl", "problem_pddl")} for r in rows])
+    trainer = ReinforceTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
+                               processing_class=tok, peft_config=peft_config)
+    dist.check_trainer(trainer)
+    result = trainer.train()
+    _fault("training")
+    sampled, tokens = _sum_over_processes([reward.completions, reward.tokens])
+    hist = trainer.state.log_history
+    stats = {"train_traces": sampled, "train_steps": int(result.global_step),
+             "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
+             "train_completion_tokens": tokens, "reward_mean": [h.get("reward") for h in hist if "reward" in h]}
+    stats = _save_generation(trainer, tok, tmp, out_dir, stats)
+    del trainer, model
+    return stats
 
 
 def row_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Tokens of each prompt-completion row as TRL's SFT tokenises it: prompt + completion + EOS."""
+    """Tokens of each prompt-completion row: its ``prompt_ids`` + ``completion_ids`` where recorded, else
+    the text as TRL's SFT tokenises it (prompt + completion + EOS)."""
     eos = tok.eos_token or ""
-    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows]
-    return [len(ids) for ids in tok(texts)["input_ids"]]
+    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows
+             if r.get("completion_ids") is None or r.get("prompt_ids") is None]
+    from_text = iter(len(ids) for ids in tok(texts)["input_ids"]) if texts else iter(())
+    return [len(r["prompt_ids"]) + len(r["completion_ids"])
+            if r.get("completion_ids") is not None and r.get("prompt_ids") is not None else next(from_text)
+            for r in rows]
+
+
+def completion_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Completion tokens of each training row: its sampled ``completion_ids`` where recorded (EOS
+    included when sampled), else the re-tokenised completion text."""
+    return [len(r["completion_ids"]) if r.get("completion_ids") is not None
+            else len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows]
 
 
 # --------------------------------------------------------------------------- metrics
 
 
-def generation_metrics(records: list[dict[str, Any]], generation: int, n_pool: int, n_heldout: int) -> dict[str, Any]:
+def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: int, n_heldout: int) -> dict[str, Any]:
     """Per-generation numbers from trace records (named after the quantities)."""
-    pool = [r for r in records if r["split"] == "pool"]
-    held = [r for r in records if r["split"] == "heldout"]
+    pool = [r for r in records if r.split == "pool"]
+    held = [r for r in records if r.split == "heldout"]
 
-    def solved(rs: list[dict[str, Any]]) -> set[str]:
-        return {r["task_id"] for r in rs if r["valid"]}
+    def solved(rs: list[TraceRecord]) -> set[str]:
+        return {r.task_id for r in rs if r.valid}
 
     by_task: dict[str, list[bool]] = {}
     for r in pool:
-        by_task.setdefault(r["task_id"], []).append(r["valid"])
-    valid = [r for r in pool if r["valid"]]
-    lengths = [r["plan_length"] for r in valid]
-    ref_solved = [r["reference_length"] for r in valid]
+        by_task.setdefault(r.task_id, []).append(r.valid)
+    valid = [r for r in pool if r.valid]
+    lengths = [r.plan_length for r in valid]
+    ref_solved = [r.reference_length for r in valid if r.reference_length is not None]
 
     def stat(xs: list[float], fn: Callable) -> float | None:
         return round(float(fn(xs)), 3) if xs else None
@@ -448,14 +675,14 @@ def generation_metrics(records: list[dict[str, Any]], generation: int, n_pool: i
         "heldout_solved": len(solved(held)),
         "heldout_tasks": n_heldout,
         "all_samples_valid": sum(all(v) for v in by_task.values()),
-        "valid_fraction": stat([float(r["valid"]) for r in pool], statistics.fmean),
-        "truncated_fraction": stat([float(r["truncated"]) for r in pool], statistics.fmean),
+        "valid_fraction": stat([float(r.valid) for r in pool], statistics.fmean),
+        "truncated_fraction": stat([float(r.truncated) for r in pool], statistics.fmean),
         "mean_valid_plan_length": stat(lengths, statistics.fmean),
         "median_valid_plan_length": stat(lengths, statistics.median),
         "max_valid_plan_length": max(lengths) if lengths else 0,
         "max_solved_reference_length": max(ref_solved) if ref_solved else 0,
-        "mean_reasoning_tokens": stat([r["reasoning_tokens"] for r in pool], statistics.fmean),
-        "mean_completion_tokens": stat([r["completion_tokens"] for r in pool], statistics.fmean),
+        "mean_reasoning_tokens": stat([r.reasoning_tokens for r in pool], statistics.fmean),
+        "mean_completion_tokens": stat([r.completion_tokens for r in pool], statistics.fmean),
         "samples": len(pool),
         "solved_task_ids": sorted(solved(pool)),
         "heldout_solved_task_ids": sorted(solved(held)),
@@ -511,7 +738,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     sdir.mkdir(parents=True, exist_ok=True)
     metrics_path = sdir / "metrics.jsonl"
     done = {m["generation"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
-    all_records: list[dict[str, Any]] = []
+    all_records: list[TraceRecord] = []
     samples_deployed = 0
     train_stats: dict[str, Any] = {}
     for g in range(cfg.generations + 1):
@@ -524,7 +751,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
             gdir, seed=seed, generation=g, model_id=model_id, run_name=cfg.name, method=cfg.method, progress=progress)
         deploy_s = time.time() - t0
         all_records.extend(records)
-        samples_deployed += sum(1 for r in records if r["split"] == "pool")
+        samples_deployed += sum(1 for r in records if r.split == "pool")
         if g in done:
             m = done[g]
         else:
@@ -553,19 +780,20 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         next_dir = sdir / f"gen_{g + 1:02d}" / "model"
         if dist.from_main(next_dir.exists()):  # one answer for all processes: the main one writes next_dir
             continue
-        history = all_records if cfg.accumulate else records
-        curated = curate(history, cfg.curation, seed=seed)  # the same in every process: made from the files
-        if dist.is_main():
-            write_jsonl(gdir / "train.jsonl", training_rows(curated))
-        if not curated:
-            log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
+        method = METHOD_TABLE[cfg.method]
+        rows = method.data(cfg, records=records, history=all_records, pool=pool, domain_pddl=domain_pddl,
+                           seed=seed)  # the same in every process: made from the files
+        if method.curates:
             if dist.is_main():
-                write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
-            dist.barrier()
-            continue
-        init_from = model_dir if (cfg.training.init == "previous" and model_dir is not None) else None
-        train_generation(cfg, base, training_rows(curated), next_dir, seed=batch_seed(seed, "train", g) % (2**31),
-                         init_from=init_from)
+                write_jsonl(gdir / "train.jsonl", rows)
+            if not rows:
+                log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
+                if dist.is_main():
+                    write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
+                dist.barrier()
+                continue
+        method.train(cfg, TrainJob(base=base, model_dir=model_dir, out_dir=next_dir,
+                                   seed=batch_seed(seed, "train", g) % (2**31)), rows)
     return [done[g] for g in sorted(done)]
 
 
@@ -605,10 +833,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
     Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
     progress, log = begin_run(cfg, progress, log)
-    if cfg.method == "reinforce":
-        from iterdeploy_trl.compare import run_reinforce
-
-        return run_reinforce(cfg, out, config_text=config_text, progress=progress, log=log)
+    check_methods(cfg, (cfg.method,))  # before any work: a setting this method does not read is refused
     if dist.world_size() > 1:
         log(f"[iterdeploy] {dist.world_size()} processes: deployment split by chunk, training data-parallel")
     dist.main_first(lambda: _check_run_dir(cfg, out, config_text))
@@ -620,7 +845,8 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
         per_seed[seed] = run_seed(cfg, out, seed, base, task_set.domain_pddl, pool, heldout, progress=progress,
                                   log=log)
     summary = {
-        "name": cfg.name, "domain": cfg.domain, "method": cfg.method, "curation": cfg.curation,
+        "name": cfg.name, "domain": cfg.domain, "method": cfg.method,
+        "curation": cfg.curation if METHOD_TABLE[cfg.method].curates else None,
         "seeds": list(cfg.seeds), "base_model": str(base), "tasks": len(pool), "heldout_tasks": len(heldout),
         "samples_per_task": cfg.sampling.samples_per_task, "complete": True,
         "generations": aggregate(per_seed),

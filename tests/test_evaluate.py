@@ -44,9 +44,11 @@ def test_legal_action_fraction_counts_every_action():
     sim = Simulator(dom, task.problem)
     first = sim.applicable(sim.init_state)[0]
     assert not sim.is_applicable(sim.apply(sim.init_state, first), first)  # the same action twice is illegal
+    from types import SimpleNamespace as Rec  # the two trace-record fields it reads
+
     records = [
-        {"task_id": task.id, "plan": f"{first}\n{first}\n{first}\n"},  # 1 of 3 legal: the 3rd is not either
-        {"task_id": task.id, "plan": ""},  # nothing extracted: no actions
-        {"task_id": task.id, "plan": first},  # 1 of 1
+        Rec(task_id=task.id, plan=f"{first}\n{first}\n{first}\n"),  # 1 of 3 legal: the 3rd is not either
+        Rec(task_id=task.id, plan=""),  # nothing extracted: no actions
+        Rec(task_id=task.id, plan=first),  # 1 of 1
     ]
     assert legal_action_fraction(dom, records, {task.id: task.problem}) == 2 / 4

@@ -147,3 +147,56 @@ def test_domain_mismatch_between_config_and_task_dir(tiny_base_model, tmp_path):
     with pytest.raises(ConfigError, match="sokoban"):
         run_loop(config_from_dict(tiny_run_config(tiny_base_model, tasks={"n": 2, "heldout": 0, "dir": str(tdir)})),
                  tmp_path / "run", progress=False)
+
+
+def reinforce_config(model: Path, **over) -> dict:
+    """REINFORCE through the loop on the tiny model: 8 pool tasks x 2 samples a segment, 2 steps of 8."""
+    data = tiny_run_config(model, **{**RESUME_OVER, "method": "reinforce", "curation": "shortest", **over})
+    del data["training"]["epochs"]  # an SFT setting: REINFORCE does not read it (refused if set)
+    return data
+
+
+@pytest.fixture(scope="module")
+def reinforce_reference(tiny_base_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reinforce")
+    cfg = write_config(root / "cfg.yaml", reinforce_config(tiny_base_model))
+    out = root / "reference"
+    proc = cli(["run", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cfg, out, traces(out)
+
+
+def test_reinforce_runs_through_the_loop(reinforce_reference):
+    _, out, rows = reinforce_reference
+    assert {r["method"] for r in rows} == {"reinforce"} and {r["generation"] for r in rows} == {0, 1}
+    assert not list(out.rglob("train.jsonl"))  # REINFORCE curates nothing: it samples its own
+    stats = json.loads((out / "seed_0" / "gen_01" / "model" / "train_stats.json").read_text())
+    assert stats["train_traces"] == 8 * 2 and stats["train_steps"] == 2  # n*K fresh samples, batches of 8
+    assert 0 < stats["train_completion_tokens"] <= 16 * 40  # counted from the samples, at most max_new_tokens
+    metrics = read_jsonl(out / "seed_0" / "metrics.jsonl")
+    assert [m["samples_used"] for m in metrics] == [0, 16]
+    assert metrics[1]["train_completion_tokens"] == stats["train_completion_tokens"]
+
+
+@pytest.mark.parametrize("point", ["training:1", "generation:4"])
+def test_reinforce_resumes_after_kill(reinforce_reference, tmp_path, point):
+    cfg, _, expected = reinforce_reference
+    out = tmp_path / "run"
+    killed = cli(["run", "--config", str(cfg), "--out", str(out), "--no-progress"], {"ITERDEPLOY_KILL_AT": point})
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+    assert not (out / "summary.json").exists()
+    resumed = cli(["run", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert traces(out) == expected  # the retrained segment samples and deploys exactly as the reference
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_setting_the_method_does_not_read_is_refused_before_work(tiny_base_model, tmp_path):
+    data = tiny_run_config(tiny_base_model, reinforce={"baseline": "mean"})
+    proc = cli(["run", "--config", str(write_config(tmp_path / "c.yaml", data)), "--out", str(tmp_path / "out")])
+    assert proc.returncode == 2 and "reinforce.baseline: set, but only method reinforce reads it" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"^training\.epochs: set, but only the SFT methods"):
+        run_loop(config_from_dict(tiny_run_config(tiny_base_model, method="reinforce")), tmp_path / "out2",
+                 progress=False)
+    assert not (tmp_path / "out2").exists()

@@ -156,16 +156,16 @@ def test_deployed_traces_record_chat_prompts_and_reasoning_tokens(chat_model):
     assert len(records) == 2 * cfg.sampling.samples_per_task
     recounted = 0
     for r, task in zip(records, [t for t in TASKS[:2] for _ in range(2)], strict=True):
-        assert r["prompt"] == prompt_for(cfg, DOMAIN, task, tok)
-        assert r["prompt"].startswith("<|im_start|>user\n") and r["prompt"].endswith("<think>\n")
-        assert r["behaviour_logprob"] < 0 and r["completion_tokens"] <= cfg.sampling.max_new_tokens
-        if "</think>" in r["completion"]:
+        assert r.prompt == prompt_for(cfg, DOMAIN, task, tok)
+        assert r.prompt.startswith("<|im_start|>user\n") and r.prompt.endswith("<think>\n")
+        assert r.behaviour_logprob < 0 and r.completion_tokens <= cfg.sampling.max_new_tokens
+        if "</think>" in r.completion:
             # reasoning = the sampled tokens before </think>; the prompt opened <think>
-            assert 0 < r["reasoning_tokens"] < r["completion_tokens"]
-            before = r["completion"].split("</think>")[0]
-            recounted += r["reasoning_tokens"] == len(tok(before, add_special_tokens=False)["input_ids"])
+            assert 0 < r.reasoning_tokens < r.completion_tokens
+            before = r.completion.split("</think>")[0]
+            recounted += r.reasoning_tokens == len(tok(before, add_special_tokens=False)["input_ids"])
         else:
-            assert r["reasoning_tokens"] == r["completion_tokens"]  # never closed: all reasoning
+            assert r.reasoning_tokens == r.completion_tokens  # never closed: all reasoning
     assert recounted >= 1
 
 

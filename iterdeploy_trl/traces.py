@@ -1,0 +1,155 @@
+"""The trace record: one row per sampled completion, written by the loop and read by curation, training,
+the comparison and the figures. This module is its one definition (:class:`TraceRecord`) and its one
+reader and writer (:func:`write_traces`, :func:`read_traces`): JSONL, one record a line, written whole
+(atomically) per deployment chunk.
+
+Files written before a field existed still read: ``completion_ids``, ``stop_token_id`` and
+``prompt_ids`` are ``None`` there (training then re-tokenises the text, as it did when they were made).
+A line with a field this module does not know, or a field of the wrong type, is refused with the file,
+the line and the field named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl.runio import atomic_write_text
+
+
+class TraceFormatError(ValueError):
+    """A trace file that is not made of trace records; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One sampled completion, its verdict and where it came from.
+
+    Identity: ``run`` (the run's name), ``method`` (valid-sft, iw-sft, uncurated-sft, reinforce, or
+    ``evaluate``), ``generation`` (0: the base model), ``seed`` (the run seed), ``split`` (``pool`` or
+    ``heldout``), ``task_id``, ``sample_index`` (k of the K samples of the task), ``domain``.
+
+    Sample: ``prompt`` (the text given to the backend), ``completion`` (the sampled text; a final
+    end-of-sequence token is not in it), ``prompt_ids`` (the prompt tokens the backend fed the model,
+    special tokens included), ``completion_ids`` (the sampled tokens exactly as sampled, the
+    end-of-sequence token that ended the sample included), ``stop_token_id`` (that ending token;
+    ``None`` when ``max_new_tokens`` cut the sample), ``truncated`` (cut by ``max_new_tokens``),
+    ``completion_tokens`` (tokens sampled, EOS included), ``reasoning_tokens`` (of them, the ones
+    before ``</think>``; 0 for a model that does not think), ``behaviour_logprob`` (log β(y|x): the sum
+    over ``completion_ids`` of each token's log-prob under the distribution it was sampled from,
+    temperature and top-p applied; ``-inf`` if a token had probability 0 there).
+
+    Verdict: ``plan`` (the extracted actions, one a line), ``plan_length`` (actions VAL read),
+    ``valid`` (VAL accepts the plan), ``reason`` (``valid`` or why not), ``reference_length`` (the
+    task's reference plan length).
+
+    Provenance: ``model`` (the model deployed: the base's path or the generation's model directory
+    relative to the run), ``sampling`` (temperature, top_p, max_new_tokens, samples_per_task, backend),
+    ``validator`` (VAL's version and binary sha256).
+    """
+
+    run: str
+    method: str
+    generation: int
+    seed: int
+    split: str
+    task_id: str
+    sample_index: int
+    domain: str
+    prompt: str
+    completion: str
+    plan: str
+    plan_length: int
+    valid: bool
+    reason: str
+    reasoning_tokens: int
+    completion_tokens: int
+    truncated: bool
+    behaviour_logprob: float
+    reference_length: int | None
+    model: str
+    sampling: dict[str, Any]
+    validator: dict[str, Any]
+    completion_ids: list[int] | None = None
+    stop_token_id: int | None = None
+    prompt_ids: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready mapping (the file's field names)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "trace record") -> TraceRecord:
+        """A record from a mapping, checked field by field; ``where`` prefixes the error message."""
+        unknown = sorted(set(data) - _FIELDS.keys())
+        if unknown:
+            raise TraceFormatError(f"{where}: unknown field {unknown[0]!r}; a trace record has "
+                                   f"{', '.join(_FIELDS)}")
+        missing = [name for name in _REQUIRED if name not in data]
+        if missing:
+            raise TraceFormatError(f"{where}: field {missing[0]!r} is missing")
+        for name, value in data.items():
+            if not _is(value, _FIELDS[name]):
+                raise TraceFormatError(f"{where}: field {name!r} is {value!r}, expected {_FIELDS[name]}")
+        return cls(**data)
+
+
+_HINTS = typing.get_type_hints(TraceRecord)
+_FIELDS = {f.name: _HINTS[f.name] for f in dataclasses.fields(TraceRecord)}
+_REQUIRED = [f.name for f in dataclasses.fields(TraceRecord) if f.default is dataclasses.MISSING]
+
+
+def _is(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits field type ``tp`` (an int is a float; a bool is not an int)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_is(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def write_traces(path: str | Path, records: Iterable[TraceRecord]) -> None:
+    """Write ``records`` to ``path`` as JSONL, all or nothing (a temporary file and a rename)."""
+    lines = []
+    for r in records:
+        if not isinstance(r, TraceRecord):
+            raise TypeError(f"write_traces({path}): expected TraceRecord, got {type(r).__name__}")
+        lines.append(json.dumps(r.to_dict()) + "\n")
+    atomic_write_text(Path(path), "".join(lines))
+
+
+def read_traces(path: str | Path) -> list[TraceRecord]:
+    """The records of a trace file (old files without the token-id fields read with them ``None``)."""
+    path = Path(path)
+    records = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            if not isinstance(data, dict):
+                raise TraceFormatError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
+            records.append(TraceRecord.from_dict(data, where=f"{path}:{lineno}"))
+    return records
+
