@@ -101,6 +101,20 @@ def vocabulary(domain: str | Domain, objects: Iterable[str] = ()) -> list[str]:
     return words
 
 
+def tokenizer_for_task_set(task_set: Any, model_max_length: int = MODEL_MAX_LENGTH) -> PreTrainedTokenizerFast:
+    """The tokenizer of a task set's domain: a registered domain's own one when the task set's domain file
+    declares the same names, else one built from the task set's domain file and its tasks' objects."""
+    from iterdeploy_trl.domains import is_registered
+
+    if is_registered(task_set.domain) and domain_symbols(get_domain(task_set.domain).pddl) == domain_symbols(
+        task_set.domain_pddl
+    ):
+        return build_tokenizer(task_set.domain, model_max_length)
+    spec = Domain.from_pddl(task_set.domain, task_set.domain_pddl, task_set.root)
+    objects = {o for task in task_set.tasks for o in read_problem(task_set.domain_pddl, task.problem, task.id).objects}
+    return build_tokenizer(spec, model_max_length, objects=objects)
+
+
 def build_tokenizer(
     domain: str | Domain, model_max_length: int = MODEL_MAX_LENGTH, *, objects: Iterable[str] = ()
 ) -> PreTrainedTokenizerFast:
@@ -248,13 +262,17 @@ def walk_examples(
     walks_per_task: int = 4,
     notes: bool = False,
     walk_length: str = "plan",
+    task_set: Any = None,
 ) -> list[tuple[str, str]]:
     """``(prompt, completion)`` pairs for pretraining: the compact prompt of a generated task's initial
     state with an unrelated goal, and a uniformly random legal walk from that state, one action a
     line. The walk's length is uniform in ``1..min(max_walk, reference plan length)`` (``walk_length="plan"``:
     lengths follow the plans of tasks of that size) or in ``1..max_walk`` (``"uniform"``), and nothing in
     the walk aims at the goal shown. With ``notes``, the walk is written with the note of each state it
-    passes (``prompts.annotated_plan``): the base model learns to say where it is before it acts."""
+    passes (``prompts.annotated_plan``): the base model learns to say where it is before it acts.
+
+    With ``task_set`` (a :class:`tasks.TaskSet`, e.g. an imported folder of a domain without a generator),
+    the walks start from its tasks' initial states in turn instead of from generated tasks."""
     from iterdeploy_trl.domains import note_domains
     from iterdeploy_trl.prompts import annotated_plan, format_compact
     from iterdeploy_trl.tasks import generate_tasks
@@ -266,8 +284,12 @@ def walk_examples(
 
     rng = random.Random(f"walks/{domain}/{seed}")
     n_tasks = -(-num_walks // walks_per_task)
-    tasks = generate_tasks(domain, n_tasks, seed=PRETRAIN_SEED_OFFSET + seed, size=task_size)
-    dom = domain_pddl(domain)
+    if task_set is not None:
+        tasks = [task_set.tasks[i % len(task_set.tasks)] for i in range(n_tasks)]
+        dom = task_set.domain_pddl
+    else:
+        tasks = generate_tasks(domain, n_tasks, seed=PRETRAIN_SEED_OFFSET + seed, size=task_size)
+        dom = domain_pddl(domain)
     out: list[tuple[str, str]] = []
     for task in tasks:
         sim = Simulator(dom, task.problem)
@@ -311,6 +333,7 @@ def pretrain_base_model(
     walks_per_task: int = 4,
     notes: bool = False,
     walk_length: str = "plan",
+    task_set: Any = None,
     threads: int | None = 1,
     log_every: int = 50,
     progress: bool = True,
@@ -319,16 +342,19 @@ def pretrain_base_model(
     ``base_model.json``) to ``out``; returns the record written to ``base_model.json``.
 
     The model learns the compact format, legal moves and plausible plan lengths, never how to reach
-    a goal: goals in its training prompts are unrelated to the walks."""
+    a goal: goals in its training prompts are unrelated to the walks. With ``task_set`` (a domain without a
+    generator, e.g. an imported folder), the tokenizer is built from its domain file and objects and the walks
+    start from its tasks (:func:`walk_examples`)."""
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
     cpu_started = time.process_time()
     out = Path(out)
     rng = random.Random(seed)
-    tok = build_tokenizer(domain)
+    tok = build_tokenizer(domain) if task_set is None else tokenizer_for_task_set(task_set)
     examples = walk_examples(domain, num_walks, seed=seed, task_size=task_size, max_walk=max_walk,
-                             walks_per_task=walks_per_task, notes=notes, walk_length=walk_length)
+                             walks_per_task=walks_per_task, notes=notes, walk_length=walk_length,
+                             task_set=task_set)
     prompts = tok([p for p, _ in examples])["input_ids"]
     completions = tok([c + tok.eos_token for _, c in examples], add_special_tokens=False)["input_ids"]
     rows = sorted(zip(prompts, completions, strict=True), key=lambda r: len(r[0]) + len(r[1]))
@@ -383,6 +409,7 @@ def pretrain_base_model(
         "walks_per_task": walks_per_task,
         "notes": notes,
         "walk_length": walk_length,
+        **({"task_set": str(task_set.root), "task_set_tasks": len(task_set.tasks)} if task_set is not None else {}),
         "final_loss": sum(tail) / len(tail) if tail else None,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.time() - started - data_seconds, 1),
@@ -460,6 +487,7 @@ def measure_small_model(
     max_new_tokens: int = 256,
     seed: int = 0,
     use_val: bool = True,
+    task_set: Any = None,
 ) -> dict[str, Any]:
     """Sample one plan per task of a fresh ``n``-task pool with the compact prompt and measure: the
     fraction of actions in the legal prefix, plans fully legal, plans ended by ``<eos>``, tasks solved
@@ -472,8 +500,11 @@ def measure_small_model(
 
     model, tok = load_model_and_tokenizer(path)
     model.eval()
-    dom = domain_pddl(domain)
-    tasks = generate_tasks(domain, n, seed=pool_seed, size=task_size)
+    if task_set is not None:  # a domain without a generator: its first n tasks
+        dom, tasks = task_set.domain_pddl, list(task_set.tasks[:n])
+        n = len(tasks)
+    else:
+        dom, tasks = domain_pddl(domain), generate_tasks(domain, n, seed=pool_seed, size=task_size)
     prompts = [build_prompt(dom, t.problem, "compact", domain=domain) for t in tasks]
     samples = sample_completions(
         model, tok, prompts, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed

@@ -265,6 +265,9 @@ def read_problem(domain_text: str, problem_text: str, label: str = "problem") ->
         if line_of(problem_text, rf"\(\s*:{section}\b") is None:
             raise PDDLReadError(label, f"malformed PDDL problem: no (:{section} ...) section")
     prob = _parse("problem", problem_text, label)
+    if prob.domain_name and prob.domain_name.lower() != domain.name:
+        raise PDDLReadError(label, f"the problem is for domain {prob.domain_name.lower()!r}, the domain file "
+                            f"defines {domain.name!r}", line_of(problem_text, r"\(\s*:domain\b"))
     objects = dict(domain.constants)
     objects.update({o.name.lower(): _types(o) for o in prob.objects})
     declared = set(domain.types) | set(domain.types.values()) | {"object"}

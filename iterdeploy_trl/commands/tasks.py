@@ -1,4 +1,5 @@
-"""`iterdeploy tasks`: generate a seeded task pool with reference plans and write it in the IPC layout."""
+"""`iterdeploy tasks`: generate a seeded task pool with reference plans, or import a folder of PDDL files, and
+write it in the IPC layout."""
 
 from __future__ import annotations
 
@@ -6,15 +7,25 @@ import argparse
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from iterdeploy_trl.domains import PLANNING_DOMAINS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tasks", help="generate a seeded task set (problems, reference plans, tasks.jsonl)")
-    p.add_argument("--domain", choices=PLANNING_DOMAINS, required=True)
-    p.add_argument("--n", type=int, required=True, help="number of tasks")
+    p = sub.add_parser(
+        "tasks",
+        help="generate a seeded task set, or import a folder of PDDL files (domain.pddl, problems/*.pddl)",
+        description="Generate a seeded task set (--domain, --n) or import an IPC-layout folder (--from DIR: "
+        "domain.pddl, problems/*.pddl, optional plans/<problem>.plan; missing plans are computed with Fast "
+        "Downward and every plan is checked by VAL; unsolved tasks are reported and left out).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--domain", choices=PLANNING_DOMAINS, help="a built-in domain to generate tasks of")
+    source.add_argument("--from", dest="src", type=Path, metavar="DIR",
+                        help="an IPC-layout folder to import (any STRIPS domain with typing, negative preconditions)")
+    p.add_argument("--n", type=int, default=None, help="number of tasks (with --domain)")
     p.add_argument("--seed", type=int, default=0, help="pool seed (task ids are <domain>-<seed>-<index>)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(
@@ -24,15 +35,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar=("LO", "HI"),
         default=None,
         help="range of the size parameter, drawn uniformly per task (blocks for blocksworld, a level for "
-        "rovers and sokoban); default: the domain's wide range",
+        "rovers and sokoban, ...); default: the domain's full range",
     )
     p.add_argument("--validate", action="store_true", help="check every reference plan with VAL")
+    p.add_argument("--name", default=None, help="with --from: the task set's domain name (default: the domain "
+                   "file's; needed when it clashes with a built-in domain)")
+    p.add_argument("--alias", default="lama-first", help="with --from: Fast Downward configuration for missing "
+                   "plans (default: lama-first, satisficing)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                   help="with --from: Fast Downward's time limit per task, in seconds (default: 60)")
     p.set_defaults(func=run)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.pddlio import PDDLReadError
+    from iterdeploy_trl.tasks import TaskSetError
+    from iterdeploy_trl.tasks.importer import REPORT, import_folder
+    from iterdeploy_trl.tasks.planner import PlannerNotFound
+
+    start = time.perf_counter()
+    try:
+        task_set, report = import_folder(args.src, args.out, name=args.name, alias=args.alias,
+                                         time_limit=args.time_limit, progress=print)
+    except (PDDLReadError, TaskSetError, PlannerNotFound, ValueError, OSError) as exc:
+        print(f"iterdeploy tasks: {exc}", file=sys.stderr)
+        return 2
+    for task_id, why in report.left_out.items():
+        print(f"  left out {task_id}: {why}", file=sys.stderr)
+    sources = Counter(report.kept.values())
+    lengths = [t.reference_length for t in task_set]
+    print(
+        f"imported {len(task_set)} {task_set.domain} tasks from {args.src} to {args.out} "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(sources.items()))}; every plan VAL-valid); "
+        f"{len(report.left_out)} left out (see {args.out / REPORT}); reference length min/median/max "
+        f"{min(lengths)}/{statistics.median(lengths):g}/{max(lengths)}; {time.perf_counter() - start:.1f}s"
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.tasks import DEFAULT_SIZES, TaskSetError, generate_tasks, write_task_set
 
+    if args.src is not None:
+        return _import(args)
+    if args.n is None:
+        print("iterdeploy tasks: --n is required with --domain", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     size = tuple(args.size) if args.size else DEFAULT_SIZES[args.domain]
     try:
