@@ -240,7 +240,9 @@ class RunConfig:
         a GPU config elsewhere)."""
         from iterdeploy_trl.domains import PLANNING_DOMAINS
 
-        _require(self.domain in PLANNING_DOMAINS, "domain", self.domain, f"must be one of {PLANNING_DOMAINS}")
+        # Any other domain comes with its own task set (an imported folder: `iterdeploy tasks --from`).
+        _require(self.domain in PLANNING_DOMAINS or bool(self.tasks.dir), "domain", self.domain,
+                 f"must be one of {PLANNING_DOMAINS}, or name the domain of the task set given as tasks.dir")
         _require(self.generations >= 0, "generations", self.generations, "must be >= 0")
         _require(len(self.seeds) >= 1, "seeds", self.seeds, "needs at least one seed")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
@@ -441,7 +443,7 @@ def config_hash(cfg: RunConfig) -> str:
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]
-    version = GENERATOR_VERSION[cfg.domain]
+    version = GENERATOR_VERSION.get(cfg.domain, 1)  # a domain without a generator: its tasks.dir is hashed
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -45,7 +45,7 @@ def evaluate_model(model: str | Path, tasks_dir: str | Path, *, samples: int = 1
     task_set = load_task_set(Path(tasks_dir))
     cfg = RunConfig(
         domain=task_set.domain, name="evaluate", generations=0,
-        tasks=TasksConfig(n=len(task_set.tasks)), model=ModelConfig(path=str(model), prompt_style=prompt_style),
+        tasks=TasksConfig(n=len(task_set.tasks), dir=str(tasks_dir)), model=ModelConfig(path=str(model), prompt_style=prompt_style),
         sampling=SamplingConfig(backend=backend, samples_per_task=samples, temperature=temperature, top_p=top_p,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size),
     ).check()

@@ -112,15 +112,39 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
            f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
            f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}"
            f"-prompt{COMPACT_PROMPT_VERSION.get(cfg.domain, 1)}")
-    generator = GENERATOR_VERSION[cfg.domain]
+    generator = GENERATOR_VERSION.get(cfg.domain, 1)
     if generator > 1:  # version 1 keys predate the version: keep them valid
         key += f"-gen{generator}"
+    if cfg.domain not in GENERATOR_VERSION:  # a domain without a generator pretrains on its task set's tasks
+        key += f"-taskset{_task_set_digest(cfg)}"
     if cfg.model.base_walk_length != "plan":
         key += f"-{cfg.model.base_walk_length}walks"
     if cfg.model.base_notes:
         key += "-notes"
     key += "-seed0"
     return cache_root(cfg) / "base_models" / key
+
+
+def _own_task_set(cfg: RunConfig) -> Any:
+    """The task set of a domain without a generator (its base model's walks start from its tasks), else None."""
+    if cfg.domain in GENERATOR_VERSION:
+        return None
+    from iterdeploy_trl.tasks import load_task_set
+
+    return load_task_set(Path(cfg.tasks.dir).expanduser())
+
+
+def _task_set_digest(cfg: RunConfig) -> str:
+    """A digest of the domain file and problems of ``tasks.dir`` (what a task-set base model learns from)."""
+    import hashlib
+
+    from iterdeploy_trl.tasks import load_task_set
+
+    task_set = load_task_set(Path(cfg.tasks.dir).expanduser())
+    digest = hashlib.sha256(task_set.domain_pddl.encode())
+    for task in task_set.tasks:
+        digest.update(task.problem.encode())
+    return digest.hexdigest()[:12]
 
 
 def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
@@ -146,7 +170,8 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
                             num_walks=cfg.model.base_num_walks,
                             task_size=size, max_walk=cfg.model.base_max_walk, progress=progress,
                             walks_per_task=cfg.model.base_walks_per_task, notes=cfg.model.base_notes,
-                            walk_length=cfg.model.base_walk_length, threads=cfg.threads)
+                            walk_length=cfg.model.base_walk_length, threads=cfg.threads,
+                            task_set=_own_task_set(cfg))
         if (path / "base_model.json").exists():  # another run finished the same model first
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -171,7 +171,12 @@ def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], pf: Preflight) ->
     from iterdeploy_trl.domains import domain_pddl
     from iterdeploy_trl.loop import prompt_for
 
-    dom = domain_pddl(cfg.domain)
+    if cfg.tasks.dir:
+        from iterdeploy_trl.tasks import load_task_set
+
+        dom = load_task_set(Path(cfg.tasks.dir).expanduser()).domain_pddl
+    else:
+        dom = domain_pddl(cfg.domain)
     lengths = [len(tok(prompt_for(cfg, dom, task, tok))["input_ids"]) for task in tasks]
     longest = max(lengths)
     pf.lines.append(f"prompt tokens (first {len(tasks)} pool tasks): {min(lengths)}..{longest}")

@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "base-model",
         help="pretrain a small base model on random legal action walks (no goal-directed plans)",
     )
-    p.add_argument("--domain", choices=PLANNING_DOMAINS, required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--domain", choices=PLANNING_DOMAINS, help="a built-in domain (walks from generated tasks)")
+    source.add_argument("--tasks", type=Path, metavar="DIR", default=None,
+                        help="a task set (e.g. imported with `iterdeploy tasks --from`): tokenizer from its domain "
+                        "file and objects, walks from its tasks, --measure on its first N tasks")
     p.add_argument(
         "--out", type=Path, required=True, help="output directory (a Hugging Face model directory)"
     )
@@ -94,7 +98,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.models import measure_small_model, pretrain_base_model
 
-    task_size = tuple(args.task_size or CPU_TASK_SIZES[args.domain])
+    task_set = None
+    if args.tasks is not None:
+        from iterdeploy_trl.tasks import TaskSetError, load_task_set
+
+        try:
+            task_set = load_task_set(args.tasks)
+        except TaskSetError as exc:
+            print(f"iterdeploy base-model: {exc}", file=sys.stderr)
+            return 2
+        args.domain = task_set.domain
+    task_size = tuple(args.task_size or CPU_TASK_SIZES.get(args.domain, (1, 1)))
     if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1 or args.measure_seeds < 1:
         print("iterdeploy base-model: --steps, --num-walks, --walks-per-task and --measure-seeds must be at least 1",
               file=sys.stderr)
@@ -122,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             notes=args.notes,
             walk_length=args.walk_length,
             threads=args.threads,
+            task_set=task_set,
         )
     except ValueError as exc:  # a size range the generator rejects, an unknown model size
         print(f"iterdeploy base-model: {exc}", file=sys.stderr)
@@ -139,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 task_size=task_size,
                 max_new_tokens=args.max_new_tokens,
                 seed=seed,
+                task_set=task_set,
             )
             for seed in range(args.measure_seeds)
         ]
