@@ -28,8 +28,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate", action="store_true", help="check every reference plan with VAL")
+    parser.add_argument("--domains", nargs="+", choices=PLANNING_DOMAINS, default=list(PLANNING_DOMAINS))
     args = parser.parse_args()
-    for domain in PLANNING_DOMAINS:
+    for domain in args.domains:
         start = time.perf_counter()
         tasks = generate_tasks(domain, args.n, args.seed)
         seconds = time.perf_counter() - start

@@ -125,8 +125,11 @@ def _parse(kind: str, text: str, label: str):
         raise PDDLReadError(label, f"malformed PDDL {kind}: expected (define ({kind} NAME) ...)",
                             line_of(text, r"\(\s*define\b"))
     parser = DomainParser() if kind == "domain" else _problem_parser()
+    source = normalise(text)
+    if kind == "domain":
+        source = _typing_declared(source)
     try:
-        return parser(normalise(text))
+        return parser(source)
     except UnexpectedInput as exc:
         near = text.splitlines()[exc.line - 1].strip()[:60] if 0 < exc.line <= text.count("\n") + 1 else ""
         expected = sorted(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or ())
@@ -140,6 +143,15 @@ def _parse(kind: str, text: str, label: str):
                             f"{near!r}{hint}", exc.line if exc.line > 0 else None) from None
     except Exception as exc:  # the library's own checks (e.g. types used without :typing)
         raise PDDLReadError(label, f"malformed PDDL {kind}: {exc}") from None
+
+
+def _typing_declared(source: str) -> str:
+    """``source`` with ``:typing`` added to its requirements when it declares ``(:types`` without it (the
+    IPC-2023 track's miconic does; VAL and planners accept it, the ``pddl`` library refuses it). Added on
+    the requirements' own line, so line numbers stay those of the file."""
+    if re.search(r"\(\s*:types\b", source) and not re.search(r":typing\b", source):
+        return re.sub(r"\(\s*:requirements\b", "(:requirements :typing", source, count=1)
+    return source
 
 
 @lru_cache(maxsize=1)

@@ -356,3 +356,14 @@ def test_cli_resolves_a_domain_name_unless_it_is_a_file(files, capsys, monkeypat
     (files / "rovers").write_text(BW)  # a file of that name is read as the domain file
     assert cli_main(["validate", "rovers", "p.pddl", "good.plan"]) == 0
     assert capsys.readouterr().out.startswith("valid")
+
+
+def test_a_domain_using_types_without_the_typing_requirement_reads():
+    """The IPC-2023 track's miconic declares only :strips and uses :types: VAL accepts it, and so do our
+    pre-checks (the pddl library alone refuses it)."""
+    from iterdeploy_trl.tasks import generate_tasks
+
+    domain = domains.domain_pddl("miconic").replace(":strips :typing", ":strips")
+    assert domain != domains.domain_pddl("miconic")
+    task = generate_tasks("miconic", 1, seed=0, size=(2, 2))[0]
+    assert validate_plan(domain, task.problem, list(task.reference_plan)).valid
