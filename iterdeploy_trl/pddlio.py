@@ -18,6 +18,7 @@ a domain, so it accepts them (VAL judges such plans); the simulator and the impo
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -154,11 +155,18 @@ def _typing_declared(source: str) -> str:
     return source
 
 
-@lru_cache(maxsize=1)
-def _problem_parser():
-    from pddl.parser.problem import ProblemParser
+_local = threading.local()
 
-    return ProblemParser()  # building its grammar costs ~60 ms, parsing a problem with it ~6 ms
+
+def _problem_parser():
+    """This thread's problem parser: building its grammar costs ~60 ms, parsing a problem with it ~6 ms,
+    and one parser is not safe to share between threads (``validate_batch`` reads problems in several)."""
+    parser = getattr(_local, "problem_parser", None)
+    if parser is None:
+        from pddl.parser.problem import ProblemParser
+
+        parser = _local.problem_parser = ProblemParser()
+    return parser
 
 
 def _name(term) -> str:

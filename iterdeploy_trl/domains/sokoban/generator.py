@@ -84,15 +84,21 @@ def _room(rng: random.Random, width: int, height: int) -> set[Cell]:
     return max(parts, key=lambda p: (len(p), min(p)))
 
 
-def _path(floor: set[Cell], blocked: set[Cell], start: Cell) -> dict[Cell, Cell | None]:
+Neighbours = dict[Cell, tuple[Cell, ...]]  # floor cell -> its floor neighbours, in DIRS order
+
+
+def _neighbours(floor: set[Cell]) -> Neighbours:
+    return {c: tuple(n for d in DIRS.values() if (n := _add(c, d)) in floor) for c in floor}
+
+
+def _path(floor: Neighbours, blocked: set[Cell], start: Cell) -> dict[Cell, Cell | None]:
     """BFS parents over free floor from ``start`` (its keys are the cells the player can reach)."""
     parent: dict[Cell, Cell | None] = {start: None}
     queue = deque([start])
     while queue:
         c = queue.popleft()
-        for d in DIRS.values():
-            n = _add(c, d)
-            if n in floor and n not in blocked and n not in parent:
+        for n in floor[c]:
+            if n not in blocked and n not in parent:
                 parent[n] = c
                 queue.append(n)
     return parent
@@ -106,7 +112,7 @@ def _walk_to(parent: dict[Cell, Cell | None], goal: Cell) -> list[Cell]:
 
 
 def _scramble(
-    rng: random.Random, floor: set[Cell], stones: list[Cell], player: Cell, pulls: list[int]
+    rng: random.Random, floor: Neighbours, stones: list[Cell], player: Cell, pulls: list[int]
 ) -> tuple[list[tuple], Cell, list[int]]:
     """Pull stone i up to ``pulls[i]`` times (stones in random order); return the reverse events, where
     the player ends, and how often each stone was pulled.
@@ -144,9 +150,11 @@ def _scramble(
     return events, player, done
 
 
-def _keeps_reach(floor: set[Cell], stones: list[Cell], i: int, pull: tuple[Cell, Cell], waiting: list[int]) -> bool:
+def _keeps_reach(floor: Neighbours, stones: list[Cell], i: int, pull: tuple[Cell, Cell], waiting: list[int]) -> bool:
     """Whether, after pulling stone i to ``pull[0]`` (the player stepping back to ``pull[1]``), the player
     can still reach a cell next to each stone in ``waiting``."""
+    if not waiting:
+        return True
     moved = list(stones)
     moved[i] = pull[0]
     reach = _path(floor, set(moved), pull[1])
@@ -218,12 +226,13 @@ def generate(rng: random.Random, size: int, name: str) -> Generated:
         goals, player = set(picked[:-1]), picked[-1]
         stones = sorted(goals)
         pulls = [1 if size == 1 else rng.randint(1, size) for _ in stones]
-        events, start, done = _scramble(rng, floor, stones, player, pulls)
+        nbrs = _neighbours(floor)
+        events, start, done = _scramble(rng, nbrs, stones, player, pulls)
         if not all(done) or all(s in goals for s in stones):
             continue  # a stone never pulled (the room left it no pull), or nothing to do
         # The player walks off to a random cell it can reach: it does not start next to the stone it
         # pulled last, poised to push it back (a random first push would then often solve the task).
-        parent = _path(floor, set(stones), start)
+        parent = _path(nbrs, set(stones), start)
         route = _walk_to(parent, rng.choice(sorted(parent)))
         events += [("move", a, b) for a, b in pairwise(route)]
         start = route[-1]
