@@ -22,6 +22,7 @@ from iterdeploy_trl.trainers.sft import ValidTraceSFTConfig, ValidTraceSFTTraine
 logger = logging.getLogger(__name__)
 
 BEHAVIOUR_LOGPROB = "behaviour_logprob"
+IW_WEIGHT = "iw_weight"  # the optimizer batch's weights, attached to each micro-batch before training on it
 
 
 @dataclass
@@ -30,17 +31,38 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
     Configuration for [`ImportanceWeightedSFTTrainer`]: [`ValidTraceSFTConfig`] plus the fields below.
 
     Parameters:
+        sampling_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the sampler that produced the traces (and their `behaviour_logprob`). π(y|x) in the
+            weight is taken under the same transformation of the current model's logits, so that β = π gives
+            w = 1 exactly.
+        sampling_top_p (`float`, *optional*, defaults to `1.0`):
+            Top-p of that sampler. With p < 1, π(y|x) in the weight is the nucleus-truncated probability (the
+            current model's nucleus at each token, renormalised); a trace token outside π's nucleus gives w = 0.
         iw_truncate (`float` or `None`, *optional*, defaults to `None`):
             Cap c on the weights, w ← min(w, c), applied before self-normalisation. `None` keeps the unbiased
             (and high-variance) ratio.
         iw_self_normalize (`bool`, *optional*, defaults to `False`):
-            Divide the weights by their mean over the micro-batch (w_i / mean_j w_j): biased, much lower
-            variance. With `per_device_train_batch_size=1` every weight becomes 1, i.e. plain SFT.
+            Divide the weights by their mean over the optimizer batch (all micro-batches of a gradient
+            accumulation step, all processes): w_i / mean_j w_j. Biased, much lower variance; the same
+            estimator whatever the micro-batch size, accumulation or number of processes. An optimizer batch of
+            one trace makes every weight 1, i.e. plain SFT.
         iw_per_token (`bool`, *optional*, defaults to `False`):
             Use the per-token geometric mean of the ratio, exp((log π − log β)/T_i), instead of the sequence
             ratio exp(log π − log β). Biased, but does not explode with the trace length.
     """
 
+    sampling_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Temperature the traces were sampled at; π(y|x) in the weight is taken at the same temperature."
+        },
+    )
+    sampling_top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "Top-p the traces were sampled with; π(y|x) in the weight is the nucleus-truncated probability."
+        },
+    )
     iw_truncate: float | None = field(
         default=None,
         metadata={
@@ -51,8 +73,8 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
     iw_self_normalize: bool = field(
         default=False,
         metadata={
-            "help": "Divide the weights by their mean over the micro-batch (biased, lower variance). A no-op "
-            "that leaves plain SFT with per_device_train_batch_size=1."
+            "help": "Divide the weights by their mean over the optimizer batch (all micro-batches and processes; "
+            "biased, lower variance)."
         },
     )
     iw_per_token: bool = field(
@@ -65,34 +87,64 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.sampling_temperature > 0:
+            raise ValueError(f"sampling_temperature must be positive, got {self.sampling_temperature}")
+        if not 0 < self.sampling_top_p <= 1:
+            raise ValueError(f"sampling_top_p must be in (0, 1], got {self.sampling_top_p}")
         if self.iw_truncate is not None and not self.iw_truncate > 0:
             raise ValueError(f"iw_truncate must be a positive weight cap or None, got {self.iw_truncate}")
-        if self.iw_self_normalize and self.per_device_train_batch_size == 1:
+        if (
+            self.iw_self_normalize
+            and self.per_device_train_batch_size * self.gradient_accumulation_steps == 1
+        ):
             logger.warning(
-                "iw_self_normalize=True with per_device_train_batch_size=1 makes every weight 1: this is plain "
-                "valid-trace SFT. Use a larger batch to self-normalise."
+                "iw_self_normalize=True with one trace per optimizer step on each process: on one process every "
+                "weight is 1, i.e. plain valid-trace SFT. Use a larger batch (or accumulation) to self-normalise."
             )
 
 
 class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     """[`ValidTraceSFTTrainer`] with each trace weighted by w = π(y|x)/β(y|x) (detached).
 
-    Dataset: columns `prompt`, `completion` and `behaviour_logprob`, the float log β(y|x) summed over the
-    completion's tokens under the distribution actually sampled from (temperature and top-p included), over
-    the same tokens the loss covers: the completion as the tokenizer encodes it, plus the EOS token that
-    `SFTTrainer` appends when the completion does not end with it.
+    Dataset: `ValidTraceSFTTrainer`'s rows plus `behaviour_logprob`, the float log β(y|x) summed over the
+    completion's tokens under the distribution actually sampled from. It must cover the tokens the loss
+    covers: with `prompt_ids`/`completion_ids` rows exactly `completion_ids` (the sampled tokens, the stop
+    token if one ended the sample; a truncated completion is trained on without an EOS and its weight covers
+    no EOS either); with text rows the completion as the tokenizer encodes it plus the EOS `SFTTrainer`
+    appends.
 
-    The weight comes from the training forward itself (log π(y|x) summed over the completion tokens, no
-    second forward) and carries no gradient. That forward runs in training mode: with dropout (LoRA
-    dropout, say) log π, hence w, carries the dropout noise; set dropout to 0 for exact weights. Logged:
-    `iw/weight_min`, `iw/weight_max` (over the steps since the last log), `iw/weight_mean`, `iw/ess`
-    (effective sample size (Σw)²/Σw² of a micro-batch) and `iw/truncated_fraction` (averaged).
+    π(y|x) in the weight is the current model's probability under the sampler's transformation
+    (`sampling_temperature`, `sampling_top_p`: temperature, then the nucleus renormalised, as the deployment
+    backend samples), so β = π gives w = 1. It is computed, with no gradient, by a separate forward of each
+    optimizer batch before its first micro-batch is trained on: in eval mode (no dropout), outside autocast
+    (the model's own dtype: float32 weights give float32 log-probs whatever `bf16`/`fp16` say, bf16 weights
+    the bf16 computation the backend ran), logits in float32. The training forward's own log π is used
+    instead, with no second forward, when it is the same number: temperature 1, top-p 1, no mixed precision,
+    no active dropout, and no self-normalisation across micro-batches or processes.
+
+    Estimators (w_i detached; N the traces of the optimizer batch; the loss normalisation as in
+    `ValidTraceSFTTrainer`, shown here for `"sequence_sum"`):
+    - default: −(1/N) Σ_i w_i log π(y_i|x_i), w_i = π(y_i|x_i)/β(y_i|x_i). Unbiased for the on-policy
+      gradient of the sampler-transformed π (Prop. 2), provided β(y|x) > 0 wherever π(y|x) r(y) > 0 and each
+      trace's `behaviour_logprob` is exact. Variance grows exponentially with the trace length.
+    - `iw_truncate` = c: w_i ← min(w_i, c). Biased towards β's traces where π/β > c; variance bounded by c².
+    - `iw_self_normalize`: w_i ← w_i / ((1/N) Σ_j w_j) over the optimizer batch (after truncation). Consistent
+      as N grows, biased for small N; it removes the scale of the ratios, so it also tolerates a β known only
+      up to a constant factor per batch. An optimizer batch of one trace gives plain SFT.
+    - `iw_per_token`: w_i = exp((log π − log β)/T_i), the geometric mean of the per-token ratios. Biased
+      (not a density ratio of any trace distribution), but bounded for long traces.
+    Note the gradient is of log π at temperature 1 (the model as trained), weighted by the ratio of the
+    sampler-transformed distributions: REINFORCE's direction for the deployed sampler only at T = 1, p = 1.
+
+    Logged: `iw/weight_min`, `iw/weight_max` (over the steps since the last log), `iw/weight_mean`, `iw/ess`
+    (effective sample size (Σw)²/Σw² of an optimizer batch, or of a micro-batch on the training-forward path)
+    and `iw/truncated_fraction` (averaged).
     """
 
     config_class = ImportanceWeightedSFTConfig
     _tag_names = ["trl", "sft", "iterdeploy", "importance-weighted"]
     _name = "ImportanceWeightedSFT"
-    _extra_columns = (BEHAVIOUR_LOGPROB,)
+    _extra_columns = (BEHAVIOUR_LOGPROB, IW_WEIGHT)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """`ValidTraceSFTTrainer`'s arguments (`args` an `ImportanceWeightedSFTConfig`)."""
@@ -112,19 +164,142 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
         if BEHAVIOUR_LOGPROB not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, BEHAVIOUR_LOGPROB]
 
+    # --- weights ------------------------------------------------------------------------------------------
+
+    def _training_forward_gives_weights(self, optimizer_batch: bool) -> bool:
+        """Whether the training forward's log π is the weight's log π (no separate forward needed).
+
+        ``optimizer_batch``: the weights are for the micro-batches of a whole optimizer step (self-normalised
+        over all of them) rather than for one batch on its own."""
+        args = self.args
+        if args.sampling_temperature != 1.0 or args.sampling_top_p < 1.0 or args.bf16 or args.fp16:
+            return False
+        if (
+            args.iw_self_normalize
+            and optimizer_batch
+            and (self.current_gradient_accumulation_steps > 1 or self.accelerator.num_processes > 1)
+        ):
+            return False
+        return not _has_active_dropout(self.model)
+
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, Any]:
+        """`ValidTraceSFTTrainer`'s, then (unless the training forward gives them) the weights of the whole
+        optimizer batch, self-normalised over all its micro-batches and processes, attached to each
+        micro-batch as `iw_weight`."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.current_gradient_accumulation_steps = len(batch_samples)
+        if batch_samples and not self._training_forward_gives_weights(optimizer_batch=True):
+            self._attach_weights(batch_samples)
+        return batch_samples, num_items_in_batch
+
+    def _attach_weights(self, batch_samples: list[dict[str, Any]]) -> None:
+        args = self.args
+        raw = []  # log π/β of each micro-batch (per token if asked), before truncation
+        for batch in batch_samples:
+            if BEHAVIOUR_LOGPROB not in batch:
+                raise KeyError(_NO_BEHAVIOUR)
+            seq_logp_pi, lengths = self._sampling_logprobs(batch)
+            raw.append(
+                losses.log_importance_ratios(
+                    seq_logp_pi, batch[BEHAVIOUR_LOGPROB], per_token=args.iw_per_token, lengths=lengths
+                )
+            )
+        everything = torch.cat(raw)
+        if self.accelerator.num_processes > 1:
+            everything = torch.tensor(
+                self.accelerator.gather_object(everything.tolist()),
+                dtype=torch.float64,
+                device=everything.device,
+            )
+        # the optimizer batch's weights (all processes): their mean normalises, their statistics are logged
+        whole = losses.importance_weights(
+            everything,
+            torch.zeros_like(everything),
+            truncate=args.iw_truncate,
+            self_normalize=args.iw_self_normalize,
+        )
+        self._log_weight_stats(whole.stats, "train")
+        log_mean = None
+        if args.iw_self_normalize:
+            log_mean = losses.log_mean_weight(
+                losses.log_importance_ratios(everything, 0 * everything, truncate=args.iw_truncate)
+            )
+        for batch, log_r in zip(batch_samples, raw, strict=True):
+            batch[IW_WEIGHT] = losses.importance_weights(
+                log_r,
+                torch.zeros_like(log_r),
+                truncate=args.iw_truncate,
+                self_normalize=args.iw_self_normalize,
+                log_mean=log_mean,
+            ).weights
+
+    def _sampling_logprobs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(y_i|x_i) under the sampler's transformation (float64, (N,)) and the lengths T_i, from a
+        no-grad forward in eval mode outside autocast; the logits in float32, a chunk of positions at a time."""
+        model = self.accelerator.unwrap_model(self.model)
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        _check_plain_lm_head(causal_lm)
+        device = self.accelerator.device
+        inputs = {k: batch[k].to(device) for k in _BACKBONE_KEYS if k in batch}
+        labels = batch["labels"][:, 1:].to(device)
+        mask = labels != -100
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+                head = causal_lm.get_output_embeddings()
+                targets, states = labels[mask], hidden[mask]
+                per_token = torch.cat(
+                    [
+                        losses.sampling_logprobs(
+                            head(states[i : i + _CHUNK]),
+                            targets[i : i + _CHUNK],
+                            self.args.sampling_temperature,
+                            self.args.sampling_top_p,
+                        )
+                        for i in range(0, len(targets), _CHUNK)
+                    ]
+                    or [hidden.new_zeros(0, dtype=torch.float32)]
+                )
+        finally:
+            model.train(was_training)
+        token_logps = torch.zeros(mask.shape, dtype=torch.float64, device=device)
+        token_logps[mask] = per_token.double()
+        return token_logps.sum(-1), mask.sum(-1)
+
+    def _log_weight_stats(self, stats: dict[str, torch.Tensor], mode: str) -> None:
+        metrics = self._metrics[mode]
+        # min and max are kept as running extremes (the log averages each list), the others averaged
+        low, high = stats["weight_min"].item(), stats["weight_max"].item()
+        metrics["iw/weight_min"] = (
+            [min(metrics["iw/weight_min"][0], low)] if metrics["iw/weight_min"] else [low]
+        )
+        metrics["iw/weight_max"] = (
+            [max(metrics["iw/weight_max"][0], high)] if metrics["iw/weight_max"] else [high]
+        )
+        for key in ("weight_mean", "ess", "truncated_fraction"):
+            metrics[f"iw/{key}"].append(stats[key].item())
+
     def _sequence_weights(
         self, token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str
     ) -> torch.Tensor:
-        """w_i from the forward's own log π(y_i|x_i), detached; statistics into the trainer's metrics."""
+        """The optimizer batch's weights attached by `get_batch_samples`; otherwise this batch's own, from the
+        training forward's log π where that is the weight's (`_training_forward_gives_weights`), else from
+        `_sampling_logprobs`. Statistics into the trainer's metrics."""
+        if IW_WEIGHT in inputs:
+            return inputs[IW_WEIGHT].to(token_logps)
         if BEHAVIOUR_LOGPROB not in inputs:
-            raise KeyError(
-                f"the batch has no '{BEHAVIOUR_LOGPROB}': pass a data collator that keeps it "
-                f"(see iterdeploy_trl.trainers.iw_sft.KeepFloatColumns)"
-            )
+            raise KeyError(_NO_BEHAVIOUR)
         args = self.args
-        lengths = mask.sum(-1)
+        if self._training_forward_gives_weights(optimizer_batch=False):
+            seq_logp_pi, lengths = losses.sequence_logprobs(token_logps, mask), mask.sum(-1)
+        else:
+            seq_logp_pi, lengths = self._sampling_logprobs(inputs)
         weights, stats = losses.importance_weights(
-            losses.sequence_logprobs(token_logps, mask),
+            seq_logp_pi,
             inputs[BEHAVIOUR_LOGPROB],
             truncate=args.iw_truncate,
             self_normalize=args.iw_self_normalize,
@@ -132,19 +307,50 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             lengths=lengths,
         )
         gather = self.accelerator.gather_for_metrics
-        metrics = self._metrics[mode]
-        # min and max are kept as running extremes (the log averages each list), the others averaged
-        low, high = gather(stats["weight_min"]).min().item(), gather(stats["weight_max"]).max().item()
-        metrics["iw/weight_min"] = (
-            [min(metrics["iw/weight_min"][0], low)] if metrics["iw/weight_min"] else [low]
+        self._log_weight_stats(
+            {
+                "weight_min": gather(stats["weight_min"]).min(),
+                "weight_max": gather(stats["weight_max"]).max(),
+                **{k: gather(stats[k]).mean() for k in ("weight_mean", "ess", "truncated_fraction")},
+            },
+            mode,
         )
-        metrics["iw/weight_max"] = (
-            [max(metrics["iw/weight_max"][0], high)] if metrics["iw/weight_max"] else [high]
+        return weights.to(token_logps)
+
+
+_NO_BEHAVIOUR = (
+    f"the batch has no '{BEHAVIOUR_LOGPROB}': pass a data collator that keeps it "
+    f"(see iterdeploy_trl.trainers.iw_sft.KeepFloatColumns)"
+)
+_BACKBONE_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+_CHUNK = 1024  # positions whose full-vocabulary logits are held at once in the weights' forward
+# logit transforms some models apply after the LM head; the weights' forward applies none of them
+_HEAD_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+def _check_plain_lm_head(causal_lm: torch.nn.Module) -> None:
+    config = causal_lm.config.get_text_config()
+    found = {k: getattr(config, k) for k in _HEAD_TRANSFORMS if getattr(config, k, None) not in (None, 1.0)}
+    if found:
+        raise ValueError(
+            f"this model transforms its LM head's logits ({found}); ImportanceWeightedSFTTrainer's weights are "
+            "taken from the plain head and would not be π(y|x). Use sampling_temperature=1, sampling_top_p=1, "
+            "bf16=False and fp16=False with no dropout (the weights then come from the training forward)."
         )
-        metrics["iw/weight_mean"].append(gather(stats["weight_mean"]).mean().item())
-        metrics["iw/ess"].append(gather(stats["ess"]).mean().item())
-        metrics["iw/truncated_fraction"].append(gather(stats["truncated_fraction"]).mean().item())
-        return weights
+
+
+def _has_active_dropout(model: torch.nn.Module) -> bool:
+    """Whether a training-mode forward of ``model`` is random: a dropout module or attention dropout above 0."""
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return bool(config is not None and getattr(config, "attention_dropout", 0.0))
 
 
 class KeepFloatColumns:

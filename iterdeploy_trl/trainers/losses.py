@@ -106,11 +106,68 @@ def sft_loss(
     return weighted_nll(token_logps, mask, None, normalization, num_items)
 
 
+def sampling_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """log q(labels[j]) under the distribution a sampler with this temperature and top-p draws from.
+
+    q_T(v) = softmax(z / T)_v for logits z. With top-p = p < 1 the nucleus keeps, in order of decreasing
+    q_T, every token whose predecessors carry less than p of the mass (at least the most probable one), and
+    q(v) = q_T(v) / q_T(nucleus) on it, 0 elsewhere: transformers' ``TemperatureLogitsWarper`` then
+    ``TopPLogitsWarper`` (the deployment backend's sampler), applied in float32. A label outside the nucleus
+    gets −inf (that sampler could not have drawn it).
+
+    ``logits`` (M, V) and ``labels`` (M,) are aligned rows (one position each), not a causal-LM pair."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_p < 1.0:
+        ascending, order = scores.sort(-1)
+        # a token is dropped when it and every less probable one together hold at most 1 − p of the mass
+        drop_sorted = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop_sorted[..., -1] = False
+        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return torch.log_softmax(scores, -1).gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+
+
 class ImportanceWeights(NamedTuple):
     """Detached per-trace weights and their statistics (0-dim detached tensors)."""
 
     weights: Tensor
     stats: dict[str, Tensor]
+
+
+def log_importance_ratios(
+    seq_logp_pi: Tensor,
+    seq_logp_beta: Tensor,
+    *,
+    truncate: float | None = None,
+    per_token: bool = False,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """log w_i before any self-normalisation, in float64 and DETACHED:
+
+    per_token=False: log w_i = log π(y_i|x_i) − log β(y_i|x_i) (sequence ratio: unbiased, explodes).
+    per_token=True:  log w_i = (log π(y_i|x_i) − log β(y_i|x_i)) / T_i, the geometric mean of the
+        per-token ratios (biased, tame). Needs ``lengths`` = T_i.
+    truncate = c:    log w_i ← min(log w_i, log c)."""
+    log_w = seq_logp_pi.detach().double() - seq_logp_beta.detach().double().to(seq_logp_pi.device)
+    if per_token:
+        if lengths is None:
+            raise ValueError("per_token importance weights need the completion lengths T_i (`lengths`)")
+        log_w = log_w / lengths.detach().to(log_w).clamp(min=1.0)
+    if truncate is not None:
+        if truncate <= 0:
+            raise ValueError(f"truncate must be a positive weight cap, got {truncate}")
+        log_w = log_w.clamp(max=math.log(truncate))
+    return log_w
+
+
+def log_mean_weight(log_w: Tensor) -> Tensor:
+    """log((1/N) Σ_j w_j) = logsumexp_j log w_j − log N, stable for ratios that overflow exp()."""
+    return torch.logsumexp(log_w, 0) - math.log(max(log_w.numel(), 1))
 
 
 def importance_weights(
@@ -121,35 +178,28 @@ def importance_weights(
     self_normalize: bool = False,
     per_token: bool = False,
     lengths: Tensor | None = None,
+    log_mean: Tensor | None = None,
 ) -> ImportanceWeights:
     """Importance weights w_i = π(y_i|x_i) / β(y_i|x_i), computed in log space and DETACHED.
 
-    per_token=False: log w_i = log π(y_i|x_i) − log β(y_i|x_i) (sequence ratio: unbiased, explodes).
-    per_token=True:  log w_i = (log π(y_i|x_i) − log β(y_i|x_i)) / T_i, the geometric mean of the
-        per-token ratios (biased, tame). Needs ``lengths`` = T_i.
-    Then, in this order:
-    1. truncation, if ``truncate`` = c: w_i ← min(w_i, c);
-    2. self-normalisation, if asked: w_i ← w_i / ((1/N) Σ_j w_j), so the batch's mean weight is 1 (after
-       normalisation a weight may exceed c again: c bounds the ratio, normalisation fixes the scale).
+    1. ``log_importance_ratios``: the sequence (or per-token geometric-mean) ratio, truncated at c if
+       ``truncate`` = c: w_i ← min(w_i, c);
+    2. self-normalisation, if asked: w_i ← w_i / ((1/N) Σ_j w_j), so the mean weight is 1 (after
+       normalisation a weight may exceed c again: c bounds the ratio, normalisation fixes the scale). The
+       mean is over this batch, or ``log_mean`` = log((1/N) Σ_j w_j) over a larger set that holds this batch
+       (the optimizer batch: all micro-batches, all processes), from ``log_mean_weight``.
 
     No gradient flows through w: ∇[w_i log π(y_i|x_i)] = w_i ∇ log π(y_i|x_i), the off-policy correction
-    of the REINFORCE gradient. Stats: weight_min, weight_mean, weight_max and the effective sample size
-    ess = (Σ_i w_i)² / Σ_i w_i² (N for equal weights, 1 when one trace carries all the weight)."""
-    log_w = (seq_logp_pi.detach().double() - seq_logp_beta.detach().double()).to(seq_logp_pi.device)
-    if per_token:
-        if lengths is None:
-            raise ValueError("per_token importance weights need the completion lengths T_i (`lengths`)")
-        log_w = log_w / lengths.detach().to(log_w).clamp(min=1.0)
-    truncated_fraction = log_w.new_zeros(())
-    if truncate is not None:
-        if truncate <= 0:
-            raise ValueError(f"truncate must be a positive weight cap, got {truncate}")
-        log_c = math.log(truncate)
-        truncated_fraction = (log_w > log_c).double().mean()
-        log_w = log_w.clamp(max=log_c)
+    of the REINFORCE gradient. Stats (over this batch): weight_min, weight_mean, weight_max, the effective
+    sample size ess = (Σ_i w_i)² / Σ_i w_i² (N for equal weights, 1 when one trace carries all the weight) and
+    truncated_fraction, the fraction of ratios the cap lowered."""
+    raw = log_importance_ratios(seq_logp_pi, seq_logp_beta, per_token=per_token, lengths=lengths)
+    log_w = log_importance_ratios(
+        seq_logp_pi, seq_logp_beta, truncate=truncate, per_token=per_token, lengths=lengths
+    )
+    truncated_fraction = (raw > log_w).double().mean() if log_w.numel() else log_w.new_zeros(())
     if self_normalize:
-        # w_i / mean_j w_j = exp(log w_i − logsumexp_j log w_j + log N), stable for huge ratios
-        log_w = log_w - torch.logsumexp(log_w, 0) + math.log(log_w.numel())
+        log_w = log_w - (log_mean_weight(log_w) if log_mean is None else log_mean.to(log_w))
     weights = log_w.exp()
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
     stats = {

@@ -110,7 +110,10 @@ class ValidTraceSFTConfig(SFTConfig):
 class ValidTraceSFTTrainer(SFTTrainer):
     """[`~trl.SFTTrainer`] on curated valid traces, with a REINFORCE-equivalent loss.
 
-    Dataset: prompt-completion rows, columns `prompt` and `completion` (standard text or conversational).
+    Dataset: prompt-completion rows, columns `prompt` and `completion` (standard text or conversational),
+    tokenised by TRL with an EOS appended; or rows with `prompt_ids` and `completion_ids` (lists of token ids,
+    e.g. as the deployment backend sampled them), trained on exactly as given: no re-tokenisation and no EOS
+    appended (a completion that sampled its stop token carries it; a truncated one has none).
     Loss: `losses.sft_loss` on the completion tokens, normalised by `args.loss_normalization`;
     `"sequence_sum"` (default) and `"batch_tokens"` keep the direction of binary-reward REINFORCE, because
     they sum each trace's token log-probs (up to a positive constant per batch); `"sequence_mean"` divides
@@ -179,7 +182,9 @@ class ValidTraceSFTTrainer(SFTTrainer):
         formatting_func: Any,
         dataset_name: str,
     ) -> Dataset | IterableDataset:
-        """TRL's preparation without its truncation, then over-long rows skipped or reported."""
+        """TRL's preparation without its truncation, then over-long rows skipped or reported. Rows with token
+        ids (``prompt_ids``, ``completion_ids``) become TRL's pre-tokenised form first (``_ids_to_inputs``)."""
+        dataset = _ids_to_inputs(dataset, dataset_name)
         max_length = args.max_length
         if max_length is None:
             return super()._prepare_dataset(
@@ -202,7 +207,7 @@ class ValidTraceSFTTrainer(SFTTrainer):
             shown = ", ".join(f"row {row} ({n} tokens)" for row, n in sorted(overlong)[:5])
             raise ValueError(
                 f"{len(overlong)} of {len(lengths)} rows of the {dataset_name} dataset are longer than "
-                f"max_length={max_length} tokens (prompt + completion + EOS): {shown}. Training on them would "
+                f"max_length={max_length} tokens (prompt + completion, with the EOS TRL appends to text rows): {shown}. Training on them would "
                 f"teach a cut plan. Raise max_length, drop those traces, or set overlong_policy='skip'."
             )
         self.num_overlong_skipped[dataset_name] = len(overlong)
@@ -309,10 +314,46 @@ def _fits(row: dict[str, Any], max_length: int, policy: str) -> bool:
         return True
     if policy == "raise":
         raise ValueError(
-            f"a row of {len(row['input_ids'])} tokens is longer than max_length={max_length} (prompt + completion "
-            "+ EOS); training on it would teach a cut plan. Raise max_length or set overlong_policy='skip'."
+            f"a row of {len(row['input_ids'])} tokens is longer than max_length={max_length} (prompt + completion"
+            "); training on it would teach a cut plan. Raise max_length or set overlong_policy='skip'."
         )
     return False
+
+
+PROMPT_IDS, COMPLETION_IDS = "prompt_ids", "completion_ids"
+_TEXT_AND_IDS = ("prompt", "completion", PROMPT_IDS, COMPLETION_IDS)
+
+
+def _ids_to_inputs(dataset: Dataset | IterableDataset, name: str) -> Dataset | IterableDataset:
+    """Rows with ``prompt_ids`` and ``completion_ids`` as TRL's pre-tokenised rows: ``input_ids`` = prompt_ids +
+    completion_ids and a ``completion_mask`` on the completion part. TRL then neither tokenises nor appends an
+    EOS: the loss covers exactly the sampled tokens (their own stop token included, none when truncated).
+    Other datasets are returned unchanged."""
+    columns = _column_names(dataset)
+    present = [c for c in (PROMPT_IDS, COMPLETION_IDS) if c in columns]
+    if not present:
+        return dataset
+    if len(present) == 1 or "input_ids" in columns:
+        raise ValueError(
+            f"the {name} dataset has {present} and {'input_ids' if 'input_ids' in columns else 'not both'}: give "
+            f"both '{PROMPT_IDS}' and '{COMPLETION_IDS}' (the sampled tokens) and no 'input_ids', or text only"
+        )
+
+    def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
+        prompt, completion = row[PROMPT_IDS], row[COMPLETION_IDS]
+        if not prompt or not completion:
+            raise ValueError(
+                f"row {index} of the {name} dataset has {PROMPT_IDS}={prompt!r} and {COMPLETION_IDS}="
+                f"{completion!r}: every row needs both as non-empty lists of token ids (a trace written before "
+                f"they were recorded has none: drop the id columns to train on the text instead)"
+            )
+        return {
+            "input_ids": [*prompt, *completion],
+            "completion_mask": [0] * len(prompt) + [1] * len(completion),
+        }
+
+    drop = [c for c in _TEXT_AND_IDS if c in columns]
+    return dataset.map(convert, with_indices=True, remove_columns=drop)
 
 
 def _column_names(dataset: Dataset | IterableDataset | None) -> list[str]:
@@ -336,8 +377,12 @@ def _check_prompt_completion(dataset: Dataset | IterableDataset | None, name: st
         except StopIteration:
             raise ValueError(EMPTY_TRAINING_SET) from None
     columns = _column_names(dataset)
-    if "input_ids" not in columns and not {"prompt", "completion"} <= set(columns):
+    if (
+        "input_ids" not in columns
+        and not {"prompt", "completion"} <= set(columns)
+        and not {PROMPT_IDS, COMPLETION_IDS} <= set(columns)
+    ):
         raise ValueError(
-            f"the {name} dataset needs the columns 'prompt' and 'completion' (one curated trace a row), "
-            f"got {columns}"
+            f"the {name} dataset needs the columns 'prompt' and 'completion' (one curated trace a row), or "
+            f"'{PROMPT_IDS}' and '{COMPLETION_IDS}' (its sampled token ids), got {columns}"
         )
