@@ -3,13 +3,19 @@ accepts): losses as ``losses`` defines them, gradients as the theory says, bad i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import trainer_steps
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
@@ -29,6 +35,7 @@ from iterdeploy_trl.trainers import (
 )
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 DOMAIN = domain_pddl("blocksworld")
 CPU = {
@@ -498,3 +505,281 @@ def test_reinforce_config_rejects_off_objective_settings(tmp_path: Path) -> None
         0.0,
         "none",
     )
+
+
+# --- token-id rows ----------------------------------------------------------------------------------------
+
+
+def test_token_id_rows_are_trained_on_exactly_as_given(tokenizer, tmp_path: Path) -> None:
+    """prompt_ids + completion_ids are the training sequence: no re-tokenisation, no EOS appended (the first
+    row ends on its own stop token, the second is a truncated sample without one)."""
+    prompt = tokenizer(build_prompt(DOMAIN, TWO_BLOCKS.problem))["input_ids"]
+    plan = tokenizer(VALID, add_special_tokens=False)["input_ids"]
+    rows = [
+        {"prompt_ids": prompt, "completion_ids": [*plan, tokenizer.eos_token_id]},
+        {"prompt_ids": prompt, "completion_ids": plan[:3]},  # cut by max_new_tokens: no EOS
+    ]
+    trainer = ValidTraceSFTTrainer(
+        _model(tokenizer),
+        args=ValidTraceSFTConfig(tmp_path, max_length=256, **CPU),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    data = trainer.train_dataset
+    assert data["input_ids"] == [r["prompt_ids"] + r["completion_ids"] for r in rows]
+    for row, labels in zip(rows, data["labels"], strict=True):
+        assert labels == [-100] * len(row["prompt_ids"]) + row["completion_ids"]
+    batch = _batch(trainer)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    expected = losses.sft_loss(losses.token_logprobs(logits[:, :-1], labels, labels != -100), labels != -100)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (labels != -100).sum(-1).tolist() == [len(plan) + 1, 3]
+
+
+def test_token_id_rows_with_missing_ids_are_a_clear_error(tokenizer, tmp_path: Path) -> None:
+    ids = tokenizer(VALID)["input_ids"]
+    bad = [{"prompt_ids": ids, "completion_ids": ids}, {"prompt_ids": ids, "completion_ids": None}]
+    with pytest.raises(ValueError, match="row 1 of the train dataset has prompt_ids=.* completion_ids=None"):
+        ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(tmp_path, **CPU),
+            train_dataset=Dataset.from_list(bad),
+            processing_class=tokenizer,
+        )
+    with pytest.raises(ValueError, match="give both 'prompt_ids' and 'completion_ids'"):
+        ValidTraceSFTTrainer(
+            _model(tokenizer),
+            args=ValidTraceSFTConfig(tmp_path, **CPU),
+            train_dataset=Dataset.from_list([{"prompt": "x", "completion": "y", "completion_ids": ids}]),
+            processing_class=tokenizer,
+        )
+
+
+# --- importance weights under the sampler's distribution --------------------------------------------------
+
+
+def _sampled_rows(model, tok, prompts: list[str], temperature: float, top_p: float, max_new_tokens: int):
+    """Samples of the package's TransformersBackend as training rows: the backend's text and behaviour
+    log-prob, and the token ids its ``model.generate`` call produced (prompt as fed, completion as sampled,
+    cut after the stop token or at max_new_tokens)."""
+    from iterdeploy_trl.deploy import TransformersBackend
+
+    calls = []
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        sequences = generate(**kwargs)
+        calls.append((kwargs["input_ids"], kwargs["attention_mask"], sequences))
+        return sequences
+
+    model.generate = recording_generate
+    try:
+        samples = TransformersBackend(model, tok, batch_size=64).generate(
+            prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0
+        )
+    finally:
+        del model.generate
+    ids = [
+        (row_ids[row_mask.bool()].tolist(), seq[row_ids.shape[0] :].tolist())
+        for input_ids, mask, sequences in calls
+        for row_ids, row_mask, seq in zip(input_ids, mask, sequences, strict=True)
+    ]
+    flat = [(p, c) for p, row in zip(prompts, samples, strict=True) for c in row]
+    rows = []
+    for (prompt, c), (prompt_ids, new) in zip(flat, ids, strict=True):
+        completion_ids = new[: c.completion_tokens]
+        assert completion_ids[-1:] != [tok.pad_token_id] or c.truncated
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": c.text,
+                "prompt_ids": prompt_ids,
+                "completion_ids": completion_ids,
+                "behaviour_logprob": c.behaviour_logprob,
+                "truncated": c.truncated,
+            }
+        )
+    return rows
+
+
+def _weights_at_beta_equal_pi(model, tok, rows, tmp_path: Path, **config) -> list[float]:
+    """The importance weights one IW-SFT optimizer step (all rows, learning rate 0) computes, read from the
+    trainer's own log (every weight lies in [iw/weight_min, iw/weight_max]). Everything else is
+    ImportanceWeightedSFTConfig's default (bf16=True among them)."""
+    data = Dataset.from_list([{k: v for k, v in r.items() if k != "truncated"} for r in rows])
+    args = ImportanceWeightedSFTConfig(
+        tmp_path, report_to=[], per_device_train_batch_size=len(rows), max_steps=1, learning_rate=0.0,
+        save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=not torch.cuda.is_available(), **config,
+    )
+    trainer = ImportanceWeightedSFTTrainer(model, args=args, train_dataset=data, processing_class=tok)
+    assert len(trainer.train_dataset) == len(rows)  # no row skipped
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "iw/weight_min" in h)
+    return [log["iw/weight_min"], log["iw/weight_max"]]
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.6, 1.0), (0.6, 0.95)])
+def test_weights_are_one_when_beta_is_pi_on_the_small_model(tiny_base_model, tmp_path, temperature, top_p):
+    """β = π (the model that sampled is the one trained) ⇒ every w = 1 to 1e-3, at the sampler's temperature
+    and top-p, under the config's defaults (bf16 autocast on), truncated samples included."""
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_base_model)
+    prompts = [build_prompt(DOMAIN, t.problem) for t in generate_tasks("blocksworld", 6, 1, size=(2, 4))]
+    rows = _sampled_rows(model, tok, prompts, temperature, top_p, max_new_tokens=24)
+    assert {r["truncated"] for r in rows} == {True, False}
+    low, high = _weights_at_beta_equal_pi(
+        model, tok, rows, tmp_path, sampling_temperature=temperature, sampling_top_p=top_p
+    )
+    assert 1 - 1e-3 < low <= high < 1 + 1e-3, (low, high)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.6, 0.95)])
+def test_weights_are_one_when_beta_is_pi_on_the_bpe_chat_model(chat_model, tmp_path, temperature, top_p):
+    """The byte-level BPE chat model, where decoded text re-tokenises to other tokens: trained on the sampled
+    ids, no row is skipped and every w = 1 to 1e-3."""
+    from conftest import paper_run_config
+
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.loop import prompt_for
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(chat_model, dtype="float32")
+    cfg = config_from_dict(paper_run_config(chat_model))
+    prompts = [prompt_for(cfg, DOMAIN, t, tok) for t in generate_tasks("blocksworld", 4, 0, size=(2, 3))]
+    rows = _sampled_rows(model, tok, prompts, temperature, top_p, max_new_tokens=48)
+    low, high = _weights_at_beta_equal_pi(
+        model, tok, rows, tmp_path, sampling_temperature=temperature, sampling_top_p=top_p, max_length=4096
+    )
+    assert 1 - 1e-3 < low <= high < 1 + 1e-3, (low, high)
+
+
+# --- the same optimizer step however the batch is split ---------------------------------------------------
+
+SPLITS = [(4, 1), (2, 2), (1, 4)]  # (per-device batch, accumulation steps): 4 traces an optimizer step
+
+
+def _close_to(update: torch.Tensor, expected: torch.Tensor) -> None:
+    cos, ratio = trainer_steps.compare(update, expected)
+    assert cos >= 0.9999 and abs(ratio - 1) <= 1e-3, (cos, ratio)
+
+
+@pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
+def test_sft_step_is_the_formulas_under_any_micro_batching(tokenizer, tmp_path: Path, normalization) -> None:
+    """One SGD step on 4 traces of different lengths, as 4×1, 2×2 and 1×4 micro-batches: each update is
+    −lr ∇ losses.sft_loss over the whole batch (cosine ≥ 0.9999, norm within 1e-3)."""
+    expected = trainer_steps.expected_sft_update(tokenizer, trainer_steps.sft_rows(), normalization)
+    for batch, accumulation in SPLITS:
+        update = trainer_steps.sft_step(tokenizer, tmp_path / f"{batch}", batch, accumulation, normalization)
+        _close_to(update, expected)
+
+
+@pytest.mark.parametrize(
+    ("iw", "normalization"),
+    [
+        ({"self_normalize": True}, "sequence_sum"),
+        ({"truncate": 1.5}, "sequence_sum"),
+        ({"per_token": True, "truncate": 1.2}, "batch_tokens"),
+        ({"self_normalize": True, "truncate": 1.5}, "sequence_mean"),
+    ],
+)
+def test_iw_sft_step_is_the_formulas_under_any_micro_batching(tokenizer, tmp_path: Path, iw, normalization):
+    """IW-SFT on 4 traces whose weights differ (log β = log π₀ + offsets): each update, 4×1, 2×2 or 1×4, is
+    −lr ∇ losses.iw_sft_loss with losses.importance_weights over the whole optimizer batch, so each option
+    reaches the weights and self-normalisation divides by the mean of all 4 weights, not a micro-batch's."""
+    rows = trainer_steps.iw_rows(tokenizer)
+    expected = trainer_steps.expected_sft_update(tokenizer, rows, normalization, iw)
+    plain = trainer_steps.expected_sft_update(tokenizer, rows, normalization, {})
+    cos, ratio = trainer_steps.compare(plain, expected)
+    assert cos < 0.9999 or abs(ratio - 1) > 1e-2  # the options change the step
+    for batch, accumulation in SPLITS:
+        update = trainer_steps.sft_step(tokenizer, tmp_path / f"{batch}", batch, accumulation, normalization, iw)
+        _close_to(update, expected)
+
+
+REINFORCE_STEPS = [
+    (baseline, normalization, (2, 2)) for baseline in losses.BASELINES for normalization in losses.NORMALIZATIONS
+] + [("none", "sequence_sum", split) for split in ((4, 1), (1, 4))] + [
+    ("leave_one_out", "batch_tokens", split) for split in ((4, 1), (1, 4))
+]
+
+
+@pytest.mark.parametrize(("baseline", "normalization", "split"), REINFORCE_STEPS)
+def test_reinforce_step_is_the_policy_gradient_of_its_samples(
+    tokenizer, tmp_path: Path, baseline, normalization, split
+) -> None:
+    """One REINFORCE step (4 samples, 2 prompts × 2 generations, rewards 1, 0, 0, 1): the update is −lr ∇ of
+    losses.policy_gradient_loss with losses.reinforce_advantages of the rewards the reward function returned,
+    recomputed from the sampled tokens, whatever the micro-batching."""
+    batch, accumulation = split
+    update, scored = trainer_steps.reinforce_step(
+        tokenizer, tmp_path, batch, accumulation, baseline, normalization
+    )
+    assert [s["reward"] for s in scored] == [1.0, 0.0, 0.0, 1.0]
+    _close_to(update, trainer_steps.expected_reinforce_update(tokenizer, scored, baseline, normalization))
+
+
+@pytest.mark.slow
+def test_two_processes_make_the_same_step(tokenizer, tmp_path: Path) -> None:
+    """Two CPU processes (accelerate, gloo), 2 traces each: SFT, IW-SFT (self-normalised; truncated) and
+    REINFORCE make the step of one process on all 4 (SFT) or the formula's step on the samples both processes
+    drew (REINFORCE): cosine ≥ 0.9999, norm within 1e-3. Without ×num_processes (DDP averages gradients) or
+    with per-process self-normalisation the updates differ."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), str(Path(trainer_steps.__file__)), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, (kind, options) in trainer_steps.TWO_PROCESS_STEPS.items():
+        work = tmp_path / "out" / name
+        update = torch.load(work / "update.pt")
+        if kind == "sft":
+            iw = options.get("iw")
+            rows = trainer_steps.iw_rows(tokenizer) if iw else trainer_steps.sft_rows()
+            single = trainer_steps.sft_step(tokenizer, tmp_path / name, 4, 1, options["normalization"], iw)
+            _close_to(update, single)
+            _close_to(update, trainer_steps.expected_sft_update(tokenizer, rows, options["normalization"], iw))
+        else:
+            scored = [s for rank in (0, 1) for s in json.loads((work / f"scored-{rank}.json").read_text())]
+            assert len(scored) == 4 and len({s["prompt"] for s in scored}) == 2
+            expected = trainer_steps.expected_reinforce_update(
+                tokenizer, scored, options["baseline"], options["normalization"]
+            )
+            _close_to(update, expected)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalization", losses.NORMALIZATIONS)
+def test_eval_loss_is_the_formula_on_the_eval_set(tokenizer, tmp_path: Path, normalization) -> None:
+    """The eval loss is losses.sft_loss over the eval batch with the eval batch's own denominators, after a
+    training step whose optimizer batch has a different number of traces and tokens."""
+    rows = _traces(8)
+    train, held_out = rows[:5], rows[5:]
+    args = ValidTraceSFTConfig(
+        tmp_path, loss_normalization=normalization, per_device_train_batch_size=5,
+        per_device_eval_batch_size=3, max_steps=1, learning_rate=0.0, **CPU,
+    )
+    trainer = ValidTraceSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(held_out), processing_class=tokenizer,
+    )
+    trainer.train()
+    assert trainer._batch_counts["traces"].item() == 5
+    eval_loss = trainer.evaluate()["eval_loss"]
+    examples = [trainer.eval_dataset[i] for i in range(3)]
+    batch = trainer._prepare_inputs(trainer.data_collator(examples))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    expected = losses.sft_loss(losses.token_logprobs(logits[:, :-1], labels, labels != -100), labels != -100,
+                               normalization)
+    assert eval_loss == pytest.approx(expected.item(), rel=1e-5)

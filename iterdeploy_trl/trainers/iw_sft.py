@@ -195,45 +195,44 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
         return batch_samples, num_items_in_batch
 
     def _attach_weights(self, batch_samples: list[dict[str, Any]]) -> None:
-        args = self.args
-        raw = []  # log π/β of each micro-batch (per token if asked), before truncation
+        """`iw_weight` of each micro-batch: one `_weights` call on the whole optimizer batch (every process's
+        micro-batches, in rank order), so self-normalisation divides by the mean over all of them."""
+        local = []  # (log π(y|x), log β(y|x), T) of each trace of this process's micro-batches
+        sizes = []
         for batch in batch_samples:
             if BEHAVIOUR_LOGPROB not in batch:
                 raise KeyError(_NO_BEHAVIOUR)
             seq_logp_pi, lengths = self._sampling_logprobs(batch)
-            raw.append(
-                losses.log_importance_ratios(
-                    seq_logp_pi, batch[BEHAVIOUR_LOGPROB], per_token=args.iw_per_token, lengths=lengths
-                )
+            local += zip(
+                seq_logp_pi.tolist(), batch[BEHAVIOUR_LOGPROB].tolist(), lengths.tolist(), strict=True
             )
-        everything = torch.cat(raw)
+            sizes.append(len(lengths))
+        per_process = [local]
         if self.accelerator.num_processes > 1:
-            everything = torch.tensor(
-                self.accelerator.gather_object(everything.tolist()),
-                dtype=torch.float64,
-                device=everything.device,
-            )
-        # the optimizer batch's weights (all processes): their mean normalises, their statistics are logged
-        whole = losses.importance_weights(
-            everything,
-            torch.zeros_like(everything),
+            per_process = self.accelerator.gather_object([local])
+        rank = self.accelerator.process_index if self.accelerator.num_processes > 1 else 0
+        logp_pi, logp_beta, lengths = torch.tensor(
+            [row for rows in per_process for row in rows], dtype=torch.float64
+        ).T
+        weights, stats = self._weights(logp_pi, logp_beta, lengths)
+        self._log_weight_stats(stats, "train")  # the optimizer batch's, once a step
+        start = sum(len(rows) for rows in per_process[:rank])
+        for batch, part in zip(batch_samples, weights[start : start + len(local)].split(sizes), strict=True):
+            batch[IW_WEIGHT] = part
+
+    def _weights(
+        self, seq_logp_pi: torch.Tensor, seq_logp_beta: torch.Tensor, lengths: torch.Tensor
+    ) -> losses.ImportanceWeights:
+        """`losses.importance_weights` with this trainer's options, on one set of traces."""
+        args = self.args
+        return losses.importance_weights(
+            seq_logp_pi,
+            seq_logp_beta,
             truncate=args.iw_truncate,
             self_normalize=args.iw_self_normalize,
+            per_token=args.iw_per_token,
+            lengths=lengths,
         )
-        self._log_weight_stats(whole.stats, "train")
-        log_mean = None
-        if args.iw_self_normalize:
-            log_mean = losses.log_mean_weight(
-                losses.log_importance_ratios(everything, 0 * everything, truncate=args.iw_truncate)
-            )
-        for batch, log_r in zip(batch_samples, raw, strict=True):
-            batch[IW_WEIGHT] = losses.importance_weights(
-                log_r,
-                torch.zeros_like(log_r),
-                truncate=args.iw_truncate,
-                self_normalize=args.iw_self_normalize,
-                log_mean=log_mean,
-            ).weights
 
     def _sampling_logprobs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(y_i|x_i) under the sampler's transformation (float64, (N,)) and the lengths T_i, from a
@@ -293,19 +292,11 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             return inputs[IW_WEIGHT].to(token_logps)
         if BEHAVIOUR_LOGPROB not in inputs:
             raise KeyError(_NO_BEHAVIOUR)
-        args = self.args
         if self._training_forward_gives_weights(optimizer_batch=False):
             seq_logp_pi, lengths = losses.sequence_logprobs(token_logps, mask), mask.sum(-1)
         else:
             seq_logp_pi, lengths = self._sampling_logprobs(inputs)
-        weights, stats = losses.importance_weights(
-            seq_logp_pi,
-            inputs[BEHAVIOUR_LOGPROB],
-            truncate=args.iw_truncate,
-            self_normalize=args.iw_self_normalize,
-            per_token=args.iw_per_token,
-            lengths=lengths,
-        )
+        weights, stats = self._weights(seq_logp_pi, inputs[BEHAVIOUR_LOGPROB], lengths)
         gather = self.accelerator.gather_for_metrics
         self._log_weight_stats(
             {

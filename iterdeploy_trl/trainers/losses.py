@@ -165,11 +165,6 @@ def log_importance_ratios(
     return log_w
 
 
-def log_mean_weight(log_w: Tensor) -> Tensor:
-    """log((1/N) Σ_j w_j) = logsumexp_j log w_j − log N, stable for ratios that overflow exp()."""
-    return torch.logsumexp(log_w, 0) - math.log(max(log_w.numel(), 1))
-
-
 def importance_weights(
     seq_logp_pi: Tensor,
     seq_logp_beta: Tensor,
@@ -178,7 +173,6 @@ def importance_weights(
     self_normalize: bool = False,
     per_token: bool = False,
     lengths: Tensor | None = None,
-    log_mean: Tensor | None = None,
 ) -> ImportanceWeights:
     """Importance weights w_i = π(y_i|x_i) / β(y_i|x_i), computed in log space and DETACHED.
 
@@ -186,8 +180,8 @@ def importance_weights(
        ``truncate`` = c: w_i ← min(w_i, c);
     2. self-normalisation, if asked: w_i ← w_i / ((1/N) Σ_j w_j), so the mean weight is 1 (after
        normalisation a weight may exceed c again: c bounds the ratio, normalisation fixes the scale). The
-       mean is over this batch, or ``log_mean`` = log((1/N) Σ_j w_j) over a larger set that holds this batch
-       (the optimizer batch: all micro-batches, all processes), from ``log_mean_weight``.
+       mean is over the N traces given: pass the whole optimizer batch (all micro-batches, all processes)
+       for an estimator that does not depend on how the batch is split.
 
     No gradient flows through w: ∇[w_i log π(y_i|x_i)] = w_i ∇ log π(y_i|x_i), the off-policy correction
     of the REINFORCE gradient. Stats (over this batch): weight_min, weight_mean, weight_max, the effective
@@ -199,7 +193,8 @@ def importance_weights(
     )
     truncated_fraction = (raw > log_w).double().mean() if log_w.numel() else log_w.new_zeros(())
     if self_normalize:
-        log_w = log_w - (log_mean_weight(log_w) if log_mean is None else log_mean.to(log_w))
+        # w_i / mean_j w_j = exp(log w_i − logsumexp_j log w_j + log N), stable for huge ratios
+        log_w = log_w - torch.logsumexp(log_w, 0) + math.log(log_w.numel())
     weights = log_w.exp()
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
     stats = {

@@ -47,7 +47,9 @@ class ReinforceConfig(GRPOConfig):
         loss_normalization (`str`, *optional*, defaults to `"sequence_sum"`):
             `"sequence_sum"`: −(1/N) Σ_i A_i Σ_t log π(y_i,t), REINFORCE on whole traces. `"batch_tokens"`
             divides by Σ_i T_i instead of N (a constant factor per batch, like DAPO); `"sequence_mean"` by
-            N·T_i per trace (like GRPO; not REINFORCE's direction when lengths differ).
+            N·T_i per trace (like GRPO; not REINFORCE's direction when lengths differ). N and Σ_i T_i count the
+            whole optimizer batch (all micro-batches, all processes), as in `ValidTraceSFTConfig`;
+            `"batch_tokens"` needs `steps_per_generation` = `gradient_accumulation_steps` (the default).
         scale_rewards (`str`, *optional*, defaults to `"none"`):
             Overrides GRPO's `"group"`. Only GRPO's logged `frac_reward_zero_std` reads it here.
         beta (`float`, *optional*, defaults to `0.0`):
@@ -110,6 +112,16 @@ class ReinforceConfig(GRPOConfig):
             raise ValueError(
                 f"steps_per_generation={self.steps_per_generation} does not divide gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps}: samples would outlive an optimizer step and be off-policy"
+            )
+        if (
+            self.loss_normalization == "batch_tokens"
+            and self.steps_per_generation != self.gradient_accumulation_steps
+        ):
+            raise ValueError(
+                f"loss_normalization='batch_tokens' with steps_per_generation={self.steps_per_generation} below "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}: the optimizer batch's token count "
+                "is known only when one generation batch makes the whole step. Leave steps_per_generation at its "
+                "default (= gradient_accumulation_steps), or use loss_normalization='sequence_sum'."
             )
 
 
