@@ -577,7 +577,12 @@ def _sampled_rows(model, tok, prompts: list[str], temperature: float, top_p: flo
     model.generate = recording_generate
     try:
         samples = TransformersBackend(model, tok, batch_size=64).generate(
-            prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0
+            prompts,
+            num_samples=4,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=0,
         )
     finally:
         del model.generate
@@ -610,8 +615,16 @@ def _weights_at_beta_equal_pi(model, tok, rows, tmp_path: Path, **config) -> lis
     ImportanceWeightedSFTConfig's default (bf16=True among them)."""
     data = Dataset.from_list([{k: v for k, v in r.items() if k != "truncated"} for r in rows])
     args = ImportanceWeightedSFTConfig(
-        tmp_path, report_to=[], per_device_train_batch_size=len(rows), max_steps=1, learning_rate=0.0,
-        save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=not torch.cuda.is_available(), **config,
+        tmp_path,
+        report_to=[],
+        per_device_train_batch_size=len(rows),
+        max_steps=1,
+        learning_rate=0.0,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        use_cpu=not torch.cuda.is_available(),
+        **config,
     )
     trainer = ImportanceWeightedSFTTrainer(model, args=args, train_dataset=data, processing_class=tok)
     assert len(trainer.train_dataset) == len(rows)  # no row skipped
@@ -684,6 +697,7 @@ def test_sft_step_is_the_formulas_under_any_micro_batching(tokenizer, tmp_path: 
         ({"per_token": True, "truncate": 1.2}, "batch_tokens"),
         ({"self_normalize": True, "truncate": 1.5}, "sequence_mean"),
     ],
+    ids=["self_normalize", "truncate", "per_token+truncate", "self_normalize+truncate"],
 )
 def test_iw_sft_step_is_the_formulas_under_any_micro_batching(tokenizer, tmp_path: Path, iw, normalization):
     """IW-SFT on 4 traces whose weights differ (log β = log π₀ + offsets): each update, 4×1, 2×2 or 1×4, is
@@ -695,18 +709,28 @@ def test_iw_sft_step_is_the_formulas_under_any_micro_batching(tokenizer, tmp_pat
     cos, ratio = trainer_steps.compare(plain, expected)
     assert cos < 0.9999 or abs(ratio - 1) > 1e-2  # the options change the step
     for batch, accumulation in SPLITS:
-        update = trainer_steps.sft_step(tokenizer, tmp_path / f"{batch}", batch, accumulation, normalization, iw)
+        update = trainer_steps.sft_step(
+            tokenizer, tmp_path / f"{batch}", batch, accumulation, normalization, iw
+        )
         _close_to(update, expected)
 
 
-REINFORCE_STEPS = [
-    (baseline, normalization, (2, 2)) for baseline in losses.BASELINES for normalization in losses.NORMALIZATIONS
-] + [("none", "sequence_sum", split) for split in ((4, 1), (1, 4))] + [
-    ("leave_one_out", "batch_tokens", split) for split in ((4, 1), (1, 4))
-]
+REINFORCE_STEPS = (
+    [
+        (baseline, normalization, (2, 2))
+        for baseline in losses.BASELINES
+        for normalization in losses.NORMALIZATIONS
+    ]
+    + [("none", "sequence_sum", split) for split in ((4, 1), (1, 4))]
+    + [("leave_one_out", "batch_tokens", split) for split in ((4, 1), (1, 4))]
+)
 
 
-@pytest.mark.parametrize(("baseline", "normalization", "split"), REINFORCE_STEPS)
+@pytest.mark.parametrize(
+    ("baseline", "normalization", "split"),
+    REINFORCE_STEPS,
+    ids=[f"{b}-{n}-{s[0]}x{s[1]}" for b, n, s in REINFORCE_STEPS],
+)
 def test_reinforce_step_is_the_policy_gradient_of_its_samples(
     tokenizer, tmp_path: Path, baseline, normalization, split
 ) -> None:
@@ -718,6 +742,7 @@ def test_reinforce_step_is_the_policy_gradient_of_its_samples(
         tokenizer, tmp_path, batch, accumulation, baseline, normalization
     )
     assert [s["reward"] for s in scored] == [1.0, 0.0, 0.0, 1.0]
+    assert len({s["prompt"] for s in scored}) == 2  # two groups: the baselines are per prompt
     _close_to(update, trainer_steps.expected_reinforce_update(tokenizer, scored, baseline, normalization))
 
 
@@ -727,14 +752,31 @@ def test_two_processes_make_the_same_step(tokenizer, tmp_path: Path) -> None:
     REINFORCE make the step of one process on all 4 (SFT) or the formula's step on the samples both processes
     drew (REINFORCE): cosine ≥ 0.9999, norm within 1e-3. Without ×num_processes (DDP averages gradients) or
     with per-process self-normalisation the updates differ."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), str(Path(trainer_steps.__file__)), str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(Path(trainer_steps.__file__)),
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name, (kind, options) in trainer_steps.TWO_PROCESS_STEPS.items():
@@ -745,7 +787,9 @@ def test_two_processes_make_the_same_step(tokenizer, tmp_path: Path) -> None:
             rows = trainer_steps.iw_rows(tokenizer) if iw else trainer_steps.sft_rows()
             single = trainer_steps.sft_step(tokenizer, tmp_path / name, 4, 1, options["normalization"], iw)
             _close_to(update, single)
-            _close_to(update, trainer_steps.expected_sft_update(tokenizer, rows, options["normalization"], iw))
+            _close_to(
+                update, trainer_steps.expected_sft_update(tokenizer, rows, options["normalization"], iw)
+            )
         else:
             scored = [s for rank in (0, 1) for s in json.loads((work / f"scored-{rank}.json").read_text())]
             assert len(scored) == 4 and len({s["prompt"] for s in scored}) == 2
@@ -765,12 +809,20 @@ def test_eval_loss_is_the_formula_on_the_eval_set(tokenizer, tmp_path: Path, nor
     rows = _traces(8)
     train, held_out = rows[:5], rows[5:]
     args = ValidTraceSFTConfig(
-        tmp_path, loss_normalization=normalization, per_device_train_batch_size=5,
-        per_device_eval_batch_size=3, max_steps=1, learning_rate=0.0, **CPU,
+        tmp_path,
+        loss_normalization=normalization,
+        per_device_train_batch_size=5,
+        per_device_eval_batch_size=3,
+        max_steps=1,
+        learning_rate=0.0,
+        **CPU,
     )
     trainer = ValidTraceSFTTrainer(
-        _model(tokenizer), args=args, train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(held_out), processing_class=tokenizer,
+        _model(tokenizer),
+        args=args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(held_out),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert trainer._batch_counts["traces"].item() == 5
@@ -780,6 +832,7 @@ def test_eval_loss_is_the_formula_on_the_eval_set(tokenizer, tmp_path: Path, nor
     with torch.no_grad():
         logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    expected = losses.sft_loss(losses.token_logprobs(logits[:, :-1], labels, labels != -100), labels != -100,
-                               normalization)
+    expected = losses.sft_loss(
+        losses.token_logprobs(logits[:, :-1], labels, labels != -100), labels != -100, normalization
+    )
     assert eval_loss == pytest.approx(expected.item(), rel=1e-5)

@@ -92,7 +92,9 @@ def trace_tensors(tok: Any, rows: list[dict[str, Any]]) -> list[tuple[list[int],
     return out
 
 
-def per_trace_logps(m: torch.nn.Module, traces: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...]:
+def per_trace_logps(
+    m: torch.nn.Module, traces: list[tuple[list[int], list[int]]]
+) -> tuple[torch.Tensor, ...]:
     """Per-token log π of each completion, one plain forward per trace: (N, T) log-probs and mask."""
     rows = []
     for prompt, completion in traces:
@@ -135,10 +137,17 @@ def sft_step(tok: Any, out: Path, batch: int, accumulation: int, normalization: 
     """The update of one ValidTraceSFTTrainer (or, with ``iw`` options, ImportanceWeightedSFTTrainer) step."""
     m = model(tok)
     before = flat(m)
-    common = {**CPU, **STEP, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    common = {
+        **CPU,
+        **STEP,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": accumulation,
+    }
     if iw is None:
         args = ValidTraceSFTConfig(str(out), loss_normalization=normalization, **common)
-        trainer = ValidTraceSFTTrainer(m, args=args, train_dataset=Dataset.from_list(sft_rows()), processing_class=tok)
+        trainer = ValidTraceSFTTrainer(
+            m, args=args, train_dataset=Dataset.from_list(sft_rows()), processing_class=tok
+        )
     else:
         options = {f"iw_{k}": v for k, v in iw.items()}
         args = ImportanceWeightedSFTConfig(str(out), loss_normalization=normalization, **options, **common)
@@ -166,10 +175,13 @@ class AlternatingReward:
 
 
 def rl_rows() -> Dataset:
-    tasks = generate_tasks("blocksworld", 2, 0, size=(2, 3))
+    """16 prompts of distinct 3-4 block tasks (each step samples 2 of them, 2 completions each)."""
+    tasks = {t.problem: t for t in generate_tasks("blocksworld", 32, 0, size=(3, 4))}
     return Dataset.from_list(
-        [{"prompt": build_prompt(DOMAIN, t.problem), "domain_pddl": DOMAIN, "problem_pddl": t.problem} for t in tasks]
-        * 8
+        [
+            {"prompt": build_prompt(DOMAIN, p), "domain_pddl": DOMAIN, "problem_pddl": p}
+            for p in list(tasks)[:16]
+        ]
     )
 
 
@@ -192,7 +204,9 @@ def reinforce_step(
         **CPU,
         **STEP,
     )
-    trainer = ReinforceTrainer(m, reward_funcs=[reward], args=args, train_dataset=rl_rows(), processing_class=tok)
+    trainer = ReinforceTrainer(
+        m, reward_funcs=[reward], args=args, train_dataset=rl_rows(), processing_class=tok
+    )
     trainer.train()
     return flat(trainer.model) - before, reward.scored
 
@@ -245,7 +259,9 @@ def main(out: Path) -> None:
         work = out / name
         per_process = GLOBAL_BATCH // state.num_processes
         if kind == "sft":
-            update = sft_step(tok, work / "trainer", per_process, 1, options["normalization"], options.get("iw"))
+            update = sft_step(
+                tok, work / "trainer", per_process, 1, options["normalization"], options.get("iw")
+            )
         else:
             update, scored = reinforce_step(
                 tok, work / "trainer", per_process, 1, options["baseline"], options["normalization"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 
 from iterdeploy_trl.trainers import losses
@@ -209,7 +210,7 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             sizes.append(len(lengths))
         per_process = [local]
         if self.accelerator.num_processes > 1:
-            per_process = self.accelerator.gather_object([local])
+            per_process = gather_object([local])
         rank = self.accelerator.process_index if self.accelerator.num_processes > 1 else 0
         logp_pi, logp_beta, lengths = torch.tensor(
             [row for rows in per_process for row in rows], dtype=torch.float64
