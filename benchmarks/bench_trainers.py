@@ -2,7 +2,9 @@
 
     python benchmarks/bench_trainers.py [--size small] [--steps 20] [--rounds 3] [--threads 1]
 
-Pairs: ValidTraceSFTTrainer and ImportanceWeightedSFTTrainer vs trl.SFTTrainer; ReinforceTrainer vs
+Pairs: ValidTraceSFTTrainer and ImportanceWeightedSFTTrainer vs trl.SFTTrainer (IW-SFT twice: at temperature
+1 / top-p 1 its weights come from the training forward; at T = 0.6 / top-p 0.95 from a no-grad forward of
+their own, as under bf16 or self-normalisation over accumulated micro-batches); ReinforceTrainer vs
 trl.GRPOTrainer(scale_rewards="none") (generation with transformers, real VAL reward). Each trainer runs
 `--steps` optimizer steps per round, the rounds alternate between the two trainers of a pair, the first
 steps of a run are warm-up; the figure is the median step time and the ratio ours / TRL's (goal <= 1.05).
@@ -52,18 +54,21 @@ def clocks() -> tuple[float, float]:
 
 
 class StepTimer(TrainerCallback):
-    """Wall and CPU time of every optimizer step."""
+    """Wall and CPU time of every optimizer step, end to end: from the end of the previous step (or the start
+    of training) to the end of this one, so that work done before the first micro-batch (fetching the batch,
+    IW-SFT's weights forward in `get_batch_samples`) is counted too."""
 
     def __init__(self) -> None:
         self.times: list[tuple[float, float]] = []
         self._start = (0.0, 0.0)
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._start = clocks()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         end = clocks()
         self.times.append((end[0] - self._start[0], end[1] - self._start[1]))
+        self._start = end
 
 
 def common_args(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
@@ -188,6 +193,16 @@ def main() -> None:
             "ImportanceWeightedSFTTrainer": lambda: ImportanceWeightedSFTTrainer(
                 model(),
                 args=ImportanceWeightedSFTConfig(**kw, iw_truncate=10.0),
+                train_dataset=Dataset.from_list(iw_traces),
+                processing_class=tokenizer,
+            ),
+            # temperature/top-p (or bf16, or self-normalisation over accumulated micro-batches): the weights
+            # need their own no-grad forward of each optimizer batch
+            "ImportanceWeightedSFTTrainer(T=0.6, top-p 0.95)": lambda: ImportanceWeightedSFTTrainer(
+                model(),
+                args=ImportanceWeightedSFTConfig(
+                    **kw, iw_truncate=10.0, sampling_temperature=0.6, sampling_top_p=0.95
+                ),
                 train_dataset=Dataset.from_list(iw_traces),
                 processing_class=tokenizer,
             ),

@@ -256,3 +256,23 @@ def test_iw_recovers_the_on_policy_gradient_in_expectation() -> None:
     logp = torch.log_softmax(logits, 0)
     (g_on,) = torch.autograd.grad(-(logp.exp().detach() * r * logp).sum(), logits)
     assert torch.allclose(g_iw, g_on, atol=1e-14)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.6, 1.0), (0.6, 0.95), (1.3, 0.5)])
+def test_sampling_logprobs_is_the_samplers_distribution(temperature, top_p) -> None:
+    """log q(label) = the log-softmax of transformers' temperature then top-p warpers (what the deployment
+    backend samples from) at the label; −inf outside the nucleus; a proper distribution over the vocabulary."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float32) * 3
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p, min_tokens_to_keep=1))
+    reference = torch.log_softmax(warpers(None, logits.clone()), -1)
+    every = torch.arange(50).repeat(6, 1)
+    ours = torch.stack([losses.sampling_logprobs(logits, every[:, v], temperature, top_p) for v in range(50)], 1)
+    assert torch.equal(torch.isinf(ours), torch.isinf(reference))
+    finite = torch.isfinite(reference)
+    assert torch.allclose(ours[finite], reference[finite], atol=1e-6)
+    assert torch.allclose(ours.exp().sum(-1), torch.ones(6, dtype=ours.dtype), atol=1e-5)
+    assert (torch.isinf(ours).sum(-1) > 0).all() == (top_p < 1)
