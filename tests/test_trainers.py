@@ -561,51 +561,28 @@ def test_token_id_rows_with_missing_ids_are_a_clear_error(tokenizer, tmp_path: P
 
 
 def _sampled_rows(model, tok, prompts: list[str], temperature: float, top_p: float, max_new_tokens: int):
-    """Samples of the package's TransformersBackend as training rows: the backend's text and behaviour
-    log-prob, and the token ids its ``model.generate`` call produced (prompt as fed, completion as sampled,
-    cut after the stop token or at max_new_tokens)."""
+    """Samples of the package's TransformersBackend as training rows, as the loop makes them: the prompt
+    tokens as the backend feeds them, the completion's tokens as sampled (``Completion.token_ids``: the stop
+    token included, none when cut by max_new_tokens), the backend's behaviour log-prob."""
     from iterdeploy_trl.deploy import TransformersBackend
 
-    calls = []
-    generate = model.generate
-
-    def recording_generate(**kwargs):
-        sequences = generate(**kwargs)
-        calls.append((kwargs["input_ids"], kwargs["attention_mask"], sequences))
-        return sequences
-
-    model.generate = recording_generate
-    try:
-        samples = TransformersBackend(model, tok, batch_size=64).generate(
-            prompts,
-            num_samples=4,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=0,
-        )
-    finally:
-        del model.generate
-    ids = [
-        (row_ids[row_mask.bool()].tolist(), seq[row_ids.shape[0] :].tolist())
-        for input_ids, mask, sequences in calls
-        for row_ids, row_mask, seq in zip(input_ids, mask, sequences, strict=True)
-    ]
-    flat = [(p, c) for p, row in zip(prompts, samples, strict=True) for c in row]
+    samples = TransformersBackend(model, tok, batch_size=64).generate(
+        prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0
+    )
     rows = []
-    for (prompt, c), (prompt_ids, new) in zip(flat, ids, strict=True):
-        completion_ids = new[: c.completion_tokens]
-        assert completion_ids[-1:] != [tok.pad_token_id] or c.truncated
-        rows.append(
-            {
-                "prompt": prompt,
-                "completion": c.text,
-                "prompt_ids": prompt_ids,
-                "completion_ids": completion_ids,
-                "behaviour_logprob": c.behaviour_logprob,
-                "truncated": c.truncated,
-            }
-        )
+    for prompt, row in zip(prompts, samples, strict=True):
+        for c in row:
+            assert len(c.token_ids) == c.completion_tokens and (c.stop_token_id is None) == c.truncated
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "completion": c.text,
+                    "prompt_ids": tok(prompt)["input_ids"],
+                    "completion_ids": list(c.token_ids),
+                    "behaviour_logprob": c.behaviour_logprob,
+                    "truncated": c.truncated,
+                }
+            )
     return rows
 
 
