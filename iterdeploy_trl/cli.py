@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommand name -> module in iterdeploy_trl.commands. Imported lazily so that `iterdeploy tasks`
@@ -19,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "theory": "theory",
     "figures": "figures",
+    "status": "status",
 }
 
 
@@ -53,6 +55,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"iterdeploy {args.command}: {full}", file=sys.stderr)
+        return 3
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """The message for a write that failed because the disk (or the quota) is full, else None. Libraries
+    wrap the OS error (safetensors: ``IoError(... StorageFull ...)``), so the chain and the text are read."""
+    import errno
+    import shutil
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) \
+                or "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+            path = getattr(seen, "filename", None)
+            where = f" writing {path}" if path else ""
+            free = ""
+            probe = path or "."
+            while probe and not os.path.exists(probe):
+                probe = os.path.dirname(probe)
+            if probe:
+                free = f" ({shutil.disk_usage(probe).free / 2**20:.1f} MiB free there now)"
+            return (f"no space left on the device{where}{free}. Nothing written so far is lost: free some space "
+                    "and run the same command again; the run resumes where it stopped")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

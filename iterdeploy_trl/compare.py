@@ -26,7 +26,8 @@ from typing import Any
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
 from iterdeploy_trl.loop import RunError, begin_run, check_methods, run_loop
-from iterdeploy_trl.runio import write_json
+from iterdeploy_trl.runio import atomic_write_text, write_json
+from iterdeploy_trl.runlock import holds_run_dir
 
 LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
 
@@ -109,6 +110,7 @@ def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "val
     return {"methods": table, "paired": paired, "reference": reference}
 
 
+@holds_run_dir
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
@@ -121,7 +123,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     check_methods(cfg, methods)  # before any work: a setting no compared method reads is refused
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
-        (out / "config.yaml").write_text(config_text)
+        atomic_write_text(out / "config.yaml", config_text)
     results = {}
     t0 = time.time()
     for method in methods:

@@ -234,6 +234,9 @@ class RunConfig:
     # on a busy 2-core machine cost 50x the CPU time of a step (measured); null leaves torch's default.
     threads: int | None = 1
     compare_methods: tuple[str, ...] = METHODS  # methods run by `iterdeploy compare`
+    # Experiment trackers (as TRL's report_to): trackio, tensorboard, wandb. They receive every trainer's logs
+    # and the loop's per-generation metrics (iterdeploy_trl.tracking); not part of the run hash.
+    report_to: tuple[str, ...] = ()
 
     def check(self, *, paths: bool = True) -> RunConfig:
         """Check every value; ``paths=False`` skips whether ``model.path`` exists on this machine (to check
@@ -251,6 +254,11 @@ class RunConfig:
         _require(self.validation_timeout > 0, "validation_timeout", self.validation_timeout, "must be > 0")
         _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
         _require(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1 or null")
+        from iterdeploy_trl.tracking import check_report_to
+
+        problem = check_report_to(self.report_to)
+        if problem:
+            raise ConfigError(f"report_to: {problem}")
         for m in self.compare_methods:
             _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
         if self.method == "uncurated-sft" and self.curation != "none":
@@ -440,6 +448,7 @@ def config_hash(cfg: RunConfig) -> str:
 
     data = _hash_layout(cfg.to_dict())
     data.pop("name", None)
+    data.pop("report_to", None)  # where results are reported does not change them
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from iterdeploy_trl import dist
+from iterdeploy_trl import dist, tracking
 from iterdeploy_trl.config import (
     METHODS,
     ConfigError,
@@ -33,44 +32,29 @@ from iterdeploy_trl.config import (
     config_hash,
     load_config,
 )
+from iterdeploy_trl.console import quiet_trainer
 from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
 from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
-from iterdeploy_trl.runio import read_json, read_jsonl, replace_dir, write_json, write_jsonl
+from iterdeploy_trl.runio import (
+    append_row,
+    atomic_write_text,
+    read_json,
+    read_rows,
+    replace_dir,
+    write_dir,
+    write_json,
+    write_jsonl,
+)
+from iterdeploy_trl.runlock import SESSION_FILES, holds_run_dir
+from iterdeploy_trl.status import generation_line
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
+from iterdeploy_trl.testing.faults import disk_write, fault, note_chunk
 from iterdeploy_trl.traces import TraceRecord, read_traces, write_traces
 
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says what to do."""
-
-
-def _fault(point: str) -> None:
-    """Test hook: ``ITERDEPLOY_KILL_AT=point`` (or ``point:N`` for the N-th time) kills the process
-    with SIGKILL right here, as a real crash would. Used by the resume tests only."""
-    spec = os.environ.get("ITERDEPLOY_KILL_AT")
-    if not spec:
-        return
-    name, _, count = spec.partition(":")
-    if name != point:
-        return
-    key = f"_ITERDEPLOY_FAULT_{name}"
-    seen = int(os.environ.get(key, "0")) + 1
-    os.environ[key] = str(seen)
-    if seen >= int(count or 1):
-        import signal
-
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _note_chunk(path: Path) -> None:
-    """Test hook: with ``ITERDEPLOY_CHUNK_LOG=file`` each process appends ``<rank> <chunk path>`` to that file
-    when it writes a trace chunk. Used by the distributed tests to see that each chunk is written once."""
-    log = os.environ.get("ITERDEPLOY_CHUNK_LOG")
-    if log:
-        with open(log, "a") as fh:
-            fh.write(f"{dist.rank()} {path}\n")
 
 
 # --------------------------------------------------------------------------- tasks and models
@@ -93,6 +77,7 @@ def prepare_tasks(cfg: RunConfig, out: Path) -> tuple[Any, list[Any], list[Any]]
         if not (tdir / "tasks.jsonl").exists():
             size = tuple(cfg.tasks.size) if cfg.tasks.size else None
             tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size)
+            disk_write("task-set", tdir)
             write_task_set(tasks, tdir)
         task_set = load_task_set(tdir)
     tasks = list(task_set.tasks)
@@ -253,14 +238,14 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
     s = cfg.sampling
     samples = backend.generate(prompts, num_samples=s.samples_per_task, temperature=s.temperature, top_p=s.top_p,
                                max_new_tokens=s.max_new_tokens, seed=sample_seed)
-    _fault("generation")
+    fault("generation")
     flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
     workers = cfg.validation_workers
     if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
         workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
     extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
                                  timeout=cfg.validation_timeout, workers=workers)
-    _fault("validation")
+    fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
     # The prompt tokens as both backends feed them (special tokens included, no padding).
@@ -307,7 +292,7 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                                 generation=generation, split=split, model_id=model_id, run_name=run_name,
                                 method=method, validator=validator)
             write_traces(path, rows)
-            _note_chunk(path)
+            note_chunk(path, dist.rank())
             deployed[path] = rows
     finally:
         if backend is not None:
@@ -476,7 +461,8 @@ def _common_args(cfg: RunConfig, tmp: Path, *, seed: int, batch_size: int, accum
     tcfg = cfg.training
     return dict(
         output_dir=str(tmp / "trainer"), learning_rate=learning_rate, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
+        gradient_accumulation_steps=accumulation, seed=seed, data_seed=seed, save_strategy="no",
+        **tracking.trainer_kwargs(cfg, tmp),
         warmup_steps=tcfg.warmup_ratio, weight_decay=tcfg.weight_decay,
         # bf16 autocast wherever the model is bf16, CPU too (transformers wants use_cpu for that), so that
         # CPU runs take the GPU configs' code path.
@@ -492,6 +478,7 @@ def _save_generation(trainer: Any, tok: Any, tmp: Path, out_dir: Path, stats: di
     if dist.is_main():  # DDP: every process holds the same weights
         tmp.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(str(tmp))
+        disk_write("model-save", tmp)
         tok.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         write_json(tmp / "train_stats.json", stats)
@@ -564,9 +551,10 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset(train_rows),
                           eval_dataset=dataset(eval_rows) if eval_rows else None, processing_class=tok,
                           peft_config=peft_config)
+    quiet_trainer(trainer, out_dir)
     dist.check_trainer(trainer)
     result = trainer.train()
-    _fault("training")
+    fault("training")
     eval_losses = [round(float(h["eval_loss"]), 6) for h in trainer.state.log_history if "eval_loss" in h]
     stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
              "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
@@ -640,9 +628,10 @@ def train_reinforce(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "domain_pddl", "problem_pddl")} for r in rows])
     trainer = ReinforceTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
                                processing_class=tok, peft_config=peft_config)
+    quiet_trainer(trainer, out_dir)
     dist.check_trainer(trainer)
     result = trainer.train()
-    _fault("training")
+    fault("training")
     sampled, tokens = _sum_over_processes([reward.completions, reward.tokens])
     hist = trainer.state.log_history
     stats = {"train_traces": sampled, "train_steps": int(result.global_step),
@@ -726,11 +715,11 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
             raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {h}); "
                            "use a new --out directory, or the config that made it to resume")
         return
-    if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml",)):
+    if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml", *SESSION_FILES)):
         raise RunError(f"{out} is not empty and is not a run directory; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     if given is not None:
-        (out / "config.yaml").write_text(given)
+        atomic_write_text(out / "config.yaml", given)
     write_json(resolved, {"hash": h, "config": cfg.to_dict()})
 
 
@@ -762,7 +751,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     sdir = out / f"seed_{seed}"
     sdir.mkdir(parents=True, exist_ok=True)
     metrics_path = sdir / "metrics.jsonl"
-    done = {m["generation"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
+    done = {m["generation"]: m for m in (read_rows(metrics_path) if metrics_path.exists() else [])}
     all_records: list[TraceRecord] = []
     samples_deployed = 0
     train_stats: dict[str, Any] = {}
@@ -795,11 +784,10 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                          done[h].get("train_completion_tokens", 0) for h in done if h < g),
                      eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"))
             append_metrics(metrics_path, m)
+            if dist.is_main():
+                tracking.log_generation(cfg, out, seed, m)
             done[g] = m
-        log(f"seed {seed} gen {g}: solved {m['solved']}/{m['tasks']}, held-out {m['heldout_solved']}/"
-            f"{m['heldout_tasks']}, all-{cfg.sampling.samples_per_task}-valid {m['all_samples_valid']}, "
-            f"valid plan length mean {m['mean_valid_plan_length']} max {m['max_valid_plan_length']}, "
-            f"trained on {m['train_traces']} traces")
+        log(generation_line(seed, m, cfg.sampling.samples_per_task))
         if g == cfg.generations:
             break
         next_dir = sdir / f"gen_{g + 1:02d}" / "model"
@@ -814,7 +802,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
             if not rows:
                 log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
                 if dist.is_main():
-                    write_json(next_dir / "same_as.json", {"generation": g, "reason": "empty training set"})
+                    write_dir(next_dir, {"same_as.json": json.dumps({"generation": g, "reason": "empty training set"})})
                 dist.barrier()
                 continue
         method.train(cfg, TrainJob(base=base, model_dir=model_dir, out_dir=next_dir,
@@ -851,6 +839,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return out
 
 
+@holds_run_dir
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.
@@ -904,8 +893,7 @@ def _silent(*_: Any) -> None:
 def append_metrics(path: Path, row: dict[str, Any]) -> None:
     """Append a finished generation's metrics row to ``metrics.jsonl`` (the main process writes it)."""
     if dist.is_main():
-        with open(path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(path, row, key="generation")
 
 
 def run_from_file(config_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:

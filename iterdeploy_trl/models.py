@@ -373,6 +373,9 @@ def pretrain_base_model(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     losses: list[float] = []
     width = min(batch_size, len(rows))
+    from iterdeploy_trl.console import step_reporter
+
+    report = step_reporter("pretraining the base model", steps, enabled=progress)
     for step in range(steps):
         # Neighbours in length order: little padding, and a random window keeps batches varied.
         start = rng.randrange(len(rows) - width + 1)
@@ -385,10 +388,9 @@ def pretrain_base_model(
         losses.append(loss.item())
         if progress and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / len(losses[-log_every:])
-            print(
-                f"[base-model] step {step + 1}/{steps} loss {recent:.4f} ({time.time() - started:.0f}s)",
-                flush=True,
-            )
+            report(step + 1, f"[base-model] step {step + 1}/{steps} loss {recent:.4f} ({time.time() - started:.0f}s)",
+                   loss=recent)
+    report(None, "")
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash
 from iterdeploy_trl.runio import read_json
+from iterdeploy_trl.runlock import SESSION_FILES, describe_holder, is_held, read_holder
 
 # Pool tasks whose prompt lengths are measured (prompts grow with the task's size).
 PROMPTS_MEASURED = 20
@@ -199,9 +200,11 @@ def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
         old = read_json(resolved).get("hash")
         if old == config_hash(cfg):
             pf.lines.append(f"run directory: {out} holds this run: it would resume")
+            if is_held(out):
+                pf.problems.append(f"--out {out} is in use by another run: {describe_holder(read_holder(out))}")
         else:
             pf.problems.append(f"--out {out} holds a run of another config (hash {old}); use a new directory")
-    elif out.exists() and any(p.name != "config.yaml" for p in out.iterdir()):
+    elif out.exists() and any(p.name not in ("config.yaml", *SESSION_FILES) for p in out.iterdir()):
         pf.problems.append(f"--out {out} is not empty and is not a run directory; choose a new one")
     else:
         pf.lines.append(f"run directory: {out} (new)")

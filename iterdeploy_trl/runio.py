@@ -10,6 +10,14 @@ Layout of a run directory (see ``docs/ARCHITECTURE.md``)::
     RUNDIR/seed_<s>/gen_<g>/model/                         the model deployed in generation g (g >= 1)
     RUNDIR/seed_<s>/metrics.jsonl                          one row per finished generation
     RUNDIR/summary.json                                    per-generation results (mean over seeds)
+    RUNDIR/run.log                                         the libraries' and trainers' own logs
+    RUNDIR/.lock, RUNDIR/.lock.json                        the one-writer lock and its holder (runlock.py)
+
+Every file is written whole to a temporary name and renamed into place (a crash leaves the old file or
+the new one, never half of one), and every directory (a model) is written under ``<name>.partial`` and
+renamed when complete. ``metrics.jsonl`` is rewritten the same way with one row per key, so it never holds
+a torn or a doubled row. Each write passes :func:`iterdeploy_trl.testing.faults.disk_write` with its site
+name, where the crash and full-disk tests strike.
 """
 
 from __future__ import annotations
@@ -22,16 +30,35 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl.testing.faults import disk_write
 
-def atomic_write_text(path: Path, text: str) -> None:
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+_SITES = {"metrics.jsonl": "metrics", "train.jsonl": "train-set", "summary.json": "summary",
+          "compare.json": "compare", "resolved_config.json": "resolved-config", "config.yaml": "config",
+          ".lock.json": "lock", "same_as.json": "same-as", "train_stats.json": "train-stats"}
+
+
+def write_site(path: Path) -> str:
+    """The name of the write site of a run-directory file (for the fault hooks and their tests)."""
+    return "trace-chunk" if path.parent.name == "traces" else _SITES.get(path.name, path.name)
+
+
+def atomic_write_text(path: Path, text: str, *, site: str | None = None) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: readers see all or nothing."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+            half = len(text) // 2
+            fh.write(text[:half])
+            disk_write(site or write_site(path), path)  # a crash or a full disk strikes mid-write
+            fh.write(text[half:])
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; others may read a run's files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,8 +89,67 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def append_row(path: Path, row: dict[str, Any], key: str = "generation") -> None:
+    """Add ``row`` to the JSONL file ``path``, replacing a row with the same ``key``, by an atomic rewrite:
+    a crash leaves the file with or without the row, never with half a row or the row twice."""
+    rows = read_rows(path, key) if path.exists() else []
+    rows = [r for r in rows if r.get(key) != row.get(key)] + [row]
+    write_jsonl(path, rows)
+
+
+def read_rows(path: Path, key: str = "generation") -> list[dict[str, Any]]:
+    """The rows of a JSONL file of :func:`append_row`, one per ``key`` (the last one wins). A torn last line,
+    which only a file appended to in place (before :func:`append_row`) can hold, is dropped."""
+    lines = Path(path).read_text().splitlines()
+    rows: dict[Any, dict[str, Any]] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):
+                continue  # a write cut short by a crash: that row was not committed
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+        rows.pop(row.get(key), None)
+        rows[row.get(key)] = row
+    return list(rows.values())
+
+
+def write_dir(final: Path, files: dict[str, str]) -> None:
+    """Write a small directory of text files in one step (through ``<final>.partial`` and a rename)."""
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, text in files.items():
+        atomic_write_text(tmp / name, text, site=write_site(final / name))
+    replace_dir(tmp, final)
+
+
+def sweep_partial(run_dir: Path, *, own_lock: str = ".lock") -> list[Path]:
+    """Remove what writes cut short by a crash left in ``run_dir``: temporary files of atomic writes and
+    ``*.partial`` directories. Only the holder of the run directory's lock may call this; subdirectories
+    with a lock file of their own (``own_lock``: the method runs of a comparison) are left to theirs."""
+    left: list[Path] = []
+    for root, dirs, files in os.walk(run_dir):
+        here = Path(root)
+        left += [here / f for f in files if f.startswith(".") and f.endswith(".tmp")]
+        for d in list(dirs):
+            if d.endswith(".partial"):
+                left.append(here / d)
+                dirs.remove(d)
+            elif (here / d / own_lock).exists():
+                dirs.remove(d)
+    for p in left:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return left
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written directory into place (removing an older one)."""
+    disk_write("rename-dir", final)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -16,21 +16,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--methods", nargs="+", default=None, help="override compare_methods")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
+                   help="trackio, tensorboard, wandb (overrides the config's report_to; 'none' for none)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the libraries' own logs and progress bars (by default they go to OUT/run.log)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.commands.run import with_report_to
     from iterdeploy_trl.compare import run_compare
     from iterdeploy_trl.config import ConfigError, load_config
-    from iterdeploy_trl.dist import MainProcessFailed, is_main
+    from iterdeploy_trl.console import quiet_session
+    from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
     from iterdeploy_trl.loop import RunError
+    from iterdeploy_trl.runlock import RunDirBusy
 
     try:
-        cfg = load_config(args.config)
+        cfg = with_report_to(load_config(args.config), args.report_to)
         methods = tuple(args.methods) if args.methods else cfg.compare_methods
-        report = run_compare(cfg, args.out, methods=methods, config_text=args.config.read_text(),
-                             progress=not args.no_progress)
-    except (ConfigError, RunError, ValueError, FileNotFoundError, MainProcessFailed) as exc:
+        with quiet_session(args.out, verbose=args.verbose, progress=not args.no_progress, rank=rank()):
+            report = run_compare(cfg, args.out, methods=methods, config_text=args.config.read_text(),
+                                 progress=not args.no_progress)
+    except (ConfigError, RunError, RunDirBusy, ValueError, FileNotFoundError, MainProcessFailed) as exc:
         print(f"iterdeploy compare: {exc}", file=sys.stderr)
         return 2
     if not is_main():

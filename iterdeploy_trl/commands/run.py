@@ -19,14 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check the config, model, tokenizer, backend, task set, prompt lengths and --out, print "
                         "what the run would do, and exit (0: ready, 2: problems) without running or writing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
+                   help="experiment trackers for the trainers' logs and the loop's metrics: trackio, tensorboard, "
+                        "wandb (overrides the config's report_to; 'none' for none)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the libraries' own logs and progress bars (by default they go to RUNDIR/run.log)")
     p.add_argument("--json", action="store_true", help="print summary.json at the end")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.config import ConfigError, RunConfig, load_config
-    from iterdeploy_trl.dist import MainProcessFailed, is_main
+    from iterdeploy_trl.console import quiet_session
+    from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
     from iterdeploy_trl.loop import RunError, run_loop
+    from iterdeploy_trl.runlock import RunDirBusy
 
     if args.out is None and not args.check:
         print("iterdeploy run: --out RUNDIR is required (or --check to only check the config)", file=sys.stderr)
@@ -42,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"iterdeploy run: bad config: {exc}", file=sys.stderr)
         return 2
+    try:
+        cfg = with_report_to(cfg, args.report_to)
+    except ConfigError as exc:
+        print(f"iterdeploy run: --report-to: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         from iterdeploy_trl.preflight import preflight
 
@@ -50,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(result.report())
         return 0 if result.ok else 2
     try:
-        summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)
-    except (ConfigError, RunError, FileNotFoundError, ValueError, MainProcessFailed) as exc:
+        with quiet_session(args.out, verbose=args.verbose, progress=not args.no_progress, rank=rank()):
+            summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)
+    except (ConfigError, RunError, RunDirBusy, FileNotFoundError, ValueError, MainProcessFailed) as exc:
         print(f"iterdeploy run: {exc}", file=sys.stderr)
         return 2
     if not is_main():
@@ -65,3 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def with_report_to(cfg, names: list[str] | None):  # type: ignore[no-untyped-def]
+    """``cfg`` with ``--report-to`` applied (None: as the config says; ``none``: no tracker); checked again."""
+    import dataclasses
+
+    if names is None:
+        return cfg
+    return dataclasses.replace(cfg, report_to=tuple(n for n in names if n != "none")).check(paths=False)
