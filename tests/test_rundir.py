@@ -85,7 +85,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(harness):
 def test_lock_is_reentrant_in_one_process_and_excludes_another(tmp_path):
     lock = RunDirLock.of(tmp_path / "r")
     with lock:
-        with RunDirLock.of(tmp_path / "r"):  # run_compare -> run_loop -> run_reinforce on one directory
+        with RunDirLock.of(tmp_path / "r"):  # a caller holding the directory calls run_loop on it
             assert is_held(tmp_path / "r")
         assert is_held(tmp_path / "r")
         # another process: refused at once, naming this one
