@@ -1,7 +1,7 @@
 """Pools, plan lengths and planner comparison for the seven IPC-2023 learning-track domains.
 
     python benchmarks/bench_new_domains.py [--n 1000] [--seed 0] [--range full] [--validate]
-        [--workers 1] [--planner-sample 20] [--planner-size LO HI] [--planner-timeout 60] [--domains ...]
+        [--workers N] [--planner-sample 20] [--planner-size LO HI] [--planner-timeout 60] [--domains ...]
 
 For each domain: the time to generate an ``--n``-task pool over the domain's ``--range`` size range
 (``cpu`` or ``full``; task ``i`` draws from ``random.Random("iterdeploy-tasks/<domain>/<seed>/<i>")``,
@@ -95,9 +95,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--range", choices=("cpu", "full"), default="full")
     parser.add_argument("--validate", action="store_true", help="check every reference plan with VAL")
-    # One VAL worker by default: validate_batch's threads share one PDDL problem parser (pddlio), which
-    # is not thread-safe (a stray "'NoneType' object has no attribute 'name'" under load).
-    parser.add_argument("--workers", type=int, default=1, help="VAL worker threads")
+    parser.add_argument("--workers", type=int, default=None, help="VAL worker threads (default: all CPUs)")
     parser.add_argument("--planner-sample", type=int, default=0)
     parser.add_argument("--planner-size", type=int, nargs=2, default=None)
     parser.add_argument("--planner-timeout", type=float, default=60.0)

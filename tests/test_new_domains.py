@@ -144,7 +144,7 @@ def test_objects_come_from_the_fixed_names_and_problems_parse(domain):
     gen = _gen(domain)
     names = set(gen.OBJECT_NAMES)
     parsed_domain = DomainParser()(_domain_text(domain))
-    for task in _sample(domain, 4, seed="names"):
+    for task in _sample(domain, 3, seed="names"):
         problem = ProblemParser()(task.problem)
         objects = {o.name for o in problem.objects}
         assert objects <= names, sorted(objects - names)[:5]
@@ -168,7 +168,7 @@ def test_sizes_spread_from_trivial_to_long(domain):
 @pytest.mark.parametrize("domain", NEW_DOMAINS)
 def test_reference_plans_are_val_valid_across_sizes(domain):
     text = _domain_text(domain)
-    for task in _sample(domain, 12):
+    for task in _sample(domain, 8):
         verdict = validate_plan(text, task.problem, list(task.plan))
         assert verdict.valid, (domain, task.params, verdict)
 
