@@ -6,6 +6,16 @@ and a fresh timed generation).
     python benchmarks/bench_deploy.py [--model DIR] [--tasks 64] [--samples 4]
 
 Without --model the small blocksworld base model is pretrained (or reused from the cache) first.
+
+With --backends, the three backends on the same model (a head_dim-64 one: vLLM's CPU attention refuses
+the tiny model's head_dim 16), prompts and sampling, as ratios to the transformers backend measured in the
+same run, and each backend's share of one generation's wall time in generation, validation and training:
+
+    .venv-vllm/bin/python benchmarks/bench_deploy.py --backends [--config experiments/cpu_vllm.yaml]
+        [--servers URL ...]    # running `vllm serve` servers of the model; default: one started here
+
+Everything that can be checked is checked before any timing: vLLM importable, each server answering and
+serving this model, and (--lora-rank R) that the servers take an adapter of rank R.
 """
 
 from __future__ import annotations
@@ -17,6 +27,12 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--backends", action="store_true", help="compare transformers, vllm and vllm-server")
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "experiments" / "cpu_vllm.yaml",
+                    help="--backends: the run config whose model, prompts and sampling are used")
+    ap.add_argument("--servers", nargs="*", default=None, help="--backends: URLs of running vLLM servers")
+    ap.add_argument("--lora-rank", type=int, default=None,
+                    help="--backends: also check that the servers take a LoRA adapter of this rank")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--tasks", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4)
@@ -27,6 +43,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.backends:
+        compare_backends(args)
+        return
     from iterdeploy_trl.config import RunConfig
     from iterdeploy_trl.curate import curate, training_rows
     from iterdeploy_trl.deploy import TransformersBackend
@@ -93,6 +112,125 @@ def main() -> None:
     print(f"one generation ({len(flat)} completions, {sum(v.valid for v in verdicts)} valid, trained on "
           f"{len(rows)} traces): generation {t_gen:.1f}s ({t_gen / total:.0%}), validation {t_val:.1f}s "
           f"({t_val / total:.0%}), training {t_train:.1f}s ({t_train / total:.0%})")
+
+
+def _phases(cfg, base, tasks, dom, out, t_gen, train_s=None):
+    """(validation seconds, training seconds, training rows) of one generation made of ``out``."""
+    import tempfile
+
+    from iterdeploy_trl.curate import curate, training_rows
+    from iterdeploy_trl.loop import prompt_for, score_completions, train_generation
+
+    flat_tasks = [t for t, row in zip(tasks, out, strict=True) for _ in row]
+    flat = [c for row in out for c in row]
+    t0 = time.perf_counter()
+    _, verdicts = score_completions(dom, flat_tasks, [c.text for c in flat], timeout=30, workers=None)
+    t_val = time.perf_counter() - t0
+    records = [{"task_id": t.id, "generation": 0, "sample_index": i, "valid": v.valid, "plan_length": v.plan_length,
+                "reasoning_tokens": c.reasoning_tokens, "completion_tokens": c.completion_tokens,
+                "truncated": c.truncated, "split": "pool", "prompt": prompt_for(cfg, dom, t), "completion": c.text,
+                "behaviour_logprob": c.behaviour_logprob}
+               for i, (t, c, v) in enumerate(zip(flat_tasks, flat, verdicts, strict=True))]
+    rows = training_rows(curate(records, cfg.curation)) or training_rows(curate(records, "none"))
+    if train_s is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            train_generation(cfg, base, rows, Path(tmp) / "model", seed=0)
+            train_s = time.perf_counter() - t0
+    return t_val, train_s, sum(v.valid for v in verdicts)
+
+
+def compare_backends(args) -> None:
+    """transformers vs in-process vLLM vs vLLM server: same model, prompts, sampling; ratios in one run."""
+    import dataclasses
+    import os
+    import subprocess
+    import tempfile
+
+    from iterdeploy_trl.config import load_config
+    from iterdeploy_trl.deploy import TransformersBackend, VLLMBackend, check_backend
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.loop import load_for_generation, prompt_for, resolve_base_model
+    from iterdeploy_trl.tasks import generate_tasks
+    from iterdeploy_trl.vllm_server import (
+        HTTPFailure,
+        VLLMServerBackend,
+        check_lora_rank,
+        check_servers,
+        serve_command,
+        served_models,
+    )
+
+    cfg = load_config(args.config)
+    check_backend("vllm")  # vLLM missing: the ConfigError names sampling.backend, before any work
+    base = args.model or resolve_base_model(cfg)
+    started = None
+    servers = args.servers
+    if servers:
+        check_servers(servers, str(base))
+    if args.lora_rank is not None and servers:
+        check_lora_rank(servers, base, args.lora_rank)
+    cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, samples_per_task=args.samples,
+                                                                max_new_tokens=args.max_new_tokens))
+    dom = domain_pddl(cfg.domain)
+    tasks = generate_tasks(cfg.domain, args.tasks, seed=123, size=cfg.tasks.size)
+    prompts = [prompt_for(cfg, dom, t) for t in tasks]
+    s = cfg.sampling
+    kw = dict(num_samples=s.samples_per_task, temperature=s.temperature, top_p=s.top_p,
+              max_new_tokens=s.max_new_tokens)
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    try:
+        if not servers:  # one server of the same model, on this machine
+            port = 8000 + os.getpid() % 1000
+            env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            started = subprocess.Popen(
+                serve_command(base, port=port, dtype=cfg.model.dtype, max_model_len=cfg.training.max_length),
+                stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            servers = [f"http://127.0.0.1:{port}"]
+        print(f"model {base}; {len(prompts)} prompts x {s.samples_per_task} samples, temperature {s.temperature}, "
+              f"top-p {s.top_p}, max_new_tokens {s.max_new_tokens}; dtype {cfg.model.dtype}; servers {servers}")
+        results = {}
+        model, tok = load_for_generation(cfg, base, None)
+        backends = [("transformers", lambda: TransformersBackend(model, tok, batch_size=256)),
+                    ("vllm", lambda: VLLMBackend(str(base), dtype=cfg.model.dtype,
+                                                 max_model_len=cfg.training.max_length)),
+                    ("vllm-server", lambda: VLLMServerBackend(servers, base, model=str(base)))]
+        train_s = None
+        for name, make in backends:
+            if name == "vllm-server" and started is not None:
+                for _ in range(600):
+                    if started.poll() is not None:
+                        raise RuntimeError(f"vllm serve exited: {log.read_text()[-2000:]}")
+                    try:
+                        served_models(servers[0], timeout=2)
+                        break
+                    except HTTPFailure:
+                        time.sleep(1)
+            t0 = time.perf_counter()
+            backend = make()
+            t_start = time.perf_counter() - t0
+            backend.generate(prompts[:4], **kw, seed=99)  # warm-up (first-call compilation, caches)
+            t0 = time.perf_counter()
+            out = backend.generate(prompts, **kw, seed=0)
+            t_gen = time.perf_counter() - t0
+            backend.close()
+            n = sum(len(r) for r in out)
+            toks = sum(c.completion_tokens for r in out for c in r)
+            t_val, train_s, valid = _phases(cfg, base, tasks, dom, out, t_gen, train_s)
+            results[name] = (n / t_gen, toks / t_gen, t_start, t_gen, t_val, train_s, valid, n)
+        ref = results["transformers"]
+        for name, (cps, tps, t_start, t_gen, t_val, t_train, valid, n) in results.items():
+            total = t_gen + t_val + t_train
+            print(f"{name:>12}: {cps:8.1f} completions/s ({cps / ref[0]:5.2f}x transformers) {tps:9.1f} tokens/s "
+                  f"({tps / ref[1]:5.2f}x); start {t_start:5.1f}s; one generation: generation {t_gen:.1f}s "
+                  f"({t_gen / total:.0%}), validation {t_val:.1f}s ({t_val / total:.0%}), training {t_train:.1f}s "
+                  f"({t_train / total:.0%}); {valid}/{n} valid")
+    finally:
+        if started is not None and started.poll() is None:
+            import signal
+
+            os.killpg(started.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

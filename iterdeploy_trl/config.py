@@ -22,7 +22,7 @@ from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
 
 METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
 CURATIONS = ("shortest", "all-valid", "random-valid", "none")
-BACKENDS = ("transformers", "vllm")
+BACKENDS = ("transformers", "vllm", "vllm-server")
 INITS = ("base", "previous")
 NORMALIZATIONS = ("sequence_sum", "batch_tokens", "sequence_mean")
 BASELINES = ("none", "mean", "leave_one_out")
@@ -106,9 +106,23 @@ class SamplingConfig:
     max_new_tokens: int = 100  # the small model's plans: 5 tokens an action
     batch_size: int = 128  # sequences per generate() call (transformers backend)
     gpu_memory_utilization: float = 0.85  # vLLM only
+    # vllm-server only (docs/scale-out.md). Where and how to reach the servers, not what they sample: left
+    # out of the run hash, so a run resumes on other servers.
+    servers: tuple[str, ...] = ()  # base URLs of running `vllm serve` servers, e.g. http://10.0.0.2:8000
+    server_model: str | None = None  # the name the servers serve the base model under; None: its path
+    server_timeout: float = 600.0  # seconds for one request (K completions of one prompt)
+    server_retries: int = 2  # further tries of a failed request, each on the next server
 
     def check(self) -> None:
         _require(self.backend in BACKENDS, "sampling.backend", self.backend, f"must be one of {BACKENDS}")
+        if self.backend == "vllm-server":
+            _require(bool(self.servers), "sampling.servers", list(self.servers),
+                     "is empty: give the URL of at least one running `vllm serve` (docs/scale-out.md)")
+        for url in self.servers:
+            _require(url.startswith(("http://", "https://")), "sampling.servers", url,
+                     "must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+        _require(self.server_timeout > 0, "sampling.server_timeout", self.server_timeout, "must be > 0")
+        _require(self.server_retries >= 0, "sampling.server_retries", self.server_retries, "must be >= 0")
         _require(self.samples_per_task >= 1, "sampling.samples_per_task", self.samples_per_task, "must be >= 1")
         _require(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0")
         _require(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "must be in (0, 1]")
@@ -430,6 +444,9 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> RunConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+# Where the servers of sampling.backend vllm-server are: not what a run samples.
+_NOT_IN_HASH = ("servers", "server_model", "server_timeout", "server_retries")
+
 # Keys added after run directories existed: left out of the hash at their default, so that those runs
 # (made when the key did not exist, i.e. with its default behaviour) still resume.
 _ADDED_LATER: dict[tuple[str, str], Any] = {
@@ -449,6 +466,8 @@ def config_hash(cfg: RunConfig) -> str:
     data = _hash_layout(cfg.to_dict())
     data.pop("name", None)
     data.pop("report_to", None)  # where results are reported does not change them
+    for key in _NOT_IN_HASH:
+        data["sampling"].pop(key, None)
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]

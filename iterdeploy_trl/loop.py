@@ -170,6 +170,14 @@ def _dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def server_model_name(cfg: RunConfig) -> str:
+    """The name vLLM servers serve the run's base model under: ``sampling.server_model``, else the base
+    model's directory (``vllm serve DIR`` serves it as DIR)."""
+    if cfg.sampling.server_model:
+        return cfg.sampling.server_model
+    return str(auto_base_model_path(cfg) if cfg.model.path == "auto" else Path(cfg.model.path).expanduser())
+
+
 def load_for_generation(cfg: RunConfig, base: Path, model_dir: Path | None) -> tuple[Any, Any]:
     """Model and tokenizer of a generation: the base, a full fine-tuned model, or base + LoRA adapter."""
     from iterdeploy_trl.models import load_model_and_tokenizer
@@ -191,13 +199,23 @@ def make_backend(cfg: RunConfig, base: Path, model_dir: Path | None) -> Backend:
     """The sampling backend of ``sampling.backend`` serving the base (``model_dir`` None), a full model,
     or base + a LoRA adapter."""
     check_backend(cfg.sampling.backend)
+    adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
     if cfg.sampling.backend == "vllm":
-        adapter = str(model_dir) if model_dir and (model_dir / "adapter_config.json").exists() else None
         model_path = str(base if adapter or model_dir is None else model_dir)
         return VLLMBackend(model_path, adapter_path=adapter, dtype=cfg.model.dtype,
                            max_model_len=cfg.training.max_length,
                            gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
                            max_lora_rank=cfg.training.lora.r if cfg.training.lora else 16)
+    if cfg.sampling.backend == "vllm-server":
+        from iterdeploy_trl.vllm_server import VLLMServerBackend
+
+        if model_dir is not None and adapter is None:
+            raise RunError(f"sampling.backend vllm-server serves the base model and LoRA adapters, and {model_dir} "
+                           "is a full fine-tuned model: set training.lora (docs/scale-out.md)")
+        s = cfg.sampling
+        # one adapter name per process: each unloads its own when its share of the generation is done
+        return VLLMServerBackend(s.servers, base, model=server_model_name(cfg), adapter_path=adapter, timeout=s.server_timeout,
+                                 retries=s.server_retries, adapter_tag=f"rank{dist.rank()}")
     model, tok = load_for_generation(cfg, base, model_dir)
     return TransformersBackend(model, tok, batch_size=cfg.sampling.batch_size)
 
@@ -400,8 +418,9 @@ def check_launch(cfg: RunConfig) -> None:
         return
     if cfg.sampling.backend == "vllm":
         # Each process would start its own vLLM engine, and every engine would take the first GPU.
-        raise RunError(f"sampling.backend vllm does not run under {n} processes yet: launch one process "
-                       "(vLLM can use several GPUs itself), or use sampling.backend transformers")
+        raise RunError(f"sampling.backend vllm does not run under {n} processes: deploy through vLLM servers "
+                       "instead (sampling.backend vllm-server, docs/scale-out.md), launch one process (vLLM can "
+                       "use several GPUs itself), or use sampling.backend transformers")
     if cfg.method == "reinforce":
         reinforce_batch(cfg)
     else:
@@ -878,6 +897,18 @@ def begin_run(cfg: RunConfig, progress: bool, log: Callable[[str], None]) -> tup
     the launch, set torch's threads, join the process group; returns (progress, log) for this process
     (the processes other than the main one stay quiet). Calling it again is harmless."""
     check_backend(cfg.sampling.backend)
+    if cfg.sampling.backend == "vllm-server" and cfg.method == "reinforce":
+        raise ConfigError("sampling.backend: 'vllm-server' with method reinforce: REINFORCE samples its training "
+                          "completions inside TRL's GRPOTrainer, whose server mode talks to `trl vllm-serve` (it "
+                          "pushes the weights into the server), not to `vllm serve` with LoRA loading; use "
+                          "sampling.backend vllm or transformers for REINFORCE")
+    if cfg.sampling.backend == "vllm-server" and dist.is_main():
+        from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
+
+        check_servers(cfg.sampling.servers, server_model_name(cfg))
+        base = auto_base_model_path(cfg) if cfg.model.path == "auto" else Path(cfg.model.path).expanduser()
+        if cfg.training.lora is not None and (base / "config.json").exists():
+            check_lora_rank(cfg.sampling.servers, base, cfg.training.lora.r)
     set_threads(cfg)
     check_launch(cfg)
     dist.init()

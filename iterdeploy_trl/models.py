@@ -43,8 +43,11 @@ KEYWORD_TOKENS: tuple[str, ...] = ("init:", "goal:", "plan:", "<think>", "</thin
 MODEL_MAX_LENGTH = 2048
 
 # name -> (hidden, layers, heads, intermediate). "tiny" is for unit tests (~0.1 M parameters).
+# "tiny-h64" is "tiny" with one attention head of dimension 64 instead of four of 16 (the same parameter
+# count): vLLM's CPU attention refuses head_dim 16 ("Unsupported CPU attention configuration"), 64 runs.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (64, 2, 4, 128),
+    "tiny-h64": (64, 2, 1, 128),
     "x64": (64, 4, 4, 256),
     "x96": (96, 4, 4, 384),
     "small": (128, 4, 4, 512),

