@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "theory": "theory",
     "figures": "figures",
     "status": "status",
+    "audit": "audit",
+    "export": "export",
 }
 
 

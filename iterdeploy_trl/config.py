@@ -223,6 +223,42 @@ MOVED_KEYS = {
 
 
 @dataclass(frozen=True)
+class BlindSpotConfig:
+    """What the training validator does not check (``blindspot.py``); VAL still decides, on a changed task."""
+
+    precondition: str | None = None  # "ACTION: (LITERAL)" removed from that action, e.g. "stack: (clear ?y)"
+    goal_atoms: int | None = None  # only the first N atoms of each goal are checked
+
+    def check(self) -> None:
+        _require(self.goal_atoms is None or self.goal_atoms >= 1, "validator.blind_spot.goal_atoms",
+                 self.goal_atoms, "must be >= 1 or null")
+        if self.precondition is not None:
+            from iterdeploy_trl.blindspot import BlindSpotError, parse_precondition_spec
+
+            try:
+                parse_precondition_spec(self.precondition)
+            except BlindSpotError as exc:
+                raise ConfigError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    """The reward the loop trains on: VAL's verdict, optionally with a declared blind spot (every trace is
+    then also checked exactly, both verdicts recorded), and a counter-reward curation applies."""
+
+    kind: str = "val"  # VAL decides (the only kind)
+    blind_spot: BlindSpotConfig | None = None  # None: the exact validator
+    counter_reward: str | None = None  # "exact": a trace returns to training only if the exact validator accepts it
+
+    def check(self) -> None:
+        _require(self.kind == "val", "validator.kind", self.kind, "must be val")
+        _require(self.counter_reward in (None, "exact"), "validator.counter_reward", self.counter_reward,
+                 "must be exact or null")
+        if self.blind_spot is not None:
+            self.blind_spot.check()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One iterative-deployment run (or several seeds of it)."""
 
@@ -241,6 +277,7 @@ class RunConfig:
     # method does not read it is refused (unread_settings).
     iw_sft: IWSFTSettings | None = None
     reinforce: ReinforceSettings | None = None
+    validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores
     chunk_size: int = 64  # tasks per resumable deployment chunk
@@ -287,6 +324,7 @@ class RunConfig:
         for section in (self.iw_sft, self.reinforce):
             if section is not None:
                 section.check()
+        self.validator.check()
         return self
 
     @property
@@ -471,6 +509,8 @@ def config_hash(cfg: RunConfig) -> str:
     for (section, key), default in _ADDED_LATER.items():
         if data.get(section, {}).get(key) == default:
             del data[section][key]
+    if data.get("validator") == _jsonable(dataclasses.asdict(ValidatorConfig())):
+        del data["validator"]  # the exact validator, as every run before the section existed
     version = GENERATOR_VERSION.get(cfg.domain, 1)  # a domain without a generator: its tasks.dir is hashed
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version

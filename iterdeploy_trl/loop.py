@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from iterdeploy_trl import dist, tracking
+from iterdeploy_trl.blindspot import apply_counter_reward
 from iterdeploy_trl.config import (
     METHODS,
     ConfigError,
@@ -261,8 +262,17 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
     workers = cfg.validation_workers
     if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
         workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
-    extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
-                                 timeout=cfg.validation_timeout, workers=workers)
+    blind = cfg.validator.blind_spot
+    exact: list[Any] | None = None
+    if blind is not None:  # the training verdict has a blind spot; every trace is also checked exactly
+        from iterdeploy_trl.blindspot import check_completions_blind
+
+        extractions, verdicts, exact = check_completions_blind(
+            blind, domain_pddl, [f[0].problem for f in flat], [f[3].text for f in flat],
+            timeout=cfg.validation_timeout, workers=workers)
+    else:
+        extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
+                                                  timeout=cfg.validation_timeout, workers=workers)
     fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
@@ -280,6 +290,10 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
             completion_ids=list(comp.token_ids) if comp.token_ids else None, stop_token_id=comp.stop_token_id,
             prompt_ids=prompt_ids.get(prompt),
         ))
+    if exact is not None:  # a blind spot: both verdicts in the record (``valid`` is the one trained on)
+        records = [dataclasses.replace(rec, exact_valid=bool(ex.valid), validators={
+            "train": train.to_dict(raw_output=False), "exact": ex.to_dict(raw_output=False)})
+            for rec, train, ex in zip(records, verdicts, exact, strict=True)]
     return records
 
 
@@ -288,10 +302,10 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                       model_id: str, run_name: str, method: str, progress: bool = True) -> list[TraceRecord]:
     """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume). Under several
     processes each deploys its share of the chunks (:func:`dist.shard`), then every process reads them all."""
+    from iterdeploy_trl.blindspot import validator_record
     from iterdeploy_trl.validate import validator_info
 
-    info = validator_info()
-    validator = {"version": info.version, "sha256": info.sha256}
+    validator = validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
     tdir = gen_dir / "traces"
     backend = None
     jobs = [(split, i, tasks[i : i + cfg.chunk_size], tdir / f"{split}-{i // cfg.chunk_size:05d}.jsonl")
@@ -356,7 +370,9 @@ class TrainJob:
 def _curated_rows(cfg: RunConfig, *, records: Sequence[TraceRecord], history: Sequence[TraceRecord],
                   pool: Sequence[Any], domain_pddl: str, seed: int) -> list[dict[str, Any]]:
     """The SFT methods' data: the curated traces (of every generation so far with ``accumulate``)."""
-    return training_rows(curate(history if cfg.accumulate else records, cfg.curation, seed=seed))
+    # the counter-reward (validator.counter_reward) removes traces before curation sees them
+    traces = apply_counter_reward(history if cfg.accumulate else records, cfg.validator.counter_reward)
+    return training_rows(curate(traces, cfg.curation, seed=seed))
 
 
 def _prompt_rows(cfg: RunConfig, *, records: Sequence[TraceRecord], history: Sequence[TraceRecord],

@@ -79,6 +79,10 @@ class TraceRecord:
     completion_ids: list[int] | None = None
     stop_token_id: int | None = None
     prompt_ids: list[int] | None = None
+    # A run whose validator has a declared blind spot (validator.blind_spot) records both verdicts: ``valid``
+    # is the training validator's, ``exact_valid`` the exact one's; ``validators`` holds both verdicts.
+    exact_valid: bool | None = None
+    validators: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready mapping (the file's field names)."""

@@ -172,13 +172,19 @@ def read_trace_file(path: Path) -> list[dict[str, Any]]:
         from iterdeploy_trl.traces import read_traces  # the typed record (newer versions)
     except ImportError:
         read_traces = None
+    from iterdeploy_trl.runio import read_jsonl
+
     try:
         if read_traces is not None:
             import dataclasses
 
-            return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in read_traces(path)]
-        from iterdeploy_trl.runio import read_jsonl
-
+            try:
+                return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in read_traces(path)]
+            except ValueError:
+                # not this version's TraceRecord (another version's records, fields missing or added, or a
+                # blind-spot run's verdicts): read the rows as written (bad JSON still raises, naming the
+                # line); the figures and the audit say what a row lacks
+                pass
         return read_jsonl(path)  # chunks are written whole (runio.write_jsonl)
     except UnicodeDecodeError as exc:
         raise FigureError(f"{path}: not text ({exc})") from exc
