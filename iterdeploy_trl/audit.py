@@ -490,12 +490,32 @@ def audit_run(path: str | Path, *, score: bool = True, log: Callable[[str], None
     }
 
 
+def load_run_config(data: dict[str, Any]) -> Any:
+    """The ``RunConfig`` of a resolved config, also one written before keys moved into a method's own
+    section (``config.MOVED_KEYS``: moved there when the run's method reads it, else dropped)."""
+    import copy
+
+    from iterdeploy_trl import config as config_module
+
+    data = copy.deepcopy(data)
+    readers = {"iw_sft": "iw-sft", "reinforce": "reinforce"}
+    for old, new in getattr(config_module, "MOVED_KEYS", {}).items():
+        s_old, k_old = old.split(".")
+        s_new, k_new = new.split(".")
+        if k_old not in (data.get(s_old) or {}):
+            continue
+        value = data[s_old].pop(k_old)
+        if data.get("method") == readers.get(s_new):
+            data[s_new] = {**(data.get(s_new) or {}), k_new: value}
+    return config_module.config_from_dict(data, check_paths=False)
+
+
 def _hash_check(run: RunDir) -> Check:
     try:
-        from iterdeploy_trl.config import ConfigError, config_from_dict, config_hash
+        from iterdeploy_trl.config import ConfigError, config_hash
 
         try:
-            h = config_hash(config_from_dict(run.config, check_paths=False))
+            h = config_hash(load_run_config(run.config))
         except ConfigError as exc:
             return Check("config hash", False, f"resolved_config.json does not load with this version ({exc}): "
                          "an older or newer iterdeploy wrote it")
@@ -638,10 +658,9 @@ def _score_generation(run: RunDir, seed: int, g: int, matched: list[dict[str, An
                       log: Callable[[str], None]) -> dict[str, Any]:
     """Effective rewards of the training set written after generation ``g``, π = generation g's model."""
     try:
-        from iterdeploy_trl.config import config_from_dict
         from iterdeploy_trl.loop import RunError, auto_base_model_path, generation_model, load_for_generation
 
-        cfg = config_from_dict(run.config, check_paths=False)
+        cfg = load_run_config(run.config)
         try:
             model_dir = generation_model(run.path / f"seed_{seed}", g)
         except RunError as exc:
