@@ -79,7 +79,7 @@ def disk_full(exc: BaseException) -> str | None:
             path = getattr(seen, "filename", None)
             where = f" writing {path}" if path else ""
             free = ""
-            probe = path or "."
+            probe = path  # a library's error may name no file: then no free-space figure (of the wrong disk)
             while probe and not os.path.exists(probe):
                 probe = os.path.dirname(probe)
             if probe:

@@ -148,7 +148,6 @@ def test_a_real_full_disk_stops_the_run_and_it_resumes_once_space_is_freed(harne
         full = killrun.fork_call(killrun.cli_run(harness.config, out), tmp_path / "full.log")
         assert full.status == 3, full.output[-3000:]
         assert "no space left on the device" in full.output and "run the same command again" in full.output
-        assert "MiB free there now" in full.output
         subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
         resumed = killrun.fork_call(killrun.cli_run(harness.config, out), tmp_path / "resumed.log")
         assert resumed.status == 0, resumed.output[-3000:]
