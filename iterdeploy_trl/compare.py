@@ -110,7 +110,7 @@ def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "val
     return {"methods": table, "paired": paired, "reference": reference}
 
 
-@holds_run_dir
+@holds_run_dir(lambda cfg: begin_run(cfg, False, print))
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""

@@ -874,7 +874,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return out
 
 
-@holds_run_dir
+@holds_run_dir(lambda cfg: (begin_run(cfg, False, _silent), check_methods(cfg, (cfg.method,))))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.

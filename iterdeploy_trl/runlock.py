@@ -171,22 +171,26 @@ class RunDirLock:
         self.release()
 
 
-def holds_run_dir(fn: F) -> F:
-    """Decorate ``fn(cfg, out, ...)`` to hold ``out``'s lock while it runs (the main process takes it; under
-    several processes the others fail with ``dist.MainProcessFailed`` when it cannot be taken)."""
+def holds_run_dir(prepare: Callable[[Any], Any] | None = None) -> Callable[[F], F]:
+    """Decorate ``fn(cfg, out, ...)`` to hold ``out``'s lock while it runs. ``prepare(cfg)`` runs first: the
+    checks that must fail before anything is written, and joining the process group (the main process takes
+    the lock; under several processes the others fail with ``dist.MainProcessFailed`` when it cannot be
+    taken)."""
 
-    @functools.wraps(fn)
-    def wrapper(cfg: Any, out: Any, *args: Any, **kwargs: Any) -> Any:
-        dist.init()
-        lock = RunDirLock.of(Path(out))
-        if dist.is_main():
-            dist.main_first(lock.acquire)
-        else:
-            dist.main_first(lambda: None)
-        try:
-            return fn(cfg, out, *args, **kwargs)
-        finally:
-            if dist.is_main():
-                lock.release()
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(cfg: Any, out: Any, *args: Any, **kwargs: Any) -> Any:
+            if prepare is not None:
+                prepare(cfg)
+            dist.init()
+            lock = RunDirLock.of(Path(out))
+            dist.main_first(lock.acquire if dist.is_main() else (lambda: None))
+            try:
+                return fn(cfg, out, *args, **kwargs)
+            finally:
+                if dist.is_main():
+                    lock.release()
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
