@@ -106,7 +106,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train_generation(cfg, model_dir, rows, Path(tmp) / "model", seed=0)
+        train_generation(cfg, model_dir, rows, Path(tmp) / "seed_0" / "gen_01" / "model", seed=0)
         t_train = time.perf_counter() - t0
     total = t_gen + t_val + t_train
     print(f"one generation ({len(flat)} completions, {sum(v.valid for v in verdicts)} valid, trained on "
@@ -126,16 +126,20 @@ def _phases(cfg, base, tasks, dom, out, t_gen, train_s=None):
     t0 = time.perf_counter()
     _, verdicts = score_completions(dom, flat_tasks, [c.text for c in flat], timeout=30, workers=None)
     t_val = time.perf_counter() - t0
-    records = [{"task_id": t.id, "generation": 0, "sample_index": i, "valid": v.valid, "plan_length": v.plan_length,
-                "reasoning_tokens": c.reasoning_tokens, "completion_tokens": c.completion_tokens,
-                "truncated": c.truncated, "split": "pool", "prompt": prompt_for(cfg, dom, t), "completion": c.text,
-                "behaviour_logprob": c.behaviour_logprob}
+    from iterdeploy_trl.traces import TraceRecord
+
+    records = [TraceRecord(run="bench", method=cfg.method, generation=0, seed=0, split="pool", task_id=t.id,
+                           sample_index=i, domain=cfg.domain, prompt=prompt_for(cfg, dom, t), completion=c.text,
+                           plan="", plan_length=v.plan_length, valid=v.valid, reason=v.reason,
+                           reasoning_tokens=c.reasoning_tokens, completion_tokens=c.completion_tokens,
+                           truncated=c.truncated, behaviour_logprob=c.behaviour_logprob,
+                           reference_length=t.reference_length, model=str(base), sampling={}, validator={})
                for i, (t, c, v) in enumerate(zip(flat_tasks, flat, verdicts, strict=True))]
     rows = training_rows(curate(records, cfg.curation)) or training_rows(curate(records, "none"))
     if train_s is None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            train_generation(cfg, base, rows, Path(tmp) / "model", seed=0)
+            train_generation(cfg, base, rows, Path(tmp) / "seed_0" / "gen_01" / "model", seed=0)
             train_s = time.perf_counter() - t0
     return t_val, train_s, sum(v.valid for v in verdicts)
 

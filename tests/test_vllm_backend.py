@@ -172,6 +172,13 @@ def test_fake_vllm_serves_a_lora_adapter_unmerged(fake_vllm, chat_model, tmp_pat
     assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("adapter", 1, str(adapter))
 
 
+def _nothing_written(run: Path) -> bool:
+    """Nothing of a run in ``run`` but the run-directory lock's session files (taken before the checks)."""
+    from iterdeploy_trl.runlock import SESSION_FILES
+
+    return not run.exists() or {p.name for p in run.iterdir()} <= set(SESSION_FILES)
+
+
 def test_vllm_lora_ranks():
     assert [vllm_lora_rank(r) for r in (1, 4, 8, 16, 17, 64, 300)] == [1, 8, 8, 16, 32, 64, 320]
     with pytest.raises(ValueError, match="512"):
@@ -185,7 +192,7 @@ def test_vllm_backend_without_vllm_fails_before_any_work(chat_model, tmp_path, m
         run_loop(cfg, tmp_path / "run", progress=False)
     assert VLLM_INSTALL in str(err.value) and VLLM_INSTALL == "pip install 'iterdeploy-trl[vllm]'"
     assert "./setup.sh --vllm" in str(err.value)  # the CPU install path
-    assert not (tmp_path / "run").exists()
+    assert _nothing_written(tmp_path / "run")
     # the extra that install command names exists
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
@@ -244,4 +251,4 @@ def test_vllm_server_unreachable_fails_before_any_work(chat_model, tmp_path):
         "backend": "vllm-server", "servers": [f"http://127.0.0.1:{port}"]}))
     with pytest.raises(ConfigError, match=rf"sampling\.servers: http://127\.0\.0\.1:{port} does not answer"):
         run_loop(cfg, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
+    assert _nothing_written(tmp_path / "run")

@@ -21,6 +21,7 @@ from vllm_fixtures import free_port, make_h64_base, make_lora_adapter, trainer_l
 from iterdeploy_trl import loop
 from iterdeploy_trl.config import ConfigError, config_from_dict
 from iterdeploy_trl.runio import read_jsonl
+from iterdeploy_trl.runlock import SESSION_FILES
 from iterdeploy_trl.vllm_server import (
     HTTPFailure,
     ServerError,
@@ -160,7 +161,7 @@ def test_server_bad_input_fails_before_any_work_naming_the_key(servers, base, tm
         loop.run_loop(cfg(servers=[servers[0].url, dead]), run, progress=False)
     with pytest.raises(ConfigError, match=r"sampling\.server_model: .* not 'another-model'"):
         loop.run_loop(cfg(servers=[servers[0].url], server_model="another-model"), run, progress=False)
-    assert not run.exists()
+    assert not run.exists() or {p.name for p in run.iterdir()} <= set(SESSION_FILES)
     with pytest.raises(ConfigError, match=r"sampling\.servers: \[\] is empty"):
         cfg(servers=[])
     # a LoRA rank above the servers' --max-lora-rank: found by a probe adapter before any work ...
@@ -169,7 +170,7 @@ def test_server_bad_input_fails_before_any_work_naming_the_key(servers, base, tm
                                            training=lora))
     with pytest.raises(ConfigError, match=r"training\.lora\.r: .*max_lora_rank"):
         loop.run_loop(big, run, progress=False)
-    assert not run.exists()
+    assert not run.exists() or {p.name for p in run.iterdir()} <= set(SESSION_FILES)
     check_lora_rank([s.url for s in servers], base, MAX_LORA_RANK)  # the largest allowed passes
     # ... and by the loading of a generation's adapter
     too_big = make_lora_adapter(base, tmp_path / "r16", r=2 * MAX_LORA_RANK)
