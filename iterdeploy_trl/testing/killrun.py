@@ -10,13 +10,16 @@ model (sha256), leaving out only wall-clock times; and nothing half-written may 
 
 Full form (the README's numbers)::
 
-    python -m iterdeploy_trl.testing.killrun --kills 30 --seed 0 --work runs/killrun
+    python -m iterdeploy_trl.testing.killrun --kills 30 --chain 10 --seed 0 --work runs/killrun --no-disk-full
 
-It makes a tiny base model (``--model DIR`` to reuse one), runs the uninterrupted reference, kills at
-``--kills`` times drawn uniformly over the reference's wall time from ``--seed`` (reproducible times;
-what a time hits depends on the machine's speed, so each kill's stage is reported), then kills once at each
-write site halfway through its first write (exactly reproducible), and injects ``ENOSPC`` at the first
-and the last write of every site; every attempt is resumed and compared.
+It makes a tiny base model (``--model DIR`` to reuse one), runs the uninterrupted reference twice (the two
+must be identical), then kills: without ``--chain``, one run per kill, at ``--kills`` times drawn uniformly
+over the reference's wall time from ``--seed``; with ``--chain K``, K kills in a row on one directory, each
+process killed a seeded delay after a seeded one of its first writes (so the kills advance through the run
+on a slow machine too). The seeds fix the kill moments' specification; what a moment hits depends on the
+machine's speed, so each kill's stage is reported. Then it kills halfway through the first write of each
+write site (exactly reproducible), and (without ``--no-disk-full``) injects ``ENOSPC`` at the first and the
+last write of every site; every attempt is resumed and compared.
 """
 
 from __future__ import annotations
