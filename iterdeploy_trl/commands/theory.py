@@ -30,7 +30,6 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "pipeline_tasks": 24,
     "pipeline_samples": 8,
-    "max_tasks": 64,
 }
 
 
@@ -107,13 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--run-seed", type=int, metavar="S", help="the run's seed directory (default: the first)")
     parser.add_argument(
-        "--max-tasks",
-        type=int,
-        default=DEFAULTS["max_tasks"],
-        metavar="N",
-        help="actual_update: pool tasks its REINFORCE estimates sample (a fixed random subset; 0: all; default 64)",
-    )
-    parser.add_argument(
         "--pipeline-tasks",
         type=int,
         default=DEFAULTS["pipeline_tasks"],
@@ -187,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, device=args.device,
         ),
         update=UpdateConfig(
-            run_dir=args.run_dir or "", seed=args.run_seed, repeats=args.repeats or 5, max_tasks=args.max_tasks,
+            run_dir=args.run_dir or "", seed=args.run_seed, repeats=args.repeats or 5,
             device=args.device,
         ),
     )

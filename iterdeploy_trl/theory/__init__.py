@@ -1,6 +1,6 @@
 r"""Empirical checks of the theory: valid-trace SFT is binary-reward REINFORCE (Prop. 1 and 2).
 
-Notation as in ``docs/ARCHITECTURE.md``: π the policy being trained, β an earlier (behaviour) policy, x a
+Notation as in ``theory/README.md``: π the policy being trained, β an earlier (behaviour) policy, x a
 prompt, y a completion (token sequence, eos included), r(x, y) ∈ {0, 1} the binary reward, N samples per
 prompt of which N⁺ are valid, g_y = ∇_θ log π(y|x) with log π summed over the completion's tokens, and
 J(θ) = (1/|X|) Σ_x Σ_y π(y|x) r(x, y) the expected reward, whose gradient is ∇J = E_π[r ∇ log π].

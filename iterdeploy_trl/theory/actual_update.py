@@ -13,23 +13,22 @@ what the loop's training actually does, in the parameter space of the base model
   β_mix = Σ_k λ_k β_k with λ_k = 1/(g+1) (every generation deployed the same number of samples) and
   β_k(y) the deployed sampler of generation k (temperature and top-p of the run); the recorded
   ``behaviour_logprob`` of each trace is checked against its own generation's recomputed value;
-- ``reinforce_base``: REINFORCE (binary VAL reward, no baseline) of the base sampler on the pool tasks,
-  from fresh samples of the package's deployment backend, one estimate per repeat (sampling seed);
-- ``reinforce_deployed``: the same for the deployed model M_g (its own parameters; same coordinates for a
-  full fine-tune, weight space for LoRA).
+- ``reinforce_deployed``: REINFORCE (binary VAL reward, no baseline) of the deployed sampler M_g, from the
+  run's own samples of it (``gen_g/traces``: every pool task, the run's K samples, T and top-p, VAL's
+  verdicts) — exactly the on-policy samples the loop drew, so no new sampling; ``reinforce_base`` the same
+  for M_0 = θ₀, where the retraining starts.
 
-Reported per generation: cos(Δ_g, reinforce_base), cos(sft_first_step, reinforce_base),
-cos(prop2_corrected, reinforce_base), cos(Δ_g, reinforce_deployed), each as a mean with a 95% t-interval
-over the repeats, and two references: the cosine between two independent REINFORCE estimates (what two
-unbiased estimates of the same gradient reach at this sample size) and that of on-policy SFT on the valid
-samples of one repeat against REINFORCE of another (Prop. 1's ideal at this sample size).
+Reported per generation: cos(Δ_g, reinforce_deployed), cos(Δ_g, reinforce_base), cos(sft_first_step,
+reinforce_base), cos(prop2_corrected, reinforce_base), each as the point estimate and a mean with a 95%
+t-interval over bootstrap replicates (pool tasks resampled with replacement: the run drew each task's
+samples once), and a reference: the cosine between the REINFORCE estimates from the even and from the odd
+sample indices (two independent halves: what two estimates of one gradient reach at this sample size).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import random
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -51,7 +50,6 @@ from iterdeploy_trl.theory.pipeline import (
     trainer_gradient,
 )
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
-from iterdeploy_trl.trainers import losses
 
 
 @dataclass
@@ -60,11 +58,9 @@ class UpdateConfig:
 
     run_dir: str = ""
     seed: int | None = None  # the run's seed directory (seed_<s>); None: the first
-    repeats: int = 5  # independent REINFORCE estimates (sampling seeds)
-    max_tasks: int = 64  # pool tasks the REINFORCE estimates sample (a fixed random subset); 0: all
-    samples_per_task: int | None = None  # None: the run's sampling.samples_per_task
+    repeats: int = 5  # bootstrap replicates (tasks resampled) of each REINFORCE estimate, for the intervals
+    bootstrap_seed: int = 0
     generations: tuple[int, ...] | None = None  # None: every trained generation
-    deployed: bool = True  # also REINFORCE at each deployed model M_g (g ≥ 1)
     device: str = "cpu"
 
 
@@ -184,10 +180,10 @@ class RunView:
         return prompt_for(self.cfg, self.domain_pddl, task, tokenizer)
 
 
-def _grad_vector(model: torch.nn.Module, loss: Tensor, params: _Params) -> Tensor:
+def _grad_vector(model: torch.nn.Module, loss: Tensor, params: _Params, retain_graph: bool = False) -> Tensor:
     named = dict(model.named_parameters())
     tensors = [named[n] for n in params.names]
-    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=retain_graph)
     return -torch.cat([
         (torch.zeros_like(t) if g is None else g).reshape(-1).double().cpu()
         for g, t in zip(grads, tensors, strict=True)
@@ -204,36 +200,66 @@ def _trainable(model: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
     return model
 
 
-def reinforce_estimate(
-    view: RunView, model: torch.nn.Module, tok: Any, task_ids: Sequence[str], params: _Params, *,
-    samples: int, seed: int, out_dir: str,
-) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
-    """One REINFORCE estimate of a sampler on ``task_ids`` from fresh samples of the deployment backend
-    (the run's temperature, top-p, max_new_tokens; VAL rewards), and on-policy SFT on the valid ones.
-    Returns (g_RL, g_SFT or None when nothing is valid, counts)."""
-    from iterdeploy_trl.deploy import TransformersBackend
-    from iterdeploy_trl.reward import check_completions
+@dataclass
+class RecordedReinforce:
+    """REINFORCE of a deployed sampler from the run's own samples of it: ``per_task[t]`` = Σ over task t's
+    valid samples of ∇ log β(y) (one row per pool task, zeros where none is valid), ``n`` all its samples;
+    the estimate is Σ_t per_task[t] / n. ``halves`` are the same from the even and the odd sample indices."""
 
+    per_task: Tensor  # (tasks, P)
+    n: int
+    halves: tuple[Tensor, Tensor]
+    valid: int
+    gap: float  # max |recorded − recomputed| behaviour log-prob over the valid samples
+
+    @property
+    def estimate(self) -> Tensor:
+        return self.per_task.sum(0) / self.n
+
+    def bootstrap(self, replicates: int, seed: int) -> list[Tensor]:
+        """Estimates on tasks resampled with replacement (the run drew each task's samples once)."""
+        gen = torch.Generator().manual_seed(seed)
+        tasks = self.per_task.shape[0]
+        return [self.per_task[torch.randint(0, tasks, (tasks,), generator=gen)].sum(0) / self.n
+                for _ in range(replicates)]
+
+
+def recorded_reinforce(
+    view: RunView, g: int, model: torch.nn.Module, tok: Any, params: _Params, out_dir: str
+) -> RecordedReinforce:
+    """(1/N) Σ r ∇ log β_θ(y) over generation g's recorded pool samples (VAL's verdicts, the run's T and
+    top-p), per task. Invalid samples have A = r = 0 and no baseline: only the valid ones are run."""
     s = view.cfg.sampling
-    prompts = [view.prompt(t, tok) for t in task_ids]
-    backend = TransformersBackend(model, tok, batch_size=s.batch_size)
-    draws = backend.generate(prompts, num_samples=samples, temperature=s.temperature, top_p=s.top_p,
-                             max_new_tokens=s.max_new_tokens, seed=seed)
-    flat = [(t, p, c) for t, p, row in zip(task_ids, prompts, draws, strict=True) for c in row]
-    _, verdicts = check_completions([view.domain_pddl] * len(flat), [view.problems[t] for t, _, _ in flat],
-                                    [c.text for *_, c in flat], timeout=view.cfg.validation_timeout, workers=None)
-    rewards = torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
-    rows = [{"prompt": p, "completion": c.text} for _, p, c in flat]
-    trainer = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
-                          out_dir=out_dir)
-    batch = collate(trainer, model.device)
-    seq, _ = sampler_sequence_logprobs(model, batch, s.temperature, s.top_p)
-    g_rl = _grad_vector(model, losses.reinforce_loss(seq.double(), rewards.to(seq.device), "none"), params)
-    g_sft = None
-    if rewards.sum() > 0:
-        g_sft = _grad_vector(model, -(seq[rewards.to(seq.device) > 0.5]).sum(), params)
-    return g_rl, g_sft, {"samples": len(rows), "valid": int(rewards.sum()),
-                         "truncated": sum(c.truncated for *_, c in flat)}
+    traces = view.traces(g)
+    valid = [t for t in traces if t["valid"]]
+    task_index = {tid: i for i, tid in enumerate(view.pool_ids)}
+    per_task = torch.zeros(len(view.pool_ids), sum(_numel(model, n) for n in params.names), dtype=torch.float64)
+    halves = [torch.zeros(per_task.shape[1], dtype=torch.float64) for _ in range(2)]
+    gap = 0.0
+    if valid:
+        rows = [{"prompt": t["prompt"], "completion": t["completion"]} for t in valid]
+        batch = collate(sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
+                                    out_dir=out_dir), model.device)
+        by_task: dict[str, list[int]] = {}
+        for i, t in enumerate(valid):
+            by_task.setdefault(t["task_id"], []).append(i)
+        for tid, idx in by_task.items():
+            sub = {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor)}
+            seq, _ = sampler_sequence_logprobs(model, sub, s.temperature, s.top_p)
+            recorded = torch.tensor([float(valid[i]["behaviour_logprob"]) for i in idx], dtype=torch.float64)
+            gap = max(gap, float((seq.detach().double().cpu() - recorded).abs().max()))
+            for h in (0, 1):
+                mine = [j for j, i in enumerate(idx) if valid[i]["sample_index"] % 2 == h]
+                if mine:
+                    halves[h] += _grad_vector(model, -seq[mine].sum(), params, retain_graph=True)
+            per_task[task_index[tid]] = _grad_vector(model, -seq.sum(), params)
+    n = len(traces)
+    # −∇L of losses.reinforce_loss with A = r is Σ_valid ∇ log β / N: the per-task sums above, scaled once.
+    return RecordedReinforce(per_task, n, (halves[0] / (n / 2), halves[1] / (n / 2)), len(valid), gap)
+
+
+def _numel(model: torch.nn.Module, name: str) -> int:
+    return dict(model.named_parameters())[name].numel()
 
 
 def _origins(view: RunView, rows: list[dict[str, Any]], g: int) -> list[int]:
@@ -275,12 +301,13 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
         raise TheoryError(f"{view.sdir}: no generation trained a model yet (no gen_XX/train.jsonl with a "
                           f"gen_XX+1/model); wait for the run or run more generations")
     s = view.cfg.sampling
-    samples = config.samples_per_task or s.samples_per_task
-    task_ids = list(view.pool_ids)
-    if config.max_tasks and len(task_ids) > config.max_tasks:
-        task_ids = sorted(random.Random(f"theory-update/{view.seed}").sample(task_ids, config.max_tasks))
     base_model, tok = view.load(None, config.device)
     base_w = _weights(base_model)
+
+    def log_(msg: str) -> None:
+        if log:
+            log(msg)
+
     tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-theory-")
     try:
         # Parameter set: every parameter a generation's training changed (all of them for a full fine-tune).
@@ -295,82 +322,65 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
             raise TheoryError(f"{view.sdir}: no generation's model differs from the base model")
         params = _Params(tuple(changed))
         base_model = _trainable(base_model, changed)
-
-        def log_(msg: str) -> None:
-            if log:
-                log(msg)
-
-        seeds = [1_000_003 * (r + 1) + 17 for r in range(config.repeats)]
-        rl_base, sft_base, counts_base = [], [], []
-        for r, sd in enumerate(seeds):
-            g_rl, g_sft, counts = reinforce_estimate(view, base_model, tok, task_ids, params, samples=samples,
-                                                     seed=sd, out_dir=tmp.name)
-            rl_base.append(g_rl)
-            sft_base.append(g_sft)
-            counts_base.append(counts)
-            log_(f"  actual_update: REINFORCE at the base model, repeat {r}: {counts['valid']}/{counts['samples']} valid")
-        pairs = list(itertools.combinations(range(config.repeats), 2))
-        ceiling = [safe_cosine(rl_base[a], rl_base[b]) for a, b in pairs]
-        prop1 = [safe_cosine(sft_base[a], rl_base[b]) for a, b in pairs if sft_base[a] is not None]
+        rl0 = recorded_reinforce(view, 0, base_model, tok, params, tmp.name)
+        log_(f"  actual_update: REINFORCE of the base model from generation 0's samples: {rl0.valid}/{rl0.n} valid")
+        rl0_boot = rl0.bootstrap(config.repeats, config.bootstrap_seed)
         rows: list[Row] = []
         per_gen: list[dict[str, Any]] = []
         for g in gens:
-            entry = _generation(view, g, base_model, tok, params, deltas[g], rl_base, config, samples, task_ids,
-                                seeds, tmp.name, log_)
-            entry["reference_reinforce_vs_reinforce"] = {"values": ceiling, **t_interval(ceiling)}
+            entry = _generation(view, g, base_model, tok, params, deltas[g], rl0, rl0_boot, config, tmp.name, log_)
             per_gen.append(entry)
+            deployed = entry.get("cos_update_reinforce_deployed")
             rows.append(Row(
                 f"{name}: generation {g} → {g + 1} ({entry['train_rows']} curated traces from generations "
                 f"{sorted(set(entry['origin_generations']))})",
-                "Δ (retrain from base on the accumulated curated set) vs on-policy REINFORCE at the base model; "
-                "measured (two REINFORCE estimates reach the reference cosine)",
-                f"cos(Δ, RL₀) {fmt_interval(entry['cos_update_reinforce_base'])}; cos(SFT step, RL₀) "
+                "Δ (retrain from base on the accumulated curated set) vs the on-policy REINFORCE gradient of the "
+                "deployed model M_g and of the base model; measured (reference: two halves of the samples)",
+                (f"cos(Δ, RL at M_{g}) {fmt_interval(deployed)}; " if deployed else "")
+                + f"cos(Δ, RL₀) {fmt_interval(entry['cos_update_reinforce_base'])}; cos(SFT step, RL₀) "
                 f"{fmt_interval(entry['cos_sft_reinforce_base'])}; cos(Prop.2-weighted step, RL₀) "
-                f"{fmt_interval(entry['cos_prop2_reinforce_base'])}"
-                + (f"; cos(Δ, RL at M_{g}) {fmt_interval(entry['cos_update_reinforce_deployed'])}"
-                   if entry.get("cos_update_reinforce_deployed") else "")
-                + f"; cos(Δ, SFT step) {entry['cos_update_sft']:.4f}; reference cos(RL₀, RL₀′) "
-                f"{fmt_interval(t_interval(ceiling))}",
+                f"{fmt_interval(entry['cos_prop2_reinforce_base'])}; cos(Δ, SFT step) {entry['cos_update_sft']:.4f}",
                 verdict(entry["cos_update_reinforce_base"]["n"] >= 2),
                 EMPIRICAL,
             ))
             gap = entry["behaviour_logprob_gap_max"]
             rows.append(Row(
                 f"{name}: generation {g}: recorded behaviour log-probs = the deployed samplers' log β",
-                "|recorded − recomputed under the generation's model| ≤ 1e-3 for every curated trace",
-                f"max |gap| {gap:.2e} over {entry['train_rows']} traces; Prop. 2 weights π₀/β_mix: log range "
-                f"{entry['prop2_log_w']['min']:.2f}..{entry['prop2_log_w']['max']:.2f}, relative ESS "
-                f"{entry['prop2_log_w']['relative_ess']:.3f}",
+                "|recorded − recomputed under the generation's model| ≤ 1e-3 for every curated and every valid "
+                "deployed trace",
+                f"max |gap| {gap:.2e} ({entry['train_rows']} curated traces, {entry.get('deployed_valid', 0)} valid "
+                f"samples of M_{g}); Prop. 2 weights π₀/β_mix: log range {entry['prop2_log_w']['min']:.2f}.."
+                f"{entry['prop2_log_w']['max']:.2f}, relative ESS {entry['prop2_log_w']['relative_ess']:.3f}",
                 verdict(gap <= 1e-3),
                 EMPIRICAL,
             ))
+        half = safe_cosine(*rl0.halves)
+        rows.append(Row(
+            f"{name}: reference: REINFORCE from two halves of the base model's samples",
+            "cos(RL₀ even sample indices, RL₀ odd): what two independent estimates reach at this sample size",
+            f"{half:.4f} ({rl0.valid} valid of {rl0.n} samples)",
+            verdict(half == half),
+            EMPIRICAL,
+        ))
         data = {
             "run_dir": str(view.root),
             "seed": view.seed,
             "base_model": str(view.base),
+            "reinforce_samples": "the run's own deployment samples of each generation (gen_XX/traces, pool)",
             "sampling": {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-                         "samples_per_task": samples, "backend": "transformers (deploy.TransformersBackend)"},
+                         "samples_per_task": s.samples_per_task, "backend": s.backend},
             "training": {"init": view.cfg.training.init, "epochs": view.cfg.training.epochs,
                          "learning_rate": view.cfg.training.learning_rate,
                          "loss_normalization": view.cfg.training.loss_normalization,
                          "lora": view.cfg.training.lora is not None},
-            "tasks": len(task_ids),
-            "repeats": config.repeats,
-            "parameters": sum(t.numel() for n, t in base_w.items() if n in set(changed)),
-            "reinforce_base_counts": counts_base,
-            "reference_reinforce_vs_reinforce": {"values": ceiling, **t_interval(ceiling)},
-            "reference_onpolicy_sft_vs_reinforce": {"values": prop1, **t_interval(prop1)},
+            "pool_tasks": len(view.pool_ids),
+            "bootstrap_replicates": config.repeats,
+            "parameters": sum(base_w[n].numel() for n in changed),
+            "reinforce_base": {"samples": rl0.n, "valid": rl0.valid, "behaviour_logprob_gap_max": rl0.gap},
+            "reference_half_vs_half_base": half,
             "generations": per_gen,
             "runtime_s": time.perf_counter() - start,
         }
-        rows.append(Row(
-            f"{name}: references at this sample size ({len(task_ids)} tasks × {samples} samples)",
-            "two independent REINFORCE estimates; on-policy SFT on one repeat's valid samples vs REINFORCE of "
-            "another (Prop. 1's ideal)",
-            f"cos(RL₀, RL₀′) {fmt_interval(t_interval(ceiling))}; cos(SFT₀, RL₀′) {fmt_interval(t_interval(prop1))}",
-            verdict(t_interval(ceiling)["n"] >= 2),
-            EMPIRICAL,
-        ))
     finally:
         tmp.cleanup()
     return CheckResult(name, rows, data)
@@ -378,8 +388,8 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
 
 def _generation(
     view: RunView, g: int, base_model: torch.nn.Module, tok: Any, params: _Params, delta: dict[str, Tensor],
-    rl_base: list[Tensor], config: UpdateConfig, samples: int, task_ids: list[str], seeds: list[int],
-    out_dir: str, log: Callable[[str], None],
+    rl0: RecordedReinforce, rl0_boot: list[Tensor], config: UpdateConfig, out_dir: str,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     s, tcfg = view.cfg.sampling, view.cfg.training
     rows = _read_jsonl(view.sdir / f"gen_{g:02d}" / "train.jsonl")
@@ -425,20 +435,26 @@ def _generation(
         "cos_update_prop2": safe_cosine(update, prop2_step),
     }
     for key, vec in (("update", update), ("sft", sft_step), ("prop2", prop2_step)):
-        values = [safe_cosine(vec, r) for r in rl_base]
-        entry[f"cos_{key}_reinforce_base"] = {"values": values, **t_interval(values)}
-    if config.deployed and g >= 1:
+        values = [safe_cosine(vec, r) for r in rl0_boot]
+        entry[f"cos_{key}_reinforce_base"] = {"point": safe_cosine(vec, rl0.estimate), "values": values,
+                                              **t_interval(values)}
+    if g >= 1:
         model_g, _ = view.load(view.model_dir(g), config.device)
         model_g = _trainable(model_g, params.names)
-        values, counts = [], []
-        for r, sd in enumerate(seeds):
-            g_rl, _, c = reinforce_estimate(view, model_g, tok, task_ids, params, samples=samples, seed=sd + g,
-                                            out_dir=out_dir)
-            values.append(safe_cosine(update, g_rl))
-            counts.append(c)
-            log(f"  actual_update: REINFORCE at M_{g}, repeat {r}: {c['valid']}/{c['samples']} valid")
-        entry["cos_update_reinforce_deployed"] = {"values": values, **t_interval(values)}
-        entry["reinforce_deployed_counts"] = counts
+        rl_g = recorded_reinforce(view, g, model_g, tok, params, out_dir)
+        log(f"  actual_update: REINFORCE of M_{g} from generation {g}'s samples: {rl_g.valid}/{rl_g.n} valid")
+        values = [safe_cosine(update, r) for r in rl_g.bootstrap(config.repeats, config.bootstrap_seed + g)]
+        entry["cos_update_reinforce_deployed"] = {"point": safe_cosine(update, rl_g.estimate), "values": values,
+                                                  **t_interval(values)}
+        entry["cos_reinforce_deployed_reinforce_base"] = safe_cosine(rl_g.estimate, rl0.estimate)
+        entry["reference_half_vs_half_deployed"] = safe_cosine(*rl_g.halves)
+        entry["deployed_valid"] = rl_g.valid
+        entry["deployed_samples"] = rl_g.n
+        entry["behaviour_logprob_gap_max"] = max(gap, rl_g.gap)
+    else:  # M_0 is the base model
+        entry["cos_update_reinforce_deployed"] = entry["cos_update_reinforce_base"]
+        entry["deployed_valid"] = rl0.valid
+        entry["behaviour_logprob_gap_max"] = max(gap, rl0.gap)
     return entry
 
 

@@ -48,7 +48,7 @@ class PipelineConfig:
     model_path: str = ""  # a local causal LM that solves some tasks (e.g. a run's base model)
     domain: str = "blocksworld"
     tasks: int = 24  # pool tasks (``tasks.generate_tasks``), or the tasks of ``task_dir``
-    task_size: tuple[int, int] = (2, 4)
+    task_size: tuple[int, int] = (2, 3)  # small tasks: the small base model solves a few percent of them
     task_dir: str | None = None  # a task-set directory (e.g. RUN/tasks) instead of generated tasks
     prompt_style: str = "compact"
     samples_per_task: int = 8
@@ -377,17 +377,22 @@ def _measure(
     sft_batch, iw_batch = collate(sft, model.device), collate(iw, model.device)
     recorded = torch.tensor([r["behaviour_logprob"] for r in rows], dtype=torch.float64)
     model.eval()
+    n, n_valid = len(rows), len(valid)
     for prec in config.precisions:
         vectors: dict[str, Tensor] = {}
         vectors["sft"] = trainer_gradient(sft, sft_batch, params, prec, device)
         vectors["iw"] = trainer_gradient(iw, iw_batch, params, prec, device)
         with precision(prec, device):
-            seq, outside = sampler_sequence_logprobs(model, all_batch, draw.temperature, draw.top_p)
-        loss = losses.reinforce_loss(seq.double(), rewards.to(seq.device), "none")
-        vectors["reinforce"] = -flat_grad(loss, params)
+            seq_valid, _ = sampler_sequence_logprobs(model, sft_batch, draw.temperature, draw.top_p)
+        # Invalid samples have A = r = 0 and no baseline: their log-probs carry no gradient, so only the
+        # valid rows are run through the model; N counts them all.
+        seq = torch.cat([seq_valid.double(), seq_valid.new_zeros(n - n_valid, dtype=torch.float64)])
+        reward = torch.cat([torch.ones(n_valid), torch.zeros(n - n_valid)]).to(seq)
+        vectors["reinforce"] = -flat_grad(losses.reinforce_loss(seq, reward, "none"), params)
         draw.vectors[prec] = vectors
-        gap = (seq.detach().double().cpu() - recorded).abs()
-        draw.logprob_gap[prec] = float(gap.max())
+        with torch.no_grad(), precision(prec, device):
+            seq_all, outside = sampler_sequence_logprobs(model, all_batch, draw.temperature, draw.top_p)
+        draw.logprob_gap[prec] = float((seq_all.double().cpu() - recorded).abs().max())
         if prec == "float32":
             draw.outside_nucleus = int((outside > 0).sum())
             with torch.no_grad():

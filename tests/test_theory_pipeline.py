@@ -1,0 +1,89 @@
+"""The pipeline checks of ``iterdeploy_trl.theory`` on the tiny pretrained model: the deployment backend's
+recorded behaviour log-probs are the sampler's log β on the tokens TRL trains on (T = 0.6, top-p 0.95), and
+``actual_update`` reads a real (tiny) run directory: the update it reports is the saved model minus the base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_run_config
+
+from iterdeploy_trl import theory as th
+from iterdeploy_trl.theory.pipeline import collate, sampler_sequence_logprobs, sft_trainer
+
+torch.set_num_threads(1)
+
+
+def test_recorded_behaviour_logprob_is_the_nucleus_logprob_on_trl_tokens(tiny_base_model, tmp_path) -> None:
+    from iterdeploy_trl.deploy import TransformersBackend
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.models import load_model_and_tokenizer
+    from iterdeploy_trl.prompts import build_prompt
+    from iterdeploy_trl.tasks import generate_tasks
+
+    model, tok = load_model_and_tokenizer(tiny_base_model, dtype=torch.float32)
+    dom = domain_pddl("blocksworld")
+    prompts = [build_prompt(dom, t.problem, "compact", domain="blocksworld")
+               for t in generate_tasks("blocksworld", 3, 0, size=(2, 3))]
+    for temperature, top_p in ((1.0, 1.0), (0.6, 0.95)):
+        samples = TransformersBackend(model, tok).generate(
+            prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=3)
+        rows = [{"prompt": p, "completion": c.text} for p, row in zip(prompts, samples, strict=True) for c in row
+                if not c.truncated]
+        recorded = torch.tensor([c.behaviour_logprob for row in samples for c in row if not c.truncated])
+        assert len(rows) >= 6
+        trainer = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
+                                 out_dir=str(tmp_path))
+        with torch.no_grad():
+            seq, outside = sampler_sequence_logprobs(model, collate(trainer, model.device), temperature, top_p)
+        assert int(outside.sum()) == 0
+        assert torch.allclose(seq.double(), recorded.double(), atol=1e-3, rtol=0), (temperature, seq, recorded)
+        if temperature != 1.0:  # the T = 1 log-prob (what SFT trains) is a different number
+            with torch.no_grad():
+                pi, _ = sampler_sequence_logprobs(model, collate(trainer, model.device), 1.0, 1.0)
+            assert float((pi.double() - recorded.double()).abs().max()) > 1e-2
+
+
+def test_t_interval() -> None:
+    s = th.t_interval([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["lo"] == pytest.approx(2 - 4.302653 / 3 ** 0.5, rel=1e-5)
+    assert th.t_interval([float("nan"), 1.0])["n"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_base_model, tmp_path_factory):
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.loop import run_loop
+
+    cfg = config_from_dict(tiny_run_config(tiny_base_model, generations=1, method="uncurated-sft", curation="none",
+                                           tasks={"n": 8, "heldout": 2}))
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_loop(cfg, out, progress=False)
+    return out
+
+
+def test_actual_update_on_a_run_directory(tiny_run) -> None:
+    result = th.actual_update(th.UpdateConfig(run_dir=str(tiny_run), repeats=2))
+    assert {r.kind for r in result.rows} == {th.EMPIRICAL}
+    gen = result.data["generations"][0]
+    assert gen["generation"] == 0 and gen["train_rows"] > 0 and set(gen["origin_generations"]) == {0}
+    assert gen["update_norm"] > 0
+    # the recorded behaviour log-probs are the deployed sampler's on the trained tokens
+    assert gen["behaviour_logprob_gap_max"] <= 1e-3
+    # one generation: β_mix = β_0 = π_0 at T = 1, so Prop. 2's weights are all 1
+    assert max(abs(gen["prop2_log_w"]["min"]), abs(gen["prop2_log_w"]["max"])) < 1e-3
+    assert gen["cos_update_prop2"] == pytest.approx(gen["cos_update_sft"], abs=1e-4)
+    # one epoch of Adam from the base moves along the first SFT step, not against it
+    assert gen["cos_update_sft"] > 0
+    assert len(gen["cos_update_reinforce_base"]["values"]) == 2
+    assert gen["deployed_valid"] == result.data["reinforce_base"]["valid"]  # M_0 is the base model
+    json.dumps(result.data, allow_nan=True)
+
+
+def test_actual_update_bad_run_dir_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(th.TheoryError, match="resolved_config.json"):
+        th.actual_update(th.UpdateConfig(run_dir=str(tmp_path), repeats=2))
+    with pytest.raises(th.TheoryError, match="at least 2 repeats"):
+        th.actual_update(th.UpdateConfig(run_dir=str(tmp_path), repeats=1))
