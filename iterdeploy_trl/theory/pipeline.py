@@ -365,8 +365,8 @@ def _measure(
     everything = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
                              out_dir=out_dir)
     all_batch = collate(everything, model.device)
-    sampled_ids = [getattr(c, "token_ids", None) for *_, c in flat]
-    if all(ids is not None for ids in sampled_ids):
+    sampled_ids = [tuple(getattr(c, "token_ids", ()) or ()) for *_, c in flat]
+    if all(sampled_ids):  # the backend recorded the sampled ids (``Completion.token_ids``)
         mask = all_batch["labels"].ne(-100)
         trained = [all_batch["input_ids"][i][mask[i]].tolist() for i in range(len(rows))]
         draw.retokenised_differs = sum(list(a) != list(b) for a, b in zip(trained, sampled_ids, strict=True))
