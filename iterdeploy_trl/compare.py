@@ -36,7 +36,7 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     """The run config of one method in the comparison: the shared settings of ``cfg`` and the method's
     own section only (so a method's run directory, and its hash, hold nothing another method reads).
     REINFORCE, which curates nothing and trains online, gets the SFT methods' settings at their defaults."""
-    changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{method}",
+    changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{method}", tuning=None,
                                    iw_sft=cfg.iw_sft if method == "iw-sft" else None,
                                    reinforce=cfg.reinforce if method == "reinforce" else None)
     if method == "reinforce":
@@ -49,6 +49,43 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     else:
         changes.update(curation="shortest" if cfg.curation == "none" else cfg.curation)
     return dataclasses.replace(cfg, **changes).check()
+
+
+def with_learning_rate(cfg: RunConfig, method: str, lr: float) -> RunConfig:
+    """``cfg`` with ``method``'s learning rate set to ``lr`` (REINFORCE: ``reinforce.learning_rate``)."""
+    if method == "reinforce":
+        return dataclasses.replace(cfg, reinforce=dataclasses.replace(cfg.reinforce_settings, learning_rate=lr))
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, learning_rate=lr))
+
+
+def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
+                        log=print) -> dict[str, Any]:
+    """Each method at each candidate rate of ``cfg.tuning`` on the tuning seeds (one run directory each,
+    ``OUT/tuning/<method>-lr<rate>``, resumable); returns per method the table and the chosen rate (most
+    pool tasks solved at the full budget, mean over the tuning seeds; ties: the earlier candidate). A
+    method without candidates keeps its configured rate."""
+    tuning = cfg.tuning
+    result: dict[str, Any] = {}
+    for method in methods:
+        rates = tuning.reinforce_learning_rates if method == "reinforce" else tuning.sft_learning_rates
+        if not rates:
+            continue
+        table = []
+        for lr in rates:
+            tcfg = method_config(dataclasses.replace(with_learning_rate(cfg, method, lr), seeds=tuning.seeds), method)
+            tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{method}-lr{lr:g}")
+            log(f"== tuning {method} at learning rate {lr:g} (seeds {', '.join(map(str, tuning.seeds))}) ==")
+            summary = run_loop(tcfg, out / "tuning" / f"{method}-lr{lr:g}", progress=progress, log=log)
+            last = summary["generations"][-1]
+            per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
+            table.append({"learning_rate": lr, "solved_mean": statistics.fmean(per_seed),
+                          "solved_per_seed": per_seed, "samples_used": last["samples_used"],
+                          "heldout_solved_mean": last["heldout_solved"]})
+        best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
+        result[method] = {"seeds": list(tuning.seeds), "table": table, "chosen": best["learning_rate"]}
+        log(f"tuning {method}: " + ", ".join(f"lr {r['learning_rate']:g} -> {r['solved_mean']:.1f}" for r in table)
+            + f"; chosen {best['learning_rate']:g}")
+    return result
 
 
 # --------------------------------------------------------------------------- statistics
@@ -120,22 +157,32 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     if unknown:
         raise RunError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     progress, log = begin_run(cfg, progress, log)
-    check_methods(cfg, methods)  # before any work: a setting no compared method reads is refused
+    # Before any work: a setting that no method of the comparison reads is refused. The comparison's methods
+    # are the config's compare_methods; running some of them (--methods) leaves the others' settings unread
+    # by this invocation, not by the comparison.
+    check_methods(cfg, methods, compare=True, read_by=tuple(dict.fromkeys((*methods, *cfg.compare_methods))))
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
         atomic_write_text(out / "config.yaml", config_text)
     results = {}
     t0 = time.time()
+    tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log) if cfg.tuning else {}
+    tuning_seconds = round(time.time() - t0, 1)
     for method in methods:
         log(f"== {method} ==")
         start = time.time()
-        summary = run_loop(method_config(cfg, method), out / method, progress=progress, log=log)
+        mcfg = with_learning_rate(cfg, method, tuning[method]["chosen"]) if method in tuning else cfg
+        summary = run_loop(method_config(mcfg, method), out / method, progress=progress, log=log)
         summary["wall_seconds"] = round(time.time() - start, 1)
+        lr = mcfg.reinforce_settings.learning_rate if method == "reinforce" else None
+        summary["learning_rate"] = lr or mcfg.training.learning_rate
         results[method] = summary
     report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "methods": list(methods),
               "tasks": results[methods[0]]["tasks"], "samples_per_task": cfg.sampling.samples_per_task,
               "budget_unit": "sampled completions used for learning",
               "wall_seconds": {m: results[m]["wall_seconds"] for m in methods},
+              "learning_rates": {m: results[m]["learning_rate"] for m in methods},
+              "tuning": tuning, "tuning_wall_seconds": tuning_seconds,
               **compare_statistics(results), "total_wall_seconds": round(time.time() - t0, 1)}
     if dist.is_main():
         write_json(out / "compare.json", report)

@@ -212,6 +212,26 @@ class ReinforceSettings:
 
 SFT_METHODS = ("valid-sft", "iw-sft", "uncurated-sft")  # train on the deployment's (curated) traces
 
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Learning-rate tuning of ``iterdeploy compare`` (section ``tuning``; read by compare only): each
+    method runs once per candidate rate on the tuning ``seeds`` (never the result seeds), and the rate
+    with the most pool tasks solved at the full budget (mean over the tuning seeds; ties: the earlier
+    candidate) is the one the comparison uses for that method."""
+
+    seeds: tuple[int, ...] = (99,)
+    sft_learning_rates: tuple[float, ...] = ()  # training.learning_rate candidates, each SFT method tuned alone
+    reinforce_learning_rates: tuple[float, ...] = ()  # reinforce.learning_rate candidates
+
+    def check(self, result_seeds: tuple[int, ...]) -> None:
+        _require(len(self.seeds) >= 1, "tuning.seeds", self.seeds, "needs at least one seed")
+        both = sorted(set(self.seeds) & set(result_seeds))
+        _require(not both, "tuning.seeds", self.seeds, f"must not hold a result seed (seeds: {both})")
+        for key in ("sft_learning_rates", "reinforce_learning_rates"):
+            for lr in getattr(self, key):
+                _require(lr > 0, f"tuning.{key}", lr, "must be > 0")
+
 # Keys that moved into a method's own section: an old config naming one is refused with the new key.
 MOVED_KEYS = {
     "training.iw_truncate": "iw_sft.truncate",
@@ -278,6 +298,7 @@ class RunConfig:
     iw_sft: IWSFTSettings | None = None
     reinforce: ReinforceSettings | None = None
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
+    tuning: TuningConfig | None = None  # iterdeploy compare's learning-rate tuning; null: none
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores
     chunk_size: int = 64  # tasks per resumable deployment chunk
@@ -325,6 +346,8 @@ class RunConfig:
             if section is not None:
                 section.check()
         self.validator.check()
+        if self.tuning is not None:
+            self.tuning.check(self.seeds)
         return self
 
     @property
@@ -341,11 +364,20 @@ class RunConfig:
         return _jsonable(dataclasses.asdict(self))
 
 
-def unread_settings(cfg: RunConfig, methods: tuple[str, ...]) -> list[str]:
+def unread_settings(cfg: RunConfig, methods: tuple[str, ...], *, compare: bool = False) -> list[str]:
     """The settings ``cfg`` gives that none of ``methods`` reads, by dotted key: a method's section for
     a run without that method; the SFT methods' settings (curation, accumulate, training.init, .epochs,
-    .validation_fraction) set away from their defaults for a run of REINFORCE alone."""
+    .validation_fraction) set away from their defaults for a run of REINFORCE alone; ``tuning`` outside
+    ``iterdeploy compare`` (``compare``), and a tuning list of rates for no method compared."""
     unread = []
+    if cfg.tuning is not None:
+        if not compare:
+            unread.append("tuning")
+        else:
+            if cfg.tuning.sft_learning_rates and not set(methods) & set(SFT_METHODS):
+                unread.append("tuning.sft_learning_rates")
+            if cfg.tuning.reinforce_learning_rates and "reinforce" not in methods:
+                unread.append("tuning.reinforce_learning_rates")
     for name, method, section, default in (("iw_sft", "iw-sft", cfg.iw_sft, IWSFTSettings()),
                                            ("reinforce", "reinforce", cfg.reinforce, ReinforceSettings())):
         if section is not None and method not in methods:
@@ -363,15 +395,18 @@ def unread_settings(cfg: RunConfig, methods: tuple[str, ...]) -> list[str]:
     return unread
 
 
-def check_settings_read(cfg: RunConfig, methods: tuple[str, ...]) -> None:
+def check_settings_read(cfg: RunConfig, methods: tuple[str, ...], *, compare: bool = False) -> None:
     """Raise ``ConfigError`` naming the first setting of ``cfg`` that none of ``methods`` reads (called
     before any work: a setting silently ignored is an experiment not run)."""
-    unread = unread_settings(cfg, methods)
+    unread = unread_settings(cfg, methods, compare=compare)
     if not unread:
         return
     key = unread[0]
-    readers = {"iw_sft": "method iw-sft", "reinforce": "method reinforce"}.get(key.split(".")[0], "the SFT methods")
-    raise ConfigError(f"{key}: set, but only {readers} read{'s' if readers.startswith('method') else ''} it and "
+    readers = {"iw_sft": "method iw-sft", "reinforce": "method reinforce", "tuning": "iterdeploy compare",
+               "tuning.sft_learning_rates": "the SFT methods",
+               "tuning.reinforce_learning_rates": "method reinforce"}.get(key, None) or {
+        "iw_sft": "method iw-sft", "reinforce": "method reinforce"}.get(key.split(".")[0], "the SFT methods")
+    raise ConfigError(f"{key}: set, but only {readers} read{'' if readers.startswith('the ') else 's'} it and "
                       f"this run's method{'s are' if len(methods) > 1 else ' is'} {', '.join(methods)}; remove "
                       f"it from the config (or run a method that reads it)")
 
@@ -521,6 +556,7 @@ def _hash_layout(data: dict[str, Any]) -> dict[str, Any]:
     """``cfg.to_dict()`` in the layout run hashes were made with before the methods' own sections: their
     settings (defaults when a section is left out) back under ``training`` with their old names, so that
     a run directory made before the sections existed still resumes."""
+    data.pop("tuning", None)  # how compare picks a rate, not what a run does
     iw = data.pop("iw_sft") or dataclasses.asdict(IWSFTSettings())
     rf = data.pop("reinforce") or dataclasses.asdict(ReinforceSettings())
     data["training"].update(iw_truncate=iw["truncate"], iw_self_normalize=iw["self_normalize"],

@@ -443,10 +443,12 @@ def check_launch(cfg: RunConfig) -> None:
         process_batch(cfg.training.batch_size, cfg.training.gradient_accumulation_steps)
 
 
-def check_methods(cfg: RunConfig, methods: Sequence[str]) -> None:
-    """Before any work: every setting of ``cfg`` is read by one of ``methods`` (a ``ConfigError`` names the
-    first that is not), and each method can run at the config's sampling settings."""
-    check_settings_read(cfg, tuple(methods))
+def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = False,
+                  read_by: Sequence[str] | None = None) -> None:
+    """Before any work: every setting of ``cfg`` is read by one of ``read_by`` (default ``methods``; a
+    ``ConfigError`` names the first that is not; ``compare``: ``iterdeploy compare`` reads ``tuning``), and
+    each of ``methods`` can run at the config's sampling settings."""
+    check_settings_read(cfg, tuple(read_by or methods), compare=compare)
     if "iw-sft" in methods:
         from iterdeploy_trl.trainers import ImportanceWeightedSFTConfig
 

@@ -61,3 +61,47 @@ def test_each_method_gets_only_its_own_settings():
     assert method_config(cfg, "uncurated-sft").curation == "none"
     with pytest.raises(ConfigError, match=r"^iw_sft\.truncate: set"):
         check_settings_read(cfg, ("valid-sft", "reinforce"))  # what run_compare checks before any work
+
+
+def test_tuning_settings_are_checked_before_work():
+    with pytest.raises(ConfigError, match=r"^tuning\.seeds: .* must not hold a result seed"):
+        config_from_dict({"seeds": [0, 1], "tuning": {"seeds": [1], "sft_learning_rates": [1e-3]}})
+    cfg = config_from_dict({"tuning": {"seeds": [99], "reinforce_learning_rates": [1e-4]}})
+    with pytest.raises(ConfigError, match=r"^tuning: set, but only iterdeploy compare reads it"):
+        check_settings_read(cfg, ("reinforce",))  # iterdeploy run
+    with pytest.raises(ConfigError, match=r"^tuning\.reinforce_learning_rates: set"):
+        check_settings_read(cfg, ("valid-sft",), compare=True)
+    check_settings_read(cfg, ("valid-sft", "reinforce"), compare=True)
+    assert method_config(cfg, "reinforce").tuning is None
+
+
+def test_compare_tunes_each_method_on_its_own_seeds(tiny_base_model, tmp_path):
+    from conftest import tiny_run_config
+
+    from iterdeploy_trl.compare import run_compare
+    from iterdeploy_trl.runio import read_json
+
+    data = tiny_run_config(tiny_base_model, generations=1, seeds=[0], tasks={"n": 8, "heldout": 2},
+                           sampling={"samples_per_task": 2}, chunk_size=8,
+                           tuning={"seeds": [7], "sft_learning_rates": [1e-2, 1e-3]})
+    report = run_compare(config_from_dict(data), tmp_path / "cmp", methods=("valid-sft",), progress=False,
+                         log=lambda m: None)
+    tuned = report["tuning"]["valid-sft"]
+    assert [r["learning_rate"] for r in tuned["table"]] == [1e-2, 1e-3] and tuned["seeds"] == [7]
+    best = max(tuned["table"], key=lambda r: r["solved_mean"])
+    assert tuned["chosen"] == best["learning_rate"] == report["learning_rates"]["valid-sft"]
+    for lr in (1e-2, 1e-3):  # each tuning run on the tuning seed only
+        tdir = tmp_path / "cmp" / "tuning" / f"valid-sft-lr{lr:g}"
+        assert sorted(p.name for p in tdir.glob("seed_*")) == ["seed_7"]
+    resolved = read_json(tmp_path / "cmp" / "valid-sft" / "resolved_config.json")["config"]
+    assert resolved["training"]["learning_rate"] == tuned["chosen"] and resolved["seeds"] == [0]
+
+
+def test_a_subset_of_the_comparison_may_run_but_no_setting_goes_unread(tmp_path):
+    from iterdeploy_trl.compare import run_compare
+
+    cfg = config_from_dict({"reinforce": {"learning_rate": 1e-4}, "compare_methods": ["valid-sft", "iw-sft"],
+                            "model": {"path": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"^reinforce\.learning_rate: set"):  # reinforce is not compared
+        run_compare(cfg, tmp_path / "out", methods=("valid-sft",), progress=False, log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -43,11 +43,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not is_main():
         return 0  # the main process reports
-    print(f"{'method':<15} {'budget':>8} {'solved (95% CI)':>22} {'unanimous':>10}")
+    for method, tuned in report.get("tuning", {}).items():
+        rates = ", ".join(f"{r['learning_rate']:g}: {r['solved_mean']:.1f}" for r in tuned["table"])
+        print(f"tuning {method} (seeds {tuned['seeds']}): {rates} -> {tuned['chosen']:g}")
+    print(f"{'method':<15} {'lr':>8} {'budget':>8} {'solved (95% CI)':>22} {'unanimous':>10} {'vs reference (95% CI, p)':>32}")
     for method, rows in report["methods"].items():
         last = rows[-1]
         lo, hi = last["solved_ci"]
-        print(f"{method:<15} {last['samples_used']:>8} {last['solved_mean']:>8.1f} [{lo:6.1f}, {hi:6.1f}] "
-              f"{last['unanimous']:>10}")
+        diff = report["paired"].get(f"{method} - {report['reference']}")
+        vs = ""
+        if diff:
+            d = diff[-1]
+            p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3g}"
+            vs = f"{d['diff_mean']:+.1f} [{d['diff_ci'][0]:+.1f}, {d['diff_ci'][1]:+.1f}], p={p}"
+        print(f"{method:<15} {report['learning_rates'][method]:>8g} {last['samples_used']:>8} "
+              f"{last['solved_mean']:>8.1f} [{lo:6.1f}, {hi:6.1f}] {last['unanimous']:>10} {vs:>32}")
     print(f"wrote {args.out}/compare.json")
     return 0
