@@ -98,7 +98,8 @@ def quiet_trainer(trainer: Any, model_dir: Path) -> Any:
     _, seed, gen = model_location(model_dir)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(StageBar(f"seed {seed} gen {gen}: train", progress=_progress))
+    label = "train" if seed is None else f"seed {seed} gen {gen}: train"
+    trainer.add_callback(StageBar(label, progress=_progress))
     train = trainer.train
 
     def train_to_log(*args: Any, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,23 @@ def project_name(cfg: Any) -> str:
     return cfg.name.split("/")[0]
 
 
-def run_name(cfg: Any, seed: int, generation: int | None = None) -> str:
+def run_name(cfg: Any, seed: int | None, generation: int | None = None) -> str:
+    if seed is None:  # a model trained outside a run directory's layout
+        return cfg.name.replace("/", "-")
     name = f"{cfg.name.replace('/', '-')}-seed{seed}"
     return name if generation is None else f"{name}-gen{generation}"
 
 
-def model_location(model_dir: Path) -> tuple[Path, int, int]:
-    """(run directory, seed, generation) of ``RUNDIR/seed_<s>/gen_<g>/model``."""
+def model_location(model_dir: Path) -> tuple[Path, int | None, int | None]:
+    """(run directory, seed, generation) of ``RUNDIR/seed_<s>/gen_<g>/model``. A model directory outside that
+    layout (``train_generation`` called from the Python API) gives ``(its parent, None, None)``."""
     gen_dir = Path(model_dir).parent
-    return gen_dir.parent.parent, int(gen_dir.parent.name.split("_")[1]), int(gen_dir.name.split("_")[1])
+    seed_dir = gen_dir.parent
+    g = re.fullmatch(r"gen_(\d+)", gen_dir.name)
+    s = re.fullmatch(r"seed_(\d+)", seed_dir.name)
+    if g is None or s is None:
+        return gen_dir, None, None
+    return seed_dir.parent, int(s[1]), int(g[1])
 
 
 def trainer_kwargs(cfg: Any, model_dir: Path) -> dict[str, Any]:
@@ -79,7 +88,8 @@ def trainer_kwargs(cfg: Any, model_dir: Path) -> dict[str, Any]:
     report = list(cfg.report_to)
     run_dir, seed, gen = model_location(model_dir)
     if "tensorboard" in report:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard" / f"seed_{seed}" / f"gen_{gen:02d}")
+        where = (f"seed_{seed}", f"gen_{gen:02d}") if seed is not None else ()
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir, "tensorboard", *where))
     if "wandb" in report:
         os.environ.setdefault("WANDB_PROJECT", project_name(cfg))
     kwargs: dict[str, Any] = {"report_to": report, "run_name": run_name(cfg, seed, gen)}
