@@ -114,12 +114,17 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
     from iterdeploy_trl.loop import RunError, auto_base_model_path, resolve_base_model
 
     if cfg.model.path == "auto":
-        from iterdeploy_trl.models import build_tokenizer
+        from iterdeploy_trl.loop import _own_task_set
+        from iterdeploy_trl.models import build_tokenizer, tokenizer_for_task_set
+        from iterdeploy_trl.tasks import TaskSetError
 
-        path = auto_base_model_path(cfg)
+        try:  # a domain without a generator: its base model, and tokenizer, come from the task set
+            path, own = auto_base_model_path(cfg), _own_task_set(cfg)
+        except (TaskSetError, OSError, ValueError):
+            return None  # _check_tasks names what is wrong with tasks.dir
         state = "cached" if (path / "base_model.json").exists() else "not cached: pretrained first (minutes on CPU)"
         pf.lines.append(f"model: the small {cfg.model.size} {cfg.domain} base model, {path} ({state})")
-        return build_tokenizer(cfg.domain)
+        return build_tokenizer(cfg.domain) if own is None else tokenizer_for_task_set(own)
     if not Path(cfg.model.path).expanduser().exists():
         pf.problems.append(f"model.path: {cfg.model.path!r} does not exist on this machine; give a local model "
                            "directory (nothing is downloaded)")
