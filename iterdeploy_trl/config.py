@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from iterdeploy_trl.domains import note_domains
-from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
+from iterdeploy_trl.tasks.generate import GENERATOR_VERSION, SIZE_LIMITS
 
 METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
 CURATIONS = ("shortest", "all-valid", "random-valid", "none")
@@ -74,6 +74,10 @@ class ModelConfig:
     # so lengths follow the plans of tasks of that size; "uniform": L = base_max_walk (longer walks reach more
     # goals by chance).
     base_walk_length: str = "plan"
+    # Size range of the generated tasks the pretraining walks start from; None: the run's ``tasks.size``.
+    # Wider than ``tasks.size`` (e.g. [1, 8] for a pool of 1-4), the base model sees larger states than the
+    # pool's (the way to a base model that knows the rules beyond the pool's sizes).
+    base_task_size: tuple[int, int] | None = None
     cache_dir: str | None = None  # where auto base models are kept; default ~/.cache/iterdeploy_trl
 
     def check(self, paths: bool = True) -> None:
@@ -90,6 +94,9 @@ class ModelConfig:
                  "must be plan or uniform")
         _require(self.base_walks_per_task >= 1, "model.base_walks_per_task", self.base_walks_per_task,
                  "must be >= 1")
+        if self.base_task_size is not None:
+            _require(len(self.base_task_size) == 2 and 1 <= self.base_task_size[0] <= self.base_task_size[1],
+                     "model.base_task_size", self.base_task_size, "must be [low, high] with 1 <= low <= high")
         if paths and self.path != "auto" and not Path(self.path).expanduser().exists():
             raise ConfigError(f"model.path: {self.path!r} does not exist; give a local model directory "
                               "(nothing is downloaded) or 'auto' for the small local model")
@@ -340,6 +347,15 @@ class RunConfig:
                      f"{self.domain} has no state notes (only {', '.join(note_domains())})")
         self.tasks.check()
         self.model.check(paths=paths)
+        if self.model.base_task_size is not None:
+            _require(self.model.path == "auto", "model.base_task_size", self.model.base_task_size,
+                     f"is the auto base model's pretraining range, but model.path is {self.model.path!r}; remove it")
+            _require(self.domain in GENERATOR_VERSION, "model.base_task_size", self.model.base_task_size,
+                     f"needs a domain with a generator; {self.domain}'s base model walks from its task set (tasks.dir)")
+            lim_lo, lim_hi = SIZE_LIMITS[self.domain]
+            lo, hi = self.model.base_task_size
+            _require(lim_lo <= lo <= hi <= lim_hi, "model.base_task_size", self.model.base_task_size,
+                     f"must lie within {self.domain}'s sizes {lim_lo}..{lim_hi}")
         self.sampling.check()
         self.training.check()
         for section in (self.iw_sft, self.reinforce):
@@ -529,6 +545,7 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("model", "base_num_walks"): 8000,  # what every auto base model used before the key existed
     ("model", "base_notes"): False,
     ("model", "base_walk_length"): "plan",
+    ("model", "base_task_size"): None,
 }
 
 

@@ -93,7 +93,7 @@ def cache_root(cfg: RunConfig) -> Path:
 
 def auto_base_model_path(cfg: RunConfig) -> Path:
     """Where the small base model of ``model.path: auto`` is cached (made there once when missing)."""
-    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    size = pretraining_task_size(cfg)
     key = (f"{cfg.domain}-{cfg.model.size}-steps{cfg.model.base_steps}-bs{cfg.model.base_batch_size}"
            f"-lr{cfg.model.base_learning_rate:g}-walks{cfg.model.base_num_walks}x{cfg.model.base_max_walk}"
            f"-per{cfg.model.base_walks_per_task}-tasks{'default' if size is None else f'{size[0]}to{size[1]}'}"
@@ -109,6 +109,14 @@ def auto_base_model_path(cfg: RunConfig) -> Path:
         key += "-notes"
     key += "-seed0"
     return cache_root(cfg) / "base_models" / key
+
+
+def pretraining_task_size(cfg: RunConfig) -> tuple[int, int] | None:
+    """The size range of the tasks the auto base model's walks start from: ``model.base_task_size``, else the
+    run's ``tasks.size`` (None: the generator's default range). The cache key names this range, so a
+    ``base_task_size`` equal to ``tasks.size`` is the model of a config without the key."""
+    size = cfg.model.base_task_size or cfg.tasks.size
+    return tuple(size) if size else None
 
 
 def _own_task_set(cfg: RunConfig) -> Any:
@@ -144,7 +152,7 @@ def resolve_base_model(cfg: RunConfig, *, progress: bool = True) -> Path:
         return path
     from iterdeploy_trl.models import pretrain_base_model
 
-    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    size = pretraining_task_size(cfg)
     path = auto_base_model_path(cfg)
     if not (path / "base_model.json").exists():
         print(f"[iterdeploy] pretraining the small {cfg.domain} base model into {path} "

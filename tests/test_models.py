@@ -159,6 +159,39 @@ def test_base_model_command(tmp_path, capsys) -> None:
     bad = ["base-model", "--domain", "sokoban", "--out", str(tmp_path / "x"), "--task-size", "0", "99"]
     assert main(bad) == 2
     assert "size" in capsys.readouterr().err
+    # --measure-size: the pool's sizes, not the pretraining walks'; one the generator rejects is refused before
+    # any pretraining (nothing written).
+    wide = tmp_path / "wide"
+    argv = ["base-model", "--domain", "ferry", "--out", str(wide), "--steps", "1", "--num-walks", "4",
+            "--task-size", "1", "2", "--measure", "6", "--measure-size", "7", "8"]
+    assert main(argv) == 0
+    assert json.loads((wide / "base_model.json").read_text())["task_size"] == [1, 2]
+    assert set(json.loads((wide / "measure.json").read_text())["solved_by_size"]) <= {"7", "8"}
+    bad = ["base-model", "--domain", "ferry", "--out", str(tmp_path / "y"), "--measure", "2", "--measure-size", "1", "101"]
+    assert main(bad) == 2
+    assert "--measure-size 1 101" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_base_task_size_widens_the_pretraining_range_only() -> None:
+    """``model.base_task_size`` sets the auto base model's walk range (named in its cache key) and nothing else:
+    unset or equal to ``tasks.size`` it is the model and run hash of a config without the key."""
+    from iterdeploy_trl.config import ConfigError, config_from_dict, config_hash, load_config
+    from iterdeploy_trl.loop import auto_base_model_path, pretraining_task_size
+
+    cfg = load_config(EXPERIMENTS / "cpu_default.yaml")
+    assert cfg.model.base_task_size is None and pretraining_task_size(cfg) == (2, 5)
+    same = replace(cfg, model=replace(cfg.model, base_task_size=(2, 5)))
+    assert auto_base_model_path(same) == auto_base_model_path(cfg)
+    wide = replace(cfg, model=replace(cfg.model, base_task_size=(2, 9)))
+    assert pretraining_task_size(wide) == (2, 9) and wide.tasks.size == cfg.tasks.size
+    assert "-tasks2to9-" in auto_base_model_path(wide).name and config_hash(wide) != config_hash(cfg)
+    data = {"domain": "ferry", "tasks": {"size": [1, 4]}, "model": {"base_task_size": [1, 8]}}
+    assert config_from_dict(data).model.base_task_size == (1, 8)
+    for model, match in (({"base_task_size": [1, 101]}, r"within ferry's sizes 1\.\.100"),
+                         ({"base_task_size": [3, 2]}, "low <= high"),
+                         ({"base_task_size": [1, 8], "path": "/tmp"}, "model.path is '/tmp'")):
+        with pytest.raises(ConfigError, match=r"^model\.base_task_size: .*" + match):
+            config_from_dict({"domain": "ferry", "tasks": {"size": [1, 4]}, "model": model})
 
 
 def test_illegal_reason_names_types_not_objects() -> None:
@@ -222,7 +255,8 @@ def test_cached_base_model_key_names_notes_and_walk_lengths() -> None:
     assert config_hash(plain) != config_hash(cfg)
 
 
-@pytest.mark.parametrize(("domain", "size"), [("rovers", (1, 1)), ("sokoban", (1, 4))])
+@pytest.mark.parametrize(("domain", "size"), [("rovers", (1, 1)), ("sokoban", (1, 4)), ("spanner", (1, 4)),
+                                            ("ferry", (1, 4)), ("miconic", (1, 5))])
 def test_walks_with_notes_read_back_as_the_walk(domain: str, size: tuple[int, int]) -> None:
     """Each note is that of the state the walk has reached; the plan read from the completion (notes are
     ``;`` comments) is the walk itself, legal from the prompt's task."""
@@ -249,6 +283,38 @@ def test_walks_with_notes_read_back_as_the_walk(domain: str, size: tuple[int, in
             assert line == f"{action} {state_note(domain, state)}"
     plain = walk_examples(domain, 6, seed=0, task_size=size, walks_per_task=6)
     assert [extract_plan(c).actions for _, c in plain] == [extract_plan(c).actions for _, c in examples]
+
+
+# Argument positions of an action that its domain's note need not name: a destination any other location
+# or floor may be (the names give the floors' order).
+_FREE_ARGUMENTS = {"ferry": {"sail": {1}}, "miconic": {"up": {1}, "down": {1}}, "spanner": {}}
+
+
+@pytest.mark.parametrize("domain", sorted(_FREE_ARGUMENTS))
+def test_notes_name_what_the_legal_actions_act_on(domain: str) -> None:
+    """Along random walks, every object an applicable action acts on is named in the state's note (save a
+    destination of ``_FREE_ARGUMENTS``), so the small model can read its next legal action off the note."""
+    import random
+
+    from iterdeploy_trl.domains import domain_pddl
+    from iterdeploy_trl.prompts import state_note
+    from iterdeploy_trl.sim import Simulator, parse_action
+    from iterdeploy_trl.tasks import CPU_SIZES, generate_tasks
+
+    rng = random.Random(0)
+    checked = 0
+    for task in generate_tasks(domain, 10, seed=3, size=CPU_SIZES[domain]):
+        sim = Simulator(domain_pddl(domain), task.problem)
+        _, states = sim.random_walk_states(rng, 12)
+        for state in states:
+            words = set(state_note(domain, state).split()[1:])
+            for action in sim.applicable(state):
+                name, *args = parse_action(action)
+                free = _FREE_ARGUMENTS[domain].get(name, set())
+                missing = {a for i, a in enumerate(args) if i not in free} - words
+                assert not missing, (action, state_note(domain, state))
+                checked += 1
+    assert checked > 100
 
 
 def test_notes_for_a_domain_without_them_are_refused() -> None:

@@ -48,6 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generator size range of the tasks the walks start from and of the --measure pool (default: that "
         "of experiments/cpu_<domain>.yaml: blocksworld 2 5, sokoban 1 4, rovers 1 1)",
     )
+    p.add_argument(
+        "--measure-size",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="size range of the --measure pool (default: --task-size): pretrain on a wider range than the pool's, "
+        "or measure beyond the pretraining sizes",
+    )
     p.add_argument("--max-walk", type=int, default=10, help="longest walk, in actions (default: 10)")
     p.add_argument(
         "--walks-per-task",
@@ -109,6 +118,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
         args.domain = task_set.domain
     task_size = tuple(args.task_size or CPU_TASK_SIZES.get(args.domain, (1, 1)))
+    measure_size = tuple(args.measure_size) if args.measure_size else task_size
+    if task_set is None:  # before any work: a size the generator rejects would stop the run after pretraining
+        from iterdeploy_trl.tasks.generate import SIZE_LIMITS
+
+        lim_lo, lim_hi = SIZE_LIMITS[args.domain]
+        for flag, (lo, hi) in (("--task-size", task_size), ("--measure-size", measure_size)):
+            if not lim_lo <= lo <= hi <= lim_hi:
+                print(f"iterdeploy base-model: {flag} {lo} {hi}: {args.domain} sizes must satisfy "
+                      f"{lim_lo} <= LO <= HI <= {lim_hi}", file=sys.stderr)
+                return 2
     if args.steps < 1 or args.num_walks < 1 or args.walks_per_task < 1 or args.measure_seeds < 1:
         print("iterdeploy base-model: --steps, --num-walks, --walks-per-task and --measure-seeds must be at least 1",
               file=sys.stderr)
@@ -151,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out,
                 args.domain,
                 n=args.measure,
-                task_size=task_size,
+                task_size=measure_size,
                 max_new_tokens=args.max_new_tokens,
                 seed=seed,
                 task_set=task_set,
