@@ -18,7 +18,7 @@ from iterdeploy_trl.tasks.common import Generated
 
 GENERATOR_VERSION = 1
 SIZE_PARAMETER = "number of cars"
-SIZES = {"cpu": (1, 6), "full": (1, 50)}
+SIZES = {"cpu": (1, 4), "full": (1, 50)}
 SIZE_LIMITS = (1, 100)
 MAX_LOCATIONS = 50
 
