@@ -1,5 +1,6 @@
 """The pipeline checks of ``iterdeploy_trl.theory`` on the tiny pretrained model: the deployment backend's
-recorded behaviour log-probs are the sampler's log β on the tokens TRL trains on (T = 0.6, top-p 0.95), and
+recorded behaviour log-probs are the sampler's log β on the tokens the trainers train on (the sampled ids;
+T = 1 and T = 0.6, top-p 0.95), and
 ``actual_update`` reads a real (tiny) run directory: the update it reports is the saved model minus the base."""
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def test_recorded_behaviour_logprob_is_the_nucleus_logprob_on_trl_tokens(tiny_ba
     for temperature, top_p in ((1.0, 1.0), (0.6, 0.95)):
         samples = TransformersBackend(model, tok).generate(
             prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=3)
-        rows = [{"prompt": p, "completion": c.text} for p, row in zip(prompts, samples, strict=True) for c in row
-                if not c.truncated]
-        recorded = torch.tensor([c.behaviour_logprob for row in samples for c in row if not c.truncated])
-        assert len(rows) >= 6
+        # the rows the loop trains on: sampled token ids, truncated samples included (no EOS appended to them)
+        rows = [{"prompt_ids": tok(p)["input_ids"], "completion_ids": list(c.token_ids)}
+                for p, row in zip(prompts, samples, strict=True) for c in row]
+        recorded = torch.tensor([c.behaviour_logprob for row in samples for c in row])
+        assert len(rows) == 12
         trainer = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
                                  out_dir=str(tmp_path))
         with torch.no_grad():

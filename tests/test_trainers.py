@@ -38,15 +38,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 DOMAIN = domain_pddl("blocksworld")
-CPU = {
-    "report_to": [],
-    "bf16": False,
-    "use_cpu": True,
-    "save_strategy": "no",
-    "activation_checkpointing": False,
-    "disable_tqdm": True,
-    "logging_steps": 1,
-}
+CPU = trainer_steps.CPU  # plain CPU training arguments (no bf16, no saving, a log every step)
 # The 2-block task whose shortest plan is "(pick-up b2) (stack b2 b1)".
 TWO_BLOCKS = generate_tasks("blocksworld", 3, 0, size=(2, 2))[2]
 VALID = "(pick-up b2)\n(stack b2 b1)\n"
@@ -623,6 +615,27 @@ def test_weights_are_one_when_beta_is_pi_on_the_small_model(tiny_base_model, tmp
     low, high = _weights_at_beta_equal_pi(
         model, tok, rows, tmp_path, sampling_temperature=temperature, sampling_top_p=top_p
     )
+    assert 1 - 1e-3 < low <= high < 1 + 1e-3, (low, high)
+
+
+def test_weights_at_a_temperature_come_from_the_training_forward(tiny_base_model, tmp_path):
+    """With bf16=False and no dropout, the weights at T = 0.6 / top-p 0.95 take the training forward's hidden
+    states through the LM head again (no second forward: one backbone call a step), and β = π still gives every
+    w = 1 to 1e-3."""
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_base_model)
+    prompts = [build_prompt(DOMAIN, t.problem) for t in generate_tasks("blocksworld", 6, 1, size=(2, 4))]
+    rows = _sampled_rows(model, tok, prompts, 0.6, 0.95, max_new_tokens=24)
+    calls = []
+    handle = model.base_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        low, high = _weights_at_beta_equal_pi(
+            model, tok, rows, tmp_path, sampling_temperature=0.6, sampling_top_p=0.95, bf16=False
+        )
+    finally:
+        handle.remove()
+    assert len(calls) == 1, f"{len(calls)} backbone forwards for one optimizer step of one micro-batch"
     assert 1 - 1e-3 < low <= high < 1 + 1e-3, (low, high)
 
 

@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+    def int_option(flag: str, metavar: str, help: str) -> None:
+        """An integer option whose default is ``DEFAULTS``' entry (what ``command_line`` compares against)."""
+        dest = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=int, default=DEFAULTS[dest], metavar=metavar, help=help)
+
     parser.add_argument(
         "--check",
         action="append",
@@ -74,12 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("float64", "float32"),
         help="precision of the checks (default float64: cosines of 1 to ~1e-15)",
     )
-    parser.add_argument(
+    int_option(
         "--repeats",
-        type=int,
-        default=DEFAULTS["repeats"],
-        metavar="R",
-        help="independent repeats of each Monte-Carlo estimate (default 10 for the enumeration checks, 5 for "
+        "R",
+        "independent repeats of each Monte-Carlo estimate (default 10 for the enumeration checks, 5 for "
         "pipeline and actual_update; at least 5 for bands)",
     )
     parser.add_argument(
@@ -90,12 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="samples per prompt of the Monte-Carlo estimates (default: 4 16 64 256)",
     )
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=DEFAULTS["warmup_steps"],
-        metavar="S",
-        help="at most this many warm-up SFT steps (0: use the model as it is; default 600)",
+    int_option(
+        "--warmup-steps", "S", "at most this many warm-up SFT steps (0: use the model as it is; default 600)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument(
@@ -105,20 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pipeline check's model unless --model is given)",
     )
     parser.add_argument("--run-seed", type=int, metavar="S", help="the run's seed directory (default: the first)")
-    parser.add_argument(
+    int_option(
         "--pipeline-tasks",
-        type=int,
-        default=DEFAULTS["pipeline_tasks"],
-        metavar="N",
-        help="pipeline: tasks (of the run's task set with --run-dir, generated otherwise; default 24)",
+        "N",
+        "pipeline: tasks (of the run's task set with --run-dir, generated otherwise; default 24)",
     )
-    parser.add_argument(
-        "--pipeline-samples",
-        type=int,
-        default=DEFAULTS["pipeline_samples"],
-        metavar="K",
-        help="pipeline: samples per task per repeat and setting (default 8)",
-    )
+    int_option("--pipeline-samples", "K", "pipeline: samples per task per repeat and setting (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     parser.set_defaults(func=run)
 

@@ -3,7 +3,8 @@ r"""Check ``pipeline`` (EMPIRICAL): SFT-on-valid vs REINFORCE on samples of the 
 Everything the enumeration checks idealise away is real here: completions are drawn by the deployment
 backend the loop uses (``deploy.TransformersBackend``; vLLM is not used: see ``PipelineConfig.backend``)
 at the run's sampling settings — (T, top-p) = (1, 1) and (0.6, 0.95) by default — rewarded by VAL,
-tokenised by TRL exactly as training tokenises them (the package's SFT trainers prepare the rows), and
+trained on as the loop trains on them (rows of the sampled token ids, prepared by the package's SFT
+trainers: no re-tokenisation, no EOS a truncated sample never sampled), and
 differentiated through a LoRA adapter, in float32 and under bf16 autocast.
 
 Per repeat (an independent sampling seed) and setting, on the same N samples:
@@ -196,7 +197,9 @@ def sft_trainer(
         loss_normalization=normalization, per_device_train_batch_size=max(1, len(rows)), max_length=None,
         disable_tqdm=True, dataloader_num_workers=0,
     )
-    cols = ("prompt", "completion", "behaviour_logprob") if importance_weighted else ("prompt", "completion")
+    cols = ("prompt_ids", "completion_ids") if all(r.get("completion_ids") for r in rows) else ("prompt", "completion")
+    if importance_weighted:
+        cols += ("behaviour_logprob",)
     data = Dataset.from_list([{k: r[k] for k in cols} for r in rows])
     if importance_weighted:
         fields = ImportanceWeightedSFTConfig.__dataclass_fields__
@@ -315,6 +318,7 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
     model = lora_model(model, config, config.seed)
     params = trainable_parameters(model)
     backend = TransformersBackend(model, tok, batch_size=64)
+    prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)}
     draws: list[_Draw] = []
     tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-theory-")
     try:
@@ -331,8 +335,11 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
                     timeout=30.0, workers=None,
                 )
                 rewards = torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
+                # the rows the loop trains on: the prompt's tokens as the backend feeds them and the sampled
+                # completion tokens (its stop token included, none when truncated), not re-tokenised text
                 rows = [
-                    {"prompt": p, "completion": c.text, "behaviour_logprob": float(c.behaviour_logprob)}
+                    {"prompt": p, "completion": c.text, "prompt_ids": prompt_ids[p],
+                     "completion_ids": list(c.token_ids), "behaviour_logprob": float(c.behaviour_logprob)}
                     for _, p, c in flat
                 ]
                 draw = _Draw(temperature, top_p, r, len(rows), int(rewards.sum()))
@@ -397,13 +404,17 @@ def _measure(
             draw.outside_nucleus = int((outside > 0).sum())
             with torch.no_grad():
                 pi_seq, _ = sampler_sequence_logprobs(model, all_batch, 1.0, 1.0)
-            log_w = (pi_seq.double().cpu() - recorded)[rewards > 0.5]
-            w = torch.exp(log_w - log_w.max())
+            # β = π here: IW-SFT's log w (π under the sampler's transformation, as the trainer takes it) is 0
+            # up to rounding; π at T = 1, top-p 1 (the trainer's old weight) shows what that transformation is
+            log_w = (seq_all.double().cpu() - recorded)[rewards > 0.5]
+            log_w_t1 = (pi_seq.double().cpu() - recorded)[rewards > 0.5]
+            w = torch.exp(log_w_t1 - log_w_t1.max())
             draw.weights = {
-                "log_w_min": float(log_w.min()),
-                "log_w_max": float(log_w.max()),
-                "log_w_mean": float(log_w.mean()),
-                "relative_ess": float(w.sum() ** 2 / (w * w).sum() / len(w)),
+                "max_abs_log_w": float(log_w.abs().max()),
+                "log_w_t1_min": float(log_w_t1.min()),
+                "log_w_t1_max": float(log_w_t1.max()),
+                "log_w_t1_mean": float(log_w_t1.mean()),
+                "relative_ess_t1": float(w.sum() ** 2 / (w * w).sum() / len(w)),
             }
 
 
@@ -455,13 +466,13 @@ def _report(
             outside = sum(d.outside_nucleus for d in fp)
             truncated = sum(d.truncated for d in mine)
             retok = [d.retokenised_differs for d in fp if d.retokenised_differs is not None]
-            ok = max(gaps) <= 1e-3 and outside == 0
+            ok = max(gaps) <= 1e-3 and outside == 0 and not sum(retok)
             rows.append(Row(
                 f"{name}: recorded behaviour log-prob = log β on the trained tokens, {setting}",
-                "|recorded − recomputed| ≤ 1e-3 on every sample (TRL's tokens are the sampled ones)",
+                "|recorded − recomputed| ≤ 1e-3 on every sample; the trained tokens are the sampled ones",
                 f"max |gap| {max(gaps):.2e} over {sum(d.n for d in fp)} samples; tokens outside the nucleus "
-                f"{outside}; truncated samples {truncated} (TRL appends an EOS they never sampled)"
-                + (f"; re-tokenised ≠ sampled ids: {sum(retok)}" if retok else "; sampled ids not recorded"),
+                f"{outside}; truncated samples {truncated} (trained on without an EOS)"
+                + (f"; trained ≠ sampled ids: {sum(retok)}" if retok else "; sampled ids not recorded"),
                 verdict(ok),
                 EMPIRICAL,
             ))

@@ -119,9 +119,12 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     backend samples), so β = π gives w = 1. It is computed, with no gradient, by a separate forward of each
     optimizer batch before its first micro-batch is trained on: in eval mode (no dropout), outside autocast
     (the model's own dtype: float32 weights give float32 log-probs whatever `bf16`/`fp16` say, bf16 weights
-    the bf16 computation the backend ran), logits in float32. The training forward's own log π is used
-    instead, with no second forward, when it is the same number: temperature 1, top-p 1, no mixed precision,
-    no active dropout, and no self-normalisation across micro-batches or processes.
+    the bf16 computation the backend ran), logits in float32. No second forward is run when the training
+    forward computes the same numbers: no mixed precision (neither `bf16`/`fp16` nor an autocast around the
+    call), no active dropout, and no self-normalisation across micro-batches or processes. Then at
+    temperature 1, top-p 1 the weight takes the training forward's own log π; otherwise the training
+    forward's last hidden states (detached) go through the LM head once more, with no gradient, under the
+    sampler's transformation: the cost of one LM-head projection of the completion positions, not of a forward.
 
     Estimators (w_i detached; N the traces of the optimizer batch; the loss normalisation as in
     `ValidTraceSFTTrainer`, shown here for `"sequence_sum"`):
@@ -173,7 +176,7 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
         ``optimizer_batch``: the weights are for the micro-batches of a whole optimizer step (self-normalised
         over all of them) rather than for one batch on its own."""
         args = self.args
-        if args.sampling_temperature != 1.0 or args.sampling_top_p < 1.0 or args.bf16 or args.fp16:
+        if args.bf16 or args.fp16 or torch.is_autocast_enabled(self.accelerator.device.type):
             return False
         if (
             args.iw_self_normalize
@@ -239,36 +242,76 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
         """log π(y_i|x_i) under the sampler's transformation (float64, (N,)) and the lengths T_i, from a
         no-grad forward in eval mode outside autocast; the logits in float32, a chunk of positions at a time."""
         model = self.accelerator.unwrap_model(self.model)
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        causal_lm = _causal_lm(model)
         _check_plain_lm_head(causal_lm)
         device = self.accelerator.device
         inputs = {k: batch[k].to(device) for k in _BACKBONE_KEYS if k in batch}
-        labels = batch["labels"][:, 1:].to(device)
-        mask = labels != -100
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
-                head = causal_lm.get_output_embeddings()
-                targets, states = labels[mask], hidden[mask]
-                per_token = torch.cat(
-                    [
-                        losses.sampling_logprobs(
-                            head(states[i : i + _CHUNK]),
-                            targets[i : i + _CHUNK],
-                            self.args.sampling_temperature,
-                            self.args.sampling_top_p,
-                        )
-                        for i in range(0, len(targets), _CHUNK)
-                    ]
-                    or [hidden.new_zeros(0, dtype=torch.float32)]
-                )
+                hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state
+                return self._head_sampling_logprobs(causal_lm, hidden, batch["labels"])
         finally:
             model.train(was_training)
-        token_logps = torch.zeros(mask.shape, dtype=torch.float64, device=device)
+
+    def _head_sampling_logprobs(
+        self, causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(y_i|x_i) under the sampler's transformation (float64, (N,)) and the lengths T_i from the
+        backbone's last hidden states (N, L, H) of a causal-LM batch: the LM head on the completion positions
+        only, a chunk at a time, logits in float32, no gradient."""
+        labels = labels[:, 1:].to(hidden.device)
+        mask = labels != -100
+        head = causal_lm.get_output_embeddings()
+        with torch.no_grad():
+            targets, states = labels[mask], hidden[:, :-1][mask].detach()
+            per_token = torch.cat(
+                [
+                    losses.sampling_logprobs(
+                        head(states[i : i + _CHUNK]),
+                        targets[i : i + _CHUNK],
+                        self.args.sampling_temperature,
+                        self.args.sampling_top_p,
+                    )
+                    for i in range(0, len(targets), _CHUNK)
+                ]
+                or [hidden.new_zeros(0, dtype=torch.float32)]
+            )
+        token_logps = torch.zeros(mask.shape, dtype=torch.float64, device=hidden.device)
         token_logps[mask] = per_token.double()
         return token_logps.sum(-1), mask.sum(-1)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """`ValidTraceSFTTrainer.compute_loss`. Where this batch's weights come from the training forward at a
+        temperature or top-p other than 1, the backbone's last hidden states are kept (a forward hook) for
+        `_sequence_weights`."""
+        args = self.args
+        keep = (
+            IW_WEIGHT not in inputs
+            and (args.sampling_temperature != 1.0 or args.sampling_top_p < 1.0)
+            and self._training_forward_gives_weights(optimizer_batch=False)
+        )
+        if not keep:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        causal_lm = _causal_lm(self.accelerator.unwrap_model(model))
+        _check_plain_lm_head(causal_lm)
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            self._training_hidden = output.last_hidden_state
+
+        handle = causal_lm.base_model.register_forward_hook(hook)
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            handle.remove()
+            self._training_hidden = None
 
     def _log_weight_stats(self, stats: dict[str, torch.Tensor], mode: str) -> None:
         metrics = self._metrics[mode]
@@ -293,7 +336,14 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             return inputs[IW_WEIGHT].to(token_logps)
         if BEHAVIOUR_LOGPROB not in inputs:
             raise KeyError(_NO_BEHAVIOUR)
-        if self._training_forward_gives_weights(optimizer_batch=False):
+        hidden = getattr(self, "_training_hidden", None)
+        if hidden is not None:  # the training forward's hidden states (see `compute_loss`)
+            self._training_hidden = None
+            causal_lm = _causal_lm(self.accelerator.unwrap_model(self.model))
+            seq_logp_pi, lengths = self._head_sampling_logprobs(causal_lm, hidden, inputs["labels"])
+        elif self._training_forward_gives_weights(optimizer_batch=False) and (
+            self.args.sampling_temperature == 1.0 and self.args.sampling_top_p == 1.0
+        ):
             seq_logp_pi, lengths = losses.sequence_logprobs(token_logps, mask), mask.sum(-1)
         else:
             seq_logp_pi, lengths = self._sampling_logprobs(inputs)
@@ -324,6 +374,11 @@ _HEAD_TRANSFORMS = (
     "lm_head_multiplier",
     "logits_scaling",
 )
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM under a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _check_plain_lm_head(causal_lm: torch.nn.Module) -> None:
