@@ -151,6 +151,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="per-device batch size (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
+        "--pairs",
+        nargs="+",
+        choices=("sft", "reinforce"),
+        default=["sft", "reinforce"],
+        help="which pairs to time (default both)",
+    )
+    parser.add_argument(
         "--own-forward-row",
         action="store_true",
         help="also time IW-SFT on the path with its own weights forward (self-normalised over 2 accumulated "
@@ -231,49 +238,62 @@ def main() -> None:
                     processing_class=tokenizer,
                 )
             )
-        report("SFT (full optimizer step)", time_pair(sft, args.rounds), "trl.SFTTrainer")
-        sft_trainers = {name: make() for name, make in sft.items() if "own forward" not in name}
-        iw = sft_trainers["ImportanceWeightedSFTTrainer"]
-        batch = iw._prepare_inputs(iw.data_collator([iw.train_dataset[i] for i in range(args.batch)]))
-        report(
-            "SFT (loss only: forward + backward on one batch)",
-            loss_times(sft_trainers, batch, reps=args.steps * args.rounds),
-            "trl.SFTTrainer",
-        )
+        if "sft" in args.pairs:
+            time_sft(sft, args)
+        if "reinforce" in args.pairs:
+            time_reinforce(kw, args, model, tokenizer, prompts)
 
-        rl_kw = {**kw, "num_generations": args.batch, "max_completion_length": 48, "temperature": 1.0}
-        rl = {
-            'trl.GRPOTrainer(scale_rewards="none")': lambda: GRPOTrainer(
-                model(),
-                reward_funcs=ValidPlanReward(),
-                args=GRPOConfig(**rl_kw, scale_rewards="none"),
-                train_dataset=Dataset.from_list(prompts),
-                processing_class=tokenizer,
-            ),
-            "ReinforceTrainer": lambda: ReinforceTrainer(
-                model(),
-                reward_funcs=ValidPlanReward(),
-                args=ReinforceConfig(**rl_kw),
-                train_dataset=Dataset.from_list(prompts),
-                processing_class=tokenizer,
-            ),
-        }
-        rl_times = time_pair(rl, args.rounds)
-        report(
-            "REINFORCE (full step: generation + VAL + loss)",
-            rl_times,
-            'trl.GRPOTrainer(scale_rewards="none")',
-        )
 
-        trainers = {name: make() for name, make in rl.items()}
-        grpo = trainers['trl.GRPOTrainer(scale_rewards="none")']
-        grpo.model.train()
-        inputs = grpo._generate_and_score_completions([grpo.train_dataset[i] for i in range(args.batch)])
-        report(
-            "REINFORCE (loss only: forward + backward on one generation batch)",
-            loss_times(trainers, inputs, reps=args.steps * args.rounds),
-            'trl.GRPOTrainer(scale_rewards="none")',
-        )
+def time_sft(sft: dict[str, Callable[[], Any]], args: argparse.Namespace) -> None:
+    """The SFT pair(s): full optimizer steps, then the loss alone on one batch."""
+    report("SFT (full optimizer step)", time_pair(sft, args.rounds), "trl.SFTTrainer")
+    sft_trainers = {name: make() for name, make in sft.items() if "own forward" not in name}
+    iw = sft_trainers["ImportanceWeightedSFTTrainer"]
+    batch = iw._prepare_inputs(iw.data_collator([iw.train_dataset[i] for i in range(args.batch)]))
+    report(
+        "SFT (loss only: forward + backward on one batch)",
+        loss_times(sft_trainers, batch, reps=args.steps * args.rounds),
+        "trl.SFTTrainer",
+    )
+
+
+def time_reinforce(
+    kw: dict[str, Any], args: argparse.Namespace, model: Callable[[], Any], tokenizer: Any, prompts: list
+) -> None:
+    """The REINFORCE pair: full steps (generation, VAL, loss), then the loss alone on one generation batch."""
+    rl_kw = {**kw, "num_generations": args.batch, "max_completion_length": 48, "temperature": 1.0}
+    rl = {
+        'trl.GRPOTrainer(scale_rewards="none")': lambda: GRPOTrainer(
+            model(),
+            reward_funcs=ValidPlanReward(),
+            args=GRPOConfig(**rl_kw, scale_rewards="none"),
+            train_dataset=Dataset.from_list(prompts),
+            processing_class=tokenizer,
+        ),
+        "ReinforceTrainer": lambda: ReinforceTrainer(
+            model(),
+            reward_funcs=ValidPlanReward(),
+            args=ReinforceConfig(**rl_kw),
+            train_dataset=Dataset.from_list(prompts),
+            processing_class=tokenizer,
+        ),
+    }
+    rl_times = time_pair(rl, args.rounds)
+    report(
+        "REINFORCE (full step: generation + VAL + loss)",
+        rl_times,
+        'trl.GRPOTrainer(scale_rewards="none")',
+    )
+
+    trainers = {name: make() for name, make in rl.items()}
+    grpo = trainers['trl.GRPOTrainer(scale_rewards="none")']
+    grpo.model.train()
+    inputs = grpo._generate_and_score_completions([grpo.train_dataset[i] for i in range(args.batch)])
+    report(
+        "REINFORCE (loss only: forward + backward on one generation batch)",
+        loss_times(trainers, inputs, reps=args.steps * args.rounds),
+        'trl.GRPOTrainer(scale_rewards="none")',
+    )
 
 
 if __name__ == "__main__":
