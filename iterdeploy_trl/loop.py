@@ -948,7 +948,7 @@ def begin_run(cfg: RunConfig, progress: bool, log: Callable[[str], None]) -> tup
         raise ConfigError("sampling.backend: 'vllm-server' with method reinforce: REINFORCE samples its training "
                           "completions inside TRL's GRPOTrainer, whose server mode talks to `trl vllm-serve` (it "
                           "pushes the weights into the server), not to `vllm serve` with LoRA loading; use "
-                          "sampling.backend vllm or transformers for REINFORCE")
+                          "sampling.backend transformers for REINFORCE (or vllm on a GPU)")
     if cfg.sampling.backend == "vllm-server" and dist.is_main():
         from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
 
