@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl.runio import read_json_or_raise
+
 SCHEMA = "iterdeploy-audit/1"
 STAGES = ("sampled", "valid", "curated")
 PER_TRACE_MAX = 1000  # training sets up to this size keep every trace's weight in audit.json
@@ -71,12 +73,7 @@ class RunDir:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuditError(f"{path}: cannot read ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise AuditError(f"{path}: not valid JSON ({exc})") from exc
+    return read_json_or_raise(path, AuditError)
 
 
 def open_run(path: str | Path) -> RunDir:

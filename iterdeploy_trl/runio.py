@@ -73,6 +73,19 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_or_raise(path: Path, error: type[Exception], *, invalid_hint: str = "") -> Any:
+    """Read one JSON file of a run directory; a missing, unreadable or torn file raises ``error`` with
+    the path and the reason (the audit and the figures report it as a clear message, not a traceback).
+    ``invalid_hint`` is appended to the not-valid-JSON message (e.g. "; is it still being written?")."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc}){invalid_hint}") from exc
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 

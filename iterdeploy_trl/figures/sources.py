@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl.runio import read_json_or_raise
+
 
 class FigureError(ValueError):
     """An input that cannot be drawn: not a run/compare/theory directory, unreadable file (named)."""
@@ -135,12 +137,7 @@ TRACE_FIELDS = ("split", "task_id", "valid", "plan_length", "reasoning_tokens", 
 
 
 def load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FigureError(f"{path}: cannot read ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise FigureError(f"{path}: not valid JSON ({exc}); is it still being written?") from exc
+    return read_json_or_raise(path, FigureError, invalid_hint="; is it still being written?")
 
 
 def _read_metrics(path: Path) -> dict[int, dict[str, Any]]:
