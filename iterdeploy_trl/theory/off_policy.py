@@ -136,7 +136,7 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             "‖g_SN‖/‖g_w‖ = 1/mean(w) in every draw (the batch's weights rescaled to mean 1)",
             f"max |mean(w)·‖g_SN‖/‖g_w‖ − 1| = {sn_ratio_error:.1e} over {len(sn_ratios)} draws; "
             f"weights range {float(log_w.exp().min()):.3g}..{float(log_w.exp().max()):.3g}",
-            verdict(sn_ratio_error <= 1e3 * tolerance(_dtype(config.dtype))),
+            verdict(bool(sn_ratios) and sn_ratio_error <= 1e3 * tolerance(_dtype(config.dtype))),  # 0 draws: no check
             IDENTITY,
         ),
     ]
