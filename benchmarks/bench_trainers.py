@@ -7,7 +7,8 @@ temperature 1 / top-p 1 its weights are the training forward's log π; at T = 0.
 forward's hidden states through the LM head once more; with bf16 autocast on CPU, or self-normalised over
 accumulated micro-batches, a no-grad float32 forward of their own: the third row shows that
 path's cost against the same baseline, full step only); ReinforceTrainer vs
-trl.GRPOTrainer(scale_rewards="none") (generation with transformers, real VAL reward). Each trainer runs
+trl.GRPOTrainer(scale_rewards="none") at T 1 / top-p 1 and at T 0.6 / top-p 0.95 (generation with
+transformers, real VAL reward; below top-p 1 ours takes log q over the nucleus from a plain forward). Each trainer runs
 `--steps` optimizer steps per round, the rounds alternate between the two trainers of a pair, the first
 steps of a run are warm-up; the figure is the median step time and the ratio ours / TRL's (goal <= 1.05).
 For REINFORCE the step includes generation and VAL, which are TRL's and ours alike, so the loss alone
@@ -260,8 +261,30 @@ def time_sft(sft: dict[str, Callable[[], Any]], args: argparse.Namespace) -> Non
 def time_reinforce(
     kw: dict[str, Any], args: argparse.Namespace, model: Callable[[], Any], tokenizer: Any, prompts: list
 ) -> None:
-    """The REINFORCE pair: full steps (generation, VAL, loss), then the loss alone on one generation batch."""
-    rl_kw = {**kw, "num_generations": args.batch, "max_completion_length": 48, "temperature": 1.0}
+    """The REINFORCE pair at T 1 / top-p 1 and at T 0.6 / top-p 0.95 (where ReinforceTrainer's loss takes log q
+    over the nucleus from a plain forward, GRPO's the fused log softmax(z/T)): full steps (generation, VAL,
+    loss), then the loss alone on one generation batch."""
+    for temperature, top_p in ((1.0, 1.0), (0.6, 0.95)):
+        time_reinforce_at(kw, args, model, tokenizer, prompts, temperature, top_p)
+
+
+def time_reinforce_at(
+    kw: dict[str, Any],
+    args: argparse.Namespace,
+    model: Callable[[], Any],
+    tokenizer: Any,
+    prompts: list,
+    temperature: float,
+    top_p: float,
+) -> None:
+    setting = f"T {temperature:g} / top-p {top_p:g}"
+    rl_kw = {
+        **kw,
+        "num_generations": args.batch,
+        "max_completion_length": 48,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
     rl = {
         'trl.GRPOTrainer(scale_rewards="none")': lambda: GRPOTrainer(
             model(),
@@ -280,7 +303,7 @@ def time_reinforce(
     }
     rl_times = time_pair(rl, args.rounds)
     report(
-        "REINFORCE (full step: generation + VAL + loss)",
+        f"REINFORCE at {setting} (full step: generation + VAL + loss)",
         rl_times,
         'trl.GRPOTrainer(scale_rewards="none")',
     )
@@ -290,7 +313,7 @@ def time_reinforce(
     grpo.model.train()
     inputs = grpo._generate_and_score_completions([grpo.train_dataset[i] for i in range(args.batch)])
     report(
-        "REINFORCE (loss only: forward + backward on one generation batch)",
+        f"REINFORCE at {setting} (loss only: forward + backward on one generation batch)",
         loss_times(trainers, inputs, reps=args.steps * args.rounds),
         'trl.GRPOTrainer(scale_rewards="none")',
     )

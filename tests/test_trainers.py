@@ -736,6 +736,43 @@ def test_reinforce_step_is_the_policy_gradient_of_its_samples(
     _close_to(update, trainer_steps.expected_reinforce_update(tokenizer, scored, baseline, normalization))
 
 
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.6, 1.0), (0.6, 0.8), (1.0, 0.5)])
+def test_reinforce_step_is_the_gradient_of_the_sampled_distribution(
+    tokenizer, tmp_path: Path, temperature, top_p
+) -> None:
+    """At a temperature or top-p below 1 the REINFORCE step is −lr ∇ of the policy-gradient loss on log q, the
+    log-prob under the distribution the samples were drawn from (logits / T, renormalised over the top-p
+    nucleus, as transformers' warpers define it), under 2×2 micro-batching; not the step on log softmax(z/T)
+    (which is what GRPO's loss takes whatever top-p)."""
+    update, scored = trainer_steps.reinforce_step(
+        tokenizer, tmp_path, 2, 2, "none", "sequence_sum", temperature=temperature, top_p=top_p
+    )
+    assert [s["reward"] for s in scored] == [1.0, 0.0, 0.0, 1.0]
+    expected = trainer_steps.expected_reinforce_update(
+        tokenizer, scored, "none", "sequence_sum", temperature=temperature, top_p=top_p
+    )
+    _close_to(update, expected)
+    if top_p < 1:  # the nucleus matters at this setting: the temperature-only step is measurably other
+        other = trainer_steps.expected_reinforce_update(
+            tokenizer, scored, "none", "sequence_sum", temperature=temperature, top_p=1.0
+        )
+        cos, ratio = trainer_steps.compare(other, expected)
+        assert cos < 0.9999 or abs(ratio - 1) > 1e-2
+
+
+def test_reinforce_config_refuses_sampler_settings_its_loss_does_not_model(tmp_path: Path) -> None:
+    from iterdeploy_trl.trainers import ReinforceConfig
+
+    for bad, name in (
+        ({"top_k": 5}, "top_k"),
+        ({"min_p": 0.1}, "min_p"),
+        ({"repetition_penalty": 1.2}, "repetition_penalty"),
+        ({"generation_kwargs": {"typical_p": 0.9}}, "typical_p"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            ReinforceConfig(str(tmp_path), **trainer_steps.CPU, **bad)
+
+
 @pytest.mark.slow
 def test_two_processes_make_the_same_step(tokenizer, tmp_path: Path) -> None:
     """Two CPU processes (accelerate, gloo), 2 traces each: SFT, IW-SFT (self-normalised; truncated) and

@@ -186,9 +186,16 @@ def rl_rows() -> Dataset:
 
 
 def reinforce_step(
-    tok: Any, out: Path, batch: int, accumulation: int, baseline: str, normalization: str
+    tok: Any,
+    out: Path,
+    batch: int,
+    accumulation: int,
+    baseline: str,
+    normalization: str,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """The update of one ReinforceTrainer step (temperature 1, SGD) and the samples it scored, in order."""
+    """The update of one ReinforceTrainer step (SGD) and the samples it scored, in order."""
     m = model(tok)
     before = flat(m)
     reward = AlternatingReward()
@@ -200,7 +207,8 @@ def reinforce_step(
         gradient_accumulation_steps=accumulation,
         num_generations=NUM_GENERATIONS,
         max_completion_length=MAX_COMPLETION,
-        temperature=1.0,
+        temperature=temperature,
+        top_p=top_p,
         **CPU,
         **STEP,
     )
@@ -211,15 +219,50 @@ def reinforce_step(
     return flat(trainer.model) - before, reward.scored
 
 
-def expected_reinforce_update(tok: Any, scored: list[dict[str, Any]], baseline: str, normalization: str):
+def sampler_logps(
+    m: torch.nn.Module, traces: list[tuple[list[int], list[int]]], temperature: float, top_p: float
+) -> tuple[torch.Tensor, ...]:
+    """Per-token log q of each completion under the sampler transformers' generate() draws from with this
+    temperature and top-p (its own TemperatureLogitsWarper and TopPLogitsWarper, not the package's code),
+    one plain forward per trace: (N, T) log-probs and mask."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+    rows = []
+    for prompt, completion in traces:
+        ids = torch.tensor([prompt + completion])
+        scores = m(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        for warper in warpers:
+            scores = warper(ids, scores)
+        row = torch.log_softmax(scores, -1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+        assert torch.isfinite(row).all(), "a sampled token is outside the nucleus of the initial model"
+        rows.append(row.double())
+    width = max(len(r) for r in rows)
+    logps = torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+    mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for _, c in traces], dtype=torch.float64)
+    return logps, mask
+
+
+def expected_reinforce_update(
+    tok: Any,
+    scored: list[dict[str, Any]],
+    baseline: str,
+    normalization: str,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+):
     """−lr ∇L at the initial weights, L = losses.policy_gradient_loss with losses.reinforce_advantages of the
-    scored rewards (groups of NUM_GENERATIONS consecutive samples of one prompt)."""
+    scored rewards (groups of NUM_GENERATIONS consecutive samples of one prompt); at a temperature or top-p
+    other than 1, log π is the sampler's log q (``sampler_logps``)."""
     prompts = [s["prompt"] for s in scored]
     for g in range(0, len(prompts), NUM_GENERATIONS):
         assert len(set(prompts[g : g + NUM_GENERATIONS])) == 1, "a group mixes prompts"
     m = model(tok)
     traces = [(tok(s["prompt"])["input_ids"], s["completion_ids"]) for s in scored]
-    logps, mask = per_trace_logps(m, traces)
+    if (temperature, top_p) == (1.0, 1.0):
+        logps, mask = per_trace_logps(m, traces)
+    else:
+        logps, mask = sampler_logps(m, traces, temperature, top_p)
     rewards = torch.tensor([s["reward"] for s in scored], dtype=torch.float64)
     advantages = losses.reinforce_advantages(rewards, baseline, NUM_GENERATIONS)
     loss = losses.policy_gradient_loss(logps, mask, advantages, normalization)

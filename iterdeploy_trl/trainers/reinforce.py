@@ -113,6 +113,35 @@ class ReinforceConfig(GRPOConfig):
                 f"steps_per_generation={self.steps_per_generation} does not divide gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps}: samples would outlive an optimizer step and be off-policy"
             )
+        off_sampler = {
+            "top_k": (self.top_k, (0, None)),
+            "min_p": (self.min_p, (None, 0.0)),
+            "repetition_penalty": (self.repetition_penalty, (1.0,)),
+        }
+        changed = [
+            f"{name}={value!r}" for name, (value, neutral) in off_sampler.items() if value not in neutral
+        ]
+        sampling_kwargs = sorted(
+            set(self.generation_kwargs or {})
+            & {
+                "top_k",
+                "top_p",
+                "min_p",
+                "typical_p",
+                "temperature",
+                "repetition_penalty",
+                "epsilon_cutoff",
+                "eta_cutoff",
+            }
+        )
+        changed += [f"generation_kwargs[{key!r}]" for key in sampling_kwargs]
+        if changed:
+            raise ValueError(
+                f"ReinforceConfig: {', '.join(changed)} change the distribution the samples are drawn from, "
+                "and the REINFORCE loss is the gradient of that distribution's log-prob: this trainer computes "
+                "it for `temperature` and `top_p` only. Leave these at their defaults and set the sampler with "
+                "temperature and top_p."
+            )
         if (
             self.loss_normalization == "batch_tokens"
             and self.steps_per_generation != self.gradient_accumulation_steps
@@ -134,7 +163,11 @@ class ReinforceTrainer(GRPOTrainer):
     Advantages are `losses.reinforce_advantages(r, args.baseline, num_generations)` (raw reward by default:
     no group mean, no std scaling); the loss is `losses.policy_gradient_loss`, −(1/N) Σ_i A_i Σ_t log π(y_i,t)
     over the optimizer batch. With `num_iterations=1` the samples are on-policy, so GRPO's ratio would be 1:
-    the gradient is the REINFORCE gradient and no clipping is involved. Logged beside GRPO's metrics:
+    the gradient is the REINFORCE gradient and no clipping is involved. log π is the log-prob under the
+    distribution sampled: logits / `temperature` (as GRPO takes it) and, for `top_p` < 1, renormalised over
+    the top-p nucleus (GRPO ignores top-p in its loss; here ∇ log q of the nucleus sampler, so the estimator
+    stays unbiased for the objective of the policy actually deployed). Other sampler transformations
+    (`top_k`, `min_p`, `repetition_penalty`) are refused by the config. Logged beside GRPO's metrics:
     `reward/valid_fraction` (fraction of samples with r > 0, N⁺/N for a binary reward) and
     `advantage/mean`.
     """
@@ -208,6 +241,79 @@ class ReinforceTrainer(GRPOTrainer):
         self._metrics[mode]["reward/valid_fraction"].append(valid)
         self._metrics[mode]["advantage/mean"].append(advantages.mean().item())
         return output
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        compute_aux_loss: bool = False,
+        **forward_inputs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per-token log q(y_t) of the distribution the samples were drawn from, and its entropy.
+
+        With `top_p` = 1 this is GRPO's: log softmax(z/T) from TRL's fused LM head. With `top_p` < 1 the
+        sampler draws from the nucleus renormalised, q = softmax(z/T) restricted to the nucleus, and
+        REINFORCE's gradient is of log q, not of log softmax(z/T): the logits are taken from a plain forward
+        and `losses.sampling_logprobs` gives log q (a sampled token that float rounding puts outside the
+        recomputed nucleus is kept in its row's support, and counted in the `nucleus/outside_fraction`
+        metric). This materialises (batch, completion length, vocabulary) logits per chunk of `batch_size`
+        samples, which GRPO's fused head avoids."""
+        if self.args.top_p >= 1.0:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size,
+                compute_entropy,
+                compute_aux_loss,
+                **forward_inputs,
+            )
+        extra = sorted(key for key, value in forward_inputs.items() if value is not None)
+        if extra or compute_aux_loss:
+            raise ValueError(
+                f"ReinforceTrainer with top_p={self.args.top_p} supports text-only, non-MoE models; got "
+                f"{', '.join(extra) or 'compute_aux_loss'}. Use top_p=1.0 (TRL's fused log-probs) for this model."
+            )
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies, outside, scored = [], [], 0.0, 0.0
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            with self.accelerator.autocast():
+                logits = model(
+                    input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=logits_to_keep + 1
+                ).logits
+            logits = logits[:, -logits_to_keep - 1 : -1]  # the positions that predict the completion
+            labels = ids[:, -logits_to_keep:]
+            flat_logits, flat_labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+            completion = mask[:, -logits_to_keep:].bool().reshape(-1)
+            log_q = losses.sampling_log_distribution(flat_logits, self.temperature, self.args.top_p)
+            logps = log_q.gather(-1, flat_labels.unsqueeze(-1)).squeeze(-1)
+            off = torch.isinf(logps) & completion  # sampled, yet outside the recomputed nucleus
+            if off.any():
+                kept = losses.sampling_logprobs(
+                    flat_logits[off], flat_labels[off], self.temperature, self.args.top_p, keep_labels=True
+                )
+                logps = logps.masked_scatter(off, kept)
+            outside += float(off.sum())
+            scored += float(completion.sum())
+            # padding: no log-prob, no gradient
+            all_logps.append(logps.masked_fill(~completion, 0.0).view_as(labels))
+            if compute_entropy:
+                with torch.no_grad():
+                    entropy = -(log_q.exp() * log_q.nan_to_num(neginf=0.0)).sum(-1)
+                all_entropies.append(entropy.view_as(labels))
+        mode = "train" if self.model.training else "eval"
+        totals = self.accelerator.reduce(torch.tensor([outside, scored], device=input_ids.device), "sum")
+        self._metrics[mode]["nucleus/outside_fraction"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        return logps, entropies, None
 
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """−(1/N) Σ_i A_i Σ_t log π(y_i,t) on this micro-batch's share of the optimizer batch."""
