@@ -26,7 +26,7 @@ from typing import Any
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
 from iterdeploy_trl.loop import RunError, begin_run, check_methods, run_loop
-from iterdeploy_trl.runio import atomic_write_text, write_json
+from iterdeploy_trl.runio import atomic_write_text, machine_record, write_json
 from iterdeploy_trl.runlock import holds_run_dir
 
 LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
@@ -183,7 +183,8 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
               "wall_seconds": {m: results[m]["wall_seconds"] for m in methods},
               "learning_rates": {m: results[m]["learning_rate"] for m in methods},
               "tuning": tuning, "tuning_wall_seconds": tuning_seconds,
-              **compare_statistics(results), "total_wall_seconds": round(time.time() - t0, 1)}
+              **compare_statistics(results), "total_wall_seconds": round(time.time() - t0, 1),
+              "machine": machine_record()}
     if dist.is_main():
         write_json(out / "compare.json", report)
     return report

@@ -40,6 +40,7 @@ from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import (
     append_row,
     atomic_write_text,
+    machine_record,
     read_json,
     read_rows,
     replace_dir,
@@ -933,6 +934,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
         "per_seed": {str(s): [{k: v for k, v in m.items() if not k.endswith("task_ids")} for m in ms]
                      for s, ms in per_seed.items()},
         "wall_seconds_this_invocation": round(time.time() - t0, 1),
+        "machine": machine_record(),
     }
     if dist.is_main():
         write_json(out / "summary.json", summary)

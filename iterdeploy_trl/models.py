@@ -31,6 +31,7 @@ from transformers import (
 from iterdeploy_trl.domains import STUDY_DOMAINS, Domain, domain_pddl
 from iterdeploy_trl.domains import get as get_domain
 from iterdeploy_trl.pddlio import read_domain, read_problem
+from iterdeploy_trl.runio import machine_record
 from iterdeploy_trl.sim import Simulator
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -421,6 +422,7 @@ def pretrain_base_model(
         # CPU seconds over all threads: a load-independent measure on a shared machine.
         "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "threads": torch.get_num_threads(),
+        "machine": machine_record(),
     }
     (out / "base_model.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

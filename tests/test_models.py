@@ -132,6 +132,7 @@ def test_pretrain_smoke(tmp_path) -> None:
     )
     assert json.loads((tmp_path / "base_model.json").read_text()) == record
     assert record["steps"] == 3 and record["final_loss"] > 0
+    assert record["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     model, tok = load_model_and_tokenizer(tmp_path)
     [(text, _)] = sample_completions(model, tok, [PROMPT], max_new_tokens=8)
     assert isinstance(text, str)
