@@ -25,7 +25,7 @@ from typing import Any
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
-from iterdeploy_trl.loop import RunError, begin_run, check_methods, run_loop
+from iterdeploy_trl.loop import RunError, begin_run, check_methods, check_server_methods, run_loop
 from iterdeploy_trl.runio import atomic_write_text, machine_record, write_json
 from iterdeploy_trl.runlock import holds_run_dir
 
@@ -147,7 +147,8 @@ def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "val
     return {"methods": table, "paired": paired, "reference": reference}
 
 
-@holds_run_dir(lambda cfg: begin_run(cfg, False, print))
+@holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, kw.get("methods") or cfg.compare_methods),
+                                 begin_run(cfg, False, print)))
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""

@@ -458,6 +458,7 @@ def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = Fal
     ``ConfigError`` names the first that is not; ``compare``: ``iterdeploy compare`` reads ``tuning``), and
     each of ``methods`` can run at the config's sampling settings."""
     check_settings_read(cfg, tuple(read_by or methods), compare=compare)
+    check_server_methods(cfg, methods)
     if "reinforce" in methods and cfg.sampling.backend == "vllm":
         check_reinforce_vllm()
     if "iw-sft" in methods:
@@ -469,6 +470,16 @@ def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = Fal
             raise ConfigError(f"sampling.temperature {s.temperature:g} / sampling.top_p {s.top_p:g}: this version's "
                               "IW-SFT trainer evaluates pi at temperature 1 and top-p 1 only, so its weights would "
                               "compare two distributions; use temperature 1 and top_p 1 for method iw-sft")
+
+
+def check_server_methods(cfg: RunConfig, methods: Sequence[str]) -> None:
+    """Fail with a ``ConfigError`` naming ``sampling.backend`` when REINFORCE is among ``methods`` and the
+    backend is ``vllm-server``; asked before any server is contacted."""
+    if cfg.sampling.backend == "vllm-server" and "reinforce" in methods:
+        raise ConfigError("sampling.backend: 'vllm-server' with method reinforce: REINFORCE samples its training "
+                          "completions inside TRL's GRPOTrainer, whose server mode talks to `trl vllm-serve` (it "
+                          "pushes the weights into the server), not to `vllm serve` with LoRA loading; use "
+                          "sampling.backend transformers for REINFORCE (or vllm on a GPU)")
 
 
 def check_reinforce_vllm() -> None:
@@ -906,7 +917,7 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return out
 
 
-@holds_run_dir(lambda cfg: (begin_run(cfg, False, _silent), check_methods(cfg, (cfg.method,))))
+@holds_run_dir(lambda cfg, kw: (begin_run(cfg, False, _silent), check_methods(cfg, (cfg.method,))))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.
@@ -946,11 +957,7 @@ def begin_run(cfg: RunConfig, progress: bool, log: Callable[[str], None]) -> tup
     the launch, set torch's threads, join the process group; returns (progress, log) for this process
     (the processes other than the main one stay quiet). Calling it again is harmless."""
     check_backend(cfg.sampling.backend)
-    if cfg.sampling.backend == "vllm-server" and cfg.method == "reinforce":
-        raise ConfigError("sampling.backend: 'vllm-server' with method reinforce: REINFORCE samples its training "
-                          "completions inside TRL's GRPOTrainer, whose server mode talks to `trl vllm-serve` (it "
-                          "pushes the weights into the server), not to `vllm serve` with LoRA loading; use "
-                          "sampling.backend transformers for REINFORCE (or vllm on a GPU)")
+    check_server_methods(cfg, (cfg.method,))
     if cfg.sampling.backend == "vllm-server" and dist.is_main():
         from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
 

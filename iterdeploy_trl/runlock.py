@@ -171,9 +171,9 @@ class RunDirLock:
         self.release()
 
 
-def holds_run_dir(prepare: Callable[[Any], Any] | None = None) -> Callable[[F], F]:
-    """Decorate ``fn(cfg, out, ...)`` to hold ``out``'s lock while it runs. ``prepare(cfg)`` runs first: the
-    checks that must fail before anything is written, and joining the process group (the main process takes
+def holds_run_dir(prepare: Callable[[Any, dict[str, Any]], Any] | None = None) -> Callable[[F], F]:
+    """Decorate ``fn(cfg, out, ...)`` to hold ``out``'s lock while it runs. ``prepare(cfg, kwargs)`` (the
+    call's keyword arguments) runs first: the checks that must fail before anything is written, and joining the process group (the main process takes
     the lock; under several processes the others fail with ``dist.MainProcessFailed`` when it cannot be
     taken)."""
 
@@ -181,7 +181,7 @@ def holds_run_dir(prepare: Callable[[Any], Any] | None = None) -> Callable[[F], 
         @functools.wraps(fn)
         def wrapper(cfg: Any, out: Any, *args: Any, **kwargs: Any) -> Any:
             if prepare is not None:
-                prepare(cfg)
+                prepare(cfg, kwargs)
             dist.init()
             lock = RunDirLock.of(Path(out))
             dist.main_first(lock.acquire if dist.is_main() else (lambda: None))

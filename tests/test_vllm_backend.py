@@ -266,3 +266,21 @@ def test_reinforce_through_vllm_servers_is_refused_before_any_work(chat_model, t
     with pytest.raises(ConfigError, match=r"^sampling\.backend: 'vllm-server' with method reinforce.*trl vllm-serve"):
         run_loop(config_from_dict(data), tmp_path / "run", progress=False)
     assert _nothing_written(tmp_path / "run")
+
+
+def test_a_comparison_with_reinforce_through_vllm_servers_is_refused_before_any_work(chat_model, tmp_path):
+    """The same refusal for `iterdeploy compare` when REINFORCE is one of the compared methods (the config's
+    own method is an SFT one), before any server is asked or anything written; a comparison of SFT methods
+    only on the same config reaches the server check instead."""
+    from conftest import tiny_run_config
+
+    from iterdeploy_trl.compare import run_compare
+
+    data = tiny_run_config(chat_model, sampling={"backend": "vllm-server", "servers": ["http://127.0.0.1:9"]})
+    data["compare_methods"] = ["valid-sft", "reinforce"]
+    with pytest.raises(ConfigError, match=r"^sampling\.backend: 'vllm-server' with method reinforce.*trl vllm-serve"):
+        run_compare(config_from_dict(data), tmp_path / "cmp", progress=False)
+    assert _nothing_written(tmp_path / "cmp")
+    with pytest.raises(ConfigError, match=r"sampling\.servers: http://127\.0\.0\.1:9 does not answer"):
+        run_compare(config_from_dict(data), tmp_path / "cmp", methods=("valid-sft",), progress=False)
+    assert _nothing_written(tmp_path / "cmp")
