@@ -284,11 +284,15 @@ TWO_PROCESS_STEPS: dict[str, tuple[str, dict[str, Any]]] = {
     "sft-batch_tokens": ("sft", {"normalization": "batch_tokens"}),
     "iw-self_normalize": ("sft", {"normalization": "sequence_sum", "iw": {"self_normalize": True}}),
     "iw-truncate": ("sft", {"normalization": "batch_tokens", "iw": {"truncate": 1.5}}),
-    "reinforce-none-sequence_sum": ("reinforce", {"baseline": "none", "normalization": "sequence_sum"}),
-    "reinforce-leave_one_out-batch_tokens": (
-        "reinforce",
-        {"baseline": "leave_one_out", "normalization": "batch_tokens"},
-    ),
+    "sft-sequence_mean": ("sft", {"normalization": "sequence_mean"}),
+    **{
+        f"reinforce-{baseline}-{normalization}": (
+            "reinforce",
+            {"baseline": baseline, "normalization": normalization},
+        )
+        for baseline in losses.BASELINES
+        for normalization in losses.NORMALIZATIONS
+    },
 }
 
 
