@@ -89,3 +89,25 @@ def test_actual_update_bad_run_dir_is_a_clear_error(tmp_path) -> None:
         th.actual_update(th.UpdateConfig(run_dir=str(tmp_path), repeats=2))
     with pytest.raises(th.TheoryError, match="at least 2 repeats"):
         th.actual_update(th.UpdateConfig(run_dir=str(tmp_path), repeats=1))
+
+
+def test_pipeline_backend_option_and_bad_backends(tmp_path, capsys) -> None:
+    """``--pipeline-backend`` reaches the check and is repeated in the reproducing command; an unknown backend,
+    or vLLM where it cannot be imported, is a clear error before any model is loaded. (The check sampling with
+    real vLLM: ``tests/test_vllm_real.py``.)"""
+    import importlib.util
+
+    from iterdeploy_trl.cli import build_parser, main
+    from iterdeploy_trl.commands.theory import command_line
+
+    args = build_parser().parse_args(["theory", "--check", "pipeline", "--model", "M", "--pipeline-backend", "vllm"])
+    assert args.pipeline_backend == "vllm" and "--pipeline-backend vllm" in command_line(args)
+    args = build_parser().parse_args(["theory", "--check", "pipeline", "--model", "M"])
+    assert args.pipeline_backend == "transformers" and "--pipeline-backend" not in command_line(args)
+    with pytest.raises(th.TheoryError, match="unknown backend 'sglang': use one of transformers, vllm"):
+        th.pipeline(th.PipelineConfig(model_path=str(tmp_path), backend="sglang"))
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(th.TheoryError, match="backend 'vllm' needs vLLM, which cannot be imported here"):
+            th.pipeline(th.PipelineConfig(model_path=str(tmp_path), backend="vllm"))
+        assert main(["theory", "--check", "pipeline", "--model", str(tmp_path), "--pipeline-backend", "vllm"]) == 2
+        assert "needs vLLM" in capsys.readouterr().err

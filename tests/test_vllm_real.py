@@ -5,6 +5,7 @@ one line of the test summary. One engine serves the whole module (an engine star
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from vllm_fixtures import make_h64_base, make_lora_adapter, trainer_logprobs
 from iterdeploy_trl.deploy import TransformersBackend, VLLMBackend
 from iterdeploy_trl.prompts import build_prompt
 from iterdeploy_trl.tasks import generate_tasks
+from iterdeploy_trl.theory.pipeline import LOGPROB_TOLERANCE, PipelineConfig, passed, pipeline
 
 MAX_NEW = 14  # short enough that some samples are cut and some end (asserted)
 
@@ -184,3 +186,42 @@ def test_real_vllm_loop_end_to_end_traces_match_the_transformers_schema(base, tm
             both = [k for k in r if r[k] is not None and want[k] is not None]
             assert {k: type(r[k]) for k in both} == {k: type(want[k]) for k in both}
             assert r["sampling"]["backend"] == "vllm" and math.isfinite(r["behaviour_logprob"])
+
+
+# ------------------------------------------------------------------ the theory check ``pipeline`` on vLLM
+# ``PipelineConfig.backend = "vllm"``: vLLM serves the check's LoRA adapter (B drawn, so it changes the model)
+# on the base unmerged, the trainers differentiate its sampled token ids, and the recorded behaviour
+# log-probs (vLLM's processed log-probs) are compared with the trainer's float32 recomputation of log β.
+# Serving the base without the adapter leaves every gap at the adapter's effect on log β, above the tolerance.
+# The check starts its own engine (one for the whole check), next to this module's.
+
+
+@pytest.fixture(scope="module")
+def solving_base(tmp_path_factory):
+    """An h64 base that solves some 2-block tasks (the 150 steps of ``base`` solve almost none)."""
+    torch.set_num_threads(1)
+    # 500 steps (the 150 of the other vLLM tests solve almost no task): some 2-block tasks are solved
+    return make_h64_base(tmp_path_factory.mktemp("vllm-pipeline") / "base", steps=500)
+
+
+@pytest.mark.slow
+def test_pipeline_check_samples_with_vllm_and_its_logprobs_match_the_trainer(solving_base):
+    config = PipelineConfig(model_path=str(solving_base), backend="vllm", tasks=8, task_size=(2, 2), samples_per_task=8,
+                            max_new_tokens=40, repeats=2, precisions=("float32",))
+    result = pipeline(config)
+    json.dumps(result.data, allow_nan=True)
+    assert result.data["backend"]["name"] == "vllm" and result.data["backend"]["class"] == "deploy.VLLMBackend"
+    assert result.data["backend"]["dtype"] == "float32"
+    entries = [e for e in result.data["table"] if "precision" in e]
+    assert [(e["temperature"], e["top_p"]) for e in entries] == [(1.0, 1.0), (0.6, 0.95)]
+    for e in entries:  # every repeat of both settings has valid samples, so every row below is measured
+        assert min(e["valid"]) > 0 and e["repeats"] == 2, e
+        assert max(e["max_abs_logprob_gap"]) <= LOGPROB_TOLERANCE, e["max_abs_logprob_gap"]
+    logprob_rows = [r for r in result.rows if "recorded behaviour log-prob" in r.check]
+    assert len(logprob_rows) == 2
+    for row in logprob_rows:
+        assert row.verdict == "pass", row.measured
+        assert "trained ≠ sampled ids: 0" in row.measured and "tokens outside the nucleus 0" in row.measured
+    exact = [r for r in result.rows if "SFT ∥ REINFORCE, T = 1, top-p = 1" in r.check]
+    assert len(exact) == 1 and exact[0].verdict == "pass" and "sampled by vllm" in exact[0].measured
+    assert passed(result)

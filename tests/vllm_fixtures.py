@@ -11,12 +11,12 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the machine is shared
 
 
-def make_h64_base(out: Path) -> Path:
-    """A blocksworld base model of size ``tiny-h64`` pretrained for 150 steps (about a minute on one core):
-    it writes plan-like completions that end with EOS, or run on when cut."""
+def make_h64_base(out: Path, *, steps: int = 150) -> Path:
+    """A blocksworld base model of size ``tiny-h64`` pretrained for ``steps`` steps (150: about a minute on
+    one core): it writes plan-like completions that end with EOS, or run on when cut."""
     from iterdeploy_trl.models import pretrain_base_model
 
-    pretrain_base_model("blocksworld", out, steps=150, seed=0, size="tiny-h64", num_walks=1000, batch_size=32,
+    pretrain_base_model("blocksworld", out, steps=steps, seed=0, size="tiny-h64", num_walks=1000, batch_size=32,
                         task_size=(2, 3), max_walk=6, progress=False, log_every=1000, threads=1)
     return out
 

@@ -3,8 +3,9 @@
 Enumeration checks (a tiny model in float64; the default): on_policy_same_samples, exact_gradient,
 off_policy, mixture. Pipeline checks (real models, deployment backend, TRL tokenisation, VAL):
 ``pipeline`` (SFT vs REINFORCE vs IW-SFT at T = 1 and T = 0.6 / top-p 0.95, LoRA, float32 and bf16;
-needs --model PATH or --run-dir RUN) and ``actual_update`` (a run directory's real per-generation update
-against REINFORCE; --run-dir RUN, which alone selects it). Each row is labelled identity or empirical.
+needs --model PATH or --run-dir RUN; sampled by the transformers backend, or by vLLM with
+--pipeline-backend vllm) and ``actual_update`` (a run directory's real per-generation update against
+REINFORCE; --run-dir RUN, which alone selects it). Each row is labelled identity or empirical.
 Prints a table (check, expected, measured, verdict, kind); ``--json`` prints the rows as a JSON list
 instead; ``--out DIR`` writes DIR/theory.json (rows and data; schema in ``iterdeploy_trl/theory/``).
 
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "pipeline_tasks": 24,
     "pipeline_samples": 8,
+    "pipeline_backend": "transformers",
 }
 
 
@@ -111,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pipeline: tasks (of the run's task set with --run-dir, generated otherwise; default 24)",
     )
     int_option("--pipeline-samples", "K", "pipeline: samples per task per repeat and setting (default 8)")
+    parser.add_argument(
+        "--pipeline-backend",
+        default=DEFAULTS["pipeline_backend"],
+        choices=("transformers", "vllm"),
+        help="pipeline: the deployment backend that samples (default transformers; vllm serves the LoRA "
+        "adapter on the base model unmerged, in float32, and needs vLLM importable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     parser.set_defaults(func=run)
 
@@ -168,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline=PipelineConfig(
             model_path=pipeline_model, domain=domain, task_dir=task_dir, prompt_style=prompt_style,
             tasks=args.pipeline_tasks, samples_per_task=args.pipeline_samples, repeats=args.repeats or 5,
-            seed=args.seed, device=args.device,
+            seed=args.seed, device=args.device, backend=args.pipeline_backend,
         ),
         update=UpdateConfig(
             run_dir=args.run_dir or "", seed=args.run_seed, repeats=args.repeats or 5,
