@@ -206,10 +206,12 @@ def solving_base(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pipeline_check_samples_with_vllm_and_its_logprobs_match_the_trainer(solving_base):
-    config = PipelineConfig(model_path=str(solving_base), backend="vllm", tasks=8, task_size=(2, 2), samples_per_task=8,
+    config = PipelineConfig(model_path=str(solving_base), backend="vllm", tasks=16, task_size=(2, 2), samples_per_task=8,
                             max_new_tokens=40, repeats=2, precisions=("float32",))
-    result = pipeline(config)
+    result = pipeline(config, log=print)
     json.dumps(result.data, allow_nan=True)
+    for row in result.rows:
+        print(row.check, "|", row.measured, "|", row.verdict)
     assert result.data["backend"]["name"] == "vllm" and result.data["backend"]["class"] == "deploy.VLLMBackend"
     assert result.data["backend"]["dtype"] == "float32"
     entries = [e for e in result.data["table"] if "precision" in e]
