@@ -26,22 +26,35 @@ def test_recorded_behaviour_logprob_is_the_nucleus_logprob_on_trl_tokens(tiny_ba
 
     model, tok = load_model_and_tokenizer(tiny_base_model, dtype=torch.float32)
     dom = domain_pddl("blocksworld")
-    prompts = [build_prompt(dom, t.problem, "compact", domain="blocksworld")
-               for t in generate_tasks("blocksworld", 3, 0, size=(2, 3))]
+    prompts = [
+        build_prompt(dom, t.problem, "compact", domain="blocksworld")
+        for t in generate_tasks("blocksworld", 3, 0, size=(2, 3))
+    ]
     for temperature, top_p in ((1.0, 1.0), (0.6, 0.95)):
         samples = TransformersBackend(model, tok).generate(
-            prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=3)
+            prompts, num_samples=4, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=3
+        )
         # the rows the loop trains on: sampled token ids, truncated samples included (no EOS appended to them)
-        rows = [{"prompt_ids": tok(p)["input_ids"], "completion_ids": list(c.token_ids)}
-                for p, row in zip(prompts, samples, strict=True) for c in row]
+        rows = [
+            {"prompt_ids": tok(p)["input_ids"], "completion_ids": list(c.token_ids)}
+            for p, row in zip(prompts, samples, strict=True)
+            for c in row
+        ]
         recorded = torch.tensor([c.behaviour_logprob for row in samples for c in row])
         assert len(rows) == 12
-        trainer = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
-                                 out_dir=str(tmp_path))
+        trainer = sft_trainer(
+            model, tok, rows, importance_weighted=False, normalization="sequence_sum", out_dir=str(tmp_path)
+        )
         with torch.no_grad():
-            seq, outside = sampler_sequence_logprobs(model, collate(trainer, model.device), temperature, top_p)
+            seq, outside = sampler_sequence_logprobs(
+                model, collate(trainer, model.device), temperature, top_p
+            )
         assert int(outside.sum()) == 0
-        assert torch.allclose(seq.double(), recorded.double(), atol=1e-3, rtol=0), (temperature, seq, recorded)
+        assert torch.allclose(seq.double(), recorded.double(), atol=1e-3, rtol=0), (
+            temperature,
+            seq,
+            recorded,
+        )
         if temperature != 1.0:  # the T = 1 log-prob (what SFT trains) is a different number
             with torch.no_grad():
                 pi, _ = sampler_sequence_logprobs(model, collate(trainer, model.device), 1.0, 1.0)
@@ -50,7 +63,7 @@ def test_recorded_behaviour_logprob_is_the_nucleus_logprob_on_trl_tokens(tiny_ba
 
 def test_t_interval() -> None:
     s = th.t_interval([1.0, 2.0, 3.0])
-    assert s["mean"] == 2.0 and s["lo"] == pytest.approx(2 - 4.302653 / 3 ** 0.5, rel=1e-5)
+    assert s["mean"] == 2.0 and s["lo"] == pytest.approx(2 - 4.302653 / 3**0.5, rel=1e-5)
     assert th.t_interval([float("nan"), 1.0])["n"] == 1
 
 
@@ -59,8 +72,15 @@ def tiny_run(tiny_base_model, tmp_path_factory):
     from iterdeploy_trl.config import config_from_dict
     from iterdeploy_trl.loop import run_loop
 
-    cfg = config_from_dict(tiny_run_config(tiny_base_model, generations=1, method="uncurated-sft", curation="none",
-                                           tasks={"n": 8, "heldout": 2}))
+    cfg = config_from_dict(
+        tiny_run_config(
+            tiny_base_model,
+            generations=1,
+            method="uncurated-sft",
+            curation="none",
+            tasks={"n": 8, "heldout": 2},
+        )
+    )
     out = tmp_path_factory.mktemp("run") / "run"
     run_loop(cfg, out, progress=False)
     return out
@@ -100,7 +120,9 @@ def test_pipeline_backend_option_and_bad_backends(tmp_path, capsys) -> None:
     from iterdeploy_trl.cli import build_parser, main
     from iterdeploy_trl.commands.theory import command_line
 
-    args = build_parser().parse_args(["theory", "--check", "pipeline", "--model", "M", "--pipeline-backend", "vllm"])
+    args = build_parser().parse_args(
+        ["theory", "--check", "pipeline", "--model", "M", "--pipeline-backend", "vllm"]
+    )
     assert args.pipeline_backend == "vllm" and "--pipeline-backend vllm" in command_line(args)
     args = build_parser().parse_args(["theory", "--check", "pipeline", "--model", "M"])
     assert args.pipeline_backend == "transformers" and "--pipeline-backend" not in command_line(args)
@@ -109,5 +131,8 @@ def test_pipeline_backend_option_and_bad_backends(tmp_path, capsys) -> None:
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(th.TheoryError, match="backend 'vllm' needs vLLM, which cannot be imported here"):
             th.pipeline(th.PipelineConfig(model_path=str(tmp_path), backend="vllm"))
-        assert main(["theory", "--check", "pipeline", "--model", str(tmp_path), "--pipeline-backend", "vllm"]) == 2
+        assert (
+            main(["theory", "--check", "pipeline", "--model", str(tmp_path), "--pipeline-backend", "vllm"])
+            == 2
+        )
         assert "needs vLLM" in capsys.readouterr().err

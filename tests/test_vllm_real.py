@@ -36,8 +36,9 @@ def adapter(base, tmp_path_factory):
 def engine(base, adapter):
     """One vLLM engine, LoRA enabled, serving ``adapter`` on top of ``base`` unmerged; the tests that want
     the base model alone set ``adapter_path = None`` for their calls (the engine is the same)."""
-    backend = VLLMBackend(str(base), adapter_path=str(adapter), dtype="float32", max_model_len=512,
-                          max_lora_rank=8)
+    backend = VLLMBackend(
+        str(base), adapter_path=str(adapter), dtype="float32", max_model_len=512, max_lora_rank=8
+    )
     yield backend
     backend.close()
 
@@ -47,16 +48,19 @@ def prompts():
     from iterdeploy_trl.domains import domain_pddl
 
     dom = domain_pddl("blocksworld")
-    return [build_prompt(dom, t.problem, "compact", domain="blocksworld")
-            for t in generate_tasks("blocksworld", 4, 3, size=(2, 3))]
+    return [
+        build_prompt(dom, t.problem, "compact", domain="blocksworld")
+        for t in generate_tasks("blocksworld", 4, 3, size=(2, 3))
+    ]
 
 
 def _generate(engine, prompts, *, adapter=None, seed=0, temperature=1.0, top_p=1.0, n=6):
     keep = engine.adapter_path
     engine.adapter_path = adapter
     try:
-        return engine.generate(prompts, num_samples=n, temperature=temperature, top_p=top_p,
-                               max_new_tokens=MAX_NEW, seed=seed)
+        return engine.generate(
+            prompts, num_samples=n, temperature=temperature, top_p=top_p, max_new_tokens=MAX_NEW, seed=seed
+        )
     finally:
         engine.adapter_path = keep
 
@@ -101,7 +105,9 @@ def test_real_vllm_behaviour_logprob_equals_trainer_logpi(engine, base, prompts,
     assert any(c.truncated for _, c in flat) and any(not c.truncated for _, c in flat)  # both kinds seen
     worst = 0.0
     for p, c in flat[::3]:
-        ref = _reference_logprobs(base, tok(p)["input_ids"], list(c.token_ids), temperature=temperature, top_p=top_p)
+        ref = _reference_logprobs(
+            base, tok(p)["input_ids"], list(c.token_ids), temperature=temperature, top_p=top_p
+        )
         assert math.isfinite(c.behaviour_logprob)
         worst = max(worst, abs(c.behaviour_logprob - ref))
     assert worst <= 1e-3, f"behaviour log-prob differs from the trainer's log pi by {worst:.2e} nats"
@@ -138,7 +144,9 @@ def test_real_vllm_reproducible_per_chunk_without_request_seeds(engine, prompts)
     ids = [[x.token_ids for x in row] for row in a]
     assert ids == [[x.token_ids for x in row] for row in b]
     assert ids != [[x.token_ids for x in row] for row in c]
-    assert [[x.behaviour_logprob for x in row] for row in a] == [[x.behaviour_logprob for x in row] for row in b]
+    assert [[x.behaviour_logprob for x in row] for row in a] == [
+        [x.behaviour_logprob for x in row] for row in b
+    ]
 
 
 @pytest.mark.slow
@@ -148,8 +156,9 @@ def test_real_vllm_truncation_and_eos_as_the_transformers_backend(engine, base, 
     from iterdeploy_trl.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(base, dtype=torch.float32, device="cpu")
-    hf = TransformersBackend(model, tok).generate(prompts, num_samples=6, temperature=1.0, top_p=1.0,
-                                                  max_new_tokens=MAX_NEW, seed=0)
+    hf = TransformersBackend(model, tok).generate(
+        prompts, num_samples=6, temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, seed=0
+    )
     vl = _generate(engine, prompts)
     assert engine.eos_ids == {tok.eos_token_id}
     for out in (hf, vl):
@@ -166,11 +175,20 @@ def test_real_vllm_loop_end_to_end_traces_match_the_transformers_schema(base, tm
     from iterdeploy_trl.loop import run_loop
     from iterdeploy_trl.runio import read_jsonl
 
-    over = dict(generations=1, tasks={"n": 4, "heldout": 2, "size": [2, 3], "seed": 0}, chunk_size=4,
-                training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 256})
-    ref = config_from_dict(tiny_run_config(base, sampling={"samples_per_task": 2, "max_new_tokens": MAX_NEW}, **over))
-    cfg = config_from_dict(tiny_run_config(base, sampling={"backend": "vllm", "samples_per_task": 2,
-                                                           "max_new_tokens": MAX_NEW}, **over))
+    over = dict(
+        generations=1,
+        tasks={"n": 4, "heldout": 2, "size": [2, 3], "seed": 0},
+        chunk_size=4,
+        training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 256},
+    )
+    ref = config_from_dict(
+        tiny_run_config(base, sampling={"samples_per_task": 2, "max_new_tokens": MAX_NEW}, **over)
+    )
+    cfg = config_from_dict(
+        tiny_run_config(
+            base, sampling={"backend": "vllm", "samples_per_task": 2, "max_new_tokens": MAX_NEW}, **over
+        )
+    )
     run_loop(ref, tmp_path / "hf", progress=False)
     summary = run_loop(cfg, tmp_path / "vllm", progress=False)
     assert summary["complete"] and [g["generation"] for g in summary["generations"]] == [0, 1]
@@ -206,13 +224,23 @@ def solving_base(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pipeline_check_samples_with_vllm_and_its_logprobs_match_the_trainer(solving_base):
-    config = PipelineConfig(model_path=str(solving_base), backend="vllm", tasks=16, task_size=(2, 2), samples_per_task=8,
-                            max_new_tokens=40, repeats=2, precisions=("float32",))
+    config = PipelineConfig(
+        model_path=str(solving_base),
+        backend="vllm",
+        tasks=16,
+        task_size=(2, 2),
+        samples_per_task=8,
+        max_new_tokens=40,
+        repeats=2,
+        precisions=("float32",),
+    )
     result = pipeline(config, log=print)
     json.dumps(result.data, allow_nan=True)
     for row in result.rows:
         print(row.check, "|", row.measured, "|", row.verdict)
-    assert result.data["backend"]["name"] == "vllm" and result.data["backend"]["class"] == "deploy.VLLMBackend"
+    assert (
+        result.data["backend"]["name"] == "vllm" and result.data["backend"]["class"] == "deploy.VLLMBackend"
+    )
     assert result.data["backend"]["dtype"] == "float32"
     entries = [e for e in result.data["table"] if "precision" in e]
     assert [(e["temperature"], e["top_p"]) for e in entries] == [(1.0, 1.0), (0.6, 0.95)]

@@ -16,8 +16,20 @@ def make_h64_base(out: Path, *, steps: int = 150) -> Path:
     one core): it writes plan-like completions that end with EOS, or run on when cut."""
     from iterdeploy_trl.models import pretrain_base_model
 
-    pretrain_base_model("blocksworld", out, steps=steps, seed=0, size="tiny-h64", num_walks=1000, batch_size=32,
-                        task_size=(2, 3), max_walk=6, progress=False, log_every=1000, threads=1)
+    pretrain_base_model(
+        "blocksworld",
+        out,
+        steps=steps,
+        seed=0,
+        size="tiny-h64",
+        num_walks=1000,
+        batch_size=32,
+        task_size=(2, 3),
+        max_walk=6,
+        progress=False,
+        log_every=1000,
+        threads=1,
+    )
     return out
 
 
@@ -30,8 +42,12 @@ def make_lora_adapter(base: Path, out: Path, *, r: int = 8, seed: int = 1, scale
     from iterdeploy_trl.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(base, dtype=torch.float32, device="cpu")
-    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear",
-                                            task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft.named_parameters():
@@ -42,8 +58,14 @@ def make_lora_adapter(base: Path, out: Path, *, r: int = 8, seed: int = 1, scale
     return out
 
 
-def trainer_logprobs(model_dir: Path, prompt_ids: list[int], completions: list[list[int]], *,
-                     adapter: Path | None = None, temperature: float = 1.0) -> list[float]:
+def trainer_logprobs(
+    model_dir: Path,
+    prompt_ids: list[int],
+    completions: list[list[int]],
+    *,
+    adapter: Path | None = None,
+    temperature: float = 1.0,
+) -> list[float]:
     """log π(y|x) of each completion's tokens after the prompt's, as the trainers compute it: float32
     logits of the same model (base, or base + the adapter unmerged, as training holds it), log-softmax of
     logits / temperature, summed over the completion's tokens."""

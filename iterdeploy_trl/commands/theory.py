@@ -106,7 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="an `iterdeploy run` directory: run the actual_update check on it (its base model is also the "
         "pipeline check's model unless --model is given)",
     )
-    parser.add_argument("--run-seed", type=int, metavar="S", help="the run's seed directory (default: the first)")
+    parser.add_argument(
+        "--run-seed", type=int, metavar="S", help="the run's seed directory (default: the first)"
+    )
     int_option(
         "--pipeline-tasks",
         "N",
@@ -159,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
         except TheoryError as exc:
             return fail(str(exc))
         pipeline_model = args.model or str(view.base)
-        task_dir, prompt_style, domain = str(view.root / "tasks"), view.cfg.model.prompt_style, view.cfg.domain
+        task_dir, prompt_style, domain = (
+            str(view.root / "tasks"),
+            view.cfg.model.prompt_style,
+            view.cfg.domain,
+        )
     if min(args.sample_sizes) < 1:
         return fail(f"--sample-sizes must be positive, got {args.sample_sizes}")
     if args.warmup_steps < 0:
@@ -175,12 +181,21 @@ def run(args: argparse.Namespace) -> int:
         sample_sizes=tuple(sorted(set(args.sample_sizes))),
         warmup_max_steps=args.warmup_steps,
         pipeline=PipelineConfig(
-            model_path=pipeline_model, domain=domain, task_dir=task_dir, prompt_style=prompt_style,
-            tasks=args.pipeline_tasks, samples_per_task=args.pipeline_samples, repeats=args.repeats or 5,
-            seed=args.seed, device=args.device, backend=args.pipeline_backend,
+            model_path=pipeline_model,
+            domain=domain,
+            task_dir=task_dir,
+            prompt_style=prompt_style,
+            tasks=args.pipeline_tasks,
+            samples_per_task=args.pipeline_samples,
+            repeats=args.repeats or 5,
+            seed=args.seed,
+            device=args.device,
+            backend=args.pipeline_backend,
         ),
         update=UpdateConfig(
-            run_dir=args.run_dir or "", seed=args.run_seed, repeats=args.repeats or 5,
+            run_dir=args.run_dir or "",
+            seed=args.run_seed,
+            repeats=args.repeats or 5,
             device=args.device,
         ),
     )

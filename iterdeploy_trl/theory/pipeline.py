@@ -209,11 +209,21 @@ def sft_trainer(
     )
 
     common = dict(
-        output_dir=out_dir, report_to=[], bf16=False, use_cpu=not str(model.device).startswith("cuda"),
-        loss_normalization=normalization, per_device_train_batch_size=max(1, len(rows)), max_length=None,
-        disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=out_dir,
+        report_to=[],
+        bf16=False,
+        use_cpu=not str(model.device).startswith("cuda"),
+        loss_normalization=normalization,
+        per_device_train_batch_size=max(1, len(rows)),
+        max_length=None,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    cols = ("prompt_ids", "completion_ids") if all(r.get("completion_ids") for r in rows) else ("prompt", "completion")
+    cols = (
+        ("prompt_ids", "completion_ids")
+        if all(r.get("completion_ids") for r in rows)
+        else ("prompt", "completion")
+    )
     if importance_weighted:
         cols += ("behaviour_logprob",)
     data = Dataset.from_list([{k: r[k] for k in cols} for r in rows])
@@ -234,7 +244,14 @@ def sft_trainer(
     return cls(model=model, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-_MODEL_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks", "attention_mask", "behaviour_logprob")
+_MODEL_COLUMNS = (
+    "input_ids",
+    "labels",
+    "completion_mask",
+    "assistant_masks",
+    "attention_mask",
+    "behaviour_logprob",
+)
 
 
 def collate(trainer: Any, device: Any) -> dict[str, Any]:
@@ -281,7 +298,10 @@ def sampling_backend(
 
     if config.backend == "transformers":
         return TransformersBackend(model, tok, batch_size=64), {
-            "name": "transformers", "class": "deploy.TransformersBackend", "model": "the differentiated model"}
+            "name": "transformers",
+            "class": "deploy.TransformersBackend",
+            "model": "the differentiated model",
+        }
     import os
 
     import vllm
@@ -290,17 +310,27 @@ def sampling_backend(
     model.save_pretrained(adapter)
     tok.save_pretrained(adapter)
     try:
-        backend = VLLMBackend(config.model_path, adapter_path=adapter, dtype=config.vllm_dtype,
-                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                              max_lora_rank=config.lora_r, seed=config.seed)
+        backend = VLLMBackend(
+            config.model_path,
+            adapter_path=adapter,
+            dtype=config.vllm_dtype,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            max_lora_rank=config.lora_r,
+            seed=config.seed,
+        )
     except Exception as exc:  # vLLM raises many kinds (e.g. CPU attention refusing head_dim 16)
         raise TheoryError(
             f"{config.model_path}: vLLM cannot serve this model with its LoRA adapter ({type(exc).__name__}: "
             f"{exc}); use the transformers backend (vLLM's CPU build needs head_dim 64, e.g. size tiny-h64)"
         ) from exc
-    return backend, {"name": "vllm", "class": "deploy.VLLMBackend", "vllm_version": vllm.__version__,
-                     "dtype": config.vllm_dtype, "on_cpu": backend.on_cpu,
-                     "model": "the base with the differentiated model's LoRA adapter, unmerged"}
+    return backend, {
+        "name": "vllm",
+        "class": "deploy.VLLMBackend",
+        "vllm_version": vllm.__version__,
+        "dtype": config.vllm_dtype,
+        "on_cpu": backend.on_cpu,
+        "model": "the base with the differentiated model's LoRA adapter, unmerged",
+    }
 
 
 # ---------------------------------------------------------------------------------------------- check
@@ -358,7 +388,9 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
             "e.g. the base model of a run) or --run-dir RUN"
         )
     if config.repeats < 2:
-        raise TheoryError(f"the pipeline check needs at least 2 repeats for an interval, got {config.repeats}")
+        raise TheoryError(
+            f"the pipeline check needs at least 2 repeats for an interval, got {config.repeats}"
+        )
     try:
         model, tok = load_model_and_tokenizer(config.model_path, dtype=torch.float32, device=config.device)
     except (OSError, ValueError) as exc:
@@ -379,26 +411,40 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
             for r in range(config.repeats):
                 seed = batch_seed(config.seed, "theory-pipeline", temperature, top_p, r) % (2**31)
                 samples = backend.generate(
-                    prompts, num_samples=config.samples_per_task, temperature=temperature, top_p=top_p,
-                    max_new_tokens=config.max_new_tokens, seed=seed,
+                    prompts,
+                    num_samples=config.samples_per_task,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=config.max_new_tokens,
+                    seed=seed,
                 )
                 flat = [(t, p, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for c in row]
                 _, verdicts = check_completions(
-                    [dom] * len(flat), [t.problem for t, _, _ in flat], [c.text for *_, c in flat],
-                    timeout=30.0, workers=None,
+                    [dom] * len(flat),
+                    [t.problem for t, _, _ in flat],
+                    [c.text for *_, c in flat],
+                    timeout=30.0,
+                    workers=None,
                 )
                 rewards = torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
                 # the rows the loop trains on: the prompt's tokens as the backend feeds them and the sampled
                 # completion tokens (its stop token included, none when truncated), not re-tokenised text
                 rows = [
-                    {"prompt": p, "completion": c.text, "prompt_ids": prompt_ids[p],
-                     "completion_ids": list(c.token_ids), "behaviour_logprob": float(c.behaviour_logprob)}
+                    {
+                        "prompt": p,
+                        "completion": c.text,
+                        "prompt_ids": prompt_ids[p],
+                        "completion_ids": list(c.token_ids),
+                        "behaviour_logprob": float(c.behaviour_logprob),
+                    }
                     for _, p, c in flat
                 ]
                 draw = _Draw(temperature, top_p, r, len(rows), int(rewards.sum()))
                 draw.truncated = sum(c.truncated for *_, c in flat)
                 if log:
-                    log(f"  pipeline T={temperature:g} top-p={top_p:g} repeat {r}: {draw.n_valid}/{draw.n} valid")
+                    log(
+                        f"  pipeline T={temperature:g} top-p={top_p:g} repeat {r}: {draw.n_valid}/{draw.n} valid"
+                    )
                 draws.append(draw)
                 if draw.n_valid == 0:
                     continue
@@ -424,18 +470,28 @@ def _measure(
     """Gradients of one draw in every precision, the behaviour log-prob match and the weight statistics."""
     device = config.device
     valid = [row for row, r in zip(rows, rewards.tolist(), strict=True) if r > 0.5]
-    everything = sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
-                             out_dir=out_dir)
+    everything = sft_trainer(
+        model, tok, rows, importance_weighted=False, normalization="sequence_sum", out_dir=out_dir
+    )
     all_batch = collate(everything, model.device)
     sampled_ids = [tuple(getattr(c, "token_ids", ()) or ()) for *_, c in flat]
     if all(sampled_ids):  # the backend recorded the sampled ids (``Completion.token_ids``)
         mask = all_batch["labels"].ne(-100)
         trained = [all_batch["input_ids"][i][mask[i]].tolist() for i in range(len(rows))]
         draw.retokenised_differs = sum(list(a) != list(b) for a, b in zip(trained, sampled_ids, strict=True))
-    sft = sft_trainer(model, tok, valid, importance_weighted=False, normalization=config.loss_normalization,
-                      out_dir=out_dir)
-    iw = sft_trainer(model, tok, valid, importance_weighted=True, normalization=config.loss_normalization,
-                     temperature=draw.temperature, top_p=draw.top_p, out_dir=out_dir)
+    sft = sft_trainer(
+        model, tok, valid, importance_weighted=False, normalization=config.loss_normalization, out_dir=out_dir
+    )
+    iw = sft_trainer(
+        model,
+        tok,
+        valid,
+        importance_weighted=True,
+        normalization=config.loss_normalization,
+        temperature=draw.temperature,
+        top_p=draw.top_p,
+        out_dir=out_dir,
+    )
     sft_batch, iw_batch = collate(sft, model.device), collate(iw, model.device)
     recorded = torch.tensor([r["behaviour_logprob"] for r in rows], dtype=torch.float64)
     model.eval()
@@ -474,7 +530,11 @@ def _measure(
 
 
 def _report(
-    name: str, draws: list[_Draw], config: PipelineConfig, params: ParamSet, backend: dict[str, Any],
+    name: str,
+    draws: list[_Draw],
+    config: PipelineConfig,
+    params: ParamSet,
+    backend: dict[str, Any],
     runtime: float,
 ) -> CheckResult:
     rows: list[Row] = []
@@ -486,9 +546,14 @@ def _report(
         setting = f"T = {temperature:g}, top-p = {top_p:g}"
         valid = f"{sum(d.n_valid for d in mine)}/{sum(d.n for d in mine)} valid over {len(mine)} repeats"
         for prec in config.precisions:
-            entry: dict[str, Any] = {"temperature": temperature, "top_p": top_p, "precision": prec,
-                                     "repeats": len(measured), "valid": [d.n_valid for d in mine],
-                                     "samples": [d.n for d in mine]}
+            entry: dict[str, Any] = {
+                "temperature": temperature,
+                "top_p": top_p,
+                "precision": prec,
+                "repeats": len(measured),
+                "valid": [d.n_valid for d in mine],
+                "samples": [d.n for d in mine],
+            }
             for a, b in pairs:
                 values = [safe_cosine(d.vectors[prec][a], d.vectors[prec][b]) for d in measured]
                 entry[f"cos_{a}_{b}"] = {"values": values, **t_interval(values)}
@@ -501,21 +566,27 @@ def _report(
             sft_rl, iw_rl = entry["cos_sft_reinforce"], entry["cos_iw_reinforce"]
             exact_setting = temperature == 1.0 and top_p == 1.0
             if exact_setting:
-                expected = ("Prop. 1 on the real pipeline: cosine 1 up to tokenisation and rounding "
-                            "(≥ 0.999 in float32)")
+                expected = (
+                    "Prop. 1 on the real pipeline: cosine 1 up to tokenisation and rounding "
+                    "(≥ 0.999 in float32)"
+                )
                 ok = (sft_rl["n"] >= 2 and sft_rl["lo"] >= 0.999) if prec == "float32" else sft_rl["n"] >= 2
             else:
-                expected = ("not forced to 1: SFT follows ∇log π (T = 1), REINFORCE the sampler's "
-                            "∇log β_θ (T, nucleus); measured")
+                expected = (
+                    "not forced to 1: SFT follows ∇log π (T = 1), REINFORCE the sampler's "
+                    "∇log β_θ (T, nucleus); measured"
+                )
                 ok = sft_rl["n"] >= 2
-            rows.append(Row(
-                f"{name}: SFT ∥ REINFORCE, {setting}, {prec}",
-                expected,
-                f"cos(SFT, REINFORCE) {fmt_interval(sft_rl)}; cos(IW-SFT, REINFORCE) {fmt_interval(iw_rl)}; "
-                f"cos(SFT, IW-SFT) {fmt_interval(entry['cos_sft_iw'])} ({valid}; sampled by {backend['name']})",
-                verdict(ok),
-                EMPIRICAL,
-            ))
+            rows.append(
+                Row(
+                    f"{name}: SFT ∥ REINFORCE, {setting}, {prec}",
+                    expected,
+                    f"cos(SFT, REINFORCE) {fmt_interval(sft_rl)}; cos(IW-SFT, REINFORCE) {fmt_interval(iw_rl)}; "
+                    f"cos(SFT, IW-SFT) {fmt_interval(entry['cos_sft_iw'])} ({valid}; sampled by {backend['name']})",
+                    verdict(ok),
+                    EMPIRICAL,
+                )
+            )
         fp = [d for d in measured if "float32" in d.logprob_gap]
         if fp:
             gaps = [d.logprob_gap["float32"] for d in fp]
@@ -523,27 +594,39 @@ def _report(
             truncated = sum(d.truncated for d in mine)
             retok = [d.retokenised_differs for d in fp if d.retokenised_differs is not None]
             ok = max(gaps) <= LOGPROB_TOLERANCE and outside == 0 and not sum(retok)
-            rows.append(Row(
-                f"{name}: recorded behaviour log-prob = log β on the trained tokens, {setting}",
-                f"|recorded ({backend['name']}) − recomputed (trainer, float32)| ≤ {LOGPROB_TOLERANCE:g} on "
-                "every sample; the trained tokens are the sampled ones",
-                f"max |gap| {max(gaps):.2e} over {sum(d.n for d in fp)} samples; tokens outside the nucleus "
-                f"{outside}; truncated samples {truncated} (trained on without an EOS)"
-                + (f"; trained ≠ sampled ids: {sum(retok)}" if retok else "; sampled ids not recorded"),
-                verdict(ok),
-                EMPIRICAL,
-            ))
+            rows.append(
+                Row(
+                    f"{name}: recorded behaviour log-prob = log β on the trained tokens, {setting}",
+                    f"|recorded ({backend['name']}) − recomputed (trainer, float32)| ≤ {LOGPROB_TOLERANCE:g} on "
+                    "every sample; the trained tokens are the sampled ones",
+                    f"max |gap| {max(gaps):.2e} over {sum(d.n for d in fp)} samples; tokens outside the nucleus "
+                    f"{outside}; truncated samples {truncated} (trained on without an EOS)"
+                    + (f"; trained ≠ sampled ids: {sum(retok)}" if retok else "; sampled ids not recorded"),
+                    verdict(ok),
+                    EMPIRICAL,
+                )
+            )
             weights = [d.weights for d in fp]
-            table.append({"temperature": temperature, "top_p": top_p, "importance_weights": weights,
-                          "truncated": truncated})
+            table.append(
+                {
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "importance_weights": weights,
+                    "truncated": truncated,
+                }
+            )
     data = {
         "model": config.model_path,
         "backend": backend,
         "logprob_tolerance": LOGPROB_TOLERANCE,
         "tasks": config.tasks,
         "samples_per_task": config.samples_per_task,
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": config.lora_target_modules,
-                 "init_scale_B": config.lora_init_scale},
+        "lora": {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "target_modules": config.lora_target_modules,
+            "init_scale_B": config.lora_init_scale,
+        },
         "parameters": params.size,
         "loss_normalization": config.loss_normalization,
         "repeats": config.repeats,
