@@ -255,3 +255,18 @@ def test_pipeline_check_samples_with_vllm_and_its_logprobs_match_the_trainer(sol
     exact = [r for r in result.rows if "SFT ∥ REINFORCE, T = 1, top-p = 1" in r.check]
     assert len(exact) == 1 and exact[0].verdict == "pass" and "sampled by vllm" in exact[0].measured
     assert passed(result)
+
+
+@pytest.mark.slow
+def test_pipeline_check_on_a_model_vllm_cannot_run_is_a_clear_error(tmp_path):
+    """vLLM's CPU engine starts on a head_dim-16 model (size ``tiny``) and fails at its first step: the check
+    probes one token before any repeat and names the cause and the way out."""
+    from iterdeploy_trl.models import build_tokenizer, make_small_model
+    from iterdeploy_trl.theory import TheoryError
+
+    tok = build_tokenizer("blocksworld")
+    make_small_model(tok, size="tiny").save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = PipelineConfig(model_path=str(tmp_path), backend="vllm", tasks=2, repeats=2)
+    with pytest.raises(TheoryError, match="vLLM cannot serve this model.*head_dim"):
+        pipeline(config)

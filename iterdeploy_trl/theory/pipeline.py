@@ -288,12 +288,13 @@ def check_backend(name: str) -> None:
 
 
 def sampling_backend(
-    config: PipelineConfig, model: torch.nn.Module, tok: Any, work_dir: str
+    config: PipelineConfig, model: torch.nn.Module, tok: Any, work_dir: str, probe_prompt: str
 ) -> tuple[Any, dict[str, Any]]:
     """The deployment backend that samples from ``model`` (the LoRA model being differentiated), and what
     it is (for the report). vLLM cannot take an in-memory model: the adapter (A and the drawn B) and the
     tokenizer are saved to ``work_dir/adapter`` and served on the base unmerged, as the loop serves a
-    trained generation (``loop.make_backend``)."""
+    trained generation (``loop.make_backend``). One token of ``probe_prompt`` is sampled first: vLLM's CPU
+    engine starts on a model whose attention it cannot run (head_dim 16) and fails only at the first step."""
     from iterdeploy_trl.deploy import TransformersBackend, VLLMBackend
 
     if config.backend == "transformers":
@@ -309,6 +310,7 @@ def sampling_backend(
     adapter = os.path.join(work_dir, "adapter")
     model.save_pretrained(adapter)
     tok.save_pretrained(adapter)
+    backend = None
     try:
         backend = VLLMBackend(
             config.model_path,
@@ -318,10 +320,13 @@ def sampling_backend(
             max_lora_rank=config.lora_r,
             seed=config.seed,
         )
+        backend.generate([probe_prompt], num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=1, seed=0)
     except Exception as exc:  # vLLM raises many kinds (e.g. CPU attention refusing head_dim 16)
+        if backend is not None:
+            backend.close()
         raise TheoryError(
             f"{config.model_path}: vLLM cannot serve this model with its LoRA adapter ({type(exc).__name__}: "
-            f"{exc}); use the transformers backend (vLLM's CPU build needs head_dim 64, e.g. size tiny-h64)"
+            f"{exc}); use the transformers backend (vLLM's CPU attention refuses head_dim 16: size tiny-h64 runs)"
         ) from exc
     return backend, {
         "name": "vllm",
@@ -404,7 +409,7 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
     tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-theory-")
     backend = None
     try:
-        backend, backend_info = sampling_backend(config, model, tok, tmp.name)
+        backend, backend_info = sampling_backend(config, model, tok, tmp.name, prompts[0])
         if log:
             log(f"  pipeline: sampling with {backend_info['class']} ({backend_info['model']})")
         for temperature, top_p in config.settings:
