@@ -78,7 +78,7 @@ class PipelineConfig:
 BACKENDS = ("transformers", "vllm")
 # Largest |recorded − recomputed| behaviour log-prob (nats, per sequence) the check accepts, the same for
 # both backends: vLLM's CPU build in float32 (its kernels, the adapter unmerged) stays ~50x below it (max
-# 2.0e-5 over 3840 samples of a tiny-h64 base, two runs; transformers 9.8e-6 on the same model:
+# 2.0e-5 over 5760 samples of a tiny-h64 base, three runs; transformers 9.8e-6 on the same model:
 # theory/README.md, "Sampled by vLLM"). Serving the base without the adapter puts it at 2.7-3.9 nats.
 LOGPROB_TOLERANCE = 1e-3
 
