@@ -136,3 +136,34 @@ def test_pipeline_backend_option_and_bad_backends(tmp_path, capsys) -> None:
             == 2
         )
         assert "needs vLLM" in capsys.readouterr().err
+
+
+def test_pipeline_off_policy_weights_and_refusals(tiny_base_model, tiny_run, tmp_path) -> None:
+    """``pipeline_off_policy``: with β = π (one model twice, LoRA B = 0) IW-SFT's weights are all equal (relative ESS 1) and
+    its gradient is SFT's; with β the base and π the run's trained generation-1 model the weights are not 1
+    (log w not all 0). Without a β model, or with another backend, it is a clear error."""
+    common = dict(tasks=12, task_size=(2, 2), samples_per_task=8, repeats=2, settings=((1.0, 1.0),),
+                  max_new_tokens=40)
+    same = th.pipeline_off_policy(  # B = 0: the LoRA model is exactly β
+        th.PipelineConfig(model_path=str(tiny_base_model), beta_model_path=str(tiny_base_model),
+                          lora_init_scale=0.0, **common)
+    )
+    assert {r.kind for r in same.rows} == {th.EMPIRICAL}
+    measured = [m for m in same.data["per_repeat"] if m["beta_valid"] > 0]
+    assert measured, "the tiny model solved none of the 2-block tasks: nothing to weigh"
+    for m in measured:
+        assert m["relative_ess"] == pytest.approx(1.0, abs=1e-6)
+        assert max(abs(m["log_w_min"]), abs(m["log_w_max"])) < 1e-3
+        assert m["cos_sft_beta_iw_beta"] > 1 - 1e-6
+    trained = tiny_run / "seed_0" / "gen_01" / "model"
+    other = th.pipeline_off_policy(
+        th.PipelineConfig(model_path=str(trained), beta_model_path=str(tiny_base_model), **common)
+    )
+    log_w = [max(abs(m["log_w_min"]), abs(m["log_w_max"])) for m in other.data["per_repeat"] if m["beta_valid"]]
+    assert log_w and max(log_w) > 1e-2
+    with pytest.raises(th.TheoryError, match="--beta-model"):
+        th.pipeline_off_policy(th.PipelineConfig(model_path=str(trained)))
+    with pytest.raises(th.TheoryError, match="transformers backend only"):
+        th.pipeline_off_policy(
+            th.PipelineConfig(model_path=str(trained), beta_model_path=str(trained), backend="vllm")
+        )

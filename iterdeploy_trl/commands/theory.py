@@ -4,7 +4,8 @@ Enumeration checks (a tiny model in float64; the default): on_policy_same_sample
 off_policy, mixture. Pipeline checks (real models, deployment backend, TRL tokenisation, VAL):
 ``pipeline`` (SFT vs REINFORCE vs IW-SFT at T = 1 and T = 0.6 / top-p 0.95, LoRA, float32 and bf16;
 needs --model PATH or --run-dir RUN; sampled by the transformers backend, or by vLLM with
---pipeline-backend vllm) and ``actual_update`` (a run directory's real per-generation update against
+--pipeline-backend vllm), ``pipeline_off_policy`` (SFT vs IW-SFT on the samples of --beta-model, gradients at
+--model, against the on-policy REINFORCE of --model) and ``actual_update`` (a run directory's real per-generation update against
 REINFORCE; --run-dir RUN, which alone selects it). Each row is labelled identity or empirical.
 Prints a table (check, expected, measured, verdict, kind); ``--json`` prints the rows as a JSON list
 instead; ``--out DIR`` writes DIR/theory.json (rows and data; schema in ``iterdeploy_trl/theory/``).
@@ -152,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         return fail("--check actual_update needs --run-dir RUN (an `iterdeploy run` directory)")
     if "pipeline" in checks and not (args.model or args.run_dir):
         return fail("--check pipeline needs a model that solves some tasks: --model PATH or --run-dir RUN")
+    if "pipeline_off_policy" in checks and not (args.model and args.beta_model):
+        return fail("--check pipeline_off_policy needs --model PATH (π, where the gradients are taken) and "
+                    "--beta-model PATH (β, the model that samples)")
     pipeline_model, task_dir, prompt_style, domain = args.model or "", None, "compact", "blocksworld"
     if args.run_dir and "pipeline" in checks:
         try:
@@ -182,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_max_steps=args.warmup_steps,
         pipeline=PipelineConfig(
             model_path=pipeline_model,
+            beta_model_path=args.beta_model or "",
             domain=domain,
             task_dir=task_dir,
             prompt_style=prompt_style,

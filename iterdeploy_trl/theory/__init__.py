@@ -22,6 +22,8 @@ check (module)              kind                   what
 ``mixture``                 identity + empirical   Prop. 2 by enumeration and by Monte Carlo
 ``pipeline``                empirical              the package's deployment backend, TRL's tokenisation,
                                                    LoRA, bf16, T = 0.6 / top-p 0.95 vs T = 1
+``pipeline_off_policy``     empirical              the same path with β ≠ π: SFT vs IW-SFT on β's samples
+                                                   against π's on-policy REINFORCE
 ``actual_update``           empirical              a run directory's real per-generation update vs the
                                                    on-policy REINFORCE gradient (``run_update_check``)
 ==========================  =====================  =========================================================
@@ -47,8 +49,8 @@ check (module)              kind                   what
       }]
     }
 
-The ``pipeline`` and ``actual_update`` checks write no plot: their numbers are under ``checks.pipeline``
-and ``checks.actual_update`` (cosine values per repeat with their mean and 95% t-interval: ``{"values",
+The ``pipeline``, ``pipeline_off_policy`` and ``actual_update`` checks write no plot: their numbers are
+under ``checks.pipeline``, ``checks.pipeline_off_policy`` and ``checks.actual_update`` (cosine values per repeat with their mean and 95% t-interval: ``{"values",
 "n", "mean", "std", "lo", "hi"}``), and ``setup`` is empty when no enumeration check ran.
 """
 
@@ -85,6 +87,7 @@ from iterdeploy_trl.theory.mixture import mixture
 from iterdeploy_trl.theory.off_policy import off_policy
 from iterdeploy_trl.theory.on_policy import _batch_logprobs, on_policy_same_samples
 from iterdeploy_trl.theory.pipeline import PipelineConfig, pipeline, t_interval
+from iterdeploy_trl.theory.pipeline_off_policy import pipeline_off_policy
 from iterdeploy_trl.theory.policies import (
     Policy,
     canonical_completion,
@@ -125,6 +128,7 @@ __all__ = [
     "UpdateConfig",
     "actual_update",
     "pipeline",
+    "pipeline_off_policy",
     "t_interval",
     "EMPIRICAL",
     "FAIL",

@@ -14,11 +14,12 @@ from iterdeploy_trl.theory.mixture import mixture
 from iterdeploy_trl.theory.off_policy import off_policy
 from iterdeploy_trl.theory.on_policy import on_policy_same_samples
 from iterdeploy_trl.theory.pipeline import pipeline
+from iterdeploy_trl.theory.pipeline_off_policy import pipeline_off_policy
 from iterdeploy_trl.theory.report import CheckResult, TheoryReport
 from iterdeploy_trl.theory.setting import Setting, TheoryConfig, build_setting
 
 ENUMERATION_CHECKS: tuple[str, ...] = ("on_policy_same_samples", "exact_gradient", "off_policy", "mixture")
-PIPELINE_CHECKS: tuple[str, ...] = ("pipeline", "actual_update")
+PIPELINE_CHECKS: tuple[str, ...] = ("pipeline", "pipeline_off_policy", "actual_update")
 CHECKS: tuple[str, ...] = ENUMERATION_CHECKS + PIPELINE_CHECKS
 
 
@@ -46,6 +47,9 @@ def run_checks(
             log(f"running {check} ...")
         if check == "pipeline":
             results.append(pipeline(config.pipeline, log))
+            continue
+        if check == "pipeline_off_policy":
+            results.append(pipeline_off_policy(config.pipeline, log))
             continue
         if check == "actual_update":
             results.append(actual_update(config.update, log))

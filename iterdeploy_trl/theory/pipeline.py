@@ -53,6 +53,7 @@ class PipelineConfig:
     """Settings of the ``pipeline`` check."""
 
     model_path: str = ""  # a local causal LM that solves some tasks (e.g. a run's base model)
+    beta_model_path: str = ""  # pipeline_off_policy only: the model that samples (β); gradients at model_path
     domain: str = "blocksworld"
     tasks: int = 24  # pool tasks (``tasks.generate_tasks``), or the tasks of ``task_dir``
     task_size: tuple[int, int] = (2, 3)  # small tasks: the small base model solves a few percent of them
