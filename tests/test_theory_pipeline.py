@@ -167,3 +167,28 @@ def test_pipeline_off_policy_weights_and_refusals(tiny_base_model, tiny_run, tmp
         th.pipeline_off_policy(
             th.PipelineConfig(model_path=str(trained), beta_model_path=str(trained), backend="vllm")
         )
+
+
+def test_the_pipeline_checks_lora_adapter_is_the_same_in_every_process(tiny_base_model) -> None:
+    """The checks' LoRA adapter (A as peft draws it, B drawn from the seed) is a function of the seed alone:
+    the same in processes whose PYTHONHASHSEEDs differ (peft's A came from a global generator whose state
+    differed between such processes, so a check's numbers did too)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from iterdeploy_trl.models import load_model_and_tokenizer\n"
+        "from iterdeploy_trl.theory.pipeline import PipelineConfig, lora_model\n"
+        "m, _ = load_model_and_tokenizer(sys.argv[1], dtype=torch.float32)\n"
+        "p = lora_model(m, PipelineConfig(), 3)\n"
+        "print(repr([float(v.double().sum()) for k, v in p.named_parameters() if 'lora_' in k]))\n"
+    )
+    sums = set()
+    for hash_seed in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-c", code, str(tiny_base_model)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        sums.add(proc.stdout.strip().splitlines()[-1])
+    assert len(sums) == 1

@@ -168,16 +168,20 @@ def lora_model(model: torch.nn.Module, config: PipelineConfig, seed: int) -> tor
     estimator, so cosines compare gradients of one function."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=config.lora_target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    # peft draws A from torch's global generator, whose state here depends on what ran before (it differed
+    # between processes with different PYTHONHASHSEEDs): seeded, so that a check is reproducible
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=config.lora_target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
