@@ -343,6 +343,52 @@ def sampling_backend(
     }
 
 
+def sample_rows(
+    backend: Any,
+    dom: str,
+    tasks: Sequence[Any],
+    prompts: Sequence[str],
+    prompt_ids: dict[str, list[int]],
+    config: PipelineConfig,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> tuple[list[tuple[Any, str, Any]], list[dict[str, Any]], Tensor]:
+    """``config.samples_per_task`` samples of every prompt from ``backend``, VAL's rewards, and the rows the
+    loop trains on: the prompt's tokens as the backend feeds them and the sampled completion tokens (its
+    stop token included, none when truncated), not re-tokenised text. Returns (the (task, prompt,
+    completion) triples, the rows, the float64 rewards)."""
+    from iterdeploy_trl.reward import check_completions
+
+    samples = backend.generate(
+        list(prompts),
+        num_samples=config.samples_per_task,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
+    flat = [(t, p, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for c in row]
+    _, verdicts = check_completions(
+        [dom] * len(flat),
+        [t.problem for t, _, _ in flat],
+        [c.text for *_, c in flat],
+        timeout=30.0,
+        workers=None,
+    )
+    rows = [
+        {
+            "prompt": p,
+            "completion": c.text,
+            "prompt_ids": prompt_ids[p],
+            "completion_ids": list(c.token_ids),
+            "behaviour_logprob": float(c.behaviour_logprob),
+        }
+        for _, p, c in flat
+    ]
+    return flat, rows, torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
+
+
 # ---------------------------------------------------------------------------------------------- check
 
 
@@ -386,7 +432,6 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
     from iterdeploy_trl.deploy import batch_seed
     from iterdeploy_trl.models import load_model_and_tokenizer
     from iterdeploy_trl.prompts import build_prompt
-    from iterdeploy_trl.reward import check_completions
 
     name = "pipeline"
     start = time.perf_counter()
@@ -420,35 +465,9 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
         for temperature, top_p in config.settings:
             for r in range(config.repeats):
                 seed = batch_seed(config.seed, "theory-pipeline", temperature, top_p, r) % (2**31)
-                samples = backend.generate(
-                    prompts,
-                    num_samples=config.samples_per_task,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=config.max_new_tokens,
-                    seed=seed,
+                flat, rows, rewards = sample_rows(
+                    backend, dom, tasks, prompts, prompt_ids, config, temperature, top_p, seed
                 )
-                flat = [(t, p, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for c in row]
-                _, verdicts = check_completions(
-                    [dom] * len(flat),
-                    [t.problem for t, _, _ in flat],
-                    [c.text for *_, c in flat],
-                    timeout=30.0,
-                    workers=None,
-                )
-                rewards = torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
-                # the rows the loop trains on: the prompt's tokens as the backend feeds them and the sampled
-                # completion tokens (its stop token included, none when truncated), not re-tokenised text
-                rows = [
-                    {
-                        "prompt": p,
-                        "completion": c.text,
-                        "prompt_ids": prompt_ids[p],
-                        "completion_ids": list(c.token_ids),
-                        "behaviour_logprob": float(c.behaviour_logprob),
-                    }
-                    for _, p, c in flat
-                ]
                 draw = _Draw(temperature, top_p, r, len(rows), int(rewards.sum()))
                 draw.truncated = sum(c.truncated for *_, c in flat)
                 if log:

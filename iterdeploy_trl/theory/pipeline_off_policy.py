@@ -44,6 +44,7 @@ from iterdeploy_trl.theory.pipeline import (
     fmt_interval,
     lora_model,
     safe_cosine,
+    sample_rows,
     sampler_sequence_logprobs,
     sft_trainer,
     t_interval,
@@ -96,38 +97,13 @@ def pipeline_off_policy(config: PipelineConfig, log: Callable[[str], None] | Non
     prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)}
 
     def draw(role: str, temperature: float, top_p: float, repeat: int) -> tuple[list[dict[str, Any]], Tensor]:
-        from iterdeploy_trl.reward import check_completions
-
         seed = batch_seed(config.seed, "theory-pipeline-off-policy", role, temperature, top_p, repeat) % (
             2**31
         )
-        samples = backends[role.rstrip("'")].generate(
-            prompts,
-            num_samples=config.samples_per_task,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=config.max_new_tokens,
-            seed=seed,
+        _, rows, rewards = sample_rows(
+            backends[role.rstrip("'")], dom, tasks, prompts, prompt_ids, config, temperature, top_p, seed
         )
-        flat = [(t, p, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for c in row]
-        _, verdicts = check_completions(
-            [dom] * len(flat),
-            [t.problem for t, _, _ in flat],
-            [c.text for *_, c in flat],
-            timeout=30.0,
-            workers=None,
-        )
-        rows = [
-            {
-                "prompt": p,
-                "completion": c.text,
-                "prompt_ids": prompt_ids[p],
-                "completion_ids": list(c.token_ids),
-                "behaviour_logprob": float(c.behaviour_logprob),
-            }
-            for _, p, c in flat
-        ]
-        return rows, torch.tensor([float(v.valid) for v in verdicts], dtype=torch.float64)
+        return rows, rewards
 
     measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="iterdeploy-theory-") as tmp:
