@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LIST = Path(__file__).with_name("mutations.yaml")
 IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.egg-info", "runs", ".pytest_cache", ".ruff_cache"
+    ".git", ".venv*", "__pycache__", "*.egg-info", "runs", ".pytest_cache", ".ruff_cache"
 )
 
 
