@@ -43,7 +43,10 @@ class Server:
     def __init__(self, model: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
+        # PYTHONUNBUFFERED: the engine process's log lines (e.g. "Loaded new LoRA adapter") reach the log file
+        # when logged, not when a block-sized buffer fills (a fresh-clone CI read the log before they did)
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
+               "PYTHONUNBUFFERED": "1"}
         cmd = serve_command(model, port=self.port, max_lora_rank=MAX_LORA_RANK) + ["--seed", "0"]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
@@ -242,9 +245,13 @@ def test_two_processes_deploy_through_the_servers_train_and_match_one(servers, b
     assert (model / "adapter_config.json").exists() and read_json(model / "train_stats.json")["train_traces"] > 0
     names = {"iterdeploy-" + hashlib.sha256(f"{model.resolve()}|rank{r}".encode()).hexdigest()[:12] for r in (0, 1)}
     for s, before in zip(servers, logs_before, strict=True):
+        expected = [f"{what} LoRA adapter: name '{name}'" for name in names for what in ("Loaded new", "Removed")]
+        deadline = time.time() + 30  # the server's engine process may log a moment after the HTTP answer
+        while not all(line in s.log.read_text()[len(before):] for line in expected) and time.time() < deadline:
+            time.sleep(0.5)
         new = s.log.read_text()[len(before):]
-        for name in names:
-            assert f"Loaded new LoRA adapter: name '{name}'" in new and f"Removed LoRA adapter: name '{name}'" in new
+        for line in expected:
+            assert line in new, line
         assert not [m for m in served_models(s.url) if m.startswith("iterdeploy-")]
 
     # the same config on one process: traces with the same fields and value types
