@@ -33,6 +33,11 @@ from iterdeploy_trl.vllm_server import (
     served_models,
 )
 
+# The environment at collection time. An in-process vLLM engine (tests/test_vllm_real.py runs before this file)
+# writes into os.environ (VLLM_ENABLE_V1_MULTIPROCESSING, LD_PRELOAD, LOCAL_WORLD_SIZE, VLLM_DIST_IDENT, ...); a
+# server started with those inherited logged nothing at INFO, so its LoRA load/unload lines were missing.
+_CLEAN_ENV = dict(os.environ)
+
 MAX_NEW = 14  # short enough that some samples are cut and some end (asserted)
 MAX_LORA_RANK = 8
 
@@ -45,7 +50,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         # PYTHONUNBUFFERED: the engine process's log lines (e.g. "Loaded new LoRA adapter") reach the log file
         # when logged, not when a block-sized buffer fills (a fresh-clone CI read the log before they did)
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
+        env = {**_CLEAN_ENV, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
                "PYTHONUNBUFFERED": "1"}
         cmd = serve_command(model, port=self.port, max_lora_rank=MAX_LORA_RANK) + ["--seed", "0"]
         self.log = log
