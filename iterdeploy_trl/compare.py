@@ -148,7 +148,7 @@ def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "val
 
 
 @holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, kw.get("methods") or cfg.compare_methods),
-                                 begin_run(cfg, False, print)))
+                                 begin_run(cfg, False, print)))  # the rest of check_methods: in the body
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
                 progress: bool = True, log=print) -> dict[str, Any]:
     """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""

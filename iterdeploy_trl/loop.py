@@ -917,15 +917,15 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return out
 
 
-@holds_run_dir(lambda cfg, kw: (begin_run(cfg, False, _silent), check_methods(cfg, (cfg.method,))))
+# check_methods first: a method that cannot run on the config's backend is refused before any server is asked
+@holds_run_dir(lambda cfg, kw: (check_methods(cfg, (cfg.method,)), begin_run(cfg, False, _silent)))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.
 
     Under ``accelerate launch`` / ``torchrun`` every process calls this; see :mod:`iterdeploy_trl.dist`."""
     out = Path(out)
-    progress, log = begin_run(cfg, progress, log)
-    check_methods(cfg, (cfg.method,))  # before any work: a setting this method does not read is refused
+    progress, log = begin_run(cfg, progress, log)  # checks: see holds_run_dir's prepare above
     if dist.world_size() > 1:
         log(f"[iterdeploy] {dist.world_size()} processes: deployment split by chunk, training data-parallel")
     dist.main_first(lambda: _check_run_dir(cfg, out, config_text))
@@ -957,7 +957,6 @@ def begin_run(cfg: RunConfig, progress: bool, log: Callable[[str], None]) -> tup
     the launch, set torch's threads, join the process group; returns (progress, log) for this process
     (the processes other than the main one stay quiet). Calling it again is harmless."""
     check_backend(cfg.sampling.backend)
-    check_server_methods(cfg, (cfg.method,))
     if cfg.sampling.backend == "vllm-server" and dist.is_main():
         from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
 

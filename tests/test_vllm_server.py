@@ -49,7 +49,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # PYTHONUNBUFFERED: the engine process's log lines (e.g. "Loaded new LoRA adapter") reach the log file
-        # when logged, not when a block-sized buffer fills (a fresh-clone CI read the log before they did)
+        # when logged, not when a block-sized buffer fills
         env = {**_CLEAN_ENV, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
                "PYTHONUNBUFFERED": "1"}
         cmd = serve_command(model, port=self.port, max_lora_rank=MAX_LORA_RANK) + ["--seed", "0"]

@@ -276,6 +276,27 @@ def trainer_gradient(trainer: Any, batch: dict[str, Any], params: ParamSet, prec
     return -flat_grad(loss, params)
 
 
+def reinforce_vector(
+    model: torch.nn.Module,
+    valid_batch: dict[str, Any],
+    n_samples: int,
+    temperature: float,
+    top_p: float,
+    params: ParamSet,
+    prec: str = "float32",
+    device: str = "cpu",
+) -> Tensor:
+    """(1/N) Σ r ∇log β_θ(y), the REINFORCE vector of a draw of N samples (binary reward, no baseline) from the
+    collated batch of its valid ones: invalid samples have A = r = 0, so their log-probs carry no gradient and
+    only the valid rows are run through the model; N counts them all."""
+    with precision(prec, device):
+        seq_valid, _ = sampler_sequence_logprobs(model, valid_batch, temperature, top_p)
+    n_valid = seq_valid.shape[0]
+    seq = torch.cat([seq_valid.double(), seq_valid.new_zeros(n_samples - n_valid, dtype=torch.float64)])
+    reward = torch.cat([torch.ones(n_valid), torch.zeros(n_samples - n_valid)]).to(seq)
+    return -flat_grad(losses.reinforce_loss(seq, reward, "none"), params)
+
+
 def check_backend(name: str) -> None:
     """A clear error, before any work, for a backend that cannot run here."""
     if name == "transformers":
@@ -524,18 +545,14 @@ def _measure(
     sft_batch, iw_batch = collate(sft, model.device), collate(iw, model.device)
     recorded = torch.tensor([r["behaviour_logprob"] for r in rows], dtype=torch.float64)
     model.eval()
-    n, n_valid = len(rows), len(valid)
+    n = len(rows)
     for prec in config.precisions:
         vectors: dict[str, Tensor] = {}
         vectors["sft"] = trainer_gradient(sft, sft_batch, params, prec, device)
         vectors["iw"] = trainer_gradient(iw, iw_batch, params, prec, device)
-        with precision(prec, device):
-            seq_valid, _ = sampler_sequence_logprobs(model, sft_batch, draw.temperature, draw.top_p)
-        # Invalid samples have A = r = 0 and no baseline: their log-probs carry no gradient, so only the
-        # valid rows are run through the model; N counts them all.
-        seq = torch.cat([seq_valid.double(), seq_valid.new_zeros(n - n_valid, dtype=torch.float64)])
-        reward = torch.cat([torch.ones(n_valid), torch.zeros(n - n_valid)]).to(seq)
-        vectors["reinforce"] = -flat_grad(losses.reinforce_loss(seq, reward, "none"), params)
+        vectors["reinforce"] = reinforce_vector(
+            model, sft_batch, n, draw.temperature, draw.top_p, params, prec, device
+        )
         draw.vectors[prec] = vectors
         with torch.no_grad(), precision(prec, device):
             seq_all, outside = sampler_sequence_logprobs(model, all_batch, draw.temperature, draw.top_p)

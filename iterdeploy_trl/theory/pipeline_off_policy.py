@@ -36,13 +36,14 @@ import torch
 from torch import Tensor
 
 from iterdeploy_trl.theory.errors import TheoryError
-from iterdeploy_trl.theory.gradients import flat_grad, trainable_parameters
+from iterdeploy_trl.theory.gradients import trainable_parameters
 from iterdeploy_trl.theory.pipeline import (
     PipelineConfig,
     _load_tasks,
     collate,
     fmt_interval,
     lora_model,
+    reinforce_vector,
     safe_cosine,
     sample_rows,
     sampler_sequence_logprobs,
@@ -51,7 +52,6 @@ from iterdeploy_trl.theory.pipeline import (
     trainer_gradient,
 )
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
-from iterdeploy_trl.trainers import losses
 
 PAIRS = (("iw_beta", "rl_pi"), ("sft_beta", "rl_pi"), ("rl_pi", "rl_pi_2"), ("sft_beta", "iw_beta"))
 
@@ -176,18 +176,13 @@ def _reinforce(
     params: Any,
     out_dir: str,
 ) -> Tensor:
-    """(1/N) Σ r ∇log π_sampler(y) on one draw of π (``pipeline._measure``'s REINFORCE vector): only the valid
-    rows carry gradient (no baseline), N counts every sample."""
+    """``pipeline.reinforce_vector`` of one draw of π: (1/N) Σ r ∇log π_sampler(y)."""
     valid = [row for row, x in zip(rows, rewards.tolist(), strict=True) if x > 0.5]
     trainer = sft_trainer(
         model, tok, valid, importance_weighted=False, normalization="sequence_sum", out_dir=out_dir
     )
-    batch = collate(trainer, model.device)
     model.eval()
-    seq, _ = sampler_sequence_logprobs(model, batch, temperature, top_p)
-    seq = torch.cat([seq.double(), seq.new_zeros(len(rows) - len(valid), dtype=torch.float64)])
-    reward = torch.cat([torch.ones(len(valid)), torch.zeros(len(rows) - len(valid))]).to(seq)
-    return -flat_grad(losses.reinforce_loss(seq, reward, "none"), params)
+    return reinforce_vector(model, collate(trainer, model.device), len(rows), temperature, top_p, params)
 
 
 def _report(

@@ -31,6 +31,12 @@ _FORWARD_KEYS = (
 )
 
 
+# generation_kwargs that change the distribution sampled (the loss models temperature and top_p only)
+_SAMPLER_KWARGS = frozenset(
+    {"top_k", "top_p", "min_p", "typical_p", "temperature", "repetition_penalty", "epsilon_cutoff", "eta_cutoff"}
+)
+
+
 @dataclass
 class ReinforceConfig(GRPOConfig):
     r"""
@@ -121,19 +127,7 @@ class ReinforceConfig(GRPOConfig):
         changed = [
             f"{name}={value!r}" for name, (value, neutral) in off_sampler.items() if value not in neutral
         ]
-        sampling_kwargs = sorted(
-            set(self.generation_kwargs or {})
-            & {
-                "top_k",
-                "top_p",
-                "min_p",
-                "typical_p",
-                "temperature",
-                "repetition_penalty",
-                "epsilon_cutoff",
-                "eta_cutoff",
-            }
-        )
+        sampling_kwargs = sorted(set(self.generation_kwargs or {}) & _SAMPLER_KWARGS)
         changed += [f"generation_kwargs[{key!r}]" for key in sampling_kwargs]
         if changed:
             raise ValueError(
