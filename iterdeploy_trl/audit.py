@@ -509,16 +509,20 @@ def load_run_config(data: dict[str, Any]) -> Any:
 
 def _hash_check(run: RunDir) -> Check:
     try:
-        from iterdeploy_trl.config import ConfigError, config_hash
+        from iterdeploy_trl.config import ConfigError, config_hash, hash_matches
 
         try:
-            h = config_hash(load_run_config(run.config))
+            cfg = load_run_config(run.config)
+            h = config_hash(cfg)
         except ConfigError as exc:
             return Check("config hash", False, f"resolved_config.json does not load with this version ({exc}): "
                          "an older or newer iterdeploy wrote it")
         if run.stored_hash is None:
             return Check("config hash", False, "resolved_config.json has no hash")
         if h != run.stored_hash:
+            if hash_matches(cfg, {"hash": run.stored_hash, "config": run.config}):
+                return Check("config hash", True, f"{run.stored_hash} (as hashed before compare_methods left "
+                             f"the hash; this version computes {h} and resumes it)")
             return Check("config hash", False, f"stored {run.stored_hash}, this version computes {h}: written by "
                          "another version of iterdeploy (resume would refuse it)")
         return Check("config hash", True, f"{h} (this version computes the same)")

@@ -178,7 +178,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
         lr = mcfg.reinforce_settings.learning_rate if method == "reinforce" else None
         summary["learning_rate"] = lr or mcfg.training.learning_rate
         results[method] = summary
-    report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "methods": list(methods),
+    report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "method_order": list(methods),
               "tasks": results[methods[0]]["tasks"], "samples_per_task": cfg.sampling.samples_per_task,
               "budget_unit": "sampled completions used for learning",
               "wall_seconds": {m: results[m]["wall_seconds"] for m in methods},

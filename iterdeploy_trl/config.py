@@ -549,13 +549,18 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
 }
 
 
-def config_hash(cfg: RunConfig) -> str:
+def config_hash(cfg: RunConfig, *, _compare_methods: tuple[str, ...] | None = None) -> str:
     """Stable hash of everything that determines a run's results (the run name excluded)."""
     import hashlib
 
     data = _hash_layout(cfg.to_dict())
     data.pop("name", None)
     data.pop("report_to", None)  # where results are reported does not change them
+    # Which methods `iterdeploy compare` runs does not change what one method's run does: hashed at the
+    # default for every run (a run made with the default keeps its hash), so that adding a method to a
+    # comparison resumes the methods already run. Run directories hashed with another value before this
+    # still resume (hash_matches).
+    data["compare_methods"] = list(METHODS if _compare_methods is None else _compare_methods)
     for key in _NOT_IN_HASH:
         data["sampling"].pop(key, None)
     for (section, key), default in _ADDED_LATER.items():
@@ -567,6 +572,19 @@ def config_hash(cfg: RunConfig) -> str:
     if version > 1:  # a pool drawn by an older generator is another run (version 1 hashes as before)
         data["generator_version"] = version
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hash_matches(cfg: RunConfig, stored: dict[str, Any]) -> bool:
+    """Whether a run directory's ``resolved_config.json`` (``stored``) holds a run of ``cfg``: its hash is
+    ``config_hash(cfg)``, or the hash this package made before ``compare_methods`` left the hash, with the
+    stored config's ``compare_methods``."""
+    old = stored.get("hash")
+    if old == config_hash(cfg):
+        return True
+    methods = (stored.get("config") or {}).get("compare_methods")
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        return False
+    return old == config_hash(cfg, _compare_methods=tuple(methods))
 
 
 def _hash_layout(data: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from iterdeploy_trl.config import (
     RunConfig,
     check_settings_read,
     config_hash,
+    hash_matches,
     load_config,
 )
 from iterdeploy_trl.console import quiet_trainer
@@ -789,7 +790,7 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     h = config_hash(cfg)
     if resolved.exists():
         old = read_json(resolved)
-        if old.get("hash") != h:
+        if not hash_matches(cfg, old):
             raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {h}); "
                            "use a new --out directory, or the config that made it to resume")
         return

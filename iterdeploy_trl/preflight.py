@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.config import ConfigError, RunConfig, config_hash
+from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, hash_matches
 from iterdeploy_trl.runio import read_json
 from iterdeploy_trl.runlock import SESSION_FILES, describe_holder, is_held, read_holder
 
@@ -218,8 +218,9 @@ def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
         return
     resolved = out / "resolved_config.json"
     if resolved.exists():
-        old = read_json(resolved).get("hash")
-        if old == config_hash(cfg):
+        stored = read_json(resolved)
+        old = stored.get("hash")
+        if hash_matches(cfg, stored):
             pf.lines.append(f"run directory: {out} holds this run: it would resume")
             if is_held(out):
                 pf.problems.append(f"--out {out} is in use by another run: {describe_holder(read_holder(out))}")

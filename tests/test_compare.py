@@ -111,3 +111,39 @@ def test_a_subset_of_the_comparison_may_run_but_no_setting_goes_unread(tmp_path)
     with pytest.raises(ConfigError, match=r"^reinforce\.learning_rate: set"):  # reinforce is not compared
         run_compare(cfg, tmp_path / "out", methods=("valid-sft",), progress=False, log=lambda m: None)
     assert not (tmp_path / "out" / "valid-sft").exists() and not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_adding_a_method_to_the_comparison_resumes_the_methods_already_run(tiny_base_model, tmp_path):
+    from conftest import tiny_run_config
+
+    from iterdeploy_trl.compare import run_compare
+
+    data = tiny_run_config(tiny_base_model, generations=1, seeds=[0], tasks={"n": 8, "heldout": 2},
+                           sampling={"samples_per_task": 2}, chunk_size=8, compare_methods=["valid-sft"])
+    first = run_compare(config_from_dict(data), tmp_path / "cmp", progress=False, log=lambda m: None)
+    model = tmp_path / "cmp" / "valid-sft" / "seed_0" / "gen_01" / "model"
+    stamps = {p: p.stat().st_mtime_ns for p in model.rglob("*") if p.is_file()}
+    assert stamps
+    # A second method joins the comparison: valid-sft's run directory is resumed (a changed hash would be
+    # refused as "a run of another config"), not run again.
+    report = run_compare(config_from_dict({**data, "compare_methods": ["valid-sft", "uncurated-sft"]}),
+                         tmp_path / "cmp", progress=False, log=lambda m: None)
+    assert report["method_order"] == ["valid-sft", "uncurated-sft"] and sorted(report["methods"]) == \
+        ["uncurated-sft", "valid-sft"]
+    assert report["methods"]["valid-sft"] == first["methods"]["valid-sft"]
+    assert {p: p.stat().st_mtime_ns for p in model.rglob("*") if p.is_file()} == stamps  # not trained again
+
+
+def test_a_run_hashed_with_its_compare_methods_still_resumes():
+    from iterdeploy_trl.config import config_hash, hash_matches
+
+    cfg = method_config(config_from_dict({"compare_methods": ["valid-sft", "reinforce"]}), "valid-sft")
+    other = method_config(config_from_dict({"compare_methods": ["valid-sft", "iw-sft", "reinforce"]}), "valid-sft")
+    assert config_hash(cfg) == config_hash(other) == config_hash(method_config(config_from_dict({}), "valid-sft"))
+    # What a run directory of the comparison holds when it was made before compare_methods left the hash:
+    old = {"hash": config_hash(cfg, _compare_methods=("valid-sft", "reinforce")), "config": cfg.to_dict()}
+    assert old["hash"] != config_hash(cfg) and hash_matches(cfg, old) and hash_matches(other, old)
+    changed = method_config(config_from_dict({"compare_methods": ["valid-sft", "reinforce"], "generations": 2}),
+                            "valid-sft")
+    assert not hash_matches(changed, old)
+    assert not hash_matches(cfg, {"hash": old["hash"], "config": {"compare_methods": "valid-sft"}})

@@ -37,7 +37,7 @@ def cumulative_tokens(method: str, rows: Sequence[dict[str, Any]]) -> list[float
 
 def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     """Solved vs sampled-completion budget and vs training tokens, 95% CI over seeds, per method."""
-    fig, axes = new_figure(SINGLE, 4.0, 2, 1)
+    fig, axes = new_figure(SINGLE, 4.6, 2, 1)  # the legend goes under the panels
     ax_b, ax_t = axes[0, 0], axes[1, 0]
     rows_md = []
     n_tasks = None
@@ -68,11 +68,22 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     ax_b.set_xlabel("sampled completions used for learning")
     ax_t.set_title("(b) tasks solved vs training compute")
     ax_t.set_xlabel("training tokens (cumulative)")
+    ax_b.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    # The methods' token counts differ by orders of magnitude (one curated trace per task against every
+    # sampled completion): a log axis, linear below the smallest positive count so that the base model's 0
+    # is drawn too.
+    positive = [row[9] for row in rows_md if row[9] and row[9] > 0]
+    if positive and max(positive) / min(positive) > 20:
+        ax_t.set_xscale("symlog", linthresh=min(positive))
+        ax_t.set_xlabel("training tokens (cumulative, log scale)")
     for a in (ax_b, ax_t):
         a.set_ylabel(f"tasks solved{of}")
         count_y(a, False)
-        a.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-    ax_b.legend(loc="best", title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
+    # One legend under both panels: inside an axis it covers the bands it explains.
+    handles, labels = ax_b.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
+                   title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
     files = save(fig, out, stem)
     sources = [cmp.path]
     notes = ["Mean over seeds with a two-sided 95% t interval (compare.json). Training tokens: completion "
