@@ -83,9 +83,9 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
         pf.warnings.append(f"model.dtype {cfg.model.dtype} on CPU: it runs, slowly")
 
     tok = _check_model(cfg, pf)
-    tasks = _check_tasks(cfg, pf)
+    tasks, set_domain = _check_tasks(cfg, pf)
     if tok is not None and tasks:
-        _check_lengths(cfg, tok, tasks, pf)
+        _check_lengths(cfg, tok, tasks, set_domain, pf)
     # what the run would do
     per_deploy = (t.n + t.heldout) * s.samples_per_task
     deploys = (cfg.generations + 1) * len(cfg.seeds)
@@ -157,8 +157,9 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
     return tok
 
 
-def _check_tasks(cfg: RunConfig, pf: Preflight) -> list[Any]:
-    """The first pool tasks (to measure prompts), after checking the task set."""
+def _check_tasks(cfg: RunConfig, pf: Preflight) -> tuple[list[Any], str | None]:
+    """The first pool tasks (to measure prompts) and, for ``tasks.dir``, the set's domain file, after
+    checking the task set (read once: an imported set may hold thousands of problems)."""
     t = cfg.tasks
     if t.dir:
         from iterdeploy_trl.tasks import TaskSetError, load_task_set
@@ -167,14 +168,14 @@ def _check_tasks(cfg: RunConfig, pf: Preflight) -> list[Any]:
             task_set = load_task_set(Path(t.dir).expanduser())
         except (TaskSetError, OSError, ValueError) as exc:
             pf.problems.append(f"tasks.dir: {exc}")
-            return []
+            return [], None
         if task_set.domain != cfg.domain:
             pf.problems.append(f"tasks.dir: {t.dir} holds {task_set.domain} tasks, the config says {cfg.domain}")
         if len(task_set.tasks) < t.n + t.heldout:
             pf.problems.append(f"tasks.dir: {t.dir} has {len(task_set.tasks)} tasks; tasks.n + tasks.heldout = "
                                f"{t.n + t.heldout}")
         pf.lines.append(f"task set: {t.dir}, {len(task_set.tasks)} tasks")
-        return list(task_set.tasks[: min(t.n, PROMPTS_MEASURED)])
+        return list(task_set.tasks[: min(t.n, PROMPTS_MEASURED)]), task_set.domain_pddl
     from iterdeploy_trl.tasks import generate_tasks
 
     size = tuple(t.size) if t.size else None
@@ -182,22 +183,19 @@ def _check_tasks(cfg: RunConfig, pf: Preflight) -> list[Any]:
         tasks = generate_tasks(cfg.domain, min(t.n, PROMPTS_MEASURED), t.seed, size=size)
     except ValueError as exc:
         pf.problems.append(f"tasks.size: {exc}")
-        return []
+        return [], None
     pf.lines.append(f"task set: generated ({cfg.domain}, seed {t.seed}, size {list(size) if size else 'default'})"
                     f", written to RUNDIR/tasks")
-    return tasks
+    return tasks, None
 
 
-def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], pf: Preflight) -> None:
-    """Prompt tokens of the first pool tasks against the context the run trains and serves with."""
+def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], dom: str | None, pf: Preflight) -> None:
+    """Prompt tokens of the first pool tasks against the context the run trains and serves with; ``dom``:
+    the task set's domain file (``tasks.dir``), else the built-in domain's."""
     from iterdeploy_trl.domains import domain_pddl
     from iterdeploy_trl.loop import prompt_for
 
-    if cfg.tasks.dir:
-        from iterdeploy_trl.tasks import load_task_set
-
-        dom = load_task_set(Path(cfg.tasks.dir).expanduser()).domain_pddl
-    else:
+    if dom is None:
         dom = domain_pddl(cfg.domain)
     lengths = [len(tok(prompt_for(cfg, dom, task, tok))["input_ids"]) for task in tasks]
     longest = max(lengths)
