@@ -1,6 +1,6 @@
 """Step time of each trainer against the TRL trainer it extends, same model, same data, one run.
 
-    python benchmarks/bench_trainers.py [--size small] [--steps 20] [--rounds 3] [--threads 1]
+    python benchmarks/bench_trainers.py [--size small] [--steps 20] [--rounds 4] [--threads 1]
 
 Pairs: ValidTraceSFTTrainer and ImportanceWeightedSFTTrainer vs trl.SFTTrainer (IW-SFT twice, three times with `--own-forward-row`: at
 temperature 1 / top-p 1 its weights are the training forward's log π; at T = 0.6 / top-p 0.95 the training
@@ -9,7 +9,8 @@ accumulated micro-batches, a no-grad float32 forward of their own: the third row
 path's cost against the same baseline, full step only); ReinforceTrainer vs
 trl.GRPOTrainer(scale_rewards="none") at T 1 / top-p 1 and at T 0.6 / top-p 0.95 (generation with
 transformers, real VAL reward; below top-p 1 ours takes log q over the nucleus from a plain forward). Each trainer runs
-`--steps` optimizer steps per round, the rounds alternate between the two trainers of a pair, the first
+`--steps` optimizer steps per round, the rounds alternate between the two trainers of a pair (every other
+round in reverse order, ABBA; an even `--rounds` balances it), the first
 steps of a run are warm-up; the figure is the median step time and the ratio ours / TRL's (goal <= 1.05).
 For REINFORCE the step includes generation and VAL, which are TRL's and ours alike, so the loss alone
 (forward + backward on one fixed generation batch) is timed too. A script, not a test.
@@ -61,9 +62,11 @@ class StepTimer(TrainerCallback):
     of training) to the end of this one, so that work done before the first micro-batch (fetching the batch,
     IW-SFT's weights forward in `get_batch_samples`) is counted too."""
 
-    def __init__(self) -> None:
+    def __init__(self, trainer: Any = None) -> None:
         self.times: list[tuple[float, float]] = []
+        self.lengths: list[float] = []  # an RL trainer's mean completion length at each step (its metrics)
         self._start = (0.0, 0.0)
+        self._trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._start = clocks()
@@ -71,6 +74,9 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         end = clocks()
         self.times.append((end[0] - self._start[0], end[1] - self._start[1]))
+        metrics = getattr(self._trainer, "_metrics", {}).get("train", {}).get("completions/mean_length")
+        if metrics:
+            self.lengths.append(float(metrics[-1]))
         self._start = end
 
 
@@ -90,20 +96,29 @@ def common_args(out: Path, steps: int, batch: int, device: str) -> dict[str, Any
     }
 
 
-def time_pair(build: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Step times of each trainer; runs alternate between the trainers of the pair."""
+def time_pair(
+    build: dict[str, Callable[[], Any]], rounds: int, lengths: dict[str, list[float]] | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Step times of each trainer; runs alternate between the trainers of the pair. ``lengths``, when given,
+    receives each RL trainer's mean completion length per timed step (printed, to show that both trainers of a
+    pair sampled the same work)."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in build}
     trainers = {name: make() for name, make in build.items()}
     for trainer in trainers.values():
         trainer.remove_callback(PrinterCallback)
-    for _ in range(rounds):
-        for name, trainer in trainers.items():
-            timer = StepTimer()
+    order = list(trainers.items())
+    for r in range(rounds):
+        # ABBA: every other round runs the pair in reverse, so a drift of the machine within a round (or an
+        # advantage of running first) falls on both trainers alike
+        for name, trainer in order if r % 2 == 0 else order[::-1]:
+            timer = StepTimer(trainer)
             trainer.add_callback(timer)
             set_seed(0)  # same samples for both trainers of a pair (generation is the bulk of an RL step)
             trainer.train()
             trainer.remove_callback(timer)
             times[name].extend(timer.times[WARMUP:])
+            if lengths is not None:
+                lengths.setdefault(name, []).extend(timer.lengths[WARMUP:])
     return times
 
 
@@ -115,8 +130,9 @@ def loss_times(
     for trainer in trainers.values():
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
+    order = list(trainers.items())
     for rep in range(reps + WARMUP):
-        for name, trainer in trainers.items():
+        for name, trainer in order if rep % 2 == 0 else order[::-1]:  # ABBA, as in time_pair
             keep = getattr(trainer, "_extra_columns", ())  # behaviour_logprob for IW-SFT only
             batch = {k: v for k, v in inputs.items() if k != "behaviour_logprob" or k in keep}
             start = clocks()
@@ -148,7 +164,7 @@ def main() -> None:
         "--size", default="small", help="small model size: tiny, small, medium (default small)"
     )
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per trainer (default 3)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating runs per trainer, ABBA (default 4)")
     parser.add_argument("--batch", type=int, default=8, help="per-device batch size (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
@@ -301,12 +317,16 @@ def time_reinforce_at(
             processing_class=tokenizer,
         ),
     }
-    rl_times = time_pair(rl, args.rounds)
+    lengths: dict[str, list[float]] = {}
+    rl_times = time_pair(rl, args.rounds, lengths)
     report(
         f"REINFORCE at {setting} (full step: generation + VAL + loss)",
         rl_times,
         'trl.GRPOTrainer(scale_rewards="none")',
     )
+    for name, values in lengths.items():
+        if values:
+            print(f"  {name:<40} mean completion length {statistics.mean(values):.2f} tokens over {len(values)} steps")
 
     trainers = {name: make() for name, make in rl.items()}
     grpo = trainers['trl.GRPOTrainer(scale_rewards="none")']
