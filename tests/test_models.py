@@ -289,6 +289,9 @@ def test_walks_with_notes_read_back_as_the_walk(domain: str, size: tuple[int, in
 # Argument positions of an action that its domain's note need not name: a destination any other location
 # or floor may be (the names give the floors' order).
 _FREE_ARGUMENTS = {"ferry": {"sail": {1}}, "miconic": {"up": {1}, "down": {1}}, "spanner": {}}
+# Arguments the note must name after a keyword, not just somewhere: a passenger that may depart here is
+# listed after "destin" (boarded passengers bound for another floor are not).
+_AFTER_KEYWORD = {"miconic": {"depart": {1: "destin"}}}
 
 
 @pytest.mark.parametrize("domain", sorted(_FREE_ARGUMENTS))
@@ -314,6 +317,9 @@ def test_notes_name_what_the_legal_actions_act_on(domain: str) -> None:
                 free = _FREE_ARGUMENTS[domain].get(name, set())
                 missing = {a for i, a in enumerate(args) if i not in free} - words
                 assert not missing, (action, state_note(domain, state))
+                note = state_note(domain, state).split()
+                for i, keyword in _AFTER_KEYWORD.get(domain, {}).get(name, {}).items():
+                    assert keyword in note and args[i] in note[note.index(keyword) + 1:], (action, note)
                 checked += 1
     assert checked > 100
 
