@@ -41,6 +41,7 @@ from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import (
     append_row,
     atomic_write_text,
+    machine_id,
     machine_record,
     read_json,
     read_rows,
@@ -560,7 +561,7 @@ def _save_generation(trainer: Any, tok: Any, tmp: Path, out_dir: Path, stats: di
         disk_write("model-save", tmp)
         tok.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        write_json(tmp / "train_stats.json", stats)
+        write_json(tmp / "train_stats.json", {**stats, "machine": machine_id()})
         replace_dir(tmp, out_dir)
     dist.barrier()  # the model is in place before any process deploys it
     return read_json(out_dir / "train_stats.json")
@@ -861,7 +862,9 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      train_completion_tokens=tokens,
                      train_completion_tokens_cumulative=tokens + sum(
                          done[h].get("train_completion_tokens", 0) for h in done if h < g),
-                     eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"))
+                     eval_traces=train_stats.get("eval_traces", 0), eval_loss=train_stats.get("eval_loss"),
+                     # where deploy_seconds and train_seconds were measured (a resumed run may move machines)
+                     deploy_machine=machine_id(), train_machine=train_stats.get("machine"))
             append_metrics(metrics_path, m)
             if dist.is_main():
                 tracking.log_generation(cfg, out, seed, m)

@@ -168,6 +168,18 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def machine_id(record: dict[str, Any] | None = None) -> str:
+    """One line naming the machine of ``record`` (default: this one), e.g. ``AMD EPYC 9B45 (AVX512, 2 CPUs)``
+    or ``... + 8x NVIDIA H100 80GB HBM3``: written beside each generation's deploy and train seconds, so that
+    a run resumed on another machine says which machine each number was measured on."""
+    rec = record or machine_record()
+    text = f"{rec.get('cpu')} ({rec.get('cpu_capability')}, {rec.get('cpu_count')} CPUs)"
+    gpus = rec.get("gpus") or []
+    for name in dict.fromkeys(gpus):
+        text += f" + {gpus.count(name)}x {name}"
+    return text
+
+
 def machine_record() -> dict[str, Any]:
     """What a number measured here depends on besides the code: the CPU (model name, family and model number
     from /proc/cpuinfo where there is one, and the instruction set torch's CPU kernels dispatch to: float32

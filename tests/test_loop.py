@@ -77,6 +77,25 @@ def test_loop_end_to_end(tiny_base_model, tmp_path):
     assert traces(tmp_path / "run") == rows
 
 
+def test_each_generation_names_the_machines_its_seconds_were_measured_on(tiny_base_model, tmp_path, monkeypatch):
+    import iterdeploy_trl.loop as loop
+
+    cfg = config_from_dict(tiny_run_config(tiny_base_model, generations=1, **{k: v for k, v in RESUME_OVER.items()
+                                                                             if k != "generations"}))
+    monkeypatch.setattr(loop, "machine_id", lambda: "machine A")
+    run_loop(cfg, tmp_path / "run", progress=False)
+    metrics = tmp_path / "run" / "seed_0" / "metrics.jsonl"
+    rows = read_jsonl(metrics)
+    assert [(r["deploy_machine"], r["train_machine"]) for r in rows] == [("machine A", None), ("machine A", "machine A")]
+    # Generation 1's row lost (as if the run was killed before writing it) and the run resumed elsewhere: its
+    # deployment is read back from disk, its row says where each number came from.
+    metrics.write_text(json.dumps(rows[0]) + "\n")
+    monkeypatch.setattr(loop, "machine_id", lambda: "machine B")
+    run_loop(cfg, tmp_path / "run", progress=False)
+    assert [(r["deploy_machine"], r["train_machine"]) for r in read_jsonl(metrics)] == \
+        [("machine A", None), ("machine B", "machine A")]
+
+
 @pytest.fixture(scope="module")
 def reference_run(tiny_base_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
