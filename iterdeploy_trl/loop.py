@@ -788,11 +788,10 @@ def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: 
 
 def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     resolved = out / "resolved_config.json"
-    h = config_hash(cfg)
     if resolved.exists():
         old = read_json(resolved)
         if not hash_matches(cfg, old):
-            raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {h}); "
+            raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {config_hash(cfg)}); "
                            "use a new --out directory, or the config that made it to resume")
         return
     if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml", *SESSION_FILES)):
@@ -800,7 +799,7 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if given is not None:
         atomic_write_text(out / "config.yaml", given)
-    write_json(resolved, {"hash": h, "config": cfg.to_dict()})
+    write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
 
 
 def generation_model(sdir: Path, g: int) -> Path | None:

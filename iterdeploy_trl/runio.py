@@ -22,6 +22,7 @@ name, where the crash and full-disk tests strike.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -168,11 +169,12 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def machine_id(record: dict[str, Any] | None = None) -> str:
-    """One line naming the machine of ``record`` (default: this one), e.g. ``AMD EPYC 9B45 (AVX512, 2 CPUs)``
-    or ``... + 8x NVIDIA H100 80GB HBM3``: written beside each generation's deploy and train seconds, so that
-    a run resumed on another machine says which machine each number was measured on."""
-    rec = record or machine_record()
+@functools.lru_cache(maxsize=1)
+def machine_id() -> str:
+    """One line naming this machine, e.g. ``AMD EPYC 9B45 (AVX512, 2 CPUs)`` or ``... + 8x NVIDIA H100 80GB
+    HBM3``: written beside each generation's deploy and train seconds, so that a run resumed on another
+    machine says which machine each number was measured on. Made once per process."""
+    rec = machine_record()
     text = f"{rec.get('cpu')} ({rec.get('cpu_capability')}, {rec.get('cpu_count')} CPUs)"
     gpus = rec.get("gpus") or []
     for name in dict.fromkeys(gpus):

@@ -40,6 +40,7 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     fig, axes = new_figure(SINGLE, 4.6, 2, 1)  # the legend goes under the panels
     ax_b, ax_t = axes[0, 0], axes[1, 0]
     rows_md = []
+    positive = []  # the positive cumulative token counts, for panel (b)'s scale
     n_tasks = None
     for i, (method, rows) in enumerate(cmp.methods.items()):
         if not rows:
@@ -56,6 +57,7 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         lo = [r["solved_ci"][0] for r in rows]
         hi = [r["solved_ci"][1] for r in rows]
         tokens = cumulative_tokens(method, rows)
+        positive += [tok for tok in tokens if tok and tok > 0]
         band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
         band(ax_t, tokens, mean, lo, hi, colour, label)
         for r, tok in zip(rows, tokens, strict=True):
@@ -72,7 +74,6 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     # The methods' token counts differ by orders of magnitude (one curated trace per task against every
     # sampled completion): a log axis, linear below the smallest positive count so that the base model's 0
     # is drawn too.
-    positive = [row[9] for row in rows_md if row[9] and row[9] > 0]
     if positive and max(positive) / min(positive) > 20:
         ax_t.set_xscale("symlog", linthresh=min(positive))
         ax_t.set_xlabel("training tokens (cumulative, log scale)")
