@@ -27,7 +27,15 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iterdeploy", description=__doc__.split(".")[0])
+    from iterdeploy_trl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="iterdeploy",
+        description="Iterative deployment of language models on PDDL planning tasks, validated by VAL, on TRL. "
+        "`iterdeploy COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         if only is not None and name != only:

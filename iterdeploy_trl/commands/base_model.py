@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "base-model",
         help="pretrain a small base model on random legal action walks (no goal-directed plans)",
+        description="Builds a small word-level causal LM over the domain's symbols and pretrains it on random "
+        "legal action walks from generated (or given) tasks, each walk after a prompt with an unrelated goal: a "
+        "model that knows the rules and cannot plan, the CPU configs' base model (model.path: auto). --measure N "
+        "then counts legal actions and tasks solved on N fresh tasks.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--domain", choices=PLANNING_DOMAINS, help="a built-in domain (walks from generated tasks)")
@@ -38,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=tuple(SIZES), default="tiny", help="model size (default: tiny)")
     p.add_argument("--num-walks", type=int, default=80000, help="training walks (default: 80000)")
     p.add_argument("--batch-size", type=int, default=32, help="walks per step (default: 32)")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="pretraining learning rate (default: 3e-3)")
     p.add_argument(
         "--task-size",
         type=int,

@@ -12,10 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs every method in `compare_methods` of the config on the same tasks, base "
                                    "model and seeds, with an equal budget of sampled completions; writes "
                                    "OUT/compare.json with confidence intervals and paired tests. Resumable.")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True,
+                   help="YAML/JSON run config; its compare_methods and tuning sections say what runs "
+                        "(e.g. experiments/cpu_compare_full.yaml)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="comparison directory: one run directory per method and seed, and compare.json")
     p.add_argument("--methods", nargs="+", default=None, help="override compare_methods")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
                    help="trackio, tensorboard, wandb (overrides the config's report_to; 'none' for none)")
     p.add_argument("--verbose", action="store_true",

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "over seeds, ties to the earlier; no-regression: the last generation that lost no pool task "
                     "solved by every seed earlier; or a generation number) and copies that generation's model "
                     "of --seed into OUT with release.json (run, seed, generation, criterion and numbers, source).")
-    p.add_argument("run_dir", type=Path, metavar="RUNDIR")
+    p.add_argument("run_dir", type=Path, metavar="RUNDIR", help="the run directory to export a model from")
     p.add_argument("--out", type=Path, required=True, help="new directory for the model")
     p.add_argument("--select", default="best-heldout", help="best-heldout | no-regression | GENERATION")
     p.add_argument("--seed", type=int, default=None, help="the seed whose model is exported (default: the first)")

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Reads a run directory (or a comparison's OUT) without writing or locking it: "
                                    "its seeds, the generations each has finished, the stage it is in, the last "
                                    "summary line, and whether a process holds it (host, PID, start time).")
-    p.add_argument("run_dir", type=Path, metavar="RUNDIR")
+    p.add_argument("run_dir", type=Path, metavar="RUNDIR", help="a run directory (iterdeploy run --out) or a comparison's OUT")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=run)
 

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "theory",
         help="check empirically that valid-trace SFT points along the binary-reward REINFORCE gradient",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     int_option(
         "--warmup-steps", "S", "at most this many warm-up SFT steps (0: use the model as it is; default 600)"
     )
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed of the checks (default: 0)")
     parser.add_argument(
         "--run-dir",
         metavar="RUN",
