@@ -53,6 +53,8 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "x96": (96, 4, 4, 384),
     "small": (128, 4, 4, 512),
     "medium": (256, 6, 8, 1024),
+    # ~71 M parameters, head_dim 64: the model `iterdeploy gpu-check` makes on a GPU (gpucheck.py)
+    "gpu-check": (768, 10, 12, 2048),
 }
 
 

@@ -16,7 +16,7 @@ from iterdeploy_trl.tasks.generate import CPU_SIZES
 CPU_TASK_SIZES = CPU_SIZES
 
 # Kept in step with models.SIZES without importing torch for `--help`.
-SIZES = ("tiny", "tiny-h64", "x64", "x96", "small", "medium")
+SIZES = ("tiny", "tiny-h64", "x64", "x96", "small", "medium", "gpu-check")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
