@@ -5,6 +5,10 @@ of the README and of docs/ resolves, the README stays a short guide, and its Pyt
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import re
+import types
 import typing
 from pathlib import Path
 
@@ -53,3 +57,78 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"iterdeploy {__version__}"
+
+
+# --------------------------------------------------------------------------------------- docs/config.md
+
+
+def _dataclass_in(tp: typing.Any) -> type | None:
+    """The dataclass a field's type names (``Section`` or ``Section | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if inner else None
+    return None
+
+
+def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, str | None]:
+    """Every dotted key of the run config -> its default as JSON (None for a section), walking the
+    dataclasses from ``RunConfig`` down."""
+    if cls is None:
+        from iterdeploy_trl.config import RunConfig
+
+        cls = RunConfig
+    hints = typing.get_type_hints(cls)
+    keys: dict[str, str | None] = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        section = _dataclass_in(hints[f.name])
+        if section is not None:
+            keys[key] = None
+            keys.update(config_keys(section, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        keys[key] = json.dumps(list(default) if isinstance(default, tuple) else default)
+    return keys
+
+
+_ROW = re.compile(r"^\| `([a-z_][a-z0-9_.]*)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| (.+) \|$")
+
+
+def documented_keys(text: str) -> dict[str, list[str]]:
+    """docs/config.md's reference rows: key -> [type, default, read by, meaning] (a key twice: listed twice)."""
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        match = _ROW.match(line)
+        if match:
+            key = match.group(1)
+            assert key not in rows, f"docs/config.md lists {key} twice"
+            rows[key] = [g.strip() for g in match.groups()[1:]]
+    return rows
+
+
+def test_config_reference_lists_every_key_with_its_default() -> None:
+    keys = config_keys()
+    assert {"tasks.n", "model.prompt_style", "training.lora.r", "validator.blind_spot.goal_atoms"} <= set(keys)
+    rows = documented_keys(CONFIG_DOC.read_text())
+    missing = sorted(set(keys) - set(rows))
+    assert not missing, f"docs/config.md has no row for {missing}: add `| \\`key\\` | type | default | read by | meaning |`"
+    stale = sorted(set(rows) - set(keys))
+    assert not stale, f"docs/config.md documents keys the config does not have: {stale}"
+    wrong = {k: (rows[k][1], f"`{d}`") for k, d in keys.items() if d is not None and rows[k][1] != f"`{d}`"}
+    assert not wrong, f"docs/config.md defaults differ from iterdeploy_trl/config.py (doc, code): {wrong}"
+    empty = [k for k, row in rows.items() if not all(cell.strip("` ") for cell in row)]
+    assert not empty, f"docs/config.md rows with an empty cell: {empty}"
+
+
+def test_config_reference_check_fails_on_an_undocumented_key() -> None:
+    """The check above would catch a key added to a section without its row (a new dataclass field)."""
+    from iterdeploy_trl.config import ReinforceSettings
+
+    grown = dataclasses.make_dataclass("Grown", [("new_knob", int, dataclasses.field(default=3))],
+                                       bases=(ReinforceSettings,), frozen=True)
+    keys = config_keys(grown, "reinforce.")
+    rows = documented_keys(CONFIG_DOC.read_text())
+    assert keys["reinforce.new_knob"] == "3"
+    assert sorted(set(keys) - set(rows)) == ["reinforce.new_knob"]
