@@ -21,6 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from iterdeploy_trl.stats import t_interval
+
 COUNTER_REWARDS = ("exact",)
 
 
@@ -244,22 +246,15 @@ def measure_run(run: Any, blind: Any, *, workers: int | None = None, timeout: fl
 
 def summarise(per_seed: dict[str, list[dict[str, Any]]], keys: Sequence[str] = (
         "exploit_fraction", "exact_solved", "blind_solved")) -> list[dict[str, Any]]:
-    """Mean and two-sided 95 % t-interval over seeds of each key, per generation (generations every seed
-    reached)."""
-    import math
-    import statistics
-
-    from scipy import stats
-
+    """Mean and two-sided 95 % t-interval over seeds (``stats.t_interval``; one seed: [mean, mean]) of each
+    key, per generation (generations every seed reached)."""
     gens = sorted(set.intersection(*(set(r["generation"] for r in rows) for rows in per_seed.values())))
     out = []
     for g in gens:
         entry: dict[str, Any] = {"generation": g, "seeds": len(per_seed)}
         for k in keys:
             vals = [next(r[k] for r in rows if r["generation"] == g) for rows in per_seed.values()]
-            m = statistics.fmean(vals)
-            half = (float(stats.t.ppf(0.975, len(vals) - 1)) * statistics.stdev(vals) / math.sqrt(len(vals))
-                    if len(vals) > 1 else 0.0)
-            entry[k] = {"mean": m, "ci": [m - half, m + half], "per_seed": vals}
+            ti = t_interval(vals)
+            entry[k] = {"mean": ti.mean, "ci": [ti.lo, ti.hi], "per_seed": vals}
         out.append(entry)
     return out

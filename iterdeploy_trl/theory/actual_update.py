@@ -19,10 +19,11 @@ what the loop's training actually does, in the parameter space of the base model
   for M_0 = θ₀, where the retraining starts.
 
 Reported per generation: cos(Δ_g, reinforce_deployed), cos(Δ_g, reinforce_base), cos(sft_first_step,
-reinforce_base), cos(prop2_corrected, reinforce_base), each as the point estimate and a mean with a 95%
-t-interval over bootstrap replicates (pool tasks resampled with replacement: the run drew each task's
-samples once), and a reference: the cosine between the REINFORCE estimates from the even and from the odd
-sample indices (two independent halves: what two estimates of one gradient reach at this sample size).
+reinforce_base), cos(prop2_corrected, reinforce_base), each as the point estimate and the mean and 95%
+percentile interval of bootstrap replicates (pool tasks resampled with replacement: the run drew each
+task's samples once; ``pipeline.bootstrap_interval``, never a t-interval over replicates), and a
+reference: the cosine between the REINFORCE estimates from the even and from the odd sample indices (two
+independent halves: what two estimates of one gradient reach at this sample size).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from torch import Tensor
 
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.pipeline import (
+    bootstrap_interval,
     collate,
     fmt_interval,
     safe_cosine,
     sampler_sequence_logprobs,
     sft_trainer,
-    t_interval,
     trainer_gradient,
 )
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
@@ -437,7 +438,7 @@ def _generation(
     for key, vec in (("update", update), ("sft", sft_step), ("prop2", prop2_step)):
         values = [safe_cosine(vec, r) for r in rl0_boot]
         entry[f"cos_{key}_reinforce_base"] = {"point": safe_cosine(vec, rl0.estimate), "values": values,
-                                              **t_interval(values)}
+                                              **bootstrap_interval(values)}
     if g >= 1:
         model_g, _ = view.load(view.model_dir(g), config.device)
         model_g = _trainable(model_g, params.names)
@@ -445,7 +446,7 @@ def _generation(
         log(f"  actual_update: REINFORCE of M_{g} from generation {g}'s samples: {rl_g.valid}/{rl_g.n} valid")
         values = [safe_cosine(update, r) for r in rl_g.bootstrap(config.repeats, config.bootstrap_seed + g)]
         entry["cos_update_reinforce_deployed"] = {"point": safe_cosine(update, rl_g.estimate), "values": values,
-                                                  **t_interval(values)}
+                                                  **bootstrap_interval(values)}
         entry["cos_reinforce_deployed_reinforce_base"] = safe_cosine(rl_g.estimate, rl0.estimate)
         entry["reference_half_vs_half_deployed"] = safe_cosine(*rl_g.halves)
         entry["deployed_valid"] = rl_g.valid

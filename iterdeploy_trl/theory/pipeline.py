@@ -26,14 +26,12 @@ the adapter applied unmerged), so the row measures how far vLLM's sampler is fro
 Theory says: at T = 1, top-p 1 SFT ∥ REINFORCE (Prop. 1; only tokenisation and rounding can break it); at
 T < 1 the sampler's score ∇ log β_θ is not the score ∇ log π_θ that SFT follows, so nothing forces the
 cosine to 1.
-Intervals are 95% Student-t intervals over the repeats.
+Intervals are 95% Student-t intervals over the repeats (independent sampling seeds: ``stats.t_interval``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iterdeploy_trl import stats
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.gradients import ParamSet, cosine, flat_grad, trainable_parameters
 from iterdeploy_trl.theory.report import EMPIRICAL, PASS, CheckResult, Row, verdict
@@ -88,18 +87,26 @@ LOGPROB_TOLERANCE = 1e-3
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean, std and the Student-t interval of the mean over repeats (NaN values dropped)."""
+    """Mean, std and the Student-t interval of the mean (``stats.t_interval``) over *independent* repeats
+    (fresh sampling seeds); NaN values dropped, no interval (NaN bounds) from one value. Never over
+    bootstrap replicates: their spread is already a standard error (use :func:`bootstrap_interval`)."""
     kept = [float(v) for v in values if v == v]
     if not kept:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    mean = statistics.fmean(kept)
-    if len(kept) == 1:
-        return {"n": 1, "mean": mean, "std": 0.0, "lo": float("nan"), "hi": float("nan")}
-    from scipy import stats
+    ti = stats.t_interval(kept, level)
+    if ti.n == 1:
+        return {"n": 1, "mean": ti.mean, "std": 0.0, "lo": float("nan"), "hi": float("nan")}
+    return {"n": ti.n, "mean": ti.mean, "std": ti.sd, "lo": ti.lo, "hi": ti.hi}
 
-    std = statistics.stdev(kept)
-    half = float(stats.t.ppf(0.5 + level / 2, len(kept) - 1)) * std / math.sqrt(len(kept))
-    return {"n": len(kept), "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
+
+def bootstrap_interval(replicates: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, std and the percentile interval (``stats.percentile_interval``) of bootstrap replicates, in
+    the keys of :func:`t_interval`; NaN replicates dropped, no interval from fewer than two."""
+    kept = [float(v) for v in replicates if v == v]
+    out = t_interval(kept, level)
+    if out["n"] >= 2:
+        out["lo"], out["hi"] = stats.percentile_interval(kept, level)
+    return out
 
 
 def safe_cosine(a: Tensor, b: Tensor) -> float:
