@@ -10,11 +10,15 @@ models and metrics):
   the state back to what it was before it, e.g. ``(pick-up a)`` then ``(put-down a)``; found with the
   simulator on the plan's legal prefix, so it holds for any domain) and novelty (a plan never written for
   that task in an earlier generation of the seed);
-- **implicit reward** (Prop. 2): training on a mixture of the current model π's traces (fraction λ of the
-  training set) and an earlier behaviour β's is REINFORCE with the per-trace effective reward
-  ``r · (λ + (1 − λ) · β(y|x) / π(y|x))``. Here r = 1 for every trace curation returned to training (the
-  selection *is* the reward), β(y|x) is the trace's recorded behaviour probability and π(y|x) is the
-  probability under the model the generation deployed, scored by loading it from the run directory;
+- **implicit reward** (Prop. 2): SFT on a training set whose rows were sampled by several models β_k (a
+  share λ_k of the rows from generation k) is REINFORCE of π with the per-trace effective reward
+  ``r · Σ_k λ_k β_k(y|x) / π(y|x)``, the mixture density over every source generation. Here r = 1 for
+  every trace curation returned to training (the selection *is* the reward), β_k is the model that
+  deployed generation k (its sampling temperature and top-p), scored on EVERY trace of the set, and π is
+  the model the generation's training starts from (the base model under ``training.init: base``, the
+  deployed model otherwise), at temperature 1; each model is loaded from the run directory. λ_k are shares
+  of the curated rows, so the density is that of the samples before curation (the valid mass of each
+  source, which conditioning on curation would add, is not in it);
 - **drift and regressions**: features of every deployed output per generation (pool and held-out), tasks
   solved earlier and lost later;
 - **lineage and completeness**: validator identity, curation rule, base model, training set per generation,
@@ -32,7 +36,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,18 +330,49 @@ def _as_records(rows: Sequence[dict[str, Any]]) -> list[Any]:
 # ---------------------------------------------------------------------------------- effective reward
 
 
-def effective_rewards(rewards: Sequence[float], log_beta: Sequence[float], log_pi: Sequence[float],
-                      lam: float) -> list[float]:
-    """Prop. 2's per-trace effective reward ``r · (λ + (1 − λ) · β(y|x) / π(y|x))``.
+def source_shares(sources: Sequence[int]) -> dict[int, float]:
+    """λ_k: the share of the training rows sampled in generation k, for every source generation k."""
+    if not sources:
+        raise ValueError("source_shares of an empty training set: there is no mixture to weigh")
+    counts = Counter(int(s) for s in sources)
+    return {k: counts[k] / len(sources) for k in sorted(counts)}
 
-    ``log_beta``/``log_pi``: log-probabilities of each completion under the behaviour policy that sampled
-    it and under the current model; ``lam``: the fraction of the training set sampled by the current
-    model. The ratio is computed as exp(log β − log π), capped at exp(700) to stay finite."""
+
+def mixture_logprob(log_beta: Mapping[int, float], shares: Mapping[int, float]) -> float:
+    """log Σ_k λ_k β_k(y|x), by logsumexp: ``log_beta[k]`` = log β_k(y|x) (−inf where β_k cannot draw y),
+    ``shares[k]`` = λ_k. Every k with λ_k > 0 needs its log β_k."""
+    missing = sorted(k for k, lam in shares.items() if lam > 0 and k not in log_beta)
+    if missing:
+        raise ValueError(f"mixture_logprob: no log β for source generation(s) {missing}; score the trace under "
+                         "every source generation's model")
+    terms = [math.log(lam) + float(log_beta[k]) for k, lam in shares.items() if lam > 0]
+    top = max(terms)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def log_effective_weights(log_beta: Sequence[Mapping[int, float]], log_pi: Sequence[float],
+                          shares: Mapping[int, float]) -> list[float]:
+    """log of Prop. 2's weight Σ_k λ_k β_k(y|x) / π(y|x) of each trace (+inf where π(y|x) = 0 < the mixture's)."""
     out = []
-    for r, lb, lp in zip(rewards, log_beta, log_pi, strict=True):
-        ratio = math.exp(min(700.0, lb - lp))
-        out.append(r * (lam + (1.0 - lam) * ratio))
+    for lb, lp in zip(log_beta, log_pi, strict=True):
+        mix = mixture_logprob(lb, shares)
+        out.append(-math.inf if mix == -math.inf else math.inf if lp == -math.inf else mix - float(lp))
     return out
+
+
+def effective_rewards(rewards: Sequence[float], log_beta: Sequence[Mapping[int, float]], log_pi: Sequence[float],
+                      shares: Mapping[int, float]) -> list[float]:
+    """Prop. 2's per-trace effective reward ``r · Σ_k λ_k β_k(y|x) / π(y|x)``.
+
+    SFT on a training set mixed from several sources, a share λ_k of its rows sampled by β_k, has the expected
+    gradient Σ_k λ_k E_{β_k}[∇ log π] = E_π[(Σ_k λ_k β_k / π) ∇ log π]: REINFORCE of π with that reward.
+    ``log_beta[i]``: {k: log β_k(y_i|x_i)} for every source generation k (each trace under EVERY source's
+    model, not only the one that sampled it); ``log_pi``: log π(y_i|x_i) under the model the training starts
+    from; ``shares``: {k: λ_k}. The ratio is exp(log-weight) capped at exp(700) to stay finite."""
+    logs = log_effective_weights(log_beta, log_pi, shares)
+    return [r * math.exp(min(700.0, lw)) for r, lw in zip(rewards, logs, strict=True)]
 
 
 def weight_statistics(weights: Sequence[float], sources: Sequence[int]) -> dict[str, Any]:
@@ -546,6 +581,7 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
     else:
         checks.append(Check(f"seed {seed} metrics.jsonl", False, f"{sdir}/metrics.jsonl missing"))
     history: list[dict[str, Any]] = []
+    scorers: dict[str, TraceScorer] = {}  # one per seed: its generations share the accumulated traces
     seen_plans: dict[str, set[str]] = {}  # task id -> plans written in earlier generations
     solved_ever: set[str] = set()
     solved_prev: set[str] | None = None
@@ -637,7 +673,7 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
                 entry["training_set"]["train_stats"] = {k: st.get(k) for k in ("train_traces", "eval_traces",
                                                                                 "overlong_skipped", "train_steps")}
             if score and matched:
-                entry["effective_reward"] = _score_generation(run, seed, g, matched, rows, log)
+                entry["effective_reward"] = _score_generation(run, seed, g, matched, rows, scorers, log)
         for r in pool:
             seen_plans.setdefault(r["task_id"], set()).add(r.get("plan") or "")
         gens.append(entry)
@@ -655,53 +691,103 @@ def _blind_summary(pool: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "exploit_fraction": sum(t and not e for t, e in zip(train, exact, strict=True)) / n}
 
 
+def start_generation(cfg: Mapping[str, Any], g: int) -> int:
+    """The generation whose deployed model the training after generation ``g`` starts from: 0 (the base
+    model) under ``training.init: base``, ``g`` under ``training.init: previous`` and for REINFORCE (which
+    always continues from the deployed model)."""
+    init = (cfg.get("training") or {}).get("init", "base")
+    return g if init == "previous" or cfg.get("method") == "reinforce" else 0
+
+
+class TraceScorer:
+    """Log-probabilities of trace completions under a seed's models (``score_logprobs``), each (model,
+    sampler, trace) scored once: the generations of a seed share their accumulated traces, and a model is
+    loaded only when some trace is not scored under it yet."""
+
+    def __init__(self, cfg: Any, base: Path, threads: int) -> None:
+        self.cfg, self.base, self.threads = cfg, base, threads
+        self._cache: dict[tuple[str, float, float], dict[int, tuple[dict[str, Any], float]]] = {}
+
+    def __call__(self, model_dir: Path | None, recs: Sequence[dict[str, Any]], temperature: float,
+                 top_p: float, log: Callable[[str], None] = lambda m: None) -> list[float]:
+        cache = self._cache.setdefault((str(model_dir), temperature, top_p), {})
+        todo = [r for r in recs if id(r) not in cache or cache[id(r)][0] is not r]
+        if todo:
+            import torch
+
+            from iterdeploy_trl.loop import load_for_generation
+
+            log(f"  scoring {len(todo)} training traces under {model_dir or self.base} (T {temperature:g}, "
+                f"top-p {top_p:g})")
+            torch.set_num_threads(max(1, self.threads))
+            model, tok = load_for_generation(self.cfg, self.base, model_dir)
+            scores = score_logprobs(model, tok, todo, temperature=temperature, top_p=top_p)
+            del model
+            for r, lp in zip(todo, scores, strict=True):
+                cache[id(r)] = (r, lp)
+        return [cache[id(r)][1] for r in recs]
+
+
 def _score_generation(run: RunDir, seed: int, g: int, matched: list[dict[str, Any]], rows: list[dict[str, Any]],
-                      log: Callable[[str], None]) -> dict[str, Any]:
-    """Effective rewards of the training set written after generation ``g``, π = generation g's model."""
+                      scorers: dict[str, TraceScorer], log: Callable[[str], None]) -> dict[str, Any]:
+    """Prop. 2's effective rewards of the training set written after generation ``g``: each trace under the
+    model of every source generation k (β_k, at the run's sampling temperature and top-p) and under π, the
+    model that generation's training starts from (at T 1, top-p 1: the model as trained, whose log-prob
+    the SFT loss differentiates)."""
+    sdir = run.path / f"seed_{seed}"
+    sources = [int(t.get("generation", 0)) for t in matched]
+    shares = source_shares(sources)
+    pi_gen = start_generation(run.config, g)
     try:
-        from iterdeploy_trl.loop import RunError, auto_base_model_path, generation_model, load_for_generation
+        from iterdeploy_trl.loop import RunError, auto_base_model_path, generation_model
 
         cfg = load_run_config(run.config)
         try:
-            model_dir = generation_model(run.path / f"seed_{seed}", g)
+            dirs = {k: generation_model(sdir, k) for k in sorted(set(shares) | {pi_gen})}
         except RunError as exc:
             return {"computed": False, "why": str(exc)}
         base = Path((run.summary or {}).get("base_model") or (
             run.config["model"]["path"] if run.config["model"]["path"] != "auto" else auto_base_model_path(cfg)))
-        needs_base = model_dir is None or (model_dir / "adapter_config.json").exists()
+        needs_base = [k for k, d in dirs.items() if d is None or (d / "adapter_config.json").exists()]
         if needs_base and not (base / "config.json").exists():
-            return {"computed": False, "why": f"the base model {base} is not on this machine (generation {g}'s "
-                                              "model needs it)"}
-        log(f"  scoring {len(matched)} training traces under generation {g}'s model")
-        import torch
-
-        torch.set_num_threads(max(1, int(run.config.get("threads") or 1)))
-        model, tok = load_for_generation(cfg, base, model_dir)
+            return {"computed": False, "why": f"the base model {base} is not on this machine (the model of "
+                                              f"generation(s) {needs_base} needs it)"}
+        scorer = scorers.setdefault("scorer", TraceScorer(cfg, base, int(run.config.get("threads") or 1)))
         s = run.config.get("sampling", {})
-        log_pi = score_logprobs(model, tok, matched, temperature=float(s.get("temperature", 1.0)),
-                                top_p=float(s.get("top_p", 1.0)))
+        temperature, top_p = float(s.get("temperature", 1.0)), float(s.get("top_p", 1.0))
+        by_source = {k: scorer(dirs[k], matched, temperature, top_p, log) for k in shares}
+        log_pi = scorer(dirs[pi_gen], matched, 1.0, 1.0, log)
     except Exception as exc:  # noqa: BLE001 - the audit reports, it does not crash
         return {"computed": False, "why": f"{type(exc).__name__}: {exc}"}
-    log_beta = [float(t.get("behaviour_logprob") or 0.0) for t in matched]
-    sources = [int(t.get("generation", 0)) for t in matched]
-    lam = sum(1 for s_ in sources if s_ == g) / len(matched)
-    weights = effective_rewards([1.0] * len(matched), log_beta, log_pi, lam)
-    own = [abs(b - p) for b, p, s_ in zip(log_beta, log_pi, sources, strict=True) if s_ == g]
+    log_beta = [{k: by_source[k][i] for k in shares} for i in range(len(matched))]
+    log_w = log_effective_weights(log_beta, log_pi, shares)
+    log_mix = [mixture_logprob(lb, shares) for lb in log_beta]
+    weights = effective_rewards([1.0] * len(matched), log_beta, log_pi, shares)
+    # identity check: each trace's recorded behaviour log-prob against its source model, rescored here
+    gaps = [abs(float(t["behaviour_logprob"]) - lb[s_]) for t, lb, s_ in zip(matched, log_beta, sources, strict=True)
+            if t.get("behaviour_logprob") is not None]
     top = sorted(range(len(matched)), key=lambda i: -weights[i])[:5]
+
+    def trace(i: int) -> dict[str, Any]:
+        return {"task_id": matched[i]["task_id"], "generation": sources[i], "weight": weights[i],
+                "log_weight": log_w[i], "log_mixture": log_mix[i], "log_pi": log_pi[i],
+                "log_beta_by_source": {str(k): v for k, v in log_beta[i].items()}}
+
     return {
-        "computed": True, "pi_model": str(model_dir) if model_dir else str(base), "lambda": lam,
+        "computed": True,
+        "pi_generation": pi_gen,
+        "pi_model": str(dirs[pi_gen]) if dirs[pi_gen] else str(base),
+        "beta_models": {str(k): str(dirs[k]) if dirs[k] else str(base) for k in shares},
+        "shares_by_source_generation": {str(k): v for k, v in shares.items()},
         "statistics": weight_statistics(weights, sources),
         "valid_fraction_of_rewarded": _mean(float(bool(t.get("valid"))) for t in matched),
-        # identity check: the traces generation g sampled, scored under the model that sampled them
-        "own_generation_max_abs_logprob_diff": max(own) if own else None,
-        "log_ratio_mean": _mean(b - p for b, p in zip(log_beta, log_pi, strict=True)),
-        "top_traces": [{"task_id": matched[i]["task_id"], "generation": sources[i],
-                        "sample_index": matched[i].get("sample_index"), "plan_length": len(plan_actions(matched[i])),
-                        "weight": weights[i], "log_beta": log_beta[i], "log_pi": log_pi[i]} for i in top],
+        "recorded_behaviour_max_abs_logprob_diff": max(gaps) if gaps else None,
+        "log_weight_mean": _mean(x for x in log_w if math.isfinite(x)),
+        "outside_pi_support": sum(1 for x in log_w if x == math.inf),
+        "top_traces": [{**trace(i), "sample_index": matched[i].get("sample_index"),
+                        "plan_length": len(plan_actions(matched[i]))} for i in top],
         # every trace of a small set; a large one (the uncurated ablation: thousands) as 1000 quantiles
-        "per_trace": [{"task_id": t["task_id"], "generation": s_, "weight": w, "log_beta": b, "log_pi": p}
-                      for t, s_, w, b, p in zip(matched, sources, weights, log_beta, log_pi, strict=True)]
-        if len(matched) <= PER_TRACE_MAX else None,
+        "per_trace": [trace(i) for i in range(len(matched))] if len(matched) <= PER_TRACE_MAX else None,
         "weight_quantiles": None if len(matched) <= PER_TRACE_MAX else [
             sorted(weights)[round(i * (len(weights) - 1) / (PER_TRACE_MAX - 1))] for i in range(PER_TRACE_MAX)],
     }
@@ -786,10 +872,10 @@ def audit_markdown(audits: Sequence[dict[str, Any]], figures: Sequence[Path] = (
     (lineage, checks, funnel, effective reward, drift)."""
     lines = ["# Reward audit", "", "Written by `iterdeploy audit` from the run directories alone. Funnel: pool "
              "traces of each generation; *curated* = those of the generation that curation returned to training "
-             "right after it. Effective reward (Prop. 2): r·(λ + (1−λ)·β/π) per training trace, r = 1 for every "
-             "trace curation kept, β its recorded behaviour probability, π its probability under the model the "
-             "generation deployed (scored from the run directory), λ the training set's fraction sampled by that "
-             "model.", ""]
+             "right after it. Effective reward (Prop. 2): r·Σ_k λ_k β_k/π per training trace, r = 1 for every "
+             "trace curation kept, λ_k the share of the training set sampled in generation k, β_k the model that "
+             "deployed generation k (its sampling temperature and top-p) scored on every trace, π the model the "
+             "training starts from (the base under training.init base, else the deployed model; at T 1).", ""]
     if experiment:
         lines += blind_spot_markdown(experiment, figures)
     for a in audits:
@@ -833,30 +919,31 @@ def audit_markdown(audits: Sequence[dict[str, Any]], figures: Sequence[Path] = (
                 kinds = sorted(set(samp) | set(cur))
                 lines.append(f"- gen {e['generation']}: " + ", ".join(
                     f"{k} {_f(samp.get(k, 0.0), 2)} → {_f(cur.get(k), 2) if cur else '–'}" for k in kinds))
-            lines += ["", "Effective reward of each training set (π = the generation's model):", "",
-                      "| after gen | rows | λ | mean | median | p10 | p90 | max | ESS / n | top 10 % share | "
-                      "weight share by source gen | valid among rewarded | identity max abs log-prob diff |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += ["", "Effective reward r·Σ_k λ_k β_k/π of each training set:", "",
+                      "| after gen | rows | π = model of gen | λ_k by source gen | mean | median | p10 | p90 | max | ESS / n | top 10 % share | "
+                      "weight share by source gen | valid among rewarded | recorded vs rescored log β, max abs diff |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for e in s["generations"]:
                 er = e.get("effective_reward")
                 if er is None:
                     continue
                 if not er.get("computed"):
                     lines.append(f"| {e['generation']} | {e['training_set']['rows']} | not computed: {er['why']} "
-                                 "| | | | | | | | | | |")
+                                 "| | | | | | | | | | | |")
                     continue
                 st = er["statistics"]
                 share = ", ".join(f"{k}: {v:.2f}" for k, v in st["share_by_source_generation"].items())
-                lines.append(f"| {e['generation']} | {st['n']} | {_f(er['lambda'])} | {_f(st['mean'])} | "
+                lams = ", ".join(f"{k}: {v:.2f}" for k, v in er["shares_by_source_generation"].items())
+                lines.append(f"| {e['generation']} | {st['n']} | {er['pi_generation']} | {lams} | {_f(st['mean'])} | "
                              f"{_f(st['median'])} | {_f(st['p10'])} | {_f(st['p90'])} | {_f(st['max'])} | "
                              f"{_f(st['ess_fraction'])} | {_f(st['top10pct_share'])} | {share} | "
-                             f"{_f(er['valid_fraction_of_rewarded'])} | {_f(er['own_generation_max_abs_logprob_diff'])} |")
+                             f"{_f(er['valid_fraction_of_rewarded'])} | {_f(er['recorded_behaviour_max_abs_logprob_diff'])} |")
             tops = [(e["generation"], t) for e in s["generations"] if e.get("effective_reward", {}).get("computed")
                     for t in e["effective_reward"]["top_traces"][:3]]
             if tops:
                 lines += ["", "Heaviest training traces (top 3 per training set):", ""]
                 lines += [f"- after gen {g}: {t['task_id']} (sampled in gen {t['generation']}, {t['plan_length']} "
-                          f"actions): weight {_f(t['weight'])}, log β {t['log_beta']:.2f}, log π {t['log_pi']:.2f}"
+                          f"actions): weight {_f(t['weight'])}, log Σλβ {t['log_mixture']:.2f}, log π {t['log_pi']:.2f}"
                           for g, t in tops]
             lines += ["", "Drift and regressions (all deployed outputs):", "",
                       "| gen | pool solved | held-out solved | lost since previous | lost since ever | newly solved "

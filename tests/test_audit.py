@@ -96,8 +96,8 @@ def make_run(root: Path, model: Path) -> tuple[Path, dict]:
         write_jsonl(sdir / f"gen_{g:02d}" / "train.jsonl",
                     [{"prompt": by[k]["prompt"], "completion": by[k]["completion"],
                       "behaviour_logprob": by[k]["behaviour_logprob"], "task_id": k[1]} for k in keys])
-    for g in (1, 2):  # every generation's model: a copy of the tiny model (loaded from the run dir)
-        shutil.copytree(model, sdir / f"gen_{g:02d}" / "model")
+    for g in (1, 2):  # every generation's model: the tiny model, perturbed (loaded from the run dir)
+        perturbed_copy(model, sdir / f"gen_{g:02d}" / "model", seed=g)
     with open(sdir / "metrics.jsonl", "w") as fh:
         for g, recs in records.items():
             pool = [r for r in recs if r["split"] == "pool"]
@@ -106,6 +106,23 @@ def make_run(root: Path, model: Path) -> tuple[Path, dict]:
                                  "heldout_solved": len({r["task_id"] for r in held if r["valid"]})}) + "\n")
     write_json(run / "summary.json", {"complete": True, "base_model": str(model), "generations": []})
     return run, {"ids": ids, "pick": pick, "by": by, "plans": plans}
+
+
+def perturbed_copy(model: Path, dest: Path, seed: int, scale: float = 0.02) -> Path:
+    """A copy of ``model`` with N(0, scale²) noise added to every weight: another generation's model, whose
+    log-probabilities differ from the base's (so that the ratios β_k/π of Prop. 2 are not all 1)."""
+    import torch
+
+    from iterdeploy_trl.models import load_model_and_tokenizer
+
+    shutil.copytree(model, dest)
+    m, _ = load_model_and_tokenizer(model, dtype=torch.float32, device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    m.save_pretrained(dest)
+    return dest
 
 
 def logprob_one(model, tok, prompt: str, completion: str) -> float:
@@ -170,21 +187,26 @@ def test_funnel_of_a_handmade_run(report, handmade):
 
 
 def test_effective_rewards_recomputed_independently(report, handmade, tiny_base_model):
+    """Prop. 2's weight Σ_k λ_k β_k(y)/π(y), each trace scored here one at a time under every source
+    generation's model (gen 0: the base; gen 1: its perturbed copy) and π = the base (training.init base)."""
     from iterdeploy_trl.models import load_model_and_tokenizer
 
     audit, _ = report
-    _, info = handmade
-    model, tok = load_model_and_tokenizer(tiny_base_model)  # every generation's model is this one
+    run, info = handmade
+    models = {0: load_model_and_tokenizer(tiny_base_model)[0],
+              1: load_model_and_tokenizer(run / "seed_0" / "gen_01" / "model")[0]}
+    tok = load_model_and_tokenizer(tiny_base_model)[1]
     for g, keys in info["pick"].items():
         er = audit["seeds"]["0"]["generations"][g]["effective_reward"]
         assert er["computed"], er
-        lam = sum(1 for k in keys if k[0] == g) / len(keys)
-        assert er["lambda"] == pytest.approx(lam)
+        lam = {k[0]: sum(1 for kk in keys if kk[0] == k[0]) / len(keys) for k in keys}
+        assert er["shares_by_source_generation"] == pytest.approx({str(k): v for k, v in lam.items()})
+        assert er["pi_generation"] == 0
         expected = []
         for k in keys:
             rec = info["by"][k]
-            lp = logprob_one(model, tok, rec["prompt"], rec["completion"])
-            expected.append(lam + (1 - lam) * math.exp(rec["behaviour_logprob"] - lp))
+            lp = {src: logprob_one(models[src], tok, rec["prompt"], rec["completion"]) for src in lam}
+            expected.append(sum(lam[src] * math.exp(lp[src] - lp[0]) for src in lam))
         got = [t["weight"] for t in er["per_trace"]]
         assert got == pytest.approx(expected, rel=1e-4)
         st = er["statistics"]
@@ -194,8 +216,11 @@ def test_effective_rewards_recomputed_independently(report, handmade, tiny_base_
         assert st["ess_fraction"] == pytest.approx(ess, rel=1e-4)
         share0 = sum(w for w, k in zip(expected, keys, strict=True) if k[0] == 0) / sum(expected)
         assert st["share_by_source_generation"]["0"] == pytest.approx(share0, rel=1e-4)
-    # after gen 0 every trace was sampled by the model scoring it: lambda = 1, every weight 1
+    # after gen 0 every trace was sampled by the base, where the training starts: every weight 1
     assert {t["weight"] for t in audit["seeds"]["0"]["generations"][0]["effective_reward"]["per_trace"]} == {1.0}
+    # after gen 1 the gen-1 model's traces are not weighted 1: its model differs from π
+    assert max(abs(w - 1) for w in (t["weight"] for t in
+                                    audit["seeds"]["0"]["generations"][1]["effective_reward"]["per_trace"])) > 1e-3
 
 
 def test_inconsistent_training_set_is_reported(handmade, tmp_path):

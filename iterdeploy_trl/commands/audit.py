@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reads each run directory (iterdeploy run --out) and writes OUT/audit.md, OUT/audit.json and "
                     "figures: per generation the selection funnel (sampled -> valid -> curated) and how plan "
                     "length, tokens, task size, action types, repeated/undone actions and novelty differ along "
-                    "it; the effective per-trace reward r(lambda + (1-lambda) beta/pi) of Prop. 2 with pi scored "
-                    "by loading the generation's model from the run directory; drift and regressions of all "
+                    "it; the effective per-trace reward r sum_k lambda_k beta_k/pi of Prop. 2 (every source "
+                    "generation's model and pi, the model the training starts from, loaded from the run "
+                    "directory); drift and regressions of all "
                     "deployed outputs; lineage and a completeness/consistency check.")
     p.add_argument("paths", nargs="+", type=Path, metavar="RUNDIR", help="run directories")
     p.add_argument("--out", type=Path, default=None, help="report directory (default: RUNDIR/audit for one run)")
@@ -32,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
             print("iterdeploy audit: give --out DIR when auditing several run directories", file=sys.stderr)
             return 2
         args.out = args.paths[0] / "audit"
+    from iterdeploy_trl.runlock import out_dir_problem
+
+    problem = out_dir_problem(args.out)
+    if problem:  # before any model is scored (minutes), not when the report is written
+        print(f"iterdeploy audit: {problem}", file=sys.stderr)
+        return 2
     try:
         report = write_audit(args.paths, args.out, score=not args.no_score,
                              log=lambda m: print(f"[audit] {m}", file=sys.stderr, flush=True))

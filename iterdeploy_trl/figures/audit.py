@@ -62,7 +62,7 @@ def fig_funnel(audit: dict[str, Any], out: Path, stem: str) -> list[Path]:
 
 
 def fig_reward(audit: dict[str, Any], out: Path, stem: str) -> list[Path] | None:
-    """(a) effective rewards r·(λ + (1−λ)·β/π) of each training set (all seeds), log scale; (b) the share
+    """(a) Prop. 2's effective rewards r·Σ_k λ_k β_k/π of each training set (all seeds), log scale; (b) the share
     of the total weight carried by each source generation."""
     data: dict[int, list[float]] = {}
     shares: dict[int, dict[int, list[float]]] = {}
@@ -84,10 +84,10 @@ def fig_reward(audit: dict[str, Any], out: Path, stem: str) -> list[Path] | None
     if any(data.values()):
         boxes(ax, [[max(w, 1e-12) for w in data.get(g, [])] for g in gens], gens, OKABE_ITO["vermillion"])
         ax.set_yscale("log")
-    ax.axhline(1.0, color=GREY, linestyle="--", linewidth=0.8, label="weight 1 (sampled by π itself)")
+    ax.axhline(1.0, color=GREY, linestyle="--", linewidth=0.8, label="weight 1 (the mixture is π)")
     ax.set_title("(a) effective reward of each training trace")
     ax.set_xlabel("training set written after generation")
-    ax.set_ylabel("r·(λ + (1−λ)·β/π)")
+    ax.set_ylabel("r·Σ_k λ_k β_k / π")
     ax.legend(loc="best")
     int_x(ax)
     sources = sorted({src for g in gens for src in shares[g]})
