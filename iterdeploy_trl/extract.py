@@ -166,6 +166,28 @@ def parse_plan(plan: str | Sequence[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(actions), None
 
 
+def interior_non_action(text: str) -> str | None:
+    """For a text that reads as a plan file, the first line between its first and last action that is
+    not an action, a comment or blank, as ``"line N is not an action: '...'"``; else None.
+
+    A text with ``<think>`` tags or a code fence is a model completion, never a plan file; so is one
+    whose lines that are not actions all come before its first action or after its last (prose around a
+    plan). A bad line *between* actions is a broken plan file: read as a completion, only the actions
+    after it would be judged.
+    """
+    if THINK_OPEN in text or THINK_CLOSE in text or _FENCE in text:
+        return None
+    lines = text.splitlines()
+    kinds = [parse_action_line(line)[0] for line in lines]
+    at = [i for i, kind in enumerate(kinds) if kind == ACTIONS]
+    if len(at) < 2:
+        return None
+    for i in range(at[0] + 1, at[-1]):
+        if kinds[i] in (OTHER, MALFORMED):
+            return f"line {i + 1} is not an action: {_clip(lines[i])!r}"
+    return None
+
+
 def extract_plan(
     completion: str | bytes, *, max_chars: int = 200_000, max_actions: int = 2_000
 ) -> Extraction:

