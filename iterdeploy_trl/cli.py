@@ -22,7 +22,16 @@ COMMANDS: dict[str, str] = {
     "figures": "figures",
     "status": "status",
     "audit": "audit",
+    "drift": "drift",
     "export": "export",
+    "gpu-check": "gpu_check",
+}
+
+
+# What an interrupted command keeps: the commands that resume say how.
+RESUMES = {
+    "run": "; nothing finished is lost: run the same command again (same --out) to resume where it stopped",
+    "compare": "; nothing finished is lost: run the same command again (same --out) to resume where it stopped",
 }
 
 

@@ -1,0 +1,44 @@
+"""`iterdeploy drift RUNDIR...`: what the loop does to the model over generations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("drift", help="drift across generations: entropy, KL to the previous model, distinct plans",
+                       description="Measures, per seed and generation of a finished (or running) run directory: "
+                                   "the deployed policy's entropy and its KL to the previous generation's on the "
+                                   "held-out prompts, distinct valid plans per solved task, plan length per task, "
+                                   "completion and reasoning tokens, and how often the curation's tie-break acts. "
+                                   "Writes RUNDIR/drift.jsonl; --figure also drift.png.")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUNDIR", help="run directories (iterdeploy run --out)")
+    p.add_argument("--no-kl", action="store_true", help="skip the KL (it loads every generation's model)")
+    p.add_argument("--figure", type=Path, metavar="PNG",
+                   help="draw every run given into this PNG (a PDF beside it)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.drift import DriftError, measure_run
+    from iterdeploy_trl.runio import write_jsonl
+
+    drawn = []
+    for path in args.run_dirs:
+        try:
+            rows = measure_run(path, kl=not args.no_kl, log=print)
+        except DriftError as exc:
+            print(f"iterdeploy drift: {exc}", file=sys.stderr)
+            return 2
+        write_jsonl(Path(path) / "drift.jsonl", rows)
+        print(f"wrote {Path(path) / 'drift.jsonl'}")
+        drawn.append((Path(path).name, rows))
+    if args.figure:
+        from iterdeploy_trl.figures.drift import drift_figure
+
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        for f in drift_figure(drawn, args.figure):
+            print(f"wrote {f}")
+    return 0

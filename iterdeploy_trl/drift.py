@@ -1,0 +1,200 @@
+"""What iterative deployment does to the model over generations: drift measures of a run directory.
+
+Per seed and generation g, from the generation's trace records (and, for the KL, the deployed models):
+
+- ``entropy_heldout``: the Monte-Carlo estimate of the deployed sampling distribution's sequence entropy on the
+  held-out prompts, H(β_g) ≈ −mean log β_g(y|x) over the held-out samples y ~ β_g(·|x) (nats a completion;
+  ``entropy_per_token``: the same sum over all tokens sampled). ``se`` fields: the standard error over the
+  samples (the K samples of a task are not independent of each other's task, so read it as a lower bound).
+- ``kl_prev_heldout``: KL(β_g ‖ β_{g-1}) on the held-out prompts, ≈ mean [log β_g(y|x) − log β_{g-1}(y|x)]
+  over the held-out samples of generation g, the first term recorded at sampling, the second scored under
+  generation g−1's deployed model with the same temperature and top-p (``audit.score_logprobs``).
+- ``distinct_valid_plans``: per task solved in the generation (pool and held-out apart), the number of
+  distinct valid plans among its K samples, averaged over solved tasks (1 for a task solved one way).
+- ``valid_plan_length_by_task``: each solved task's mean valid plan length (the figure draws it across
+  generations); ``plan_length_change_common``: the mean change from generation g−1 over the tasks solved in
+  both.
+- ``reasoning_tokens_mean`` / ``completion_tokens_mean``: over every sample of the generation.
+- ``tiebreak_acts``: of the pool tasks solved in the generation, the share where the curation's tie-break
+  (shortest plan, then fewer reasoning tokens, then fewer completion tokens) keeps another completion than
+  shortest-plan-then-earliest-sample would: where it is 0 the tie-break changes nothing.
+
+``iterdeploy drift RUN_DIR`` writes ``RUN_DIR/drift.jsonl`` (one row per seed and generation) and, with
+``--figure``, a PNG of the measures across generations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl.runio import write_jsonl
+
+
+class DriftError(ValueError):
+    """A run directory whose drift cannot be measured (the message names what is missing)."""
+
+
+def _mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if math.isfinite(x)]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var / len(xs))
+
+
+def entropy_estimate(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """H ≈ −mean log β(y|x) over ``records`` (samples of the distribution they record), per completion and
+    per token; -inf log-probs (a token outside top-p: cannot happen for a sampled token) are left out."""
+    lps = [float(r["behaviour_logprob"]) for r in records]
+    mean, se = _mean_se([-lp for lp in lps])
+    tokens = sum(int(r.get("completion_tokens") or 0) for r, lp in zip(records, lps, strict=True) if math.isfinite(lp))
+    total = sum(-lp for lp in lps if math.isfinite(lp))
+    return {"entropy": mean, "entropy_se": se, "entropy_per_token": total / tokens if tokens else None}
+
+
+def kl_estimate(logp_new: Sequence[float], logp_old: Sequence[float]) -> dict[str, float | None]:
+    """KL(new ‖ old) ≈ mean(log new(y) − log old(y)) over samples y ~ new, with its standard error."""
+    mean, se = _mean_se([a - b for a, b in zip(logp_new, logp_old, strict=True)])
+    return {"kl": mean, "kl_se": se}
+
+
+def distinct_valid_plans(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean over tasks with a valid sample of the number of distinct valid plans among its samples."""
+    plans: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        if r["valid"]:
+            plans[r["task_id"]].add(" ".join(str(r["plan"]).split()))
+    return sum(len(p) for p in plans.values()) / len(plans) if plans else None
+
+
+def plan_length_by_task(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each solved task's mean valid plan length."""
+    lengths: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        if r["valid"]:
+            lengths[r["task_id"]].append(int(r["plan_length"]))
+    return {t: sum(v) / len(v) for t, v in sorted(lengths.items())}
+
+
+def tiebreak_share(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Share of solved tasks where the tie-break by tokens keeps another completion than the earliest
+    shortest sample (``curate._key`` against plan length then sample order)."""
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["valid"]:
+            groups[r["task_id"]].append(r)
+    if not groups:
+        return None
+    acts = 0
+    for group in groups.values():
+        with_tokens = min(group, key=lambda r: (r["plan_length"], r["reasoning_tokens"], r["completion_tokens"],
+                                                r["sample_index"]))
+        plain = min(group, key=lambda r: (r["plan_length"], r["sample_index"]))
+        acts += with_tokens["completion"] != plain["completion"]
+    return acts / len(groups)
+
+
+def generation_row(records: Sequence[Mapping[str, Any]], previous: Mapping[str, float] | None) -> dict[str, Any]:
+    """The model-free drift measures of one generation's records (``previous``: the last generation's
+    ``valid_plan_length_by_task`` of the pool, for the change over tasks solved in both)."""
+    held = [r for r in records if r["split"] == "heldout"]
+    pool = [r for r in records if r["split"] != "heldout"]
+    ent = entropy_estimate(held)
+    by_task = plan_length_by_task(pool)
+    common = sorted(set(by_task) & set(previous or {}))
+    change = (sum(by_task[t] - previous[t] for t in common) / len(common)) if previous and common else None
+    tokens = [int(r.get("completion_tokens") or 0) for r in records]
+    reasoning = [int(r.get("reasoning_tokens") or 0) for r in records]
+    return {
+        "entropy_heldout": ent["entropy"], "entropy_heldout_se": ent["entropy_se"],
+        "entropy_per_token_heldout": ent["entropy_per_token"],
+        "distinct_valid_plans_pool": distinct_valid_plans(pool),
+        "distinct_valid_plans_heldout": distinct_valid_plans(held),
+        "valid_plan_length_by_task": by_task,
+        "plan_length_change_common": change, "tasks_solved_both": len(common) if previous else None,
+        "reasoning_tokens_mean": sum(reasoning) / len(reasoning) if reasoning else None,
+        "completion_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
+        "tiebreak_acts": tiebreak_share(pool),
+    }
+
+
+def measure_run(path: str | Path, *, kl: bool = True, log: Callable[[str], None] = lambda m: None
+                ) -> list[dict[str, Any]]:
+    """Drift rows of every finished generation of every seed of the run directory ``path``."""
+    from iterdeploy_trl.audit import AuditError, open_run, read_traces
+
+    try:
+        run = open_run(path)
+    except AuditError as exc:
+        raise DriftError(str(exc)) from exc
+    sampling = run.config.get("sampling", {})
+    temperature, top_p = float(sampling.get("temperature", 1.0)), float(sampling.get("top_p", 1.0))
+    rows: list[dict[str, Any]] = []
+    for seed in run.seeds:
+        previous: dict[str, float] | None = None
+        prev_model: Path | None | str = "none"
+        for g in range(run.generations + 1):
+            recs = read_traces(run, seed, g)
+            if recs is None:
+                break
+            row = {"seed": seed, "generation": g, **generation_row(recs, previous)}
+            model = _deployed_model(run.path, seed, g)
+            if kl and g > 0 and prev_model != "none":
+                held = [r for r in recs if r["split"] == "heldout"]
+                old = _score(run.path, run.config, prev_model, held, temperature, top_p)
+                est = kl_estimate([float(r["behaviour_logprob"]) for r in held], old)
+                row.update(kl_prev_heldout=est["kl"], kl_prev_heldout_se=est["kl_se"])
+            log(f"seed {seed} gen {g}: entropy {_fmt(row['entropy_heldout'])}, KL to previous "
+                f"{_fmt(row.get('kl_prev_heldout'))}, distinct valid plans {_fmt(row['distinct_valid_plans_pool'])}")
+            rows.append(row)
+            previous = row["valid_plan_length_by_task"]
+            prev_model = model
+    if not rows:
+        raise DriftError(f"{path}: no generation has trace records yet")
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _deployed_model(run_path: Path, seed: int, g: int) -> Path | None:
+    from iterdeploy_trl.loop import generation_model
+
+    return generation_model(run_path / f"seed_{seed}", g)
+
+
+def _score(run_path: Path, cfg: Mapping[str, Any], model_dir: Path | None, recs: Sequence[Mapping[str, Any]],
+           temperature: float, top_p: float) -> list[float]:
+    """log β(y|x) of ``recs`` under a deployed model (None: the run's base model; a LoRA adapter on it)."""
+    from iterdeploy_trl.audit import load_run_config, score_logprobs
+    from iterdeploy_trl.loop import auto_base_model_path, load_for_generation
+
+    run_cfg = load_run_config(dict(cfg))
+    given = run_cfg.model.path
+    base = auto_base_model_path(run_cfg) if given == "auto" else Path(given).expanduser()
+    if not base.exists():
+        raise DriftError(f"{base}: the run's base model is not there; the KL needs it (or run "
+                         "`iterdeploy drift --no-kl`)")
+    model, tok = load_for_generation(run_cfg, base, model_dir)
+    return score_logprobs(model, tok, list(recs), temperature=temperature, top_p=top_p)
+
+
+def write_drift(path: str | Path, *, kl: bool = True, figure: bool = False,
+                log: Callable[[str], None] = lambda m: None) -> Path:
+    """Measure ``path`` and write ``path/drift.jsonl`` (and ``drift.png`` with ``figure``); returns the JSONL."""
+    rows = measure_run(path, kl=kl, log=log)
+    out = Path(path) / "drift.jsonl"
+    write_jsonl(out, rows)
+    if figure:
+        from iterdeploy_trl.figures.drift import drift_figure
+
+        drift_figure([(Path(path).name, rows)], Path(path) / "drift.png")
+    return out

@@ -1,0 +1,81 @@
+"""Drift measures (``iterdeploy drift``): the estimators on hand-made records, and a real tiny run whose KL
+terms score each sample under the model that sampled it within float tolerance."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import tiny_run_config
+
+from iterdeploy_trl.drift import (
+    distinct_valid_plans,
+    entropy_estimate,
+    generation_row,
+    kl_estimate,
+    measure_run,
+    tiebreak_share,
+)
+
+
+def rec(task, k, *, valid=True, plan="(a)", length=1, lp=-1.0, tokens=3, reasoning=0, completion=None,
+        split="pool"):
+    return {"task_id": task, "sample_index": k, "valid": valid, "plan": plan, "plan_length": length,
+            "behaviour_logprob": lp, "completion_tokens": tokens, "reasoning_tokens": reasoning,
+            "completion": completion if completion is not None else f"{plan}#{k}", "split": split}
+
+
+def test_entropy_and_kl_estimates_by_hand():
+    e = entropy_estimate([rec("t", 0, lp=-1.0, tokens=2), rec("t", 1, lp=-3.0, tokens=2)])
+    assert e["entropy"] == pytest.approx(2.0)
+    assert e["entropy_se"] == pytest.approx(math.sqrt(2.0 / 2))  # sample var 2, n 2
+    assert e["entropy_per_token"] == pytest.approx(4.0 / 4)
+    k = kl_estimate([-1.0, -2.0, -3.0], [-1.5, -2.0, -4.0])
+    assert k["kl"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+
+
+def test_distinct_plans_and_the_tiebreak_by_hand():
+    recs = [rec("a", 0, plan="(x)"), rec("a", 1, plan="(x)"), rec("a", 2, plan="(y)"), rec("a", 3, valid=False),
+            rec("b", 0, plan="(z)"), rec("c", 0, valid=False)]
+    assert distinct_valid_plans(recs) == pytest.approx((2 + 1) / 2)
+    # task a: two shortest samples; the later one has fewer completion tokens, so the tie-break acts there
+    tie = [rec("a", 0, plan="(x)", tokens=5), rec("a", 1, plan="(y)", tokens=4), rec("b", 0, plan="(z)", tokens=4),
+           rec("b", 1, plan="(w)", tokens=4)]
+    assert tiebreak_share(tie) == pytest.approx(1 / 2)
+    assert tiebreak_share([r | {"completion_tokens": 4} for r in tie]) == 0
+
+
+def test_plan_length_change_over_tasks_solved_in_both():
+    prev = generation_row([rec("a", 0, length=4), rec("b", 0, length=2)], None)
+    row = generation_row([rec("a", 0, length=2), rec("a", 1, length=4), rec("c", 0, length=9)],
+                         prev["valid_plan_length_by_task"])
+    assert row["plan_length_change_common"] == pytest.approx(3.0 - 4.0) and row["tasks_solved_both"] == 1
+
+
+@pytest.mark.slow
+def test_drift_of_a_real_run(tiny_base_model, tmp_path, monkeypatch):
+    """Two generations of the tiny loop at temperature 0.7: KL and entropy are finite; scoring generation g's
+    own held-out samples under generation g's model gives back their recorded behaviour log-probs (the KL
+    of a model to itself is 0), so the KL's second term is the previous model's, not noise."""
+    from iterdeploy_trl.cli import main
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.drift import _deployed_model, _score
+    from iterdeploy_trl.loop import run_loop
+
+    data = tiny_run_config(tiny_base_model, generations=1, method="uncurated-sft", curation="none",
+                           tasks={"n": 8, "heldout": 4}, sampling={"samples_per_task": 2, "temperature": 0.7},
+                           chunk_size=4)
+    out = tmp_path / "run"
+    run_loop(config_from_dict(data), out, progress=False)
+    rows = measure_run(out)
+    assert [r["generation"] for r in rows] == [0, 1]
+    assert math.isfinite(rows[1]["kl_prev_heldout"]) and rows[1]["entropy_heldout"] > 0
+    assert "kl_prev_heldout" not in rows[0]
+    held = [json.loads(line) for p in sorted((out / "seed_0" / "gen_01" / "traces").glob("heldout-*.jsonl"))
+            for line in p.read_text().splitlines()]
+    own = _score(out, data, _deployed_model(out, 0, 1), held, 0.7, 1.0)
+    assert max(abs(a - r["behaviour_logprob"]) for a, r in zip(own, held, strict=True)) < 1e-3
+    assert main(["drift", str(out), "--figure", str(tmp_path / "fig" / "drift.png")]) == 0
+    assert (out / "drift.jsonl").is_file() and (tmp_path / "fig" / "drift.png").is_file()
+    assert main(["drift", str(tmp_path / "nothing")]) == 2
