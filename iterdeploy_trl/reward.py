@@ -44,11 +44,16 @@ def completion_text(completion: Any) -> str | bytes:
     return "\n".join(parts)
 
 
+# Keyword arguments TRL's GRPOTrainer passes a reward function beside the dataset's columns.
+_TRL_KWARGS = frozenset({"trainer_state", "log_extra", "log_metric", "completion_ids", "completions", "prompts"})
+
+
 class ValidPlanReward:
     """TRL reward function (``GRPOTrainer(reward_funcs=[ValidPlanReward()])``): 1.0 for a valid plan, else 0.0.
 
     Reads the dataset columns ``domain_pddl`` and ``problem_pddl`` (TRL passes them as keyword
-    arguments aligned with ``completions``). The verdicts of the last call are kept in
+    arguments aligned with ``completions``); ``check_columns`` checks a dataset's columns before any
+    generation (``ReinforceTrainer`` calls it when it is built). The verdicts of the last call are kept in
     ``last_verdicts`` for logging; when TRL passes ``log_extra``, VAL's reasons go into its completions
     table as the column ``val_reason``.
     """
@@ -59,14 +64,22 @@ class ValidPlanReward:
         self.last_verdicts: list[Verdict] = []
         self.__name__ = "valid_plan"  # TRL names the reward's metrics after it: rewards/valid_plan/mean
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        missing = [c for c in ("domain_pddl", "problem_pddl") if c not in kwargs]
+    required_columns: tuple[str, ...] = ("domain_pddl", "problem_pddl")
+
+    def check_columns(self, columns: Sequence[str], where: str = "the dataset") -> None:
+        """A ``KeyError`` naming the missing columns and the ones ``where`` has, if it lacks one of
+        ``required_columns``."""
+        missing = [c for c in self.required_columns if c not in columns]
         if missing:
-            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric"))
             raise KeyError(
-                f"ValidPlanReward needs the dataset columns domain_pddl and problem_pddl; "
-                f"missing {', '.join(missing)} (columns given: {', '.join(columns) or 'none'})"
+                f"ValidPlanReward needs the dataset columns {' and '.join(self.required_columns)} (the PDDL "
+                f"texts VAL checks each plan against); {where} lacks {', '.join(missing)} (its columns: "
+                f"{', '.join(columns) or 'none'}). Add them to each row."
             )
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        # the dataset's columns as TRL passes them: the prompt, and the others as keyword arguments
+        self.check_columns(["prompt", *sorted(k for k in kwargs if k not in _TRL_KWARGS)])
         domains, problems = kwargs["domain_pddl"], kwargs["problem_pddl"]
         if not len(domains) == len(problems) == len(completions):
             raise ValueError(

@@ -295,7 +295,11 @@ def test_iw_sft_trains_and_logs_its_weights(tokenizer, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(None, "row 2 .* behaviour_logprob=None"), (float("nan"), "row 2 .* behaviour_logprob=nan")],
+    [
+        (None, "row 2 .* behaviour_logprob=None"),
+        (float("nan"), "row 2 .* behaviour_logprob=nan"),
+        (0.5, "row 2 .* behaviour_logprob=0.5, above 0"),
+    ],
 )
 def test_iw_sft_names_the_row_without_a_behaviour_logprob(tokenizer, tmp_path: Path, value, message) -> None:
     rows = [{**r, "behaviour_logprob": -10.0} for r in _traces(4)]
@@ -860,3 +864,161 @@ def test_eval_loss_is_the_formula_on_the_eval_set(tokenizer, tmp_path: Path, nor
         losses.token_logprobs(logits[:, :-1], labels, labels != -100), labels != -100, normalization
     )
     assert eval_loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- the Python API as a TRL user meets it (issue 22) ---------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default is what is tested")
+@pytest.mark.parametrize("config_class", [ValidTraceSFTConfig, ImportanceWeightedSFTConfig, ReinforceConfig])
+def test_configs_work_on_a_cpu_as_written(tmp_path: Path, config_class) -> None:
+    """The README's `ReinforceConfig(output_dir=..., ...)` with nothing about precision: TRL's bf16=True
+    default fails without an accelerator; ours is bf16 only where it runs (use_cpu=True keeps TRL's)."""
+    extra = {"num_generations": 4} if config_class is ReinforceConfig else {}
+    assert config_class(output_dir=str(tmp_path), **extra).bf16 is False
+    assert config_class(output_dir=str(tmp_path), use_cpu=True, **extra).bf16 is True
+
+
+def test_reinforce_config_refuses_grpo_loss_settings(tmp_path: Path) -> None:
+    common = {"per_device_train_batch_size": 4, "num_generations": 4, **CPU}
+    for bad in (
+        {"loss_type": "dapo"},
+        {"loss_type": "grpo"},
+        {"epsilon": 0.3},
+        {"epsilon_high": 0.28},
+        {"delta": 2.0},
+        {"importance_sampling_level": "sequence"},
+        {"sapo_temperature_neg": 2.0},
+        {"multi_objective_aggregation": "normalize_then_sum"},
+    ):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match=f"{key}=.*does not read"):
+            ReinforceConfig(tmp_path, **common, **bad)
+    assert ReinforceConfig(tmp_path, **common).loss_type == "reinforce"
+
+
+def test_reinforce_loss_is_not_changed_by_trls_vllm_importance_sampling_default(tokenizer, tmp_path) -> None:
+    """TRL's GRPOConfig turns on a vLLM importance-sampling correction (sequence_mask, clip 3) that rescales or
+    drops samples; ReinforceConfig turns it off, so a ratio in the batch (as GRPO's vLLM path puts one there)
+    leaves the plain estimator's loss as it is, and the record says which setting was used."""
+    trl_default = GRPOConfig(tmp_path / "grpo", **CPU)
+    assert trl_default.vllm_importance_sampling_correction is True
+    assert (trl_default.vllm_importance_sampling_mode, trl_default.vllm_importance_sampling_clip_max) == (
+        "sequence_mask",
+        3.0,
+    )
+    from iterdeploy_trl.trainers.reinforce import importance_sampling_record
+
+    inputs = _rl_inputs(tokenizer, [VALID, INVALID[0], INVALID[1]], [1.0, -0.5, 0.25])
+    # GRPO's sequence_mask ratio: the second sample's ratio fell outside the clip range and is masked to 0
+    ratio = torch.ones(inputs["completion_ids"].shape)
+    ratio[1] = 0.0
+    ratio[2] = 2.5
+    losses_by_setting = {}
+    for correction in (False, True):
+        extra = {"vllm_importance_sampling_correction": True} if correction else {}
+        args = ReinforceConfig(tmp_path / str(correction), per_device_train_batch_size=3, num_generations=3,
+                               **CPU, **extra)
+        trainer = ReinforceTrainer(_model(tokenizer), args=args, train_dataset=_rl_rows(3), processing_class=tokenizer)
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        with_ratio = trainer._compute_loss(trainer.model, {**inputs, "importance_sampling_ratio": ratio}).item()
+        plain = trainer._compute_loss(trainer.model, dict(inputs)).item()
+        losses_by_setting[correction] = (with_ratio, plain)
+    assert losses_by_setting[False][0] == losses_by_setting[False][1]  # the default: the formula, unchanged
+    assert losses_by_setting[True][0] != pytest.approx(losses_by_setting[True][1], rel=1e-3)  # opted in: applied
+
+    off = importance_sampling_record(ReinforceConfig(tmp_path, num_generations=4, use_vllm=True, **CPU))
+    assert off == {"use_vllm": True, "vllm_importance_sampling_correction": False,
+                   "vllm_importance_sampling_mode": None, "vllm_importance_sampling_clip_min": None,
+                   "vllm_importance_sampling_clip_max": None}
+    on = importance_sampling_record(
+        ReinforceConfig(tmp_path, num_generations=4, use_vllm=True, vllm_importance_sampling_correction=True, **CPU)
+    )
+    assert (on["vllm_importance_sampling_correction"], on["vllm_importance_sampling_mode"],
+            on["vllm_importance_sampling_clip_max"]) == (True, "sequence_mask", 3.0)
+
+
+def test_reinforce_trainer_names_missing_reward_columns_when_built(tokenizer, tmp_path: Path) -> None:
+    """Before any generation, naming what is missing and the columns the dataset has."""
+    rows = Dataset.from_list([{"prompt": "(pick-up b2)", "domain_pddl": DOMAIN}] * 4)
+    args = ReinforceConfig(tmp_path, per_device_train_batch_size=4, num_generations=4, **CPU)
+    with pytest.raises(KeyError, match=r"train dataset lacks problem_pddl \(its columns: prompt, domain_pddl\)"):
+        ReinforceTrainer(_model(tokenizer), reward_funcs=[ValidPlanReward()], args=args, train_dataset=rows,
+                         processing_class=tokenizer)
+
+
+def test_iw_sft_refuses_rows_sampled_at_other_settings(tokenizer, tmp_path: Path) -> None:
+    """Rows (or trace records' `sampling`) that say how they were sampled must match the config."""
+    rows = [{**r, "behaviour_logprob": -10.0, "sampling_temperature": 0.6} for r in _traces(3)]
+
+    def build(data: list[dict[str, Any]], **config: Any) -> ImportanceWeightedSFTTrainer:
+        return ImportanceWeightedSFTTrainer(
+            _model(tokenizer), args=ImportanceWeightedSFTConfig(tmp_path, **CPU, **config),
+            train_dataset=Dataset.from_list(data), processing_class=tokenizer,
+        )
+
+    with pytest.raises(ValueError, match=r"row 0 of the train dataset was sampled with sampling_temperature=0\.6, "
+                                         r"but ImportanceWeightedSFTConfig\.sampling_temperature=1\.0"):
+        build(rows)
+    trainer = build(rows, sampling_temperature=0.6)
+    assert "sampling_temperature" not in trainer.train_dataset.column_names
+    assert _batch(trainer)["behaviour_logprob"].shape == (3,)
+    records = [{**r, "behaviour_logprob": -10.0, "sampling": {"temperature": 0.6, "top_p": 0.95}} for r in _traces(3)]
+    records[2]["sampling"] = {"temperature": 0.6, "top_p": 1.0}
+    with pytest.raises(ValueError, match=r"row 2 .* sampling\['top_p'\]=1\.0, but .*sampling_top_p=0\.95"):
+        build(records, sampling_temperature=0.6, sampling_top_p=0.95)
+
+
+def test_iw_sft_skips_batches_whose_weights_are_all_zero_with_a_count(tokenizer, tmp_path: Path, caplog) -> None:
+    """At a top-p so small that every trace has a token outside π's nucleus, every log w = −∞: with
+    self-normalisation that was NaN. The batch is skipped (weights 0, finite loss), warned about and counted."""
+    rows = [{**r, "behaviour_logprob": -20.0} for r in _traces(4)]
+    args = ImportanceWeightedSFTConfig(
+        tmp_path, per_device_train_batch_size=2, max_steps=2, iw_self_normalize=True, sampling_top_p=1e-6, **CPU
+    )
+    trainer = ImportanceWeightedSFTTrainer(
+        _model(tokenizer), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    with caplog.at_level(logging.WARNING, logger="iterdeploy_trl.trainers.iw_sft"):
+        trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [math.isfinite(h["loss"]) for h in logs] == [True, True]
+    assert trainer.zero_weight_batches == 2
+    assert logs[-1]["iw/zero_weight_batches"] == 2
+    assert "every importance weight is 0" in caplog.text and "2 such batch(es) so far" in caplog.text
+
+
+def test_a_model_object_reused_across_deploy_and_training_samples_as_before(tmp_path: Path) -> None:
+    """Generate with TransformersBackend at T 0.6, train IW-SFT on the samples at learning rate 0 (bf16 on, the
+    CPU default with use_cpu), generate again with the same seed: the same samples with the same behaviour
+    log-probs (the trainer used to leave accelerate's autocast wrapper on the model's forward, so the second
+    deployment ran in bf16), and the second round's β = π weights are 1."""
+    from iterdeploy_trl.deploy import TransformersBackend
+
+    tok = build_tokenizer("blocksworld")
+    model = make_small_model(tok, "tiny", seed=0)
+    prompts = [build_prompt(DOMAIN, t.problem) for t in generate_tasks("blocksworld", 3, 1, size=(2, 3))]
+
+    def deploy() -> list[Any]:
+        samples = TransformersBackend(model, tok).generate(
+            prompts, num_samples=2, temperature=0.6, top_p=1.0, max_new_tokens=12, seed=0
+        )
+        return [c for row in samples for c in row]
+
+    def train(samples: list[Any], name: str) -> list[float]:
+        rows = [
+            {"prompt": p, "completion": c.text, "prompt_ids": tok(p)["input_ids"],
+             "completion_ids": list(c.token_ids), "behaviour_logprob": c.behaviour_logprob}
+            for p, c in zip([p for p in prompts for _ in range(2)], samples, strict=True)
+        ]
+        return _weights_at_beta_equal_pi(model, tok, rows, tmp_path / name, sampling_temperature=0.6)
+
+    model.eval()
+    first = deploy()
+    assert train(first, "one") == pytest.approx([1.0, 1.0], abs=1e-5)
+    second = deploy()
+    assert [c.token_ids for c in second] == [c.token_ids for c in first]
+    assert [c.behaviour_logprob for c in second] == [c.behaviour_logprob for c in first]
+    assert train(second, "two") == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert not model.training and not model.is_activation_checkpointing and model.config.use_cache

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 BEHAVIOUR_LOGPROB = "behaviour_logprob"
 IW_WEIGHT = "iw_weight"  # the optimizer batch's weights, attached to each micro-batch before training on it
+# Optional row columns saying how a trace was sampled; where present they must match the config. A trace
+# record's ``sampling`` mapping (``temperature``, ``top_p``) is read the same way.
+SAMPLING_COLUMNS = {"sampling_temperature": "temperature", "sampling_top_p": "top_p"}
 
 
 @dataclass
@@ -35,7 +38,9 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
         sampling_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the sampler that produced the traces (and their `behaviour_logprob`). π(y|x) in the
             weight is taken under the same transformation of the current model's logits, so that β = π gives
-            w = 1 exactly.
+            w = 1 exactly. Where the rows say how they were sampled (columns `sampling_temperature` /
+            `sampling_top_p`, or a trace record's `sampling` mapping with `temperature` / `top_p`), a row
+            that disagrees with the config is refused, naming the row.
         sampling_top_p (`float`, *optional*, defaults to `1.0`):
             Top-p of that sampler. With p < 1, π(y|x) in the weight is the nucleus-truncated probability (the
             current model's nucleus at each token, renormalised); a trace token outside π's nucleus gives w = 0.
@@ -108,7 +113,9 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     """[`ValidTraceSFTTrainer`] with each trace weighted by w = π(y|x)/β(y|x) (detached).
 
     Dataset: `ValidTraceSFTTrainer`'s rows plus `behaviour_logprob`, the float log β(y|x) summed over the
-    completion's tokens under the distribution actually sampled from. It must cover the tokens the loss
+    completion's tokens under the distribution actually sampled from: finite and at most 0 (a log-probability;
+    a positive value is refused, naming the row). Optional `sampling_temperature` / `sampling_top_p` columns
+    (or a trace record's `sampling` mapping) must match the config's. It must cover the tokens the loss
     covers: with `prompt_ids`/`completion_ids` rows exactly `completion_ids` (the sampled tokens, the stop
     token if one ended the sample; a truncated completion is trained on without an EOS and its weight covers
     no EOS either); with text rows the completion as the tokenizer encodes it plus the EOS `SFTTrainer`
@@ -140,9 +147,15 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     Note the gradient is of log π at temperature 1 (the model as trained), weighted by the ratio of the
     sampler-transformed distributions: REINFORCE's direction for the deployed sampler only at T = 1, p = 1.
 
+    A batch whose weights are all 0 (each trace has a token outside π's top-p nucleus, so log w = −∞, or every
+    ratio underflows) is skipped: its weights are 0, never NaN (`losses.importance_weights`), so it contributes
+    a zero gradient (the optimizer still steps: AdamW's momentum from earlier batches moves the weights). Each
+    such batch is logged as a warning with the running count, counted in `zero_weight_batches`, and logged
+    as the metric `iw/zero_weight_batches` (the count so far).
+
     Logged: `iw/weight_min`, `iw/weight_max` (over the steps since the last log), `iw/weight_mean`, `iw/ess`
-    (effective sample size (Σw)²/Σw² of an optimizer batch, or of a micro-batch on the training-forward path)
-    and `iw/truncated_fraction` (averaged).
+    (effective sample size (Σw)²/Σw² of an optimizer batch, or of a micro-batch on the training-forward path),
+    `iw/truncated_fraction` (averaged) and `iw/zero_weight_batches`.
     """
 
     config_class = ImportanceWeightedSFTConfig
@@ -152,15 +165,23 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """`ValidTraceSFTTrainer`'s arguments (`args` an `ImportanceWeightedSFTConfig`)."""
+        self.zero_weight_batches = 0  # batches whose weights were all 0 (skipped: no gradient), see the class doc
         super().__init__(*args, **kwargs)
         # TRL's collators build model inputs only: carry behaviour_logprob through beside them
         self.data_collator = KeepFloatColumns(self.data_collator, (BEHAVIOUR_LOGPROB,))
 
     def _check_datasets(self, train_dataset: Dataset | IterableDataset | None, eval_dataset: Any) -> None:
-        _check_behaviour_logprobs(train_dataset, "train")
-        for name, dataset in _named(eval_dataset):
+        for name, dataset in [("train", train_dataset), *_named(eval_dataset)]:
             _check_behaviour_logprobs(dataset, name)
+            _check_sampling_settings(dataset, name, self._pending_args)
         super()._check_datasets(train_dataset, eval_dataset)
+
+    def _prepare_dataset(self, dataset: Dataset | IterableDataset, *args: Any, **kwargs: Any) -> Any:
+        """The sampling-setting columns, checked already, are dropped before TRL's preparation."""
+        drop = [c for c in (*SAMPLING_COLUMNS, "sampling") if c in (_column_names(dataset) or [])]
+        if drop:
+            dataset = dataset.remove_columns(drop)
+        return super()._prepare_dataset(dataset, *args, **kwargs)
 
     def _set_signature_columns_if_needed(self) -> None:
         # `remove_unused_columns` would drop the behaviour log-prob before the collator sees it
@@ -219,6 +240,7 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             [row for rows in per_process for row in rows], dtype=torch.float64
         ).T
         weights, stats = self._weights(logp_pi, logp_beta, lengths)
+        self._count_zero_weights(stats, "train")
         self._log_weight_stats(stats, "train")  # the optimizer batch's, once a step
         start = sum(len(rows) for rows in per_process[:rank])
         for batch, part in zip(batch_samples, weights[start : start + len(local)].split(sizes), strict=True):
@@ -229,7 +251,7 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
     ) -> losses.ImportanceWeights:
         """`losses.importance_weights` with this trainer's options, on one set of traces."""
         args = self.args
-        return losses.importance_weights(
+        weights, stats = losses.importance_weights(
             seq_logp_pi,
             seq_logp_beta,
             truncate=args.iw_truncate,
@@ -237,6 +259,8 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             per_token=args.iw_per_token,
             lengths=lengths,
         )
+        stats["traces"] = torch.tensor(len(weights))
+        return losses.ImportanceWeights(weights, stats)
 
     def _sampling_logprobs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(y_i|x_i) under the sampler's transformation (float64, (N,)) and the lengths T_i, from a
@@ -313,8 +337,24 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
             handle.remove()
             self._training_hidden = None
 
+    def _count_zero_weights(self, stats: dict[str, torch.Tensor], mode: str) -> None:
+        """Count (and warn about) a batch whose weights are all 0: it is skipped, contributing no gradient."""
+        if mode == "train" and stats["all_zero"].item() > 0:
+            self.zero_weight_batches += 1
+            logger.warning(
+                "IW-SFT skipped a batch of %d trace(s) at step %d: every importance weight is 0 (each trace has a "
+                "token outside π's top-p nucleus, or every ratio π/β underflows), so it contributes no gradient; "
+                "%d such batch(es) so far. Sample with a larger top_p, set iw_truncate, or train with "
+                "ValidTraceSFTTrainer if this persists.",
+                stats.get("traces", torch.tensor(0)).item(),
+                self.state.global_step,
+                self.zero_weight_batches,
+            )
+
     def _log_weight_stats(self, stats: dict[str, torch.Tensor], mode: str) -> None:
         metrics = self._metrics[mode]
+        if mode == "train":
+            metrics["iw/zero_weight_batches"] = [float(self.zero_weight_batches)]
         # min and max are kept as running extremes (the log averages each list), the others averaged
         low, high = stats["weight_min"].item(), stats["weight_max"].item()
         metrics["iw/weight_min"] = (
@@ -348,6 +388,10 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
         else:
             seq_logp_pi, lengths = self._sampling_logprobs(inputs)
         weights, stats = self._weights(seq_logp_pi, inputs[BEHAVIOUR_LOGPROB], lengths)
+        if self.model.training:
+            # zero on every process: this micro-batch's weights are its own (no self-normalisation across them)
+            all_zero = self.accelerator.gather_for_metrics(stats["all_zero"].reshape(1)).min()
+            self._count_zero_weights({**stats, "all_zero": all_zero, "traces": torch.tensor(len(weights))}, mode)
         gather = self.accelerator.gather_for_metrics
         self._log_weight_stats(
             {
@@ -418,6 +462,9 @@ class KeepFloatColumns:
                     f"a batch has {len(bad)} row(s) without a usable '{column}' (got {bad[0]!r}): every training "
                     f"row needs it as a finite float"
                 )
+            positive = [v for v in values if column == BEHAVIOUR_LOGPROB and v > 0]
+            if positive:
+                raise ValueError(_positive_logprob(f"a streamed row ({len(positive)} in this batch)", positive[0]))
             kept[column] = torch.tensor(values, dtype=torch.float64)
         batch = self.collator([{k: v for k, v in ex.items() if k not in self.columns} for ex in examples])
         batch.update(kept)
@@ -454,3 +501,42 @@ def _check_behaviour_logprobs(dataset: Dataset | IterableDataset | None, name: s
     for row, value in enumerate(dataset[BEHAVIOUR_LOGPROB]):
         if not _is_finite_number(value):
             raise ValueError(f"row {row} of the {name} dataset has {BEHAVIOUR_LOGPROB}={value!r}. {hint}")
+        if value > 0:
+            raise ValueError(_positive_logprob(f"row {row} of the {name} dataset", value))
+
+
+def _positive_logprob(where: str, value: float) -> str:
+    return (
+        f"{where} has {BEHAVIOUR_LOGPROB}={value!r}, above 0: a log-probability is at most 0 (probability at most "
+        "1), so this is not log β(y|x) (a probability, a negated log-prob or a per-token mean?), and its weight "
+        f"π/β would be near exp(−{value:g}). Record the sum over the completion's tokens of log β(y_t|…) as "
+        "sampled."
+    )
+
+
+def _check_sampling_settings(dataset: Dataset | IterableDataset | None, name: str, args: Any) -> None:
+    """Where the rows say how they were sampled (`SAMPLING_COLUMNS`, or a trace record's `sampling` mapping),
+    every row agrees with the config's `sampling_temperature` / `sampling_top_p`; else an error naming the
+    first row that does not."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        return
+    columns = _column_names(dataset)
+    for field_name, key in SAMPLING_COLUMNS.items():
+        expected = getattr(args, field_name)
+        if field_name in columns:
+            values, source = dataset[field_name], field_name
+        elif "sampling" in columns:
+            values = [s.get(key) if isinstance(s, dict) else None for s in dataset["sampling"]]
+            source = f"sampling[{key!r}]"
+        else:
+            continue
+        for row, value in enumerate(values):
+            if value is None:
+                continue
+            if not _is_finite_number(value) or not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(
+                    f"row {row} of the {name} dataset was sampled with {source}={value!r}, but "
+                    f"ImportanceWeightedSFTConfig.{field_name}={expected!r}: the weights π/β would compare two "
+                    f"different distributions. Set {field_name}={value!r} in the config (the sampler's setting), "
+                    "or leave out the rows sampled otherwise."
+                )

@@ -206,13 +206,26 @@ def importance_weights(
 
     No gradient flows through w: ∇[w_i log π(y_i|x_i)] = w_i ∇ log π(y_i|x_i), the off-policy correction
     of the REINFORCE gradient. Stats (over this batch): weight_min, weight_mean, weight_max, the effective
-    sample size ess = (Σ_i w_i)² / Σ_i w_i² (N for equal weights, 1 when one trace carries all the weight) and
-    truncated_fraction, the fraction of ratios the cap lowered."""
+    sample size ess = (Σ_i w_i)² / Σ_i w_i² (N for equal weights, 1 when one trace carries all the weight),
+    truncated_fraction, the fraction of ratios the cap lowered, and all_zero (1.0 when every weight is 0).
+
+    A batch whose weights are all 0 (every log w = −∞, e.g. each trace has a token outside π's top-p nucleus,
+    or every ratio underflows) has no direction to normalise: its weights are all 0 (never NaN, with or
+    without self-normalisation), ess 0 and all_zero 1, so it contributes no gradient; the trainer counts such
+    batches."""
     raw = log_importance_ratios(seq_logp_pi, seq_logp_beta, per_token=per_token, lengths=lengths)
     log_w = log_importance_ratios(
         seq_logp_pi, seq_logp_beta, truncate=truncate, per_token=per_token, lengths=lengths
     )
     truncated_fraction = (raw > log_w).double().mean() if log_w.numel() else log_w.new_zeros(())
+    if not log_w.numel() or not bool(torch.isfinite(torch.logsumexp(log_w, 0))):
+        # every weight is 0: no scale to normalise, and ess would be 0/0
+        zeros = torch.zeros_like(log_w)
+        zero = log_w.new_zeros(())
+        stats = {"weight_min": zero, "weight_mean": zero, "weight_max": zero, "ess": zero,
+                 "truncated_fraction": truncated_fraction, "all_zero": log_w.new_ones(())}
+        out_dtype = seq_logp_pi.dtype if seq_logp_pi.is_floating_point() else torch.float32
+        return ImportanceWeights(zeros.to(out_dtype), {k: v.detach() for k, v in stats.items()})
     if self_normalize:
         # w_i / mean_j w_j = exp(log w_i − logsumexp_j log w_j + log N), stable for huge ratios
         log_w = log_w - torch.logsumexp(log_w, 0) + math.log(log_w.numel())
@@ -224,6 +237,7 @@ def importance_weights(
         "weight_max": weights.max(),
         "ess": ess,
         "truncated_fraction": truncated_fraction,
+        "all_zero": (weights.max() == 0).to(log_w.dtype),  # every ratio underflowed
     }
     out_dtype = seq_logp_pi.dtype if seq_logp_pi.is_floating_point() else torch.float32
     return ImportanceWeights(weights.to(out_dtype), {k: v.detach() for k, v in stats.items()})

@@ -8,6 +8,7 @@ so there is no ratio to clip and no KL term.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from iterdeploy_trl.trainers import losses
+from iterdeploy_trl.trainers.sft import RestoresModelState, default_bf16
 
 # The multimodal tensors GRPO's `_compute_loss` forwards to `_get_per_token_logps_and_entropies`.
 _FORWARD_KEYS = (
@@ -31,6 +33,11 @@ _FORWARD_KEYS = (
 )
 
 
+# GRPO settings read by its loss only (the REINFORCE loss replaces it), at GRPO's defaults
+_GRPO_LOSS_ONLY = ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos",
+                   "vespo_k_neg", "vespo_lambda_neg")
+_GRPO_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+
 # generation_kwargs that change the distribution sampled (the loss models temperature and top_p only)
 _SAMPLER_KWARGS = frozenset(
     {"top_k", "top_p", "min_p", "typical_p", "temperature", "repetition_penalty", "epsilon_cutoff", "eta_cutoff"}
@@ -44,6 +51,15 @@ class ReinforceConfig(GRPOConfig):
     settings (`num_generations`, `max_completion_length`, `temperature`, `use_vllm`, ...) apply unchanged;
     its objective settings (`loss_type`, `epsilon`, `importance_sampling_level`, `scale_rewards`) do not,
     since the REINFORCE loss replaces GRPO's clipped surrogate.
+
+    Defaults that differ from GRPO's, so that the estimator is plain REINFORCE unless asked otherwise:
+    `loss_type="reinforce"` (GRPO's clipped-surrogate variants `"dapo"`, `"grpo"`, ... and their `epsilon`,
+    `epsilon_high`, `delta`, `importance_sampling_level`, `sapo_*`, `vespo_*` settings are refused: the loss
+    below reads none of them), `vllm_importance_sampling_correction=False` (GRPO's default `True` reweights,
+    and in its `"sequence_mask"` mode with `vllm_importance_sampling_clip_max=3` drops, samples by the ratio
+    of the trainer's to vLLM's log-probs; set it `True` to opt in, and [`importance_sampling_record`] says
+    which was used), and `bf16` `None` → `True` only where it can run (a CUDA GPU with bf16, or
+    `use_cpu=True` as in TRL), else `False`, so that `ReinforceConfig(output_dir=...)` works on a CPU machine.
 
     Parameters:
         baseline (`str`, *optional*, defaults to `"none"`):
@@ -89,9 +105,39 @@ class ReinforceConfig(GRPOConfig):
     num_iterations: int = field(
         default=1, metadata={"help": "Must be 1: one gradient step per batch of samples (on-policy)."}
     )
+    loss_type: str = field(
+        default="reinforce",
+        metadata={"help": "Must be 'reinforce': the policy-gradient loss above replaces GRPO's loss types."},
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "GRPO's correction of the vLLM sampler vs trainer log-prob mismatch (GRPO's default True). "
+            "Off here: the plain REINFORCE estimator. True multiplies each token's log-prob by GRPO's ratio "
+            "(and, in the mask modes, drops samples whose ratio leaves the clip range)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = default_bf16(self.use_cpu)
         super().__post_init__()
+        unused = {
+            "loss_type": (self.loss_type, "reinforce"),
+            "epsilon": (self.epsilon, 0.2),
+            "epsilon_high": (self.epsilon_high, None),
+            "delta": (self.delta, None),
+            "importance_sampling_level": (self.importance_sampling_level, "token"),
+            "multi_objective_aggregation": (self.multi_objective_aggregation, "sum_then_normalize"),
+            **{name: (getattr(self, name), _GRPO_DEFAULTS[name]) for name in _GRPO_LOSS_ONLY},
+        }
+        changed = [f"{name}={value!r}" for name, (value, default) in unused.items() if value != default]
+        if changed:
+            raise ValueError(
+                f"ReinforceConfig: {', '.join(changed)} set GRPO's clipped-surrogate objective, which "
+                "ReinforceTrainer's loss (−(1/N) Σ_i A_i Σ_t log π) does not read; leave them at their defaults "
+                "(loss_type='reinforce'), or use trl.GRPOTrainer for GRPO's losses."
+            )
         if self.baseline not in losses.BASELINES:
             raise ValueError(f"baseline={self.baseline!r}: choose one of {', '.join(losses.BASELINES)}")
         if self.loss_normalization not in losses.NORMALIZATIONS:
@@ -148,7 +194,35 @@ class ReinforceConfig(GRPOConfig):
             )
 
 
-class ReinforceTrainer(GRPOTrainer):
+def _check_reward_columns(reward_funcs: Any, train_dataset: Any, eval_dataset: Any) -> None:
+    """Before any generation: each reward function with a ``check_columns`` method (``ValidPlanReward``)
+    finds its columns in the train and eval datasets (TRL would otherwise fail at the first reward call,
+    after generating a batch)."""
+    funcs = reward_funcs if isinstance(reward_funcs, list | tuple) else [reward_funcs]
+    evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
+    for name, dataset in [("train", train_dataset), *evals]:
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:  # no dataset, or a stream of unknown columns: checked at the first reward call
+            continue
+        for func in funcs:
+            if callable(getattr(func, "check_columns", None)):
+                func.check_columns(list(columns), where=f"the {name} dataset")
+
+
+def importance_sampling_record(args: ReinforceConfig) -> dict[str, Any]:
+    """The vLLM importance-sampling setting a REINFORCE run trained with, for its saved statistics: whether
+    GRPO's correction was on and, if so, its mode and clip range (None where it does not apply)."""
+    on = bool(args.use_vllm and args.vllm_importance_sampling_correction)
+    return {
+        "use_vllm": bool(args.use_vllm),
+        "vllm_importance_sampling_correction": on,
+        "vllm_importance_sampling_mode": args.vllm_importance_sampling_mode if on else None,
+        "vllm_importance_sampling_clip_min": args.vllm_importance_sampling_clip_min if on else None,
+        "vllm_importance_sampling_clip_max": args.vllm_importance_sampling_clip_max if on else None,
+    }
+
+
+class ReinforceTrainer(RestoresModelState, GRPOTrainer):
     """[`~trl.GRPOTrainer`] turned into binary-reward REINFORCE.
 
     Dataset: columns `prompt`, `domain_pddl`, `problem_pddl` (the reward reads the last two). Reward: by
@@ -161,7 +235,8 @@ class ReinforceTrainer(GRPOTrainer):
     distribution sampled: logits / `temperature` (as GRPO takes it) and, for `top_p` < 1, renormalised over
     the top-p nucleus (GRPO ignores top-p in its loss; here ∇ log q of the nucleus sampler, so the estimator
     stays unbiased for the objective of the policy actually deployed). Other sampler transformations
-    (`top_k`, `min_p`, `repetition_penalty`) are refused by the config. Logged beside GRPO's metrics:
+    (`top_k`, `min_p`, `repetition_penalty`) are refused by the config. GRPO's vLLM importance-sampling
+    correction is off unless the config turns it on (`importance_sampling_record`). Logged beside GRPO's metrics:
     `reward/valid_fraction` (fraction of samples with r > 0, N⁺/N for a binary reward) and
     `advantage/mean`.
     """
@@ -191,6 +266,7 @@ class ReinforceTrainer(GRPOTrainer):
             from iterdeploy_trl.reward import ValidPlanReward  # lazy: VAL is only needed here
 
             reward_funcs = [ValidPlanReward()]
+        _check_reward_columns(reward_funcs, train_dataset, eval_dataset)
         self._rewards_per_func: torch.Tensor | None = None
         super().__init__(
             model,
@@ -325,7 +401,8 @@ class ReinforceTrainer(GRPOTrainer):
             compute_aux_loss=self.aux_loss_enabled,
             **{key: inputs.get(key) for key in _FORWARD_KEYS},
         )
-        if "importance_sampling_ratio" in inputs:  # vLLM sampler vs trainer mismatch, as in GRPO
+        if "importance_sampling_ratio" in inputs and self.args.vllm_importance_sampling_correction:
+            # vLLM sampler vs trainer mismatch, as in GRPO, only where the config asks for it
             token_logps = token_logps * inputs["importance_sampling_ratio"].detach()
 
         mode = "train" if self.model.training else "eval"

@@ -31,6 +31,72 @@ EMPTY_TRAINING_SET = (
 )
 
 
+def default_bf16(use_cpu: bool) -> bool:
+    """`bf16` where a config leaves it unset (TRL's default is `True` if `fp16` is unset): `True` where bf16
+    mixed precision can run, i.e. on a GPU (or XPU, NPU, ...) with bf16 support, or on the CPU when `use_cpu`
+    asks for it (CPU autocast, as TRL does); `False` otherwise, where TRL's default would fail with "Your setup
+    doesn't support bf16/gpu" (a machine without an accelerator, `use_cpu` not set)."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return bool(use_cpu or is_torch_bf16_gpu_available())
+
+
+class RestoresModelState:
+    """Mixin for the trainers: a model object given to the trainer comes back from `train()` as it went in.
+
+    Training changes the model object in ways that outlive the trainer: accelerate wraps its `forward` in
+    bf16/fp16 autocast (so a later `generate` on the same object samples under autocast: other samples and
+    other behaviour log-probs than before, with no parameter changed), `gradient_checkpointing` turns on
+    checkpointing and `config.use_cache = False` and adds an input-grad hook, and the model is left in
+    train mode. `train()` undoes these on the object the caller passed (its parameters are trained, as
+    asked). A LoRA that `peft_config` puts on the model stays: that is what was trained."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        self._given_model = model if isinstance(model, torch.nn.Module) else None
+        self._given_state = _model_state(self._given_model) if self._given_model is not None else None
+        super().__init__(*args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The parent's `train()`, then the given model's forward, mode, checkpointing and cache restored."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            # the autocast wrapper accelerate put on the forward of the model it prepared
+            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+            if self._given_model is not None:
+                _restore_model_state(self._given_model, self._given_state)
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return {
+        "training": model.training,
+        "checkpointing": _is_checkpointing(model),
+        "use_cache": getattr(config, "use_cache", None),
+        "input_grads_hook": hasattr(model, "_require_grads_hook"),
+    }
+
+
+def _is_checkpointing(model: torch.nn.Module) -> bool:
+    value = getattr(model, "is_activation_checkpointing", None)  # transformers 5.x's name
+    if value is None:
+        value = getattr(model, "is_gradient_checkpointing", False)
+    return bool(value)
+
+
+def _restore_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    if not state["checkpointing"] and _is_checkpointing(model):
+        # transformers 5.x's name, or the older one
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    if not state["input_grads_hook"] and hasattr(model, "_require_grads_hook"):
+        model.disable_input_require_grads()
+    config = getattr(model, "config", None)
+    if config is not None and state["use_cache"] is not None:
+        config.use_cache = state["use_cache"]
+    model.train(state["training"])
+
+
 @dataclass
 class ValidTraceSFTConfig(SFTConfig):
     r"""
@@ -52,6 +118,9 @@ class ValidTraceSFTConfig(SFTConfig):
         completion_only_loss (`bool`, *optional*, defaults to `True`):
             Overrides TRL's `None`. Must be `True`: the policy gradient involves log π(y|x), the completion only;
             a loss on the prompt tokens adds ∇ log p(x), which is no part of it.
+        bf16 (`bool`, *optional*):
+            Unset: `True` where bf16 mixed precision can run (a GPU with bf16, or `use_cpu=True` as in TRL),
+            else `False` (TRL's `True` fails on a machine without an accelerator). See `default_bf16`.
     """
 
     loss_normalization: str = field(
@@ -80,6 +149,8 @@ class ValidTraceSFTConfig(SFTConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = default_bf16(self.use_cpu)
         super().__post_init__()
         if self.loss_normalization not in losses.NORMALIZATIONS:
             raise ValueError(
@@ -107,7 +178,7 @@ class ValidTraceSFTConfig(SFTConfig):
             )
 
 
-class ValidTraceSFTTrainer(SFTTrainer):
+class ValidTraceSFTTrainer(RestoresModelState, SFTTrainer):
     """[`~trl.SFTTrainer`] on curated valid traces, with a REINFORCE-equivalent loss.
 
     Dataset: prompt-completion rows, columns `prompt` and `completion` (standard text or conversational),
@@ -154,6 +225,7 @@ class ValidTraceSFTTrainer(SFTTrainer):
             raise ValueError(
                 f"{type(self).__name__} computes its own loss: compute_loss_func is not supported"
             )
+        self._pending_args = args  # for _check_datasets, which runs before Trainer sets self.args
         self._check_datasets(train_dataset, eval_dataset)
         self.num_overlong_skipped: dict[str, int] = {}
         self._batch_counts: dict[str, torch.Tensor] | None = None
