@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -132,3 +135,86 @@ def test_config_reference_check_fails_on_an_undocumented_key() -> None:
     rows = documented_keys(CONFIG_DOC.read_text())
     assert keys["reinforce.new_knob"] == "3"
     assert sorted(set(keys) - set(rows)) == ["reinforce.new_knob"]
+
+
+# ------------------------------------------------------------------------------- README and docs/ links
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def relative_links(path: Path) -> list[str]:
+    """The relative link targets of a Markdown file (code blocks and inline code left out; no URLs, no
+    anchors within the page), without their #fragment."""
+    text = _CODE.sub("", _FENCE.sub("", path.read_text()))
+    targets = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue
+        targets.append(target.split("#", 1)[0])
+    return targets
+
+
+def markdown_files() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_relative_link_in_readme_and_docs_resolves() -> None:
+    files = markdown_files()
+    assert CONFIG_DOC in files and (ROOT / "docs" / "results" / "README.md") in files
+    broken = [f"{path.relative_to(ROOT)} -> {target}" for path in files for target in relative_links(path)
+              if not (path.parent / target).exists()]
+    assert not broken, f"links to files that do not exist: {broken}"
+
+
+def test_link_check_sees_a_broken_link(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("[ok](page.md) [gone](missing.md#part) ![fig](figs/a.png) [web](https://x.org/a) `[no](code.md)`\n"
+                    "```\n[no](block.md)\n```\n")
+    assert relative_links(page) == ["page.md", "missing.md", "figs/a.png"]
+
+
+def test_readme_results_rows_link_to_result_pages() -> None:
+    """Every row of the README's results table links to a page under docs/results/."""
+    text = README.read_text()
+    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| study")]
+    assert len(rows) >= 10
+    unlinked = [row for row in rows if not re.search(r"\]\(docs/results/[a-z0-9-]+\.md\)", row)]
+    assert not unlinked, f"results rows without a docs/results/ page: {unlinked}"
+    pages = {p.name for p in (ROOT / "docs" / "results").glob("*.md")} - {"README.md"}
+    linked = set(re.findall(r"\]\(docs/results/([a-z0-9-]+\.md)\)", section))
+    assert pages <= linked, f"result pages the README's table does not list: {sorted(pages - linked)}"
+
+
+def test_readme_is_a_short_guide() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
+    text = "\n".join(lines)
+    for command in ("./setup.sh && .venv/bin/iterdeploy run --out runs/cpu-default", "./test.sh"):
+        assert f"```bash\n{command}\n```" in text
+
+
+# -------------------------------------------------------------------------------- README's Python blocks
+
+
+def readme_python() -> str:
+    """The README's ```python blocks, in order, as one script (later blocks may use earlier names)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+    return "\n".join(blocks)
+
+
+def test_readme_python_blocks_run_on_cpu(tmp_path: Path) -> None:
+    """The README's example runs as written on a CPU (in a fresh process, in a temporary directory, with no
+    GPU visible and nothing downloaded)."""
+    script = readme_python()
+    assert "ReinforceTrainer" in script and "ValidPlanReward" in script
+    (tmp_path / "readme_example.py").write_text(script)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "WANDB_DISABLED": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "readme_example.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, f"README's Python example failed:\n{done.stderr[-4000:]}"
+    assert "plan:" in done.stdout  # the prompt it prints
+    assert (tmp_path / "reinforce-out").is_dir()
