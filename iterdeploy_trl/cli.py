@@ -72,19 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"iterdeploy {args.command}: interrupted{RESUMES.get(args.command, '')}", file=sys.stderr)
         return 130
     except Exception as exc:
-        full = disk_full(exc)
+        full = disk_full(exc, getattr(args, "out", None))
         if full is None:
             raise
         print(f"iterdeploy {args.command}: {full}", file=sys.stderr)
         return 3
 
 
-def disk_full(exc: BaseException) -> str | None:
+def disk_full(exc: BaseException, out: str | os.PathLike[str] | None = None) -> str | None:
     """The message for a write that failed because the disk (or the quota) is full, else None. Libraries
-    wrap the OS error (safetensors: ``IoError(... StorageFull ...)``), so the chain and the text are read."""
+    wrap the OS error (safetensors: ``IoError(... StorageFull ...)``), so the chain and the text are read.
+    It names the file when the error does, and the free space where it was written (else under ``out``,
+    the command's output directory)."""
     import errno
     import shutil
 
@@ -96,7 +98,10 @@ def disk_full(exc: BaseException) -> str | None:
             path = getattr(seen, "filename", None)
             where = f" writing {path}" if path else ""
             free = ""
-            probe = path  # a library's error may name no file: then no free-space figure (of the wrong disk)
+            # a library's error may name no file: then the free space under the command's output directory
+            probe = str(path) if path else (str(out) if out is not None else None)
+            if not path and probe:
+                where = f" writing under {probe}"
             while probe and not os.path.exists(probe):
                 probe = os.path.dirname(probe)
             if probe:

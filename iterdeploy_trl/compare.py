@@ -9,25 +9,40 @@ evaluated at the same budget points b_0..b_G by the same deployment (K samples p
 the held-out split), and we also report training tokens and wall time, which are *not* equalised.
 
 Every method is one run of the same loop (:func:`iterdeploy_trl.loop.run_loop`; a method is its entry of
-``loop.METHOD_TABLE``: its data and its trainer): this module only schedules the methods and computes the
-statistics. Layout: ``OUT/<method>/`` is a run directory of the loop, ``OUT/compare.json`` holds the
-per-budget statistics.
+``loop.METHOD_TABLE``: its data and its trainer): this module only schedules the methods and reports them
+with the statistics of :mod:`iterdeploy_trl.stats`: held-out tasks solved is the primary measure, pool
+tasks solved the second; per comparison a seed-level paired t interval and a task-and-seed paired
+bootstrap interval, raw and Holm-adjusted p over every comparison tested, unanimous@k with an interval,
+and a verdict per measure. Layout: ``OUT/<method>/`` is a run directory of the loop, ``OUT/compare.json``
+holds the per-budget statistics and each arm's wall time as measured (kept across a resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
 from iterdeploy_trl.loop import RunError, begin_run, check_methods, check_server_methods, run_loop
-from iterdeploy_trl.runio import atomic_write_text, machine_record, write_json
+from iterdeploy_trl.runio import atomic_write_text, machine_record, read_rows, write_json
 from iterdeploy_trl.runlock import holds_run_dir
+from iterdeploy_trl.stats import (
+    ALPHA,
+    BOOTSTRAP_REPLICATES,
+    BOOTSTRAP_SEED,
+    LEVEL,
+    difference_verdict,
+    holm,
+    paired_t,
+    t_interval,
+    task_seed_bootstrap,
+    wilson_interval,
+)
 
 LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
 
@@ -80,7 +95,8 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
             per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
             table.append({"learning_rate": lr, "solved_mean": statistics.fmean(per_seed),
                           "solved_per_seed": per_seed, "samples_used": last["samples_used"],
-                          "heldout_solved_mean": last["heldout_solved"]})
+                          "heldout_solved_mean": last["heldout_solved"],
+                          "wall_seconds": measured_seconds(summary["per_seed"])["seconds"]})
         best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
         result[method] = {"seeds": list(tuning.seeds), "table": table, "chosen": best["learning_rate"]}
         log(f"tuning {method}: " + ", ".join(f"lr {r['learning_rate']:g} -> {r['solved_mean']:.1f}" for r in table)
@@ -90,61 +106,163 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
 
 # --------------------------------------------------------------------------- statistics
 
+# The measures compared, the primary first: held-out tasks are never trained on, so they test what a method
+# learnt; pool tasks are the ones SFT retrains on (a stored valid solution of every task ever solved).
+MEASURES = {"heldout_solved": "held-out tasks solved", "solved": "pool tasks solved"}
+PRIMARY_MEASURE = "heldout_solved"
+_TASK_IDS = {"heldout_solved": "heldout_solved_task_ids", "solved": "solved_task_ids"}
+_TOTALS = {"heldout_solved": "heldout_tasks", "solved": "tasks"}
 
-def _ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a two-sided t confidence interval (the interval collapses with one value)."""
-    from scipy import stats
 
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, m, m
-    se = statistics.stdev(values) / math.sqrt(len(values))
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * se
-    return m, m - half, m + half
+def _at(rows: list[dict[str, Any]], g: int) -> dict[str, Any] | None:
+    return next((m for m in rows if m["generation"] == g), None)
+
+
+def _unanimous(rows: list[dict[str, Any]], ids_key: str) -> int | None:
+    """Tasks solved under every seed (None when a row lacks its task ids: a summary.json's rows)."""
+    if not rows or any(ids_key not in r for r in rows):
+        return None
+    return len(set.intersection(*(set(r[ids_key]) for r in rows)))
+
+
+def _unanimous_ci(unanimous: int | None, total: int | None) -> list[float] | None:
+    """Wilson interval of unanimous@k as tasks: n·[lo, hi] of the proportion unanimous/n."""
+    if unanimous is None or not total:
+        return None
+    lo, hi = wilson_interval(unanimous, total)
+    return [lo * total, hi * total]
+
+
+def task_matrix(a: list[set[str]], b: list[set[str]], n_tasks: int) -> list[list[int]]:
+    """D[t][s] = 1[t solved by arm a under seed s] − 1[t solved by b under s] over the ``n_tasks`` tasks
+    (``a[s]``, ``b[s]``: the ids solved). Tasks neither arm ever solved are rows of zeros: only their number
+    matters, so they need no ids."""
+    union = sorted(set().union(*a, *b))
+    if len(union) > n_tasks:
+        raise ValueError(f"{len(union)} distinct solved task ids but only {n_tasks} tasks: the runs compared "
+                         "do not share one task set")
+    rows = [[int(t in sa) - int(t in sb) for sa, sb in zip(a, b, strict=True)] for t in union]
+    return rows + [[0] * len(a) for _ in range(n_tasks - len(union))]
+
+
+def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per budget point of one method: mean solved (pool and held-out) with a 95% t-interval over seeds,
+    unanimous@k with a Wilson interval, and the budget in the units the loop counts."""
+    per_seed = summary["per_seed"]
+    rows = []
+    for gen in summary["generations"]:
+        g = gen["generation"]
+        at_g = [r for r in (_at(ms, g) for ms in per_seed.values()) if r is not None]
+        solved, held = [r["solved"] for r in at_g], [r["heldout_solved"] for r in at_g]
+        ts, th = t_interval(solved), t_interval(held)
+        held_unanimous = _unanimous(at_g, _TASK_IDS["heldout_solved"])
+        rows.append({"generation": g, "samples_used": gen["samples_used"], "solved_mean": ts.mean,
+                     "solved_ci": [ts.lo, ts.hi], "solved_per_seed": solved, "unanimous": gen["unanimous"],
+                     "unanimous_k": gen["unanimous_k"],
+                     "unanimous_ci": _unanimous_ci(gen["unanimous"], gen.get("tasks")),
+                     "heldout_solved_mean": th.mean, "heldout_ci": [th.lo, th.hi], "heldout_solved_per_seed": held,
+                     "heldout_unanimous": held_unanimous,
+                     "heldout_unanimous_ci": _unanimous_ci(held_unanimous, gen.get("heldout_tasks")),
+                     "tasks": gen.get("tasks"), "heldout_tasks": gen.get("heldout_tasks"),
+                     "train_traces": gen["train_traces"], "train_completion_tokens": gen["train_completion_tokens"],
+                     "train_completion_tokens_cumulative": gen.get("train_completion_tokens_cumulative"),
+                     "train_seconds": gen["train_seconds"], "deploy_seconds": gen["deploy_seconds"]})
+    return rows
+
+
+def paired_measure(a_rows: list[dict[str, Any]], b_rows: list[dict[str, Any]], measure: str, *, tested: bool,
+                   bootstrap_seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """One measure of one paired comparison at one budget point (``a_rows[i]``, ``b_rows[i]``: the same
+    seed): the seed-level paired t interval and p-value, and, where the rows name their solved task ids,
+    the task-and-seed paired bootstrap interval. ``tested``: whether the p-value joins the Holm family."""
+    diffs = [a[measure] - b[measure] for a, b in zip(a_rows, b_rows, strict=True)]
+    pt = paired_t([float(d) for d in diffs])
+    ids_key, total_key = _TASK_IDS[measure], _TOTALS[measure]
+    boot = None
+    if all(ids_key in r for r in (*a_rows, *b_rows)) and a_rows and a_rows[0].get(total_key):
+        matrix = task_matrix([set(r[ids_key]) for r in a_rows], [set(r[ids_key]) for r in b_rows],
+                             int(a_rows[0][total_key]))
+        _, lo, hi = task_seed_bootstrap(matrix, seed=bootstrap_seed)
+        boot = [lo, hi]
+    return {"diff_mean": pt.mean, "diff_per_seed": diffs, "t_ci": [pt.lo, pt.hi], "bootstrap_ci": boot,
+            "p_value": pt.p if tested else None, "tested": tested,
+            "total": a_rows[0].get(total_key) if a_rows else None}
 
 
 def compare_statistics(results: dict[str, dict[str, Any]], reference: str = "valid-sft") -> dict[str, Any]:
-    """Per method and budget point: mean solved with a 95% CI over seeds, unanimous@k; and paired
-    differences against ``reference`` at each budget point (paired t-test over seeds)."""
-    from scipy import stats
-
-    table: dict[str, Any] = {}
-    for method, summary in results.items():
-        rows = []
-        per_seed = summary["per_seed"]
-        for gen in summary["generations"]:
-            g = gen["generation"]
-            solved = [next(m["solved"] for m in ms if m["generation"] == g) for ms in per_seed.values()]
-            held = [next(m["heldout_solved"] for m in ms if m["generation"] == g) for ms in per_seed.values()]
-            mean, lo, hi = _ci([float(x) for x in solved])
-            hmean, hlo, hhi = _ci([float(x) for x in held])
-            rows.append({"generation": g, "samples_used": gen["samples_used"], "solved_mean": mean,
-                         "solved_ci": [lo, hi], "solved_per_seed": solved, "unanimous": gen["unanimous"],
-                         "unanimous_k": gen["unanimous_k"], "heldout_solved_mean": hmean, "heldout_ci": [hlo, hhi],
-                         "train_traces": gen["train_traces"], "train_completion_tokens": gen["train_completion_tokens"],
-                         "train_completion_tokens_cumulative": gen.get("train_completion_tokens_cumulative"),
-                         "train_seconds": gen["train_seconds"], "deploy_seconds": gen["deploy_seconds"]})
-        table[method] = rows
+    """Per method and budget point: :func:`method_rows`. Per other method against ``reference``, per budget
+    point and measure (held-out solved first, the primary measure; pool solved second): the paired
+    difference with a seed-level t interval and a task-and-seed paired bootstrap interval (when the
+    per-seed rows carry their solved task ids, as ``metrics.jsonl`` rows do), the raw p-value of a paired
+    t-test and its Holm-adjusted value over every comparison tested here, and a verdict. Generation 0 is
+    not tested: every arm deploys the same base model there."""
+    table = {method: method_rows(summary) for method, summary in results.items()}
     paired: dict[str, Any] = {}
+    entries: list[tuple[str, str, dict[str, Any]]] = []  # (comparison, measure, entry): the Holm family
     if reference in table:
         ref_seeds = results[reference]["per_seed"]
         for method, summary in results.items():
             if method == reference:
                 continue
-            diffs_by_gen = []
+            seeds = [s for s in summary["per_seed"] if s in ref_seeds]
+            name = f"{method} - {reference}"
+            by_gen = []
             for gen in summary["generations"]:
                 g = gen["generation"]
-                seeds = [s for s in summary["per_seed"] if s in ref_seeds]
-                d = [next(m["solved"] for m in summary["per_seed"][s] if m["generation"] == g)
-                     - next(m["solved"] for m in ref_seeds[s] if m["generation"] == g) for s in seeds]
-                mean, lo, hi = _ci([float(x) for x in d])
-                p = None
-                if len(d) >= 2 and statistics.pstdev(d) > 0:
-                    p = float(stats.ttest_1samp(d, 0.0).pvalue)
-                diffs_by_gen.append({"generation": g, "samples_used": gen["samples_used"], "diff_mean": mean,
-                                     "diff_ci": [lo, hi], "diff_per_seed": d, "p_value": p})
-            paired[f"{method} - {reference}"] = diffs_by_gen
-    return {"methods": table, "paired": paired, "reference": reference}
+                pairs = [(_at(summary["per_seed"][s], g), _at(ref_seeds[s], g)) for s in seeds]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if not pairs:
+                    continue
+                a_rows, b_rows = [a for a, _ in pairs], [b for _, b in pairs]
+                point: dict[str, Any] = {"generation": g, "samples_used": gen["samples_used"]}
+                for measure in MEASURES:
+                    point[measure] = paired_measure(a_rows, b_rows, measure, tested=g > 0)
+                    entries.append((method, measure, point[measure]))
+                by_gen.append(point)
+            paired[name] = by_gen
+    adjusted = holm([e["p_value"] for _, _, e in entries])
+    for (method, measure, entry), p_holm in zip(entries, adjusted, strict=True):
+        entry["p_holm"] = p_holm
+        entry["verdict"] = difference_verdict(
+            method, reference, MEASURES[measure], entry["total"], entry["diff_mean"],
+            {"seed t": tuple(entry["t_ci"]) if entry["p_value"] is not None else None,
+             "task-and-seed bootstrap": tuple(entry["bootstrap_ci"]) if entry["bootstrap_ci"] else None}, p_holm)
+    verdicts = {measure: [points[-1][measure]["verdict"] for points in paired.values() if points]
+                for measure in MEASURES}
+    return {"methods": table, "paired": paired, "reference": reference, "primary_measure": PRIMARY_MEASURE,
+            "measures": dict(MEASURES), "verdicts": verdicts,
+            "tests": {"test": "paired t over seeds (two-sided)", "correction": "Holm-Bonferroni",
+                      "family": "every method against the reference, at every budget point after generation 0, "
+                                "on every measure", "m": sum(p is not None for p in adjusted), "alpha": ALPHA,
+                      "level": LEVEL},
+            "bootstrap": {"resampled": "tasks and seeds, with replacement, paired across arms",
+                          "replicates": BOOTSTRAP_REPLICATES, "seed": BOOTSTRAP_SEED, "interval": "percentile"}}
+
+
+# --------------------------------------------------------------------------- wall times
+
+
+def metrics_rows(run_dir: Path, seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Each seed's ``metrics.jsonl`` rows as written (with their solved task ids), keyed like a summary's
+    ``per_seed``; a seed without the file is left out."""
+    out = {}
+    for seed in seeds:
+        path = run_dir / f"seed_{seed}" / "metrics.jsonl"
+        if path.exists():
+            out[str(seed)] = read_rows(path)
+    return out
+
+
+def measured_seconds(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """An arm's time as measured when each generation ran: Σ over seeds and generations of the metrics
+    rows' ``deploy_seconds`` (sampling and VAL) and ``train_seconds``, with the machines the rows name.
+    A resume re-reads the rows and measures nothing again, so these survive it."""
+    rows = [r for rs in per_seed.values() for r in rs]
+    deploy = sum(float(r.get("deploy_seconds") or 0.0) for r in rows)
+    train = sum(float(r.get("train_seconds") or 0.0) for r in rows)
+    machines = sorted({m for r in rows for m in (r.get("deploy_machine"), r.get("train_machine")) if m})
+    return {"seconds": round(deploy + train, 1), "deploy_seconds": round(deploy, 1),
+            "train_seconds": round(train, 1), "machines": machines or ["not recorded"]}
 
 
 @holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, kw.get("methods") or cfg.compare_methods),
@@ -165,26 +283,37 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
         atomic_write_text(out / "config.yaml", config_text)
-    results = {}
+    results, rows_by_method, wall = {}, {}, {}
     t0 = time.time()
     tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log) if cfg.tuning else {}
     tuning_seconds = round(time.time() - t0, 1)
+    invocation = {}
     for method in methods:
         log(f"== {method} ==")
         start = time.time()
         mcfg = with_learning_rate(cfg, method, tuning[method]["chosen"]) if method in tuning else cfg
         summary = run_loop(method_config(mcfg, method), out / method, progress=progress, log=log)
-        summary["wall_seconds"] = round(time.time() - start, 1)
+        invocation[method] = round(time.time() - start, 1)
         lr = mcfg.reinforce_settings.learning_rate if method == "reinforce" else None
         summary["learning_rate"] = lr or mcfg.training.learning_rate
         results[method] = summary
+        # The rows as written (with their solved task ids, for the task-level bootstrap and unanimous@k)
+        rows_by_method[method] = {**summary, "per_seed": metrics_rows(out / method, cfg.seeds)}
+        wall[method] = measured_seconds(rows_by_method[method]["per_seed"])
+    tuning_wall = round(sum(row.get("wall_seconds", 0.0) for t in tuning.values() for row in t["table"]), 1)
     report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "method_order": list(methods),
-              "tasks": results[methods[0]]["tasks"], "samples_per_task": cfg.sampling.samples_per_task,
+              "tasks": results[methods[0]]["tasks"], "heldout_tasks": results[methods[0]]["heldout_tasks"],
+              "samples_per_task": cfg.sampling.samples_per_task,
               "budget_unit": "sampled completions used for learning",
-              "wall_seconds": {m: results[m]["wall_seconds"] for m in methods},
+              # as measured when each generation ran (metrics rows), kept across a resume; the machines named
+              "wall_seconds": {m: wall[m]["seconds"] for m in methods}, "measured_seconds": wall,
               "learning_rates": {m: results[m]["learning_rate"] for m in methods},
-              "tuning": tuning, "tuning_wall_seconds": tuning_seconds,
-              **compare_statistics(results), "total_wall_seconds": round(time.time() - t0, 1),
+              "tuning": tuning, "tuning_wall_seconds": tuning_wall,
+              **compare_statistics(rows_by_method), "total_wall_seconds": round(
+                  tuning_wall + sum(wall[m]["seconds"] for m in methods), 1),
+              # this invocation alone (a resume of finished runs: seconds of reading)
+              "invocation_wall_seconds": {"tuning": tuning_seconds, **invocation,
+                                          "total": round(time.time() - t0, 1)},
               "machine": machine_record()}
     if dist.is_main():
         write_json(out / "compare.json", report)

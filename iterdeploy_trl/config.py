@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -30,6 +31,13 @@ BASELINES = ("none", "mean", "leave_one_out")
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
+# Bounds of values that are legal numbers but no experiment: past them a run fails late (a learning rate of
+# 1e300 turns the logits into NaN at the first generation) or sits silent for hours allocating (a pool of 1e9
+# tasks, 1e9 samples a task). The study: 1000 tasks, 8 samples, learning rates 1e-5..3e-3.
+MAX_TASKS = 100_000  # tasks.n, tasks.heldout
+MAX_SAMPLES_PER_TASK = 1024  # sampling.samples_per_task
+MAX_LEARNING_RATE = 1.0  # every learning rate (AdamW diverges far below it)
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the key."""
@@ -46,8 +54,8 @@ class TasksConfig:
     dir: str | None = None  # an existing task directory (IPC layout) instead of generating
 
     def check(self) -> None:
-        _require(self.n >= 1, "tasks.n", self.n, "must be at least 1")
-        _require(self.heldout >= 0, "tasks.heldout", self.heldout, "must be >= 0")
+        _require(1 <= self.n <= MAX_TASKS, "tasks.n", self.n, f"must be in 1..{MAX_TASKS:,}")
+        _require(0 <= self.heldout <= MAX_TASKS, "tasks.heldout", self.heldout, f"must be in 0..{MAX_TASKS:,}")
         if self.size is not None:
             _require(len(self.size) == 2 and 1 <= self.size[0] <= self.size[1], "tasks.size", self.size,
                      "must be [low, high] with 1 <= low <= high")
@@ -88,7 +96,7 @@ class ModelConfig:
         _require(self.base_steps >= 1, "model.base_steps", self.base_steps, "must be >= 1")
         _require(self.base_num_walks >= 1, "model.base_num_walks", self.base_num_walks, "must be >= 1")
         _require(self.base_batch_size >= 1, "model.base_batch_size", self.base_batch_size, "must be >= 1")
-        _require(self.base_learning_rate > 0, "model.base_learning_rate", self.base_learning_rate, "must be > 0")
+        _learning_rate("model.base_learning_rate", self.base_learning_rate)
         _require(self.base_max_walk >= 1, "model.base_max_walk", self.base_max_walk, "must be >= 1")
         _require(self.base_walk_length in ("plan", "uniform"), "model.base_walk_length", self.base_walk_length,
                  "must be plan or uniform")
@@ -128,10 +136,13 @@ class SamplingConfig:
         for url in self.servers:
             _require(url.startswith(("http://", "https://")), "sampling.servers", url,
                      "must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
-        _require(self.server_timeout > 0, "sampling.server_timeout", self.server_timeout, "must be > 0")
+        _require(_finite(self.server_timeout) and self.server_timeout > 0, "sampling.server_timeout",
+                 self.server_timeout, "must be a finite number > 0")
         _require(self.server_retries >= 0, "sampling.server_retries", self.server_retries, "must be >= 0")
-        _require(self.samples_per_task >= 1, "sampling.samples_per_task", self.samples_per_task, "must be >= 1")
-        _require(self.temperature > 0, "sampling.temperature", self.temperature, "must be > 0")
+        _require(1 <= self.samples_per_task <= MAX_SAMPLES_PER_TASK, "sampling.samples_per_task",
+                 self.samples_per_task, f"must be in 1..{MAX_SAMPLES_PER_TASK}")
+        _require(_finite(self.temperature) and self.temperature > 0, "sampling.temperature", self.temperature,
+                 "must be a finite number > 0")
         _require(0 < self.top_p <= 1, "sampling.top_p", self.top_p, "must be in (0, 1]")
         _require(self.max_new_tokens >= 1, "sampling.max_new_tokens", self.max_new_tokens, "must be >= 1")
         _require(self.batch_size >= 1, "sampling.batch_size", self.batch_size, "must be >= 1")
@@ -175,8 +186,8 @@ class TrainingConfig:
 
     def check(self) -> None:
         _require(self.init in INITS, "training.init", self.init, f"must be one of {INITS}")
-        _require(self.learning_rate > 0, "training.learning_rate", self.learning_rate, "must be > 0")
-        _require(self.epochs > 0, "training.epochs", self.epochs, "must be > 0")
+        _learning_rate("training.learning_rate", self.learning_rate)
+        _require(_finite(self.epochs) and self.epochs > 0, "training.epochs", self.epochs, "must be a finite number > 0")
         _require(self.batch_size >= 1, "training.batch_size", self.batch_size, "must be >= 1")
         _require(self.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
                  self.gradient_accumulation_steps, "must be >= 1")
@@ -199,7 +210,8 @@ class IWSFTSettings:
     per_token: bool = False  # per-token geometric mean of the ratio instead of the sequence ratio
 
     def check(self) -> None:
-        _require(self.truncate is None or self.truncate > 0, "iw_sft.truncate", self.truncate, "must be > 0 or null")
+        _require(self.truncate is None or (_finite(self.truncate) and self.truncate > 0), "iw_sft.truncate",
+                 self.truncate, "must be a finite number > 0, or null for no cap")
 
 
 @dataclass(frozen=True)
@@ -213,8 +225,8 @@ class ReinforceSettings:
 
     def check(self) -> None:
         _require(self.baseline in BASELINES, "reinforce.baseline", self.baseline, f"must be one of {BASELINES}")
-        _require(self.learning_rate is None or self.learning_rate > 0, "reinforce.learning_rate",
-                 self.learning_rate, "must be > 0 or null")
+        if self.learning_rate is not None:
+            _learning_rate("reinforce.learning_rate", self.learning_rate)
 
 
 SFT_METHODS = ("valid-sft", "iw-sft", "uncurated-sft")  # train on the deployment's (curated) traces
@@ -237,7 +249,7 @@ class TuningConfig:
         _require(not both, "tuning.seeds", self.seeds, f"must not hold a result seed (seeds: {both})")
         for key in ("sft_learning_rates", "reinforce_learning_rates"):
             for lr in getattr(self, key):
-                _require(lr > 0, f"tuning.{key}", lr, "must be > 0")
+                _learning_rate(f"tuning.{key}", lr)
 
 # Keys that moved into a method's own section: an old config naming one is refused with the new key.
 MOVED_KEYS = {
@@ -330,7 +342,8 @@ class RunConfig:
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
         _require(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
         _require(self.curation in CURATIONS, "curation", self.curation, f"must be one of {CURATIONS}")
-        _require(self.validation_timeout > 0, "validation_timeout", self.validation_timeout, "must be > 0")
+        _require(_finite(self.validation_timeout) and self.validation_timeout > 0, "validation_timeout",
+                 self.validation_timeout, "must be a finite number > 0")
         _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
         _require(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1 or null")
         from iterdeploy_trl.tracking import check_report_to
@@ -346,6 +359,10 @@ class RunConfig:
             _require(self.domain in note_domains(), "model.base_notes", True,
                      f"{self.domain} has no state notes (only {', '.join(note_domains())})")
         self.tasks.check()
+        if self.tasks.size is not None and not self.tasks.dir and self.domain in GENERATOR_VERSION:
+            lim_lo, lim_hi = SIZE_LIMITS[self.domain]
+            _require(lim_lo <= self.tasks.size[0] <= self.tasks.size[1] <= lim_hi, "tasks.size", list(self.tasks.size),
+                     f"must lie within {self.domain}'s sizes {lim_lo}..{lim_hi}")
         self.model.check(paths=paths)
         if self.model.base_task_size is not None:
             _require(self.model.path == "auto", "model.base_task_size", self.model.base_task_size,
@@ -432,6 +449,15 @@ def _require(ok: bool, key: str, value: Any, what: str) -> None:
         raise ConfigError(f"{key}: {value!r} {what}")
 
 
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _learning_rate(key: str, value: float) -> None:
+    _require(_finite(value) and 0 < value <= MAX_LEARNING_RATE, key, value,
+             f"must be a finite number in (0, {MAX_LEARNING_RATE:g}] (the study used 1e-5 to 3e-3)")
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -499,9 +525,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         # YAML 1.1 (PyYAML) reads `1e-5` (no dot) as a string; accept what Python reads as a number.
         if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .inf and .nan, or 1e999
+            raise ConfigError(f"{key}: {value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -519,14 +547,23 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> RunConfig:
     """Read a YAML/JSON config file; errors name the file and the key. ``check_paths=False`` accepts a
     ``model.path`` that does not exist on this machine (a GPU config read elsewhere)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML or JSON file (experiments/*.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
-    if data is None:
-        data = {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); give a YAML or JSON config"
+                          ) from None
+    except yaml.YAMLError as exc:  # one line: where, and what the parser found there
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(f"{getattr(exc, 'context', None) or ''} {getattr(exc, 'problem', None) or exc}".split())
+        raise ConfigError(f"{where}: not valid YAML/JSON: {what}") from None
+    if data is None:  # a run of the whole default on a file left empty by mistake would be hours lost
+        raise ConfigError(f"{path}: the file is empty (or only comments); give at least one key, or leave "
+                          "--config out to run the CPU default")
     try:
         return config_from_dict(data, check_paths=check_paths)
     except ConfigError as exc:

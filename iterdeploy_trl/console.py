@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +32,39 @@ def is_quiet() -> bool:
 
 
 class _RunLogHandler(logging.FileHandler):
-    """A file handler that opens its file at the first record (the run directory may not exist before)."""
+    """A file handler that opens its file at the first record (the run directory may not exist before).
+    When the file cannot be written (a full disk), it says so in one line and drops the records after it,
+    instead of logging's ``--- Logging error ---`` and a traceback for every record; the error that
+    stops the run (if any) is the run's to report."""
+
+    failed: bool = False
 
     def _open(self):  # type: ignore[no-untyped-def]
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._give_up(exc)
+
+    def close(self) -> None:
+        try:  # closing flushes: on a full disk that fails too, and must not hide the run's own error
+            super().close()
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        if not self.failed:
+            print(f"[iterdeploy] cannot write the log {self.baseFilename} ({exc.strerror or exc}); the "
+                  "libraries' log records are dropped from here on", file=sys.stderr, flush=True)
+        self.failed = True
 
 
 @contextlib.contextmanager

@@ -922,8 +922,16 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return out
 
 
-# check_methods first: a method that cannot run on the config's backend is refused before any server is asked
-@holds_run_dir(lambda cfg, kw: (check_methods(cfg, (cfg.method,)), begin_run(cfg, False, _silent)))
+def _check_before_run(cfg: RunConfig) -> None:
+    """``run --check``'s checks (``preflight.check_before_run``: check_methods, the task set, the model, prompts
+    against its context), before the run directory is locked or written: a refused config leaves no trace."""
+    from iterdeploy_trl.preflight import check_before_run
+
+    check_before_run(cfg)
+
+
+# these checks first: a method that cannot run on the config's backend is refused before any server is asked
+@holds_run_dir(lambda cfg, kw: (_check_before_run(cfg), begin_run(cfg, False, _silent)))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.

@@ -4,20 +4,28 @@ Before a multi-hour GPU job: the config, the model directory and its tokenizer (
 sampling backend, the task set, prompt lengths against the context, the run directory (new or resume),
 and what the run would do (tasks, generations, seeds, samples, budget). Nothing is trained, sampled or
 written.
+
+``run`` makes the same checks before it writes anything (:func:`check_before_run`): the methods' settings
+(``loop.check_methods``), the task set, the model and its tokenizer, and the longest measured prompt plus
+``sampling.max_new_tokens`` against the model's context; a config that ``--check`` passes is one that
+``run`` starts.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, hash_matches
 from iterdeploy_trl.runio import read_json
-from iterdeploy_trl.runlock import SESSION_FILES, describe_holder, is_held, read_holder
+from iterdeploy_trl.runlock import SESSION_FILES, describe_holder, is_held, out_dir_problem, read_holder
 
 # Pool tasks whose prompt lengths are measured (prompts grow with the task's size).
 PROMPTS_MEASURED = 20
+# config.json keys that give the number of positions a model was made for (GPT-2: n_positions).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
 @dataclass
@@ -36,7 +44,7 @@ class Preflight:
     def report(self) -> str:
         out = list(self.lines)
         out += [f"warning: {w}" for w in self.warnings]
-        out += [f"PROBLEM: {p}" for p in self.problems]
+        out += [f"PROBLEM: {p}" for p in dict.fromkeys(self.problems)]  # one check may find what another did
         out.append("check passed: nothing was run or written" if self.ok
                    else f"check failed: {len(self.problems)} problem(s); nothing was run or written")
         return "\n".join(out)
@@ -82,10 +90,7 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
     if cfg.model.dtype != "float32" and not gpus:
         pf.warnings.append(f"model.dtype {cfg.model.dtype} on CPU: it runs, slowly")
 
-    tok = _check_model(cfg, pf)
-    tasks, set_domain = _check_tasks(cfg, pf)
-    if tok is not None and tasks:
-        _check_lengths(cfg, tok, tasks, set_domain, pf)
+    _check_run(cfg, pf)
     # what the run would do
     per_deploy = (t.n + t.heldout) * s.samples_per_task
     deploys = (cfg.generations + 1) * len(cfg.seeds)
@@ -109,8 +114,62 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
     return pf
 
 
-def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
-    """The base model's directory and its tokenizer; returns the tokenizer (None when it cannot load)."""
+def check_before_run(cfg: RunConfig) -> None:
+    """The checks of ``--check`` that ``run`` makes before it writes anything (``run_loop`` calls it): raise
+    ``ConfigError`` with the first problem (the key, the value and what to do)."""
+    pf = Preflight()
+    _check_run(cfg, pf)
+    if pf.problems:
+        raise ConfigError(pf.problems[0])
+
+
+def _check_run(cfg: RunConfig, pf: Preflight) -> None:
+    """What ``run`` and ``--check`` both refuse: settings no method of the run reads, a method that cannot
+    run at these settings, the task set, the model and its tokenizer, prompts against the context."""
+    from iterdeploy_trl.loop import check_methods
+
+    try:
+        check_methods(cfg, (cfg.method,))
+    except ConfigError as exc:
+        pf.problems.append(str(exc))
+    tok, context = _check_model(cfg, pf)
+    tasks, set_domain = _check_tasks(cfg, pf)
+    if tok is not None and tasks:
+        _check_lengths(cfg, tok, tasks, set_domain, context, pf)
+
+
+def model_context(path: Path) -> tuple[int, str] | None:
+    """(positions, where it was read) of the model at ``path``: the first of ``CONTEXT_KEYS`` in its
+    ``config.json`` (a LoRA adapter: its base model's; a multimodal model: its ``text_config``), raised by a
+    RoPE scaling factor; None when no config says."""
+    file = path / "config.json"
+    if not file.exists() and (path / "adapter_config.json").exists():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            return None
+        if not base:
+            return None
+        file = Path(base).expanduser() / "config.json"
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (data, data.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            n = section.get(key)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                scaling = section.get("rope_scaling") or {}
+                factor = scaling.get("factor") if isinstance(scaling, dict) else None
+                if isinstance(factor, (int, float)) and factor > 1:  # YaRN, linear, dynamic: a longer context
+                    n = max(n, int(scaling.get("original_max_position_embeddings", n) * factor))
+                return n, f"{key} in {file}"
+    return None
+
+
+def _check_model(cfg: RunConfig, pf: Preflight) -> tuple[Any, tuple[int, str] | None]:
+    """The base model's directory and its tokenizer; returns the tokenizer (None when it cannot load) and
+    the model's context (:func:`model_context`; None when unknown)."""
     from iterdeploy_trl.loop import RunError, auto_base_model_path, resolve_base_model
 
     if cfg.model.path == "auto":
@@ -121,19 +180,21 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
         try:  # a domain without a generator: its base model, and tokenizer, come from the task set
             path, own = auto_base_model_path(cfg), _own_task_set(cfg)
         except (TaskSetError, OSError, ValueError):
-            return None  # _check_tasks names what is wrong with tasks.dir
+            return None, None  # _check_tasks names what is wrong with tasks.dir
         state = "cached" if (path / "base_model.json").exists() else "not cached: pretrained first (minutes on CPU)"
         pf.lines.append(f"model: the small {cfg.model.size} {cfg.domain} base model, {path} ({state})")
-        return build_tokenizer(cfg.domain) if own is None else tokenizer_for_task_set(own)
+        tok = build_tokenizer(cfg.domain) if own is None else tokenizer_for_task_set(own)
+        # the small model is made with as many positions as its tokenizer's model_max_length
+        return tok, model_context(path) or (tok.model_max_length, "the small base model's positions")
     if not Path(cfg.model.path).expanduser().exists():
         pf.problems.append(f"model.path: {cfg.model.path!r} does not exist on this machine; give a local model "
                            "directory (nothing is downloaded)")
-        return None
+        return None, None
     try:
         path = resolve_base_model(cfg, progress=False)  # a model directory: validated, nothing made
     except RunError as exc:
         pf.problems.append(str(exc))
-        return None
+        return None, None
     kind = "a LoRA adapter" if (path / "adapter_config.json").exists() else "a model"
     pf.lines.append(f"model: {path} ({kind}), dtype {cfg.model.dtype}, prompt style {cfg.model.prompt_style}")
     try:
@@ -142,7 +203,7 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # any failure to read the tokenizer is the user's to fix
         pf.problems.append(f"model.path: the tokenizer in {path} does not load: {type(exc).__name__}: {exc}")
-        return None
+        return None, None
     has_template = bool(getattr(tok, "chat_template", None))
     pf.lines.append(f"tokenizer: {type(tok).__name__}, {len(tok)} tokens, eos {tok.eos_token!r}, "
                     f"pad {tok.pad_token!r}, chat template {'yes' if has_template else 'no'}")
@@ -154,7 +215,7 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> Any:
     if cfg.model.prompt_style == "compact":
         pf.warnings.append("model.prompt_style: compact is the small word-level model's format; a Hugging Face "
                            "chat model wants paper")
-    return tok
+    return tok, model_context(path)
 
 
 def _check_tasks(cfg: RunConfig, pf: Preflight) -> tuple[list[Any], str | None]:
@@ -189,9 +250,11 @@ def _check_tasks(cfg: RunConfig, pf: Preflight) -> tuple[list[Any], str | None]:
     return tasks, None
 
 
-def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], dom: str | None, pf: Preflight) -> None:
-    """Prompt tokens of the first pool tasks against the context the run trains and serves with; ``dom``:
-    the task set's domain file (``tasks.dir``), else the built-in domain's."""
+def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], dom: str | None, context: tuple[int, str] | None,
+                   pf: Preflight) -> None:
+    """Prompt tokens of the first pool tasks against the context the run trains and serves with and the
+    model's own (``context``: positions and where they were read); ``dom``: the task set's domain file
+    (``tasks.dir``), else the built-in domain's."""
     from iterdeploy_trl.domains import domain_pddl
     from iterdeploy_trl.loop import prompt_for
 
@@ -209,14 +272,45 @@ def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], dom: str | None, 
                            f"+ EOS > training.max_length ({limit}): a trace of more than {limit - longest - 1} "
                            f"completion tokens is left out of training (vLLM, served with max_model_len = "
                            f"training.max_length, cuts it there)")
+    if context is not None:
+        _check_context(cfg, longest, len(tasks), *context, pf)
+
+
+def _check_context(cfg: RunConfig, longest: int, measured: int, positions: int, source: str, pf: Preflight) -> None:
+    """Refuse prompts and completions the model has no positions for: past them GPT-2 fails with an
+    ``IndexError`` mid-run, and a RoPE model samples from positions it never saw."""
+    new, limit = cfg.sampling.max_new_tokens, cfg.training.max_length
+    fix = ("lower sampling.max_new_tokens, choose smaller tasks (tasks.size), or use a model with a longer "
+           "context")
+    if longest + new > positions:
+        pf.problems.append(f"sampling.max_new_tokens: the longest prompt ({longest} tokens, of the first {measured} "
+                           f"pool tasks) + sampling.max_new_tokens ({new}) = {longest + new} tokens, past the "
+                           f"model's context of {positions} positions ({source}); {fix}")
+    elif min(limit, longest + new + 1) > positions:  # + EOS: the training sequence is one token longer
+        pf.problems.append(f"training.max_length: {limit} lets a training sequence (prompt {longest} + "
+                           f"completion {new} + EOS = {longest + new + 1} tokens) pass the model's context of "
+                           f"{positions} positions ({source}); set training.max_length to at most {positions}, "
+                           f"or {fix}")
+    elif cfg.sampling.backend == "vllm" and limit > positions:
+        pf.problems.append(f"training.max_length: {limit} is past the model's context of {positions} positions "
+                           f"({source}), and vLLM, served with max_model_len = training.max_length, refuses it; set "
+                           f"training.max_length to at most {positions}")
 
 
 def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
     if out is None:
         return
+    problem = out_dir_problem(out)
+    if problem:
+        pf.problems.append(problem)
+        return
     resolved = out / "resolved_config.json"
     if resolved.exists():
-        stored = read_json(resolved)
+        try:
+            stored = read_json(resolved)
+        except (OSError, ValueError) as exc:
+            pf.problems.append(f"--out {out}: {resolved} is not readable JSON ({exc}); the run directory is damaged")
+            return
         old = stored.get("hash")
         if hash_matches(cfg, stored):
             pf.lines.append(f"run directory: {out} holds this run: it would resume")

@@ -40,6 +40,18 @@ class RunDirBusy(RuntimeError):
     """Another process holds the run directory; the message names it."""
 
 
+def out_dir_problem(path: Path, option: str = "--out") -> str | None:
+    """Why the directory ``path`` (given as ``option``) cannot be made or written into, found without writing
+    anything: it, or a folder above it, is a file. None when it can be tried."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{option} {path} is a file, not a directory; choose another {option}"
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        return f"{option} {path}: {blocked} is a file, so no directory can be made there; choose another {option}"
+    return None
+
+
 def read_holder(run_dir: Path) -> dict[str, Any] | None:
     """The holder record of ``run_dir`` (the last process that took its lock), or None."""
     try:

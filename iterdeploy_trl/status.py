@@ -127,6 +127,10 @@ def run_status(run_dir: Path) -> RunStatus:
 def status_report(path: Path) -> tuple[str, list[RunStatus]]:
     """The text ``iterdeploy status`` prints for a run directory or a comparison directory."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give the --out of a run or a comparison")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is a file, not a run directory; give the --out of a run or a comparison")
     if (path / "resolved_config.json").exists():
         st = run_status(path)
         return st.report(), [st]

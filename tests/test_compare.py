@@ -132,6 +132,18 @@ def test_adding_a_method_to_the_comparison_resumes_the_methods_already_run(tiny_
         ["uncurated-sft", "valid-sft"]
     assert report["methods"]["valid-sft"] == first["methods"]["valid-sft"]
     assert {p: p.stat().st_mtime_ns for p in model.rglob("*") if p.is_file()} == stamps  # not trained again
+    # valid-sft's wall time is the one measured when it ran (its metrics rows' deploy and train seconds, on
+    # this machine), not the resume's seconds of reading it back
+    from iterdeploy_trl.runio import machine_id, read_json, read_rows
+
+    rows = read_rows(tmp_path / "cmp" / "valid-sft" / "seed_0" / "metrics.jsonl")
+    measured = round(sum(r["deploy_seconds"] + r["train_seconds"] for r in rows), 1)
+    assert first["wall_seconds"]["valid-sft"] == report["wall_seconds"]["valid-sft"] == measured > 0
+    assert report["measured_seconds"]["valid-sft"] == first["measured_seconds"]["valid-sft"]
+    assert report["measured_seconds"]["valid-sft"]["machines"] == [machine_id()]
+    assert report["invocation_wall_seconds"]["valid-sft"] < measured  # this resume only read the run back
+    assert report["total_wall_seconds"] == round(measured + report["wall_seconds"]["uncurated-sft"], 1)
+    assert read_json(tmp_path / "cmp" / "compare.json")["wall_seconds"] == report["wall_seconds"]
 
 
 def test_a_run_hashed_with_its_compare_methods_still_resumes():
@@ -147,3 +159,66 @@ def test_a_run_hashed_with_its_compare_methods_still_resumes():
                             "valid-sft")
     assert not hash_matches(changed, old)
     assert not hash_matches(cfg, {"hash": old["hash"], "config": {"compare_methods": "valid-sft"}})
+
+
+def _rows(seed: int, g: int, pool: set[str], held: set[str]) -> dict:
+    """A metrics row of the loop with what the statistics read (10 pool tasks, 4 held-out)."""
+    return {"generation": g, "seed": seed, "solved": len(pool), "heldout_solved": len(held), "tasks": 10,
+            "heldout_tasks": 4, "samples_used": g * 20, "solved_task_ids": sorted(pool),
+            "heldout_solved_task_ids": sorted(held), "train_traces": 0, "train_completion_tokens": 0,
+            "train_seconds": 0.0, "deploy_seconds": 0.0}
+
+
+def _summary(gen1: list[tuple[set[str], set[str]]]) -> dict:
+    """A method's summary over seeds 0-2: generation 0 the base model's (p0 solved under every seed), then
+    generation 1 as given (pool ids, held-out ids per seed)."""
+    from iterdeploy_trl.loop import aggregate
+
+    per_seed = {s: [_rows(s, 0, {"p0"}, set()), _rows(s, 1, *gen1[s])] for s in range(3)}
+    return {"per_seed": {str(s): rows for s, rows in per_seed.items()}, "generations": aggregate(per_seed)}
+
+
+def test_statistics_held_out_first_holm_over_every_test_bootstrap_and_verdicts():
+    """Numbers by hand. Paired differences at generation 1 (3 seeds; 2 degrees of freedom, where
+    P(t ≥ T) = 1/2 − T/(2√(T² + 2))): a − ref pool [1, 2, 3] → p = 1 − 2√3/√14 = 0.07418, held-out [2, 2, 2]
+    → p = 0 (no spread); b − ref pool [0, 0, 0] → p = 1, held-out [1, 2, 3] → p = 0.07418. Holm over the
+    four (generation 0 is not tested): 4·0 = 0; 3·0.07418 = 0.22254; 2·0.07418 → 0.22254 (the running max); 1."""
+    import math
+
+    from iterdeploy_trl.compare import compare_statistics
+
+    ref = _summary([({"p0"}, set())] * 3)
+    a = _summary([({"p0", "p1"}, {"h0", "h1"}), ({"p0", "p1", "p2"}, {"h0", "h1"}),
+                  ({"p0", "p1", "p2", "p3"}, {"h0", "h1"})])
+    b = _summary([({"p0"}, {"h0"}), ({"p0"}, {"h0", "h1"}), ({"p0"}, {"h0", "h1", "h2"})])
+    out = compare_statistics({"valid-sft": ref, "a": a, "b": b})
+    assert out["primary_measure"] == "heldout_solved" and list(out["measures"]) == ["heldout_solved", "solved"]
+    assert out["tests"]["m"] == 4
+    p = 1 - 2 * math.sqrt(3) / math.sqrt(14)
+    g0, g1 = out["paired"]["a - valid-sft"]
+    assert g0["heldout_solved"]["p_value"] is None and g0["heldout_solved"]["p_holm"] is None  # not tested
+    assert g0["solved"]["verdict"].endswith("no detectable difference")
+    a_held, a_pool = g1["heldout_solved"], g1["solved"]
+    b_held, b_pool = (out["paired"]["b - valid-sft"][1][m] for m in ("heldout_solved", "solved"))
+    assert (a_held["p_value"], b_pool["p_value"]) == (0.0, 1.0)
+    assert a_pool["p_value"] == pytest.approx(p) and b_held["p_value"] == pytest.approx(p)
+    assert a_held["p_holm"] == 0.0 and b_pool["p_holm"] == 1.0
+    assert a_pool["p_holm"] == pytest.approx(3 * p) and b_held["p_holm"] == pytest.approx(3 * p)
+    # a's held-out gain is +2 under every seed (seed-t interval [2, 2], Holm p 0), but it is two tasks of four:
+    # resampling tasks draws neither of them with chance (1/2)^4 = 1/16 > 2.5% and both all four times with
+    # chance 1/16: the task-and-seed bootstrap interval is [0, 4], so the verdict claims nothing
+    assert a_held["t_ci"] == [2.0, 2.0] and a_held["bootstrap_ci"] == [0.0, 4.0]
+    assert a_held["verdict"].endswith("no detectable difference")
+    assert out["verdicts"]["heldout_solved"] == [a_held["verdict"], b_held["verdict"]]
+    # unanimous@3 of a at generation 1: p0 and p1, 2 of 10; Wilson (0.05668, 0.50984) of 10 tasks
+    row = out["methods"]["a"][1]
+    assert row["unanimous"] == 2 and row["unanimous_ci"] == pytest.approx([0.5668, 5.0984], abs=1e-3)
+    assert row["heldout_unanimous"] == 2 and row["heldout_ci"] == [2.0, 2.0]
+    # rows without task ids (a summary.json's): no bootstrap, no unanimous interval for held-out
+    for summary in (ref, a, b):
+        for rows in summary["per_seed"].values():
+            for r in rows:
+                del r["solved_task_ids"], r["heldout_solved_task_ids"]
+    bare = compare_statistics({"valid-sft": ref, "a": a, "b": b})
+    assert bare["paired"]["a - valid-sft"][1]["heldout_solved"]["bootstrap_ci"] is None
+    assert bare["methods"]["a"][1]["heldout_unanimous"] is None

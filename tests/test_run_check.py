@@ -3,6 +3,8 @@ checked and the run described, with nothing run or written."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,10 +16,20 @@ from iterdeploy_trl.cli import main
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def _stand_in(tmp_path: Path, chat_model: Path) -> Path:
+    """The tiny chat model with Qwen3-4B-Thinking-2507's context (262 144 positions), as --check reads it
+    from config.json: the paper config's 30 000 new tokens need it."""
+    model = tmp_path / "stand-in"
+    shutil.copytree(chat_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 262144}))
+    return model
+
+
 def _paper_config(tmp_path: Path, chat_model: Path, **sampling) -> Path:
     """experiments/paper_blocksworld.yaml with the tiny chat model standing in for Qwen3-4B-Thinking-2507."""
     data = yaml.safe_load((EXPERIMENTS / "paper_blocksworld.yaml").read_text())
-    data["model"]["path"] = str(chat_model)
+    data["model"]["path"] = str(_stand_in(tmp_path, chat_model))
     data["sampling"].update(sampling)
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(data))

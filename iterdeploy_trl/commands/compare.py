@@ -33,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.console import quiet_session
     from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
     from iterdeploy_trl.loop import RunError
-    from iterdeploy_trl.runlock import RunDirBusy
+    from iterdeploy_trl.runlock import RunDirBusy, out_dir_problem
 
+    if out_dir_problem(args.out):
+        print(f"iterdeploy compare: {out_dir_problem(args.out)}", file=sys.stderr)
+        return 2
     try:
         cfg = with_report_to(load_config(args.config), args.report_to)
         methods = tuple(args.methods) if args.methods else cfg.compare_methods

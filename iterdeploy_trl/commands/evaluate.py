@@ -37,13 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.evaluate import evaluate_model
     from iterdeploy_trl.loop import RunError
+    from iterdeploy_trl.tasks import TaskSetError
 
     try:
         result = evaluate_model(args.model, args.tasks, samples=args.samples, temperature=args.temperature,
                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                 prompt_style=args.prompt_style, backend=args.backend, seed=args.seed,
                                 traces_out=args.traces, progress=not args.json)
-    except (RunError, ValueError, FileNotFoundError, OSError) as exc:
+    except (RunError, TaskSetError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"iterdeploy evaluate: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -33,10 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.console import quiet_session
     from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
     from iterdeploy_trl.loop import RunError, run_loop
-    from iterdeploy_trl.runlock import RunDirBusy
+    from iterdeploy_trl.runlock import RunDirBusy, out_dir_problem
 
     if args.out is None and not args.check:
         print("iterdeploy run: --out RUNDIR is required (or --check to only check the config)", file=sys.stderr)
+        return 2
+    if not args.check and out_dir_problem(args.out):
+        print(f"iterdeploy run: {out_dir_problem(args.out)}", file=sys.stderr)
         return 2
     try:
         if args.config is not None:
@@ -61,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"iterdeploy run --check {args.config if args.config is not None else '(the CPU default)'}")
         print(result.report())
         return 0 if result.ok else 2
+    from iterdeploy_trl.preflight import check_before_run
+
+    try:  # before the run's log opens in --out: a refused config writes nothing there (run_loop checks again)
+        check_before_run(cfg)
+    except ConfigError as exc:
+        print(f"iterdeploy run: bad config: {exc}", file=sys.stderr)
+        return 2
     try:
         with quiet_session(args.out, verbose=args.verbose, progress=not args.no_progress, rank=rank()):
             summary = run_loop(cfg, args.out, config_text=text, progress=not args.no_progress)

@@ -57,6 +57,12 @@ def _import(args: argparse.Namespace) -> int:
     try:
         task_set, report = import_folder(args.src, args.out, name=args.name, alias=args.alias,
                                          time_limit=args.time_limit, progress=print)
+    except UnicodeDecodeError as exc:  # the codec's message names no file: find it
+        bad = _not_text(args.src)
+        where = f"{bad} is not a text file" if bad else f"a file under {args.src} is not text"
+        print(f"iterdeploy tasks: {where} (byte {exc.start} is not UTF-8); PDDL and plan files must be plain "
+              "text: remove or convert it", file=sys.stderr)
+        return 2
     except (PDDLReadError, TaskSetError, PlannerNotFound, ValueError, OSError) as exc:
         print(f"iterdeploy tasks: {exc}", file=sys.stderr)
         return 2
@@ -71,6 +77,18 @@ def _import(args: argparse.Namespace) -> int:
         f"{min(lengths)}/{statistics.median(lengths):g}/{max(lengths)}; {time.perf_counter() - start:.1f}s"
     )
     return 0
+
+
+def _not_text(src: Path) -> Path | None:
+    """The first file under ``src`` (sorted) that is not UTF-8 text, or None."""
+    for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.figures.markdown import Drawn, Markdown
+from iterdeploy_trl.compare import MEASURES
+from iterdeploy_trl.figures.markdown import Drawn, Markdown, fmt
 from iterdeploy_trl.figures.sources import Compare
 from iterdeploy_trl.figures.style import (
     CYCLE,
@@ -35,6 +36,29 @@ def cumulative_tokens(method: str, rows: Sequence[dict[str, Any]]) -> list[float
     return out
 
 
+def interval_text(ci: Sequence[float] | None) -> str | None:
+    """'[lo, hi]' in the table's number format (None: no interval)."""
+    return None if ci is None else f"[{fmt(float(ci[0]))}, {fmt(float(ci[1]))}]"
+
+
+def paired_rows(paired: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One table row per comparison, measure and budget point; a compare.json written before the measures
+    (one difference per point, pool solved) gives one row per point."""
+    rows = []
+    for name, points in paired.items():
+        for d in points:
+            if "diff_mean" in d:  # the old layout
+                rows.append((name, "pool solved", d["generation"], d["diff_mean"], interval_text(d.get("diff_ci")),
+                             None, d.get("p_value"), None))
+                continue
+            for measure, label in MEASURES.items():
+                m = d.get(measure)
+                if isinstance(m, dict):
+                    rows.append((name, label, d["generation"], m["diff_mean"], interval_text(m.get("t_ci")),
+                                 interval_text(m.get("bootstrap_ci")), m.get("p_value"), m.get("p_holm")))
+    return rows
+
+
 def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     """Solved vs sampled-completion budget and vs training tokens, 95% CI over seeds, per method."""
     fig, axes = new_figure(SINGLE, 4.6, 2, 1)  # the legend goes under the panels
@@ -61,14 +85,15 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
         band(ax_t, tokens, mean, lo, hi, colour, label)
         for r, tok in zip(rows, tokens, strict=True):
-            rows_md.append((method, r["generation"], r["samples_used"], r["solved_mean"], r["solved_ci"][0],
-                            r["solved_ci"][1], r.get("unanimous"), r.get("heldout_solved_mean"),
-                            r.get("train_traces"), tok, r.get("train_seconds")))
+            rows_md.append((method, r["generation"], r["samples_used"], r.get("heldout_solved_mean"),
+                            interval_text(r.get("heldout_ci")), r["solved_mean"], interval_text(r["solved_ci"]),
+                            r.get("unanimous"), interval_text(r.get("unanimous_ci")), r.get("train_traces"), tok,
+                            r.get("train_seconds")))
     of = f" (of {n_tasks})" if n_tasks else ""
     seeds = ", ".join(map(str, cmp.seeds))
-    ax_b.set_title("(a) tasks solved vs sampling budget")
+    ax_b.set_title("(a) pool tasks solved vs sampling budget")
     ax_b.set_xlabel("sampled completions used for learning")
-    ax_t.set_title("(b) tasks solved vs training compute")
+    ax_t.set_title("(b) pool tasks solved vs training compute")
     ax_t.set_xlabel("training tokens (cumulative)")
     ax_b.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     # The methods' token counts differ by orders of magnitude (one curated trace per task against every
@@ -87,20 +112,27 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                    title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
     files = save(fig, out, stem)
     sources = [cmp.path]
-    notes = ["Mean over seeds with a two-sided 95% t interval (compare.json). Training tokens: completion "
+    notes = ["Pool tasks solved (the secondary measure; held-out solved, the primary one, is in the tables): mean "
+             "over seeds with a two-sided 95% t interval (compare.json). Training tokens: completion "
              "tokens trained on to obtain each model, summed over generations for the SFT methods (each "
              "generation's fine-tune) — REINFORCE's count is cumulative already."]
     if not cmp.complete:
         notes.append(f"IN PROGRESS: {cmp.path} has no compare.json yet; statistics computed from the finished "
                      "generations of its method runs.")
     md.section(f"Head-to-head — {cmp.label} ({cmp.domain})", files, sources, notes)
-    md.table(["method", "generation", "sampled completions", "solved (mean)", "CI low", "CI high", "unanimous",
-              "held-out solved (mean)", "train traces", "training tokens (cum.)", "train seconds"], rows_md)
+    md.table(["method", "generation", "sampled completions", "held-out solved (mean)", "held-out 95% CI",
+              "pool solved (mean)", "pool 95% CI", "unanimous (pool)", "unanimous 95% CI (Wilson)", "train traces",
+              "training tokens (cum.)", "train seconds"], rows_md)
     if cmp.paired:
-        md.text(f"Paired differences against {cmp.reference} (same seeds):")
+        md.text(f"Paired differences against {cmp.reference} (same seeds; held-out solved is the primary measure; "
+                "Holm over every comparison tested):")
         md.text("")
-        md.table(["comparison", "generation", "diff (mean)", "CI low", "CI high", "p (paired t)"],
-                 [(name, d["generation"], d["diff_mean"], d["diff_ci"][0], d["diff_ci"][1], d.get("p_value"))
-                  for name, ds in cmp.paired.items() for d in ds])
+        md.table(["comparison", "measure", "generation", "diff (mean)", "seed-t 95% CI", "task-and-seed bootstrap "
+                  "95% CI", "p (paired t)", "p (Holm)"], paired_rows(cmp.paired))
+        for points in cmp.paired.values():  # the verdicts at each comparison's last budget point
+            for measure in MEASURES:
+                if points and isinstance(points[-1].get(measure), dict):
+                    md.text(f"- {points[-1][measure]['verdict']}")
+        md.text("")
     return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title()], files, sources)
 
