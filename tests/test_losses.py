@@ -276,3 +276,19 @@ def test_sampling_logprobs_is_the_samplers_distribution(temperature, top_p) -> N
     assert torch.allclose(ours[finite], reference[finite], atol=1e-6)
     assert torch.allclose(ours.exp().sum(-1), torch.ones(6, dtype=ours.dtype), atol=1e-5)
     assert (torch.isinf(ours).sum(-1) > 0).all() == (top_p < 1)
+
+
+@pytest.mark.parametrize("self_normalize", [False, True])
+def test_importance_weights_of_a_batch_with_no_weight_are_zero_not_nan(self_normalize) -> None:
+    """Every log w = −∞ (each trace outside π's nucleus) or underflowing: weights 0, ess 0, all_zero 1; with
+    self-normalisation this was NaN."""
+    beta = torch.tensor([-3.0, -4.0], dtype=torch.float64)
+    for pi in (torch.full((2,), float("-inf"), dtype=torch.float64), torch.tensor([-900.0, -1000.0], dtype=torch.float64)):
+        w, stats = losses.importance_weights(pi, beta, self_normalize=self_normalize)
+        if self_normalize and torch.isfinite(pi).all():
+            assert torch.isfinite(w).all() and stats["all_zero"] == 0  # finite ratios: normalised as usual
+            continue
+        assert w.tolist() == [0.0, 0.0]
+        assert (stats["ess"].item(), stats["all_zero"].item()) == (0.0, 1.0)
+    _, stats = losses.importance_weights(torch.tensor([-3.0, float("-inf")]), torch.tensor([-3.0, -3.0]))
+    assert stats["all_zero"] == 0

@@ -101,3 +101,11 @@ def test_one_grpo_step_with_a_tiny_model(tmp_path):
     trainer.train()
     assert len(reward.last_verdicts) == 4
     assert any("rewards/valid_plan/mean" in entry for entry in trainer.state.log_history)
+
+
+def test_missing_columns_name_the_datasets_columns_not_trls_arguments():
+    """TRL passes completion_ids, trainer_state, ... beside the dataset's columns: the message lists the
+    dataset's (prompt and the others), not TRL's arguments."""
+    with pytest.raises(KeyError, match=r"lacks domain_pddl, problem_pddl \(its columns: prompt, task\)") as err:
+        ValidPlanReward()(prompts=["x"], completions=[GOOD], completion_ids=[[1]], trainer_state=None, task=["t"])
+    assert "completion_ids" not in str(err.value)

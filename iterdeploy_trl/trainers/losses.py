@@ -231,6 +231,8 @@ def importance_weights(
         log_w = log_w - torch.logsumexp(log_w, 0) + math.log(log_w.numel())
     weights = log_w.exp()
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+    if weights.max() == 0:  # every ratio underflowed: the weights used are all 0
+        ess = torch.zeros_like(ess)
     stats = {
         "weight_min": weights.min(),
         "weight_mean": weights.mean(),
