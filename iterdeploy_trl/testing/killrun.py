@@ -8,7 +8,7 @@ machine: no handler runs. What is compared (:func:`snapshot`): every trace recor
 curated training sets, the metrics rows (raw lines: no row twice), the summary, and the weights of every
 model (sha256), leaving out only wall-clock times; and nothing half-written may be left behind.
 
-Full form (the README's numbers)::
+Full form (its numbers: docs/results/kill-resume.md)::
 
     python -m iterdeploy_trl.testing.killrun --kills 30 --chain 10 --seed 0 --work runs/killrun --no-disk-full
 
