@@ -218,3 +218,15 @@ def test_readme_python_blocks_run_on_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0, f"README's Python example failed:\n{done.stderr[-4000:]}"
     assert "plan:" in done.stdout  # the prompt it prints
     assert (tmp_path / "reinforce-out").is_dir()
+
+
+def test_each_results_page_has_the_parts_of_a_study() -> None:
+    """Each docs/results page says what was asked, the command, machine, date and seeds, holds a table, a
+    figure section, and what the numbers do not show."""
+    pages = sorted(p for p in (ROOT / "docs" / "results").glob("*.md") if p.name != "README.md")
+    assert len(pages) >= 10
+    parts = {"question": "**question.**", "command": "command", "machine": "machine", "date": "**date",
+             "seeds": "**seeds.**", "table": "|---|", "figure": "\n## figure", "limits": "does not"}
+    lacking = {p.name: [name for name, mark in parts.items() if mark not in p.read_text().lower()] for p in pages}
+    lacking = {name: missing for name, missing in lacking.items() if missing}
+    assert not lacking, f"results pages without these parts: {lacking}"
