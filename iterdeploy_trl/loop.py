@@ -930,8 +930,9 @@ def _check_before_run(cfg: RunConfig) -> None:
     check_before_run(cfg)
 
 
-# these checks first: a method that cannot run on the config's backend is refused before any server is asked
-@holds_run_dir(lambda cfg, kw: (_check_before_run(cfg), begin_run(cfg, False, _silent)))
+# check_methods first: a method that cannot run on the config's backend is refused before any server is asked
+@holds_run_dir(lambda cfg, kw: (check_methods(cfg, (cfg.method,)), begin_run(cfg, False, _silent),
+                                _check_before_run(cfg)))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.

@@ -36,6 +36,13 @@ class Preflight:
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # the exceptions behind problems, by index: ``run`` raises the first problem's own (RunError, TaskSetError)
+    raised: dict[int, Exception] = field(default_factory=dict)
+
+    def refuse(self, exc: Exception, text: str | None = None) -> None:
+        """Add the problem ``exc`` found (``text``: its message here, default ``str(exc)``)."""
+        self.raised[len(self.problems)] = exc
+        self.problems.append(str(exc) if text is None else text)
 
     @property
     def ok(self) -> bool:
@@ -120,7 +127,7 @@ def check_before_run(cfg: RunConfig) -> None:
     pf = Preflight()
     _check_run(cfg, pf)
     if pf.problems:
-        raise ConfigError(pf.problems[0])
+        raise pf.raised.get(0) or ConfigError(pf.problems[0])
 
 
 def _check_run(cfg: RunConfig, pf: Preflight) -> None:
@@ -131,7 +138,7 @@ def _check_run(cfg: RunConfig, pf: Preflight) -> None:
     try:
         check_methods(cfg, (cfg.method,))
     except ConfigError as exc:
-        pf.problems.append(str(exc))
+        pf.refuse(exc)
     tok, context = _check_model(cfg, pf)
     tasks, set_domain = _check_tasks(cfg, pf)
     if tok is not None and tasks:
@@ -193,7 +200,7 @@ def _check_model(cfg: RunConfig, pf: Preflight) -> tuple[Any, tuple[int, str] | 
     try:
         path = resolve_base_model(cfg, progress=False)  # a model directory: validated, nothing made
     except RunError as exc:
-        pf.problems.append(str(exc))
+        pf.refuse(exc)
         return None, None
     kind = "a LoRA adapter" if (path / "adapter_config.json").exists() else "a model"
     pf.lines.append(f"model: {path} ({kind}), dtype {cfg.model.dtype}, prompt style {cfg.model.prompt_style}")
@@ -228,7 +235,7 @@ def _check_tasks(cfg: RunConfig, pf: Preflight) -> tuple[list[Any], str | None]:
         try:
             task_set = load_task_set(Path(t.dir).expanduser())
         except (TaskSetError, OSError, ValueError) as exc:
-            pf.problems.append(f"tasks.dir: {exc}")
+            pf.refuse(exc, f"tasks.dir: {exc}")
             return [], None
         if task_set.domain != cfg.domain:
             pf.problems.append(f"tasks.dir: {t.dir} holds {task_set.domain} tasks, the config says {cfg.domain}")

@@ -88,7 +88,7 @@ BAD_CONFIGS = [
     ("tasks-n-1e9", {"tasks": {"n": 10**9}}, "tasks.n"),
     ("samples-per-task-1e9", {"sampling": {"samples_per_task": 10**9}}, "sampling.samples_per_task"),
     ("size-past-the-generator", {"tasks": {"size": [2, 100000]}}, "tasks.size"),
-    ("tasks-dir-missing", {"tasks": {"dir": "/nonexistent/iterdeploy-tasks"}}, "tasks.dir"),
+    ("tasks-dir-missing", {"tasks": {"dir": "/nonexistent/iterdeploy-tasks"}}, "/nonexistent/iterdeploy-tasks"),
 ]
 
 

@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         print(result.report())
         return 0 if result.ok else 2
     from iterdeploy_trl.preflight import check_before_run
+    from iterdeploy_trl.tasks import TaskSetError
 
     try:  # before the run's log opens in --out: a refused config writes nothing there (run_loop checks again)
         check_before_run(cfg)
-    except ConfigError as exc:
+    except (ConfigError, RunError, TaskSetError, ValueError, OSError) as exc:
         print(f"iterdeploy run: bad config: {exc}", file=sys.stderr)
         return 2
     try:
