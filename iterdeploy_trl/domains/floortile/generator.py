@@ -65,8 +65,12 @@ def _walk(start: tuple[int, int], goal: tuple[int, int], rows: int, cols: range)
     return path[::-1]
 
 
+# the IPC-2023 track's action names (IPC-2011's were up, down, right, left)
+_MOVES = {(1, 0): "move_up", (-1, 0): "move_down", (0, 1): "move_right", (0, -1): "move_left"}
+
+
 def _move(robot: str, a: tuple[int, int], b: tuple[int, int]) -> str:
-    direction = {(1, 0): "up", (-1, 0): "down", (0, 1): "right", (0, -1): "left"}[(b[0] - a[0], b[1] - a[1])]
+    direction = _MOVES[(b[0] - a[0], b[1] - a[1])]
     return f"({direction} {robot} {_tile(*a)} {_tile(*b)})"
 
 
@@ -82,9 +86,9 @@ def _sweep(robot: str, pos: tuple[int, int], colour: str, rows: int, cols: range
         for _ in range(len(cols)):
             want = _colour(row + 1, col)
             if colour != want:
-                plan.append(f"(change-color {robot} {colour} {want})")
+                plan.append(f"(change_color {robot} {colour} {want})")
                 colour = want
-            plan.append(f"(paint-up {robot} {_tile(row + 1, col)} {_tile(row, col)} {colour})")
+            plan.append(f"(paint_up {robot} {_tile(row + 1, col)} {_tile(row, col)} {colour})")
             if lo <= col + step <= hi:
                 plan.append(_move(robot, (row, col), (row, col + step)))
                 col += step
