@@ -172,7 +172,10 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # x = 0 and x = n put an end exactly at 0 or 1 (centre − half is 0 there, up to rounding)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def difference_verdict(a: str, b: str, measure: str, total: int | None, mean: float,

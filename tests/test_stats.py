@@ -53,6 +53,9 @@ def test_wilson_interval_by_hand():
     assert lo == pytest.approx(0.490161, abs=1e-5) and hi == pytest.approx(0.943321, abs=1e-5)
     lo, hi = stats.wilson_interval(0, 10)  # none: lower end 0, upper z²/(n + z²) = 3.841459/13.841459
     assert lo == 0.0 and hi == pytest.approx(0.277533, abs=1e-5)
+    assert stats.wilson_interval(0, 12)[0] == 0.0  # exactly (rounding left 3.3e-16 here)
+    lo, hi = stats.wilson_interval(12, 12)  # all: upper end 1, lower n/(n + z²) = 12/15.841459
+    assert hi == 1.0 and lo == pytest.approx(0.757506, abs=1e-5)
     with pytest.raises(ValueError, match="11 of 10"):
         stats.wilson_interval(11, 10)
 
