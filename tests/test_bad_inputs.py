@@ -166,11 +166,16 @@ def _cases(tmp: Path) -> list[tuple[str, list, str]]:
         ("tasks-from-binary-file", ["tasks", "--from", imported, "--out", tmp / "imported"],
          f"{imported / 'domain.pddl'} is not a text file"),
         ("audit-out-is-a-file", ["audit", tmp / "some-run", "--out", a_file], f"--out {a_file} is a file"),
+        ("base-model-out-is-a-file", ["base-model", "--domain", "blocksworld", "--out", a_file],
+         f"--out {a_file} is a file"),
+        ("tasks-out-is-a-file", ["tasks", "--domain", "blocksworld", "--n", "2", "--out", a_file],
+         f"--out {a_file} is a file"),
     ]
 
 
 CASES = ["binary-config", "config-is-a-folder", "empty-config", "run-out-is-a-file", "run-out-under-a-file",
-         "status-no-dir", "evaluate-no-tasks-dir", "tasks-from-binary-file", "audit-out-is-a-file"]
+         "status-no-dir", "evaluate-no-tasks-dir", "tasks-from-binary-file", "audit-out-is-a-file",
+         "base-model-out-is-a-file", "tasks-out-is-a-file"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
         print("iterdeploy base-model: --steps, --num-walks, --walks-per-task and --measure-seeds must be at least 1",
               file=sys.stderr)
         return 2
+    from iterdeploy_trl.runlock import out_dir_problem
+
+    if out_dir_problem(args.out):
+        print(f"iterdeploy base-model: {out_dir_problem(args.out)}", file=sys.stderr)
+        return 2
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "base_model.json").exists():
         print(
             f"iterdeploy base-model: {args.out} exists and is not a base-model directory; "

@@ -92,8 +92,12 @@ def _not_text(src: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.runlock import out_dir_problem
     from iterdeploy_trl.tasks import DEFAULT_SIZES, TaskSetError, generate_tasks, write_task_set
 
+    if out_dir_problem(args.out):
+        print(f"iterdeploy tasks: {out_dir_problem(args.out)}", file=sys.stderr)
+        return 2
     if args.src is not None:
         return _import(args)
     if args.n is None:
