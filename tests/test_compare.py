@@ -222,3 +222,19 @@ def test_statistics_held_out_first_holm_over_every_test_bootstrap_and_verdicts()
     bare = compare_statistics({"valid-sft": ref, "a": a, "b": b})
     assert bare["paired"]["a - valid-sft"][1]["heldout_solved"]["bootstrap_ci"] is None
     assert bare["methods"]["a"][1]["heldout_unanimous"] is None
+
+
+def test_the_figures_table_reads_both_compare_json_layouts():
+    from iterdeploy_trl.compare import compare_statistics
+    from iterdeploy_trl.figures.compare import paired_rows
+
+    ref = _summary([({"p0"}, set())] * 3)
+    a = _summary([({"p0", "p1"}, {"h0"}), ({"p0"}, {"h0"}), ({"p0", "p2"}, set())])
+    rows = paired_rows(compare_statistics({"valid-sft": ref, "a": a})["paired"])
+    # generations 0 and 1, held-out (the primary measure) before pool at each
+    assert [(r[1], r[2]) for r in rows] == [("held-out tasks solved", 0), ("pool tasks solved", 0),
+                                            ("held-out tasks solved", 1), ("pool tasks solved", 1)]
+    assert rows[2][3] == pytest.approx(2 / 3) and rows[2][6] is not None and rows[2][7] is not None
+    old = {"x - valid-sft": [{"generation": 1, "samples_used": 8, "diff_mean": 1.5, "diff_ci": [0.5, 2.5],
+                              "diff_per_seed": [1, 2], "p_value": 0.2}]}  # written before the measures
+    assert paired_rows(old) == [("x - valid-sft", "pool solved", 1, 1.5, "[0.5, 2.5]", None, 0.2, None)]
