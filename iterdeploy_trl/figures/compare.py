@@ -124,8 +124,11 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
               "pool solved (mean)", "pool 95% CI", "unanimous (pool)", "unanimous 95% CI (Wilson)", "train traces",
               "training tokens (cum.)", "train seconds"], rows_md)
     if cmp.paired:
-        md.text(f"Paired differences against {cmp.reference} (same seeds; held-out solved is the primary measure; "
-                "Holm over every comparison tested):")
+        layout_before_measures = any("diff_mean" in d for ds in cmp.paired.values() for d in ds)
+        md.text(f"Paired differences against {cmp.reference} (same seeds; " + (
+            "an older compare.json: pool solved only, no task-level bootstrap, no correction):"
+            if layout_before_measures else
+            "held-out solved is the primary measure; Holm over every comparison tested):"))
         md.text("")
         md.table(["comparison", "measure", "generation", "diff (mean)", "seed-t 95% CI", "task-and-seed bootstrap "
                   "95% CI", "p (paired t)", "p (Holm)"], paired_rows(cmp.paired))
