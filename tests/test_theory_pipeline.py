@@ -6,6 +6,7 @@ T = 1 and T = 0.6, top-p 0.95), and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def tiny_run(tiny_base_model, tmp_path_factory):
             generations=1,
             method="uncurated-sft",
             curation="none",
-            tasks={"n": 8, "heldout": 2},
+            tasks={"n": 8, "heldout": 2, "size": [2, 2]},  # 2-block tasks: the tiny base solves a few
         )
     )
     out = tmp_path_factory.mktemp("run") / "run"
@@ -86,22 +87,69 @@ def tiny_run(tiny_base_model, tmp_path_factory):
     return out
 
 
-def test_actual_update_on_a_run_directory(tiny_run) -> None:
-    result = th.actual_update(th.UpdateConfig(run_dir=str(tiny_run), repeats=2))
+@pytest.fixture(scope="module")
+def update_result(tiny_run):
+    """The check on the tiny run: 2 fresh draws of 8 tasks × 32 samples (the base solves ~2% of them)."""
+    return th.actual_update(th.UpdateConfig(run_dir=str(tiny_run), repeats=2, reference_samples_per_task=32))
+
+
+def test_actual_update_on_a_run_directory(update_result) -> None:
+    result = update_result
     assert {r.kind for r in result.rows} == {th.EMPIRICAL}
     gen = result.data["generations"][0]
     assert gen["generation"] == 0 and gen["train_rows"] > 0 and set(gen["origin_generations"]) == {0}
     assert gen["update_norm"] > 0
-    # the recorded behaviour log-probs are the deployed sampler's on the trained tokens
+    # the recorded behaviour log-probs are the deployed sampler's on the trained tokens (curated traces and
+    # the fresh draws alike)
     assert gen["behaviour_logprob_gap_max"] <= 1e-3
     # one generation: β_mix = β_0 = π_0 at T = 1, so Prop. 2's weights are all 1
     assert max(abs(gen["prop2_log_w"]["min"]), abs(gen["prop2_log_w"]["max"])) < 1e-3
     assert gen["cos_update_prop2"] == pytest.approx(gen["cos_update_sft"], abs=1e-4)
     # one epoch of Adam from the base moves along the first SFT step, not against it
     assert gen["cos_update_sft"] > 0
-    assert len(gen["cos_update_reinforce_base"]["values"]) == 2
-    assert gen["deployed_valid"] == result.data["reinforce_base"]["valid"]  # M_0 is the base model
+    # one cosine per independent fresh draw, the t-interval over them, and the shuffled-reward null beside it
+    for key in ("cos_update_reinforce_base", "cos_sft_reinforce_base", "cos_prop2_reinforce_base"):
+        c = gen[key]
+        assert len(c["values"]) == 2 and c["n"] == 2 and c["lo"] <= c["mean"] <= c["hi"]
+        assert len(c["null"]["values"]) == 2 and c["null"]["values"] != c["values"]
+    assert gen["deployed_valid"] == sum(d["valid"] for d in result.data["reference_draws"])  # M_0 is the base
     json.dumps(result.data, allow_nan=True)
+
+
+def test_actual_update_reference_samples_are_disjoint_from_the_curated_set(tiny_run, update_result) -> None:
+    """The REINFORCE reference is drawn afresh: its sampling seeds are none of the seeds the run's samples (and
+    so its curated sets) were drawn with. The run's seeds are derived as the loop derives them, and checked
+    here to BE the run's: sampling again with gen 0's chunk seed reproduces the run's recorded samples."""
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.deploy import batch_seed
+    from iterdeploy_trl.loop import deploy_chunk, make_backend
+    from iterdeploy_trl.runio import read_jsonl
+    from iterdeploy_trl.tasks import load_task_set
+
+    result = update_result
+    cfg = config_from_dict(json.loads((tiny_run / "resolved_config.json").read_text())["config"], check_paths=False)
+    sdir = tiny_run / "seed_0"
+    run_seeds = {batch_seed(0, int(f.parent.parent.name.split("_")[1]), f.stem.rsplit("-", 1)[0],
+                            int(f.stem.rsplit("-", 1)[1]) * cfg.chunk_size)
+                 for f in sdir.glob("gen_*/traces/*.jsonl")}
+    assert set(result.data["run_sample_seeds"]) == run_seeds
+    draws = result.data["reference_draws"]
+    ref_seeds = {d["sample_seed"] for d in draws}
+    assert len(ref_seeds) == 2 and not ref_seeds & run_seeds
+    assert all(d["samples"] == cfg.tasks.n * 32 for d in draws)
+    # gen 0's pool chunk seed is the seed of the run's recorded samples, which the curated set was taken from
+    ts = load_task_set(tiny_run / "tasks")
+    backend = make_backend(cfg, Path(cfg.model.path), None)
+    try:
+        again = deploy_chunk(cfg, backend, ts.domain_pddl, list(ts.tasks)[: cfg.tasks.n], seed=0,
+                             sample_seed=batch_seed(0, 0, "pool", 0), generation=0, split="pool", model_id="base",
+                             run_name=cfg.name, method=cfg.method, validator={})
+    finally:
+        backend.close()
+    recorded = read_jsonl(sdir / "gen_00" / "traces" / "pool-00000.jsonl")
+    assert [r.completion for r in again] == [r["completion"] for r in recorded]
+    train = read_jsonl(sdir / "gen_00" / "train.jsonl")
+    assert {(r["task_id"], r["completion"]) for r in train} <= {(r["task_id"], r["completion"]) for r in recorded}
 
 
 def test_actual_update_bad_run_dir_is_a_clear_error(tmp_path) -> None:

@@ -13,17 +13,20 @@ what the loop's training actually does, in the parameter space of the base model
   β_mix = Σ_k λ_k β_k with λ_k = 1/(g+1) (every generation deployed the same number of samples) and
   β_k(y) the deployed sampler of generation k (temperature and top-p of the run); the recorded
   ``behaviour_logprob`` of each trace is checked against its own generation's recomputed value;
-- ``reinforce_deployed``: REINFORCE (binary VAL reward, no baseline) of the deployed sampler M_g, from the
-  run's own samples of it (``gen_g/traces``: every pool task, the run's K samples, T and top-p, VAL's
-  verdicts) — exactly the on-policy samples the loop drew, so no new sampling; ``reinforce_base`` the same
-  for M_0 = θ₀, where the retraining starts.
+- ``reinforce_base`` (RL₀): REINFORCE (binary reward of the run's validator, no baseline) of the base
+  sampler, where the retraining starts, from FRESH samples: ``repeats`` independent draws of every pool
+  task × K samples by the run's deployment backend (``loop.deploy_chunk``: the run's prompts, T, top-p and
+  VAL), each with its own sampling seed ``reference_seed``, none of them a seed the run deployed with
+  (``run_sample_seeds``; checked), so the reference shares no sample with any curated set;
+  ``reinforce_deployed`` the same for the deployed model M_g (fresh draws of it; M_0 is the base).
 
-Reported per generation: cos(Δ_g, reinforce_deployed), cos(Δ_g, reinforce_base), cos(sft_first_step,
-reinforce_base), cos(prop2_corrected, reinforce_base), each as the point estimate and the mean and 95%
-percentile interval of bootstrap replicates (pool tasks resampled with replacement: the run drew each
-task's samples once; ``pipeline.bootstrap_interval``, never a t-interval over replicates), and a
-reference: the cosine between the REINFORCE estimates from the even and from the odd sample indices (two
-independent halves: what two estimates of one gradient reach at this sample size).
+Reported per generation, for each vector v ∈ {Δ_g, SFT step, Prop. 2 step}: cos(v, RL) per draw, their
+mean with a 95% t-interval over the independent draws, and cos(v, mean of the draws); beside each, its
+NULL: the same cosine to REINFORCE of the same draw with the reward shuffled among its samples (a random
+subset of them, as many as were valid, rewarded): what a direction reaches by being the likelihood gradient
+of samples of the model at all, with no information on validity. cos(Δ, SFT step) involves no sampling (both
+fixed by the run); its null is cos(Δ, shuffled-reward RL₀). The ceiling at this sample size: the cosine
+between REINFORCE estimates of two independent draws (disjoint pairs of draws).
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ from torch import Tensor
 
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.pipeline import (
-    bootstrap_interval,
     collate,
     fmt_interval,
     safe_cosine,
     sampler_sequence_logprobs,
     sft_trainer,
+    t_interval,
     trainer_gradient,
 )
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
@@ -59,8 +62,9 @@ class UpdateConfig:
 
     run_dir: str = ""
     seed: int | None = None  # the run's seed directory (seed_<s>); None: the first
-    repeats: int = 5  # bootstrap replicates (tasks resampled) of each REINFORCE estimate, for the intervals
-    bootstrap_seed: int = 0
+    repeats: int = 5  # independent fresh draws (sampling seeds) of each REINFORCE reference, for the intervals
+    reference_samples_per_task: int | None = None  # samples per pool task in each draw; None: the run's K
+    sampling_seed: int = 0  # mixed into every reference draw's sampling seed (another value: other draws)
     generations: tuple[int, ...] | None = None  # None: every trained generation
     device: str = "cpu"
 
@@ -136,7 +140,8 @@ class RunView:
         task_set = load_task_set(tdir)
         self.domain_pddl = task_set.domain_pddl
         self.problems = {t.id: t.problem for t in task_set.tasks}
-        self.pool_ids = [t.id for t in list(task_set.tasks)[: self.cfg.tasks.n]]
+        self.pool_tasks = list(task_set.tasks)[: self.cfg.tasks.n]
+        self.pool_ids = [t.id for t in self.pool_tasks]
 
     def traces(self, g: int) -> list[dict[str, Any]]:
         files = sorted((self.sdir / f"gen_{g:02d}" / "traces").glob("pool-*.jsonl"))
@@ -201,62 +206,152 @@ def _trainable(model: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
     return model
 
 
-@dataclass
-class RecordedReinforce:
-    """REINFORCE of a deployed sampler from the run's own samples of it: ``per_task[t]`` = Σ over task t's
-    valid samples of ∇ log β(y) (one row per pool task, zeros where none is valid), ``n`` all its samples;
-    the estimate is Σ_t per_task[t] / n. ``halves`` are the same from the even and the odd sample indices."""
+def reference_seed(run_seed: int, sampling_seed: int, generation: int, repeat: int) -> int:
+    """The sampling seed of one reference draw (of the model deployed in ``generation``): ``deploy.batch_seed``
+    of parts no deployment of the loop uses (its chunks: ``batch_seed(seed, generation, split, start)``)."""
+    from iterdeploy_trl.deploy import batch_seed
 
-    per_task: Tensor  # (tasks, P)
+    return batch_seed(run_seed, "actual_update-reference", sampling_seed, generation, repeat)
+
+
+def run_sample_seeds(view: RunView) -> set[int]:
+    """The sampling seed of every trace chunk the run deployed in this seed directory, as
+    ``loop.deploy_generation`` derived it from the chunk's file (``gen_XX/traces/<split>-<i>.jsonl``)."""
+    from iterdeploy_trl.deploy import batch_seed
+
+    seeds = set()
+    for gdir in view.sdir.glob("gen_*"):
+        g = int(gdir.name.split("_")[1])
+        for f in (gdir / "traces").glob("*.jsonl"):
+            split, _, index = f.stem.rpartition("-")
+            seeds.add(batch_seed(view.seed, g, split, int(index) * view.cfg.chunk_size))
+    return seeds
+
+
+@dataclass
+class ReferenceDraw:
+    """REINFORCE of one deployed sampler from one fresh draw: ``estimate`` = (1/n) Σ_valid ∇ log β(y),
+    ``null`` = the same with the reward shuffled (as many samples rewarded as were valid, chosen at random),
+    and where the samples came from."""
+
+    generation: int  # the model sampled: the one deployed in this generation (0: the base)
+    repeat: int
+    sample_seed: int
+    estimate: Tensor
+    null: Tensor
     n: int
-    halves: tuple[Tensor, Tensor]
     valid: int
+    samples: list[tuple[str, int]]  # (task, sample index) of every sample of the draw
+    valid_same_text_as_curated: int  # valid samples whose text a curated row also has (independent draws)
     gap: float  # max |recorded − recomputed| behaviour log-prob over the valid samples
 
-    @property
-    def estimate(self) -> Tensor:
-        return self.per_task.sum(0) / self.n
-
-    def bootstrap(self, replicates: int, seed: int) -> list[Tensor]:
-        """Estimates on tasks resampled with replacement (the run drew each task's samples once)."""
-        gen = torch.Generator().manual_seed(seed)
-        tasks = self.per_task.shape[0]
-        return [self.per_task[torch.randint(0, tasks, (tasks,), generator=gen)].sum(0) / self.n
-                for _ in range(replicates)]
+    def summary(self) -> dict[str, Any]:
+        return {"model_generation": self.generation, "repeat": self.repeat, "sample_seed": self.sample_seed,
+                "samples": self.n, "valid": self.valid, "valid_same_text_as_curated": self.valid_same_text_as_curated,
+                "behaviour_logprob_gap_max": self.gap}
 
 
-def recorded_reinforce(
-    view: RunView, g: int, model: torch.nn.Module, tok: Any, params: _Params, out_dir: str
-) -> RecordedReinforce:
-    """(1/N) Σ r ∇ log β_θ(y) over generation g's recorded pool samples (VAL's verdicts, the run's T and
-    top-p), per task. Invalid samples have A = r = 0 and no baseline: only the valid ones are run."""
+def _summed_gradients(model: torch.nn.Module, tok: Any, rows: list[dict[str, Any]], subsets: Sequence[Sequence[int]],
+                      params: _Params, temperature: float, top_p: float, out_dir: str,
+                      chunk: int = 64) -> tuple[list[Tensor], Tensor]:
+    """For each subset of ``rows``: Σ_{i ∈ subset} ∇ log β_θ(y_i) (the sampler's T and top-p); and the
+    sequence log-probs of every row in the subsets (NaN for the others), in chunks of ``chunk`` rows."""
+    size = sum(_numel(model, n) for n in params.names)
+    sums = [torch.zeros(size, dtype=torch.float64) for _ in subsets]
+    logps = torch.full((len(rows),), float("nan"), dtype=torch.float64)
+    used = sorted({i for sub in subsets for i in sub})
+    if not used:
+        return sums, logps
+    batch = collate(sft_trainer(model, tok, [rows[i] for i in used], importance_weighted=False,
+                                normalization="sequence_sum", out_dir=out_dir), model.device)
+    member = [set(sub) for sub in subsets]
+    for start in range(0, len(used), chunk):
+        idx = used[start : start + chunk]
+        sub = {k: v[start : start + len(idx)] for k, v in batch.items() if isinstance(v, Tensor)}
+        seq, _ = sampler_sequence_logprobs(model, sub, temperature, top_p)
+        logps[idx] = seq.detach().double().cpu()
+        for j, mine in enumerate(member):
+            pick = [m for m, i in enumerate(idx) if i in mine]
+            if pick:
+                sums[j] += _grad_vector(model, -seq[pick].sum(), params, retain_graph=True)
+    return sums, logps
+
+
+def fresh_reinforce(view: RunView, g: int, model: torch.nn.Module, tok: Any, params: _Params, backend: Any,
+                    repeat: int, config: UpdateConfig, curated: set[tuple[str, str]], out_dir: str) -> ReferenceDraw:
+    """One fresh draw of the model deployed in generation ``g`` (``backend`` samples it, ``model`` is the same
+    weights, differentiated): every pool task × K samples through ``loop.deploy_chunk`` (the run's prompts,
+    T, top-p and validator) with the seed :func:`reference_seed`, and its REINFORCE estimate and null."""
+    import dataclasses
+
+    from iterdeploy_trl.loop import deploy_chunk
+
     s = view.cfg.sampling
-    traces = view.traces(g)
-    valid = [t for t in traces if t["valid"]]
-    task_index = {tid: i for i, tid in enumerate(view.pool_ids)}
-    per_task = torch.zeros(len(view.pool_ids), sum(_numel(model, n) for n in params.names), dtype=torch.float64)
-    halves = [torch.zeros(per_task.shape[1], dtype=torch.float64) for _ in range(2)]
-    gap = 0.0
-    if valid:
-        rows = [{"prompt": t["prompt"], "completion": t["completion"]} for t in valid]
-        batch = collate(sft_trainer(model, tok, rows, importance_weighted=False, normalization="sequence_sum",
-                                    out_dir=out_dir), model.device)
-        by_task: dict[str, list[int]] = {}
-        for i, t in enumerate(valid):
-            by_task.setdefault(t["task_id"], []).append(i)
-        for tid, idx in by_task.items():
-            sub = {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor)}
-            seq, _ = sampler_sequence_logprobs(model, sub, s.temperature, s.top_p)
-            recorded = torch.tensor([float(valid[i]["behaviour_logprob"]) for i in idx], dtype=torch.float64)
-            gap = max(gap, float((seq.detach().double().cpu() - recorded).abs().max()))
-            for h in (0, 1):
-                mine = [j for j, i in enumerate(idx) if valid[i]["sample_index"] % 2 == h]
-                if mine:
-                    halves[h] += _grad_vector(model, -seq[mine].sum(), params, retain_graph=True)
-            per_task[task_index[tid]] = _grad_vector(model, -seq.sum(), params)
-    n = len(traces)
-    # −∇L of losses.reinforce_loss with A = r is Σ_valid ∇ log β / N: the per-task sums above, scaled once.
-    return RecordedReinforce(per_task, n, (halves[0] / (n / 2), halves[1] / (n / 2)), len(valid), gap)
+    cfg = dataclasses.replace(view.cfg, sampling=dataclasses.replace(
+        s, samples_per_task=config.reference_samples_per_task or s.samples_per_task))
+    seed = reference_seed(view.seed, config.sampling_seed, g, repeat)
+    recs = deploy_chunk(cfg, backend, view.domain_pddl, view.pool_tasks, seed=view.seed, sample_seed=seed,
+                        generation=g, split="actual_update-reference", model_id=f"generation {g}'s model",
+                        run_name=cfg.name, method=cfg.method, validator={"reference": "actual_update"})
+    n = len(recs)
+    valid = [i for i, r in enumerate(recs) if r.valid]
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(seed % (2**63)))[: len(valid)].tolist()
+    rows = [{"prompt": r.prompt, "completion": r.completion, "prompt_ids": r.prompt_ids,
+             "completion_ids": r.completion_ids} for r in recs]  # the sampled tokens where recorded
+    (valid_sum, null_sum), logps = _summed_gradients(model, tok, rows, (valid, shuffled), params, s.temperature,
+                                                     s.top_p, out_dir)
+    recorded = torch.tensor([float(recs[i].behaviour_logprob) for i in valid], dtype=torch.float64)
+    gap = float((logps[valid] - recorded).abs().max()) if valid else 0.0
+    # −∇L of losses.reinforce_loss with A = r is Σ_rewarded ∇ log β / N
+    return ReferenceDraw(g, repeat, seed, valid_sum / n, null_sum / n, n, len(valid),
+                         [(r.task_id, r.sample_index) for r in recs],
+                         sum((recs[i].task_id, recs[i].completion) in curated for i in valid), gap)
+
+
+def reference_draws(view: RunView, g: int, model: torch.nn.Module, tok: Any, params: _Params,
+                    config: UpdateConfig, curated: set[tuple[str, str]], out_dir: str,
+                    log: Callable[[str], None]) -> list[ReferenceDraw]:
+    """``config.repeats`` independent fresh draws of the model deployed in generation ``g``, sampled by the
+    run's backend (``loop.make_backend``); refused if a draw's seed is one the run deployed with."""
+    from iterdeploy_trl.loop import make_backend
+
+    taken = run_sample_seeds(view)
+    draws = []
+    backend = make_backend(view.cfg, view.base, view.model_dir(g))
+    try:
+        for r in range(config.repeats):
+            if reference_seed(view.seed, config.sampling_seed, g, r) in taken:
+                raise TheoryError(f"{view.sdir}: reference draw {r} of generation {g} would reuse a sampling seed "
+                                  "of the run; pass another sampling_seed")
+            draw = fresh_reinforce(view, g, model, tok, params, backend, r, config, curated, out_dir)
+            log(f"  actual_update: fresh draw {r} of generation {g}'s model: {draw.valid}/{draw.n} valid")
+            draws.append(draw)
+    finally:
+        backend.close()
+    return draws
+
+
+def _cosines(vec: Tensor, draws: Sequence[ReferenceDraw]) -> dict[str, Any]:
+    """cos(vec, RL) of each independent draw with the mean and t-interval over draws, cos(vec, the draws'
+    mean), and the same for the shuffled-reward nulls (``null``)."""
+    out: dict[str, Any] = {}
+    for key, vecs in (("", [d.estimate for d in draws]), ("null_", [d.null for d in draws])):
+        values = [safe_cosine(vec, v) for v in vecs]
+        out[f"{key}values"] = values
+        out[f"{key}interval"] = t_interval(values)
+        out[f"{key}pooled"] = safe_cosine(vec, torch.stack(vecs).mean(0))
+    return {"values": out["values"], **out["interval"], "pooled": out["pooled"],
+            "null": {"values": out["null_values"], **out["null_interval"], "pooled": out["null_pooled"]}}
+
+
+def _ceiling(draws: Sequence[ReferenceDraw]) -> dict[str, Any]:
+    """Cosine between the REINFORCE estimates of independent draws, over disjoint pairs (0, 1), (2, 3), …"""
+    values = [safe_cosine(draws[i].estimate, draws[i + 1].estimate) for i in range(0, len(draws) - 1, 2)]
+    return {"values": values, **t_interval(values)}
+
+
+def _fmt(c: dict[str, Any]) -> str:
+    return f"{fmt_interval(c)} (null {fmt_interval(c['null'])})"
 
 
 def _numel(model: torch.nn.Module, name: str) -> int:
@@ -323,62 +418,71 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
             raise TheoryError(f"{view.sdir}: no generation's model differs from the base model")
         params = _Params(tuple(changed))
         base_model = _trainable(base_model, changed)
-        rl0 = recorded_reinforce(view, 0, base_model, tok, params, tmp.name)
-        log_(f"  actual_update: REINFORCE of the base model from generation 0's samples: {rl0.valid}/{rl0.n} valid")
-        rl0_boot = rl0.bootstrap(config.repeats, config.bootstrap_seed)
+        curated = {(r["task_id"], r["completion"]) for g in gens
+                   for r in _read_jsonl(view.sdir / f"gen_{g:02d}" / "train.jsonl")}
+        rl0 = reference_draws(view, 0, base_model, tok, params, config, curated, tmp.name, log_)
         rows: list[Row] = []
         per_gen: list[dict[str, Any]] = []
         for g in gens:
-            entry = _generation(view, g, base_model, tok, params, deltas[g], rl0, rl0_boot, config, tmp.name, log_)
+            entry = _generation(view, g, base_model, tok, params, deltas[g], rl0, config, curated, tmp.name, log_)
             per_gen.append(entry)
-            deployed = entry.get("cos_update_reinforce_deployed")
             rows.append(Row(
                 f"{name}: generation {g} → {g + 1} ({entry['train_rows']} curated traces from generations "
                 f"{sorted(set(entry['origin_generations']))})",
-                "Δ (retrain from base on the accumulated curated set) vs the on-policy REINFORCE gradient of the "
-                "deployed model M_g and of the base model; measured (reference: two halves of the samples)",
-                (f"cos(Δ, RL at M_{g}) {fmt_interval(deployed)}; " if deployed else "")
-                + f"cos(Δ, RL₀) {fmt_interval(entry['cos_update_reinforce_base'])}; cos(SFT step, RL₀) "
-                f"{fmt_interval(entry['cos_sft_reinforce_base'])}; cos(Prop.2-weighted step, RL₀) "
-                f"{fmt_interval(entry['cos_prop2_reinforce_base'])}; cos(Δ, SFT step) {entry['cos_update_sft']:.4f}",
+                "Δ (retrain from base on the accumulated curated set), the first SFT step and the Prop. 2-weighted "
+                "step vs REINFORCE of the deployed model M_g and of the base model, from fresh draws disjoint from "
+                "the curated sets; mean [95% t-interval over the independent draws] (null: the same with the "
+                "reward shuffled)",
+                f"cos(Δ, RL at M_{g}) {_fmt(entry['cos_update_reinforce_deployed'])}; "
+                f"cos(Δ, RL₀) {_fmt(entry['cos_update_reinforce_base'])}; cos(SFT step, RL₀) "
+                f"{_fmt(entry['cos_sft_reinforce_base'])}; cos(Prop.2-weighted step, RL₀) "
+                f"{_fmt(entry['cos_prop2_reinforce_base'])}; cos(Δ, SFT step) {entry['cos_update_sft']:.4f} "
+                "(no sampling; null as cos(Δ, RL₀)'s)",
                 verdict(entry["cos_update_reinforce_base"]["n"] >= 2),
                 EMPIRICAL,
             ))
             gap = entry["behaviour_logprob_gap_max"]
             rows.append(Row(
                 f"{name}: generation {g}: recorded behaviour log-probs = the deployed samplers' log β",
-                "|recorded − recomputed under the generation's model| ≤ 1e-3 for every curated and every valid "
-                "deployed trace",
-                f"max |gap| {gap:.2e} ({entry['train_rows']} curated traces, {entry.get('deployed_valid', 0)} valid "
-                f"samples of M_{g}); Prop. 2 weights π₀/β_mix: log range {entry['prop2_log_w']['min']:.2f}.."
-                f"{entry['prop2_log_w']['max']:.2f}, relative ESS {entry['prop2_log_w']['relative_ess']:.3f}",
+                "|recorded − recomputed under the generation's model| ≤ 1e-3 for every curated trace and every "
+                "valid sample of the fresh draws",
+                f"max |gap| {gap:.2e} ({entry['train_rows']} curated traces, fresh draws of M_{g}: "
+                f"{entry['deployed_valid']} valid samples); Prop. 2 weights π₀/β_mix: log range "
+                f"{entry['prop2_log_w']['min']:.2f}..{entry['prop2_log_w']['max']:.2f}, relative ESS "
+                f"{entry['prop2_log_w']['relative_ess']:.3f}",
                 verdict(gap <= 1e-3),
                 EMPIRICAL,
             ))
-        half = safe_cosine(*rl0.halves)
+        ceiling = _ceiling(rl0)
         rows.append(Row(
-            f"{name}: reference: REINFORCE from two halves of the base model's samples",
-            "cos(RL₀ even sample indices, RL₀ odd): what two independent estimates reach at this sample size",
-            f"{half:.4f} ({rl0.valid} valid of {rl0.n} samples)",
-            verdict(half == half),
+            f"{name}: reference: REINFORCE of the base model from two independent fresh draws",
+            "cos(RL₀ of draw 2i, RL₀ of draw 2i+1): what two independent estimates reach at this sample size",
+            f"{fmt_interval(ceiling)} ({sum(d.valid for d in rl0)} valid of {sum(d.n for d in rl0)} samples in "
+            f"{len(rl0)} draws)",
+            verdict(ceiling["n"] >= 1),
             EMPIRICAL,
         ))
         data = {
             "run_dir": str(view.root),
             "seed": view.seed,
             "base_model": str(view.base),
-            "reinforce_samples": "the run's own deployment samples of each generation (gen_XX/traces, pool)",
+            "reinforce_samples": "fresh draws of each model by the run's backend, prompts, T, top-p and validator "
+                                 "(loop.deploy_chunk), one sampling seed per draw, none of them a seed of the run",
             "sampling": {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-                         "samples_per_task": s.samples_per_task, "backend": s.backend},
+                         "samples_per_task": config.reference_samples_per_task or s.samples_per_task,
+                         "run_samples_per_task": s.samples_per_task, "backend": s.backend},
             "training": {"init": view.cfg.training.init, "epochs": view.cfg.training.epochs,
                          "learning_rate": view.cfg.training.learning_rate,
                          "loss_normalization": view.cfg.training.loss_normalization,
                          "lora": view.cfg.training.lora is not None},
             "pool_tasks": len(view.pool_ids),
-            "bootstrap_replicates": config.repeats,
+            "repeats": config.repeats,
+            "interval": "95% Student-t over the independent fresh draws",
+            "null": "the same cosine to REINFORCE of the same draw with the reward shuffled among its samples",
             "parameters": sum(base_w[n].numel() for n in changed),
-            "reinforce_base": {"samples": rl0.n, "valid": rl0.valid, "behaviour_logprob_gap_max": rl0.gap},
-            "reference_half_vs_half_base": half,
+            "run_sample_seeds": sorted(run_sample_seeds(view)),
+            "reference_draws": [d.summary() for d in rl0],
+            "reference_independent_draws_base": ceiling,
             "generations": per_gen,
             "runtime_s": time.perf_counter() - start,
         }
@@ -389,7 +493,7 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
 
 def _generation(
     view: RunView, g: int, base_model: torch.nn.Module, tok: Any, params: _Params, delta: dict[str, Tensor],
-    rl0: RecordedReinforce, rl0_boot: list[Tensor], config: UpdateConfig, out_dir: str,
+    rl0: list[ReferenceDraw], config: UpdateConfig, curated: set[tuple[str, str]], out_dir: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     s, tcfg = view.cfg.sampling, view.cfg.training
@@ -429,33 +533,28 @@ def _generation(
         "train_rows": len(rows),
         "origin_generations": origins,
         "update_norm": float(update.norm()),
-        "behaviour_logprob_gap_max": gap,
         "prop2_log_w": {"min": float(log_w.min()), "max": float(log_w.max()), "mean": float(log_w.mean()),
                         "relative_ess": float(w.sum() ** 2 / (w * w).sum() / len(w))},
         "cos_update_sft": safe_cosine(update, sft_step),
         "cos_update_prop2": safe_cosine(update, prop2_step),
     }
     for key, vec in (("update", update), ("sft", sft_step), ("prop2", prop2_step)):
-        values = [safe_cosine(vec, r) for r in rl0_boot]
-        entry[f"cos_{key}_reinforce_base"] = {"point": safe_cosine(vec, rl0.estimate), "values": values,
-                                              **bootstrap_interval(values)}
+        entry[f"cos_{key}_reinforce_base"] = _cosines(vec, rl0)
     if g >= 1:
         model_g, _ = view.load(view.model_dir(g), config.device)
         model_g = _trainable(model_g, params.names)
-        rl_g = recorded_reinforce(view, g, model_g, tok, params, out_dir)
-        log(f"  actual_update: REINFORCE of M_{g} from generation {g}'s samples: {rl_g.valid}/{rl_g.n} valid")
-        values = [safe_cosine(update, r) for r in rl_g.bootstrap(config.repeats, config.bootstrap_seed + g)]
-        entry["cos_update_reinforce_deployed"] = {"point": safe_cosine(update, rl_g.estimate), "values": values,
-                                                  **bootstrap_interval(values)}
-        entry["cos_reinforce_deployed_reinforce_base"] = safe_cosine(rl_g.estimate, rl0.estimate)
-        entry["reference_half_vs_half_deployed"] = safe_cosine(*rl_g.halves)
-        entry["deployed_valid"] = rl_g.valid
-        entry["deployed_samples"] = rl_g.n
-        entry["behaviour_logprob_gap_max"] = max(gap, rl_g.gap)
+        rl_g = reference_draws(view, g, model_g, tok, params, config, curated, out_dir, log)
+        entry["cos_update_reinforce_deployed"] = _cosines(update, rl_g)
+        entry["cos_reinforce_deployed_reinforce_base"] = safe_cosine(
+            torch.stack([d.estimate for d in rl_g]).mean(0), torch.stack([d.estimate for d in rl0]).mean(0))
+        entry["reference_independent_draws_deployed"] = _ceiling(rl_g)
+        entry["reference_draws"] = [d.summary() for d in rl_g]
     else:  # M_0 is the base model
+        rl_g = rl0
         entry["cos_update_reinforce_deployed"] = entry["cos_update_reinforce_base"]
-        entry["deployed_valid"] = rl0.valid
-        entry["behaviour_logprob_gap_max"] = max(gap, rl0.gap)
+    entry["deployed_valid"] = sum(d.valid for d in rl_g)
+    entry["deployed_samples"] = sum(d.n for d in rl_g)
+    entry["behaviour_logprob_gap_max"] = max([gap, *(d.gap for d in rl_g)])
     return entry
 
 
