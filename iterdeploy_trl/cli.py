@@ -95,7 +95,7 @@ def disk_full(exc: BaseException, out: str | os.PathLike[str] | None = None) -> 
         text = str(seen)
         if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) \
                 or "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
-            path = getattr(seen, "filename", None)
+            path = getattr(seen, "filename", None) or _written_file(seen) or _written_file(exc)
             where = f" writing {path}" if path else ""
             free = ""
             # a library's error may name no file: then the free space under the command's output directory
@@ -109,6 +109,28 @@ def disk_full(exc: BaseException, out: str | os.PathLike[str] | None = None) -> 
             return (f"no space left on the device{where}{free}. Nothing written so far is lost: free some space "
                     "and run the same command again; the run resumes where it stopped")
         seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# Local names this package's writers give the file they write, most specific first.
+_WRITTEN_NAMES = ("path", "target", "dest", "tmp", "out_dir")
+
+
+def _written_file(exc: BaseException) -> str | None:
+    """The file a failed write was writing, where the OS error names none (``write()``, ``close()`` and
+    ``fsync()`` on a full disk): from the innermost frame of this package in the traceback, its local
+    ``path`` (or target, dest, tmp, out_dir)."""
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        if not frame.f_globals.get("__name__", "").startswith("iterdeploy_trl."):
+            continue
+        for name in _WRITTEN_NAMES:
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                return str(value)
     return None
 
 
