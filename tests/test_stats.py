@@ -90,15 +90,3 @@ def test_difference_verdict_follows_the_intervals():
         text = stats.difference_verdict("a", "b", "m", 50, 2.0, intervals, p)
         assert text.endswith(": no detectable difference"), text
 
-
-def test_theory_intervals_of_bootstrap_replicates_are_percentile_intervals():
-    """A t-interval over B bootstrap replicates divides their spread (already a standard error) by √B again:
-    for replicates 0..100 it would read 50 ± 5.8; the replicates' own 95% interval is [2.5, 97.5]."""
-    from iterdeploy_trl.theory.pipeline import bootstrap_interval, t_interval
-
-    boot = bootstrap_interval([float(v) for v in range(101)] + [float("nan")])
-    assert boot["n"] == 101 and boot["mean"] == 50.0
-    assert (boot["lo"], boot["hi"]) == pytest.approx((2.5, 97.5))
-    narrow = t_interval([float(v) for v in range(101)])  # over independent repeats this is the right one
-    assert narrow["hi"] - narrow["lo"] < (boot["hi"] - boot["lo"]) / 5
-    assert math.isnan(bootstrap_interval([1.0])["lo"])  # one replicate: no interval

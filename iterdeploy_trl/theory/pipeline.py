@@ -89,7 +89,7 @@ LOGPROB_TOLERANCE = 1e-3
 def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
     """Mean, std and the Student-t interval of the mean (``stats.t_interval``) over *independent* repeats
     (fresh sampling seeds); NaN values dropped, no interval (NaN bounds) from one value. Never over
-    bootstrap replicates: their spread is already a standard error (use :func:`bootstrap_interval`)."""
+    bootstrap replicates: their spread is already a standard error (use ``stats.percentile_interval``)."""
     kept = [float(v) for v in values if v == v]
     if not kept:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
@@ -97,16 +97,6 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]
     if ti.n == 1:
         return {"n": 1, "mean": ti.mean, "std": 0.0, "lo": float("nan"), "hi": float("nan")}
     return {"n": ti.n, "mean": ti.mean, "std": ti.sd, "lo": ti.lo, "hi": ti.hi}
-
-
-def bootstrap_interval(replicates: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean, std and the percentile interval (``stats.percentile_interval``) of bootstrap replicates, in
-    the keys of :func:`t_interval`; NaN replicates dropped, no interval from fewer than two."""
-    kept = [float(v) for v in replicates if v == v]
-    out = t_interval(kept, level)
-    if out["n"] >= 2:
-        out["lo"], out["hi"] = stats.percentile_interval(kept, level)
-    return out
 
 
 def safe_cosine(a: Tensor, b: Tensor) -> float:
