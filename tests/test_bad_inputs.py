@@ -247,6 +247,20 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
     message = disk_full(info.value, tmp_path / "run")
     assert message is not None and f"writing {target}" in message and "MiB free there now" in message
     assert not target.exists() and not [p for p in target.parent.iterdir()]  # no temporary file left
+    # a writer that lets the OS error through: the file from the writing frame (here the task set's writer)
+    from iterdeploy_trl.tasks import generate_tasks, write_task_set
+
+    monkeypatch.undo()
+
+    def full_write(self, *_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_write)
+    with pytest.raises(OSError) as info:
+        write_task_set(generate_tasks("blocksworld", 1, 0, size=(2, 2)), tmp_path / "tasks")
+    monkeypatch.undo()
+    message = disk_full(info.value, tmp_path)
+    assert message is not None and f"writing {tmp_path / 'tasks'}/" in message and "MiB free there now" in message
     # an error from a library that names no file: the free space under the command's --out
     message = disk_full(RuntimeError("IoError: StorageFull"), tmp_path / "run")
     assert f"writing under {tmp_path / 'run'}" in message and "MiB free there now" in message
