@@ -270,20 +270,7 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
                                max_new_tokens=s.max_new_tokens, seed=sample_seed)
     fault("generation")
     flat = [(t, p, k, c) for t, p, row in zip(tasks, prompts, samples, strict=True) for k, c in enumerate(row)]
-    workers = cfg.validation_workers
-    if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
-        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
-    blind = cfg.validator.blind_spot
-    exact: list[Any] | None = None
-    if blind is not None:  # the training verdict has a blind spot; every trace is also checked exactly
-        from iterdeploy_trl.blindspot import check_completions_blind
-
-        extractions, verdicts, exact = check_completions_blind(
-            blind, domain_pddl, [f[0].problem for f in flat], [f[3].text for f in flat],
-            timeout=cfg.validation_timeout, workers=workers)
-    else:
-        extractions, verdicts = score_completions(domain_pddl, [f[0] for f in flat], [f[3].text for f in flat],
-                                                  timeout=cfg.validation_timeout, workers=workers)
+    extractions, verdicts, exact = _judge(cfg, domain_pddl, [f[0] for f in flat], [f[3].text for f in flat])
     fault("validation")
     sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
@@ -308,13 +295,117 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
     return records
 
 
+def _judge(cfg: RunConfig, domain_pddl: str, tasks: Sequence[Any],
+           texts: Sequence[str]) -> tuple[list[Any], list[Any], list[Any] | None]:
+    """(extractions, verdicts, exact verdicts or None) of the completions ``texts`` of ``tasks``: VAL's
+    verdicts, and with a blind spot (``validator.blind_spot``) the training verdicts and the exact ones.
+    A validator that fails (``validate.ValidatorFailed``) raises it: a failure is never a verdict."""
+    workers = cfg.validation_workers
+    if workers is None and dist.local_world_size() > 1:  # the processes of a machine share its CPUs
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size())
+    blind = cfg.validator.blind_spot
+    if blind is not None:  # the training verdict has a blind spot; every trace is also checked exactly
+        from iterdeploy_trl.blindspot import check_completions_blind
+
+        return check_completions_blind(blind, domain_pddl, [t.problem for t in tasks], texts,
+                                       timeout=cfg.validation_timeout, workers=workers)
+    extractions, verdicts = score_completions(domain_pddl, tasks, texts, timeout=cfg.validation_timeout,
+                                              workers=workers)
+    return extractions, verdicts, None
+
+
+def _rejudged(cfg: RunConfig, domain_pddl: str, records: Sequence[TraceRecord], tasks: dict[str, Any],
+              validator: dict[str, Any], where: Path) -> list[TraceRecord]:
+    """``records`` judged again by the current validator (``validator``, its record): verdict, plan and
+    validator fields replaced, the rest (the sample) kept."""
+    missing = sorted({r.task_id for r in records} - set(tasks))
+    if missing:
+        raise RunError(f"{where}: task {missing[0]} is not in the run's task set: this trace chunk belongs to "
+                       "another run; move it away and run again (the chunk is deployed again)")
+    extractions, verdicts, exact = _judge(cfg, domain_pddl, [tasks[r.task_id] for r in records],
+                                          [r.completion for r in records])
+    out = []
+    for i, (rec, ext, verdict) in enumerate(zip(records, extractions, verdicts, strict=True)):
+        rec = dataclasses.replace(rec, plan="\n".join(ext.actions), plan_length=verdict.plan_length,
+                                  valid=bool(verdict.valid), reason=verdict.reason, validator=validator)
+        if exact is not None:
+            rec = dataclasses.replace(rec, exact_valid=bool(exact[i].valid), validators={
+                "train": verdict.to_dict(raw_output=False), "exact": exact[i].to_dict(raw_output=False)})
+        out.append(rec)
+    return out
+
+
+def _verdict_of(rec: TraceRecord) -> tuple[Any, ...]:
+    return rec.valid, rec.reason, rec.plan_length, rec.plan, rec.exact_valid
+
+
+def revalidate_stale(cfg: RunConfig, sdir: Path, domain_pddl: str, tasks: Sequence[Any], *,
+                     log: Callable[[str], None] = print) -> None:
+    """On resume, judge again the trace chunks of ``sdir`` that another validator judged (the sha256 their
+    records name is not the current VAL's) or that record a validator failure as a verdict (runs made
+    before failures stopped the run). Where a verdict changes at generation g, everything made from it
+    goes first (g's metrics row and training set, the later generations, the summary), then the chunks
+    are rewritten; so an interruption in between leaves the chunks stale and the next resume redoes it.
+    Called by the main process before the seed's metrics are read."""
+    from iterdeploy_trl.blindspot import validator_record
+    from iterdeploy_trl.validate import FAILURE_REASONS, ValidatorFailed, validator_info
+
+    current = validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
+    by_id = {t.id: t for t in tasks}
+    gens = sorted((d for d in sdir.glob("gen_*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
+    for gdir in gens:
+        rewritten: dict[Path, list[TraceRecord]] = {}
+        changed = 0
+        for path in sorted((gdir / "traces").glob("*.jsonl")):
+            records = read_traces(path)
+            stale = [i for i, r in enumerate(records) if (r.validator or {}).get("sha256") != current["sha256"]
+                     or r.reason.startswith(FAILURE_REASONS)]
+            if not stale:
+                continue
+            try:
+                fresh = _rejudged(cfg, domain_pddl, [records[i] for i in stale], by_id, current, path)
+            except ValidatorFailed as exc:
+                raise RunError(f"{path}: judging this chunk again: {exc}") from None
+            new = list(records)
+            for i, rec in zip(stale, fresh, strict=True):
+                changed += _verdict_of(rec) != _verdict_of(records[i])
+                new[i] = rec
+            rewritten[path] = new
+        if not rewritten:
+            continue
+        g = int(gdir.name[4:])
+        if changed:
+            _drop_from(sdir, g)
+        for path, new in rewritten.items():
+            write_traces(path, new)
+        log(f"seed {sdir.name[5:]} gen {g}: {len(rewritten)} trace chunk(s) judged again by {current['version']} "
+            f"sha256:{current['sha256'][:12]} (they named another validator or a validator failure): "
+            + (f"{changed} verdict(s) changed, so generation {g} is summed up again and the later ones redone"
+               if changed else "no verdict changed"))
+        if changed:
+            return  # the later generations are gone
+
+
+def _drop_from(sdir: Path, g: int) -> None:
+    """Remove what was made from generation ``g``'s verdicts: its metrics row and training set, the later
+    generations (models and traces), and the run's summary."""
+    metrics = sdir / "metrics.jsonl"
+    if metrics.exists():
+        write_jsonl(metrics, [m for m in read_rows(metrics) if m["generation"] < g])
+    (sdir / f"gen_{g:02d}" / "train.jsonl").unlink(missing_ok=True)
+    for later in sdir.glob("gen_*"):
+        if later.name[4:].isdigit() and int(later.name[4:]) > g:
+            shutil.rmtree(later)
+    (sdir.parent / "summary.json").unlink(missing_ok=True)
+
+
 def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], domain_pddl: str,
                       splits: dict[str, Sequence[Any]], gen_dir: Path, *, seed: int, generation: int,
                       model_id: str, run_name: str, method: str, progress: bool = True) -> list[TraceRecord]:
     """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume). Under several
     processes each deploys its share of the chunks (:func:`dist.shard`), then every process reads them all."""
     from iterdeploy_trl.blindspot import validator_record
-    from iterdeploy_trl.validate import validator_info
+    from iterdeploy_trl.validate import ValidatorFailed, validator_info
 
     validator = validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
     tdir = gen_dir / "traces"
@@ -330,10 +421,14 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                 continue
             if backend is None:
                 backend = backend_factory()
-            rows = deploy_chunk(cfg, backend, domain_pddl, chunk, seed=seed,
-                                sample_seed=batch_seed(seed, generation, split, start),
-                                generation=generation, split=split, model_id=model_id, run_name=run_name,
-                                method=method, validator=validator)
+            try:
+                rows = deploy_chunk(cfg, backend, domain_pddl, chunk, seed=seed,
+                                    sample_seed=batch_seed(seed, generation, split, start),
+                                    generation=generation, split=split, model_id=model_id, run_name=run_name,
+                                    method=method, validator=validator)
+            except ValidatorFailed as exc:  # no verdict: the chunk is not written, a resume deploys it again
+                raise RunError(f"seed {seed} gen {generation}, {path.name}: {exc} (the run resumes from "
+                               "the chunks already written)") from None
             write_traces(path, rows)
             note_chunk(path, dist.rank())
             deployed[path] = rows
@@ -831,6 +926,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``)."""
     sdir = out / f"seed_{seed}"
     sdir.mkdir(parents=True, exist_ok=True)
+    dist.main_first(lambda: revalidate_stale(cfg, sdir, domain_pddl, [*pool, *heldout], log=log))
     metrics_path = sdir / "metrics.jsonl"
     done = {m["generation"]: m for m in (read_rows(metrics_path) if metrics_path.exists() else [])}
     all_records: list[TraceRecord] = []

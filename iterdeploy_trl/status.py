@@ -15,11 +15,20 @@ from typing import Any
 from iterdeploy_trl.runlock import describe_holder, is_held, read_holder
 
 
+def count_text(value: float | None) -> str:
+    """A count as a reader expects it: ``6`` for 6 or 6.0 (a mean over seeds that is whole), ``6.33`` for a
+    mean that is not, ``-`` for none."""
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
 def generation_line(seed: int, m: dict[str, Any], samples_per_task: int) -> str:
     """The one-line summary of a finished generation (what the loop prints, and ``status`` repeats)."""
+    lengths = (f"valid plan length mean {m['mean_valid_plan_length']} max {m['max_valid_plan_length']}"
+               if m.get("mean_valid_plan_length") is not None else "no valid plan")
     return (f"seed {seed} gen {m['generation']}: solved {m['solved']}/{m['tasks']}, held-out {m['heldout_solved']}/"
-            f"{m['heldout_tasks']}, all-{samples_per_task}-valid {m['all_samples_valid']}, "
-            f"valid plan length mean {m['mean_valid_plan_length']} max {m['max_valid_plan_length']}, "
+            f"{m['heldout_tasks']}, all-{samples_per_task}-valid {m['all_samples_valid']}, {lengths}, "
             f"trained on {m['train_traces']} traces")
 
 
