@@ -739,6 +739,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
              "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
              "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
              "validation": split_note}
+    if method == "iw-sft":  # batches whose importance weights were all 0 (skipped: no gradient)
+        stats["iw_zero_weight_batches"] = trainer.zero_weight_batches
     stats = _save_generation(trainer, tok, tmp, out_dir, stats)
     del trainer, model
     return stats
@@ -784,6 +786,7 @@ def train_reinforce(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_
 
     from iterdeploy_trl.reward import ValidPlanReward
     from iterdeploy_trl.trainers import ReinforceConfig, ReinforceTrainer
+    from iterdeploy_trl.trainers.reinforce import importance_sampling_record
 
     t0 = time.time()
     tcfg, s, rs = cfg.training, cfg.sampling, cfg.reinforce_settings
@@ -813,7 +816,9 @@ def train_reinforce(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_
     hist = trainer.state.log_history
     stats = {"train_traces": sampled, "train_steps": int(result.global_step),
              "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
-             "train_completion_tokens": tokens, "reward_mean": [h.get("reward") for h in hist if "reward" in h]}
+             "train_completion_tokens": tokens, "reward_mean": [h.get("reward") for h in hist if "reward" in h],
+             # GRPO's vLLM importance-sampling correction, explicitly off unless configured (plain REINFORCE)
+             "importance_sampling": importance_sampling_record(args)}
     stats = _save_generation(trainer, tok, tmp, out_dir, stats)
     del trainer, model
     return stats

@@ -224,9 +224,18 @@ def load_model_and_tokenizer(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype if dtype is not None else "auto"
-    )
+    # no "Loading weights" bar: a command (evaluate, audit, ...) loads many models and shows its own progress
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype if dtype is not None else "auto"
+        )
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         # Many chat models ship without a pad token; eos is the usual stand-in for batched generation.
         tokenizer.pad_token = tokenizer.eos_token

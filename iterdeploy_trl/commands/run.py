@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,15 +81,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not is_main():
         return 0  # the main process reports
-    gens = summary["generations"]
-    first, last = gens[0], gens[-1]
-    print(f"done: {args.out}/summary.json — solved {first['solved']} -> {last['solved']} of {last['tasks']} "
-          f"(held-out {first['heldout_solved']} -> {last['heldout_solved']} of {last['heldout_tasks']}), "
-          f"longest solved reference plan {first['max_solved_reference_length']} -> "
-          f"{last['max_solved_reference_length']}")
+    print(done_line(args.out, summary))
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def done_line(out: Any, summary: dict[str, Any]) -> str:
+    """The run's last console line: first and last generation's solved counts (means over seeds where
+    there are several, said so), as counts, not floats."""
+    from iterdeploy_trl.status import count_text as c
+
+    gens = summary["generations"]
+    first, last = gens[0], gens[-1]
+    seeds = len(last.get("seeds") or [None])
+    over = f" (means over {seeds} seeds)" if seeds > 1 else ""
+    return (f"done: {out}/summary.json — solved {c(first['solved'])} -> {c(last['solved'])} of {last['tasks']} "
+            f"(held-out {c(first['heldout_solved'])} -> {c(last['heldout_solved'])} of {last['heldout_tasks']}), "
+            f"longest solved reference plan {c(first['max_solved_reference_length'])} -> "
+            f"{c(last['max_solved_reference_length'])}{over}")
 
 
 def with_report_to(cfg, names: list[str] | None):  # type: ignore[no-untyped-def]

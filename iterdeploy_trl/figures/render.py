@@ -53,10 +53,9 @@ def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], 
     for domain, (cur, unc) in ablation.items():
         if cur and unc:
             drawn.append(fig_ablation(domain, cur, unc, out, unique_stem(f"curation_ablation-{domain}", taken), md))
-        elif n_sources > 1 or compares:
-            have = "curated" if cur else "uncurated"
-            note(f"{domain}: only {have} runs; the curation ablation needs a curated and an uncurated run "
-                 "(curation: none, method: uncurated-sft) or a compare dir with valid-sft and uncurated-sft")
+        elif unc:  # an uncurated run is made for the ablation only: say what it lacks (curated runs alone: nothing)
+            note(f"{domain}: only uncurated runs; the curation ablation needs a curated run too (method: "
+                 "valid-sft) or a compare dir with valid-sft and uncurated-sft")
 
     cmp_domains = {c.domain for c in compares}
     if len(cmp_domains) > 1:
