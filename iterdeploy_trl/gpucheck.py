@@ -738,7 +738,8 @@ def headline(step: Step) -> str:
     if step.name == "machine":
         gpu = d.get("gpu")
         where = f"{gpu['name']} {gpu['memory_gib']} GiB, CUDA {d['cuda']}" if gpu else f"no GPU ({d['cpu']})"
-        return f"{where}; torch {d['torch']}, vLLM {d['vllm']}, TRL {d['trl']}"
+        warning = f" (TRL warns: {d['trl_vllm_warning']})" if d.get("trl_vllm_warning") else ""
+        return f"{where}; torch {d['torch']}, vLLM {d['vllm']}, TRL {d['trl']}{warning}"
     if step.name == "model":
         return f"{d['architecture']} {d['size']}: {d['parameters'] / 1e6:.2f} M parameters, head_dim {d['head_dim']}"
     if step.name == "teach":
