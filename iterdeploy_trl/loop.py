@@ -335,6 +335,18 @@ def _rejudged(cfg: RunConfig, domain_pddl: str, records: Sequence[TraceRecord], 
     return out
 
 
+def current_validator(cfg: RunConfig, domain_pddl: str) -> dict[str, Any]:
+    """The record of the validator this run judges with (``TraceRecord.validator``); a missing VAL is a
+    ``RunError`` saying what to do."""
+    from iterdeploy_trl.blindspot import validator_record
+    from iterdeploy_trl.validate import ValidatorNotFound, validator_info
+
+    try:
+        return validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
+    except ValidatorNotFound as exc:
+        raise RunError(str(exc)) from None
+
+
 def _verdict_of(rec: TraceRecord) -> tuple[Any, ...]:
     return rec.valid, rec.reason, rec.plan_length, rec.plan, rec.exact_valid
 
@@ -347,10 +359,9 @@ def revalidate_stale(cfg: RunConfig, sdir: Path, domain_pddl: str, tasks: Sequen
     goes first (g's metrics row and training set, the later generations, the summary), then the chunks
     are rewritten; so an interruption in between leaves the chunks stale and the next resume redoes it.
     Called by the main process before the seed's metrics are read."""
-    from iterdeploy_trl.blindspot import validator_record
-    from iterdeploy_trl.validate import FAILURE_REASONS, ValidatorFailed, validator_info
+    from iterdeploy_trl.validate import FAILURE_REASONS, ValidatorFailed
 
-    current = validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
+    current = current_validator(cfg, domain_pddl)
     by_id = {t.id: t for t in tasks}
     gens = sorted((d for d in sdir.glob("gen_*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
     for gdir in gens:
@@ -404,10 +415,9 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
                       model_id: str, run_name: str, method: str, progress: bool = True) -> list[TraceRecord]:
     """Deploy on every split, chunk by chunk; chunks already on disk are kept (resume). Under several
     processes each deploys its share of the chunks (:func:`dist.shard`), then every process reads them all."""
-    from iterdeploy_trl.blindspot import validator_record
-    from iterdeploy_trl.validate import ValidatorFailed, validator_info
+    from iterdeploy_trl.validate import ValidatorFailed
 
-    validator = validator_record(validator_info(), cfg.validator.blind_spot, domain_pddl)
+    validator = current_validator(cfg, domain_pddl)
     tdir = gen_dir / "traces"
     backend = None
     jobs = [(split, i, tasks[i : i + cfg.chunk_size], tdir / f"{split}-{i // cfg.chunk_size:05d}.jsonl")
