@@ -218,3 +218,16 @@ def test_theory_figure_helpers_keep_every_series_and_label_readable():
     label = wrap_label("cosine to E_π[r(λ + (1−λ)β/π)∇log π]", 30)
     assert label.split("\n") == ["cosine to", "E_π[r(λ + (1−λ)β/π)∇log π]"]
     assert wrap_label("cosine to the exact on-policy gradient ∇J", 30).count("\n") == 1
+
+
+def test_curation_ablation_is_mentioned_only_when_an_uncurated_run_is_given(compare_dir, tmp_path):
+    """Two curated runs (nobody asked for the ablation): no warning about it. An uncurated run without a
+    curated one: the warning says what the ablation lacks."""
+    for method, expect in (("valid-sft", False), ("uncurated-sft", True)):
+        copy = tmp_path / f"{method}-copy"
+        shutil.copytree(compare_dir / method, copy)
+        report = render_figures([compare_dir / method, copy], tmp_path / f"o-{method}")
+        ablation = [w for w in report.warnings if "curation ablation" in w]
+        assert bool(ablation) is expect, report.warnings
+        if expect:
+            assert "only uncurated runs" in ablation[0] and "needs a curated run" in ablation[0]

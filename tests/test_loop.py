@@ -196,6 +196,11 @@ def test_reinforce_runs_through_the_loop(reinforce_reference):
     stats = json.loads((out / "seed_0" / "gen_01" / "model" / "train_stats.json").read_text())
     assert stats["train_traces"] == 8 * 2 and stats["train_steps"] == 2  # n*K fresh samples, batches of 8
     assert 0 < stats["train_completion_tokens"] <= 16 * 40  # counted from the samples, at most max_new_tokens
+    # TRL's vLLM importance-sampling correction (on by default in GRPOConfig) is recorded, and off
+    assert stats["importance_sampling"] == {"use_vllm": False, "vllm_importance_sampling_correction": False,
+                                            "vllm_importance_sampling_mode": None,
+                                            "vllm_importance_sampling_clip_min": None,
+                                            "vllm_importance_sampling_clip_max": None}
     metrics = read_jsonl(out / "seed_0" / "metrics.jsonl")
     assert [m["samples_used"] for m in metrics] == [0, 16]
     assert metrics[1]["train_completion_tokens"] == stats["train_completion_tokens"]
