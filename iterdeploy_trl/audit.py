@@ -831,7 +831,7 @@ def blind_spot_experiment(runs: Sequence[RunDir], *, log: Callable[[str], None] 
                           ) -> dict[str, Any] | None:
     """When a run declares a blind spot: every run measured by that blind validator and the exact one
     (exploit fraction, solve rates per generation, mean and 95 % t-interval over seeds); else None."""
-    from iterdeploy_trl.blindspot import describe, measure_run, summarise
+    from iterdeploy_trl.blindspot import condition_label, describe, measure_run, paired_comparisons, summarise
     from iterdeploy_trl.config import BlindSpotConfig
 
     declared = [(r.config.get("validator") or {}).get("blind_spot") for r in runs]
@@ -846,11 +846,13 @@ def blind_spot_experiment(runs: Sequence[RunDir], *, log: Callable[[str], None] 
         log(f"blind-spot measures of {r.path}")
         per_seed = measure_run(r, blind, log=log)
         v = r.config.get("validator") or {}
+        own = BlindSpotConfig(**v["blind_spot"]) if v.get("blind_spot") else None
         result["runs"].append({
             "run": str(r.path), "name": r.config.get("name"),
-            "condition": ("blind spot + counter-reward" if v.get("blind_spot") and v.get("counter_reward")
-                          else "blind spot" if v.get("blind_spot") else "exact validator"),
+            "condition": condition_label(blind, own, v.get("counter_reward")),
             "per_seed": per_seed, "summary": summarise(per_seed) if per_seed and all(per_seed.values()) else []})
+    result["paired"] = paired_comparisons([(f"{r['condition']} (`{r['name']}`)", r["per_seed"])
+                                           for r in result["runs"] if r["per_seed"]])
     return result
 
 
@@ -980,24 +982,47 @@ def audit_markdown(audits: Sequence[dict[str, Any]], figures: Sequence[Path] = (
 
 
 def blind_spot_markdown(experiment: dict[str, Any], figures: Sequence[Path] = ()) -> list[str]:
-    """The blind-spot comparison table: per condition and generation, mean [95 % t-interval] over seeds."""
+    """The blind-spot comparison: per condition and generation, the exploit shares (of all samples, of the
+    blind-accepted ones, of the curated training set) and solve rates, mean [95 % t-interval] over seeds;
+    then every condition against every other, paired by seed, with raw and Holm-adjusted p."""
     lines = ["## Blind-spot experiment", "",
              f"Blind spot: {experiment['blind_spot']}. Every condition's deployed pool outputs are judged by the "
-             "same two validators (traces of a run that did not record the blind verdict are checked again by VAL "
-             "on the blind task). Exploit: accepted by the blind validator, rejected by the exact one (fraction of "
-             "samples). Solved: fraction of pool tasks with at least one accepted sample. Mean over seeds "
-             "[95 % t-interval].", ""]
+             "same two validators (traces of a run that did not record this blind verdict are checked again by VAL "
+             "on the blind task). Exploit: accepted by the blind validator, rejected by the exact one. Its share "
+             "among all samples, among the samples the blind validator accepts, and among the curated training set "
+             "written after the generation (all generations' curated traces when accumulated; the last generation "
+             "trains nothing: –). Solved: fraction of pool tasks with at least one accepted sample. Mean over "
+             "seeds [95 % t-interval].", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures if f.suffix == ".png" and f.stem == "blind_spot_experiment"]
-    lines += ["", "| condition | run | gen | seeds | exploit fraction | exact solved | blind solved |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| condition | run | gen | seeds | exploits / all samples | exploits / blind-accepted | "
+              "exploits / curated training set | exactly valid / sample | exact solved | blind solved |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(x: dict[str, Any]) -> str:
-        return f"{x['mean']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
+    def cell(x: dict[str, Any] | None) -> str:
+        return "–" if x is None else f"{x['mean']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
 
     for r in experiment["runs"]:
         for e in r["summary"]:
             lines.append(f"| {r['condition']} | `{r['name']}` | {e['generation']} | {e['seeds']} | "
-                         f"{cell(e['exploit_fraction'])} | {cell(e['exact_solved'])} | {cell(e['blind_solved'])} |")
+                         f"{cell(e.get('exploit_fraction'))} | {cell(e.get('exploit_share_of_blind_accepted'))} | "
+                         f"{cell(e.get('curated_exploit_share'))} | {cell(e.get('exact_valid_fraction'))} | "
+                         f"{cell(e.get('exact_solved'))} | {cell(e.get('blind_solved'))} |")
+    paired = experiment.get("paired") or []
+    if paired:
+        from iterdeploy_trl.blindspot import PAIRED_MEASURES
+
+        lines += ["", f"Paired by seed (A − B, the same seed in both; generation 0 deploys the same base model in "
+                  f"every condition and is not tested): per-seed difference, mean [95 % t-interval], the seeds where "
+                  f"A is higher / lower, two-sided paired-t p and Holm-adjusted p over all {len(paired)} tests of "
+                  "this table.", "",
+                  "| A − B | measure | gen | per seed (seed: A − B) | mean [95 % CI] | A higher / lower | p | Holm p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in paired:
+            seeds = ", ".join(f"{d['seed']}: {d['diff']:+.3f}" for d in row["per_seed"])
+            lines.append(f"| {row['a']} − {row['b']} | {PAIRED_MEASURES.get(row['measure'], row['measure'])} | "
+                         f"{row['generation']} | {seeds} | {row['mean_diff']:+.3f} [{row['ci'][0]:+.3f}, "
+                         f"{row['ci'][1]:+.3f}] | {row['a_higher_on']} / {row['a_lower_on']} | {_f(row['p'])} | "
+                         f"{_f(row['p_holm'])} |")
     return [*lines, ""]
 
 

@@ -11,7 +11,15 @@ task — VAL still decides, on PDDL a reader can inspect:
 Every trace is still also checked by the exact validator (VAL on the untouched task); both verdicts are
 recorded in the trace (``validators: {train, exact}``, ``exact_valid``), and ``valid`` is the verdict the
 loop trains on. The counter-reward (``counter_reward: exact``) is a second check curation applies
-before a trace may return to training: the exact validator must accept it too.
+before a trace may return to training: the exact validator must accept it too. Because the blind validator
+accepts every plan the exact one does, that counter-reward trains on exactly the exact-validator run's
+traces; a *partial* counter-reward checks another part of what the blind spot misses (a second goal atom:
+``goal_atoms: 2`` against ``goal_atoms: 1``, since VAL's goal check is the conjunction of the atoms) and
+leaves the rest open.
+
+The experiment's measures (:func:`measure_run`, :func:`paired_comparisons`): exploits among all samples,
+among the blind-accepted ones and among the curated training set, and every condition against every other
+paired by seed, with raw and Holm-adjusted p.
 """
 
 from __future__ import annotations
@@ -195,66 +203,195 @@ def apply_counter_reward(traces: Sequence[Any], counter_reward: str | None) -> l
 # -------------------------------------------------------------------------------------- measurement
 
 
+def exploit_counts(blind: Sequence[bool], exact: Sequence[bool]) -> dict[str, Any]:
+    """Exploits among a set of samples, from each sample's two verdicts (``blind[i]``: the blind validator
+    accepted sample i; ``exact[i]``: the exact one did). An exploit is accepted by the blind validator and
+    rejected by the exact one. Returns the counts and the two shares:
+
+    - ``exploit_fraction`` = exploits / samples (None without samples);
+    - ``exploit_share_of_blind_accepted`` = exploits / blind-accepted (None when none was accepted): of what
+      the blind reward would pass to training, how much exploits it."""
+    if len(blind) != len(exact):
+        raise ValueError(f"exploit_counts: {len(blind)} blind verdicts but {len(exact)} exact ones")
+    n = len(blind)
+    accepted = sum(bool(b) for b in blind)
+    exploits = sum(bool(b) and not bool(e) for b, e in zip(blind, exact, strict=True))
+    return {"samples": n, "blind_accepted": accepted, "exploits": exploits,
+            "exploit_fraction": exploits / n if n else None,
+            "exploit_share_of_blind_accepted": exploits / accepted if accepted else None}
+
+
+def curated_exploits(rows: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]], generation: int
+                     ) -> dict[str, Any]:
+    """Exploits among a curated training set: each row of ``rows`` (a ``train.jsonl``) is matched to the
+    trace it came from in ``history`` (``audit.match_training_rows``: task id and completion text), whose
+    verdicts ``_blind`` and ``_exact`` the caller has set. ``curated_exploit_share`` = exploits / matched
+    rows; ``new_*``: the rows sampled in ``generation`` itself; ``unmatched``: rows found in no trace."""
+    from iterdeploy_trl.audit import match_training_rows
+
+    matched, missing = match_training_rows(rows, history)
+    c = exploit_counts([t["_blind"] for t in matched], [t["_exact"] for t in matched])
+    new = [t for t in matched if t.get("generation") == generation]
+    cn = exploit_counts([t["_blind"] for t in new], [t["_exact"] for t in new])
+    return {"curated": c["samples"], "curated_exploits": c["exploits"],
+            "curated_exploit_share": c["exploit_fraction"], "curated_unmatched": missing,
+            "new_curated": cn["samples"], "new_curated_exploits": cn["exploits"],
+            "new_curated_exploit_share": cn["exploit_fraction"]}
+
+
+def _pool_verdicts(run: Any, pool: list[dict[str, Any]], blind: Any, want: str, *, timeout: float,
+                   workers: int | None, log: Any, where: str) -> tuple[list[bool], list[bool], int]:
+    """(blind verdicts, exact verdicts, how many were checked again) of a generation's pool traces: the
+    recorded verdict where the trace was judged under this same blind spot, else VAL on the blind task."""
+    from iterdeploy_trl.reward import check_completions
+
+    recorded = [isinstance(r.get("validators"), dict) and (r.get("validator") or {}).get("blind_spot") == want
+                for r in pool]
+    exact = [bool(r["exact_valid"]) if r.get("exact_valid") is not None else bool(r.get("valid")) for r in pool]
+    train = [bool(r["validators"]["train"]["valid"]) if ok else None for r, ok in zip(pool, recorded, strict=True)]
+    todo = [i for i, t in enumerate(train) if t is None]
+    if todo:
+        if run.domain_pddl is None:
+            raise BlindSpotError(f"{run.path}: no task set, so the blind validator cannot check its traces")
+        if log:
+            log(f"  {where}: checking {len(todo)} traces with the blind validator")
+        tasks = [blind_task(blind, run.domain_pddl, run.tasks[pool[i]["task_id"]]["problem"]) for i in todo]
+        _, verdicts = check_completions([d for d, _ in tasks], [p for _, p in tasks],
+                                        [pool[i].get("completion") or "" for i in todo], timeout=timeout,
+                                        workers=workers)
+        for i, v in zip(todo, verdicts, strict=True):
+            train[i] = bool(v.valid)
+    return [bool(t) for t in train], exact, len(todo)
+
+
 def measure_run(run: Any, blind: Any, *, workers: int | None = None, timeout: float = 30.0,
                 log: Any = None) -> dict[str, Any]:
-    """Per seed and generation of an audited run (``audit.RunDir``): the fraction of the deployed pool
-    outputs that exploit ``blind`` (the blind validator accepts them, the exact one does not), and the
-    fraction of pool tasks solved under each validator. Traces that recorded a verdict under this same
-    blind spot are read; the others (a run of the exact validator) are checked again by VAL on the blind
-    task, so every condition is measured by the same two validators."""
-    from iterdeploy_trl.audit import read_traces
-    from iterdeploy_trl.reward import check_completions
+    """Per seed and generation of an audited run (``audit.RunDir``), every output judged by ``blind`` and by
+    the exact validator: exploits (accepted by the blind validator, rejected by the exact one) among all
+    deployed pool samples, among the blind-accepted ones (:func:`exploit_counts`), and among the curated
+    training set written after the generation (:func:`curated_exploits`; None after the last generation,
+    which trains nothing); the fraction of samples and of pool tasks each validator accepts. Traces that
+    recorded a verdict under this same blind spot are read; the others (a run of the exact validator, or of
+    another blind spot) are checked again by VAL on the blind task, so every condition is measured by the
+    same two validators."""
+    from iterdeploy_trl.audit import read_traces, read_train_rows
 
     want = describe(blind)
     n_pool = int(run.config.get("tasks", {}).get("n", 0))
+    accumulate = bool(run.config.get("accumulate", True))
     out: dict[str, Any] = {}
     for seed in run.seeds:
-        rows = []
+        rows: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
         for g in range(run.generations + 1):
             recs = read_traces(run, seed, g)
             if recs is None:
                 break
             pool = [r for r in recs if r["split"] == "pool"]
-            recorded = [isinstance(r.get("validators"), dict) and (r.get("validator") or {}).get("blind_spot") == want
-                        for r in pool]
-            exact = [bool(r["exact_valid"]) if r.get("exact_valid") is not None else bool(r.get("valid")) for r in pool]
-            train = [bool(r["validators"]["train"]["valid"]) if ok else None for r, ok in zip(pool, recorded, strict=True)]
-            todo = [i for i, t in enumerate(train) if t is None]
-            if todo:
-                if run.domain_pddl is None:
-                    raise BlindSpotError(f"{run.path}: no task set, so the blind validator cannot check its traces")
-                if log:
-                    log(f"  seed {seed} gen {g}: checking {len(todo)} traces with the blind validator")
-                tasks = [blind_task(blind, run.domain_pddl, run.tasks[pool[i]["task_id"]]["problem"]) for i in todo]
-                _, verdicts = check_completions([d for d, _ in tasks], [p for _, p in tasks],
-                                                [pool[i].get("completion") or "" for i in todo], timeout=timeout,
-                                                workers=workers)
-                for i, v in zip(todo, verdicts, strict=True):
-                    train[i] = bool(v.valid)
+            train, exact, rechecked = _pool_verdicts(run, pool, blind, want, timeout=timeout, workers=workers,
+                                                     log=log, where=f"seed {seed} gen {g}")
+            for r, t, e in zip(pool, train, exact, strict=True):
+                r["_blind"], r["_exact"] = t, e
+            history = [*history, *pool] if accumulate else list(pool)
             n = len(pool) or 1
-            rows.append({
-                "generation": g, "samples": len(pool),
-                "exploit_fraction": sum(t and not e for t, e in zip(train, exact, strict=True)) / n,
-                "exact_valid_fraction": sum(exact) / n, "blind_valid_fraction": sum(train) / n,
-                "exact_solved": len({r["task_id"] for r, e in zip(pool, exact, strict=True) if e}) / (n_pool or 1),
-                "blind_solved": len({r["task_id"] for r, t in zip(pool, train, strict=True) if t}) / (n_pool or 1),
-                "rechecked": len(todo),
-            })
+            row = {"generation": g, **exploit_counts(train, exact),
+                   "exact_valid_fraction": sum(exact) / n, "blind_valid_fraction": sum(train) / n,
+                   "exact_solved": len({r["task_id"] for r, e in zip(pool, exact, strict=True) if e}) / (n_pool or 1),
+                   "blind_solved": len({r["task_id"] for r, t in zip(pool, train, strict=True) if t}) / (n_pool or 1),
+                   "rechecked": rechecked}
+            train_rows = read_train_rows(run, seed, g) if g < run.generations else None
+            row.update(curated_exploits(train_rows, history, g) if train_rows is not None else dict.fromkeys(
+                ("curated", "curated_exploits", "curated_exploit_share", "curated_unmatched", "new_curated",
+                 "new_curated_exploits", "new_curated_exploit_share")))
+            rows.append(row)
         out[str(seed)] = rows
     return out
 
 
-def summarise(per_seed: dict[str, list[dict[str, Any]]], keys: Sequence[str] = (
-        "exploit_fraction", "exact_solved", "blind_solved")) -> list[dict[str, Any]]:
+SUMMARY_KEYS = ("exploit_fraction", "exploit_share_of_blind_accepted", "curated_exploit_share",
+                "new_curated_exploit_share", "exact_valid_fraction", "exact_solved", "blind_solved")
+
+
+def summarise(per_seed: dict[str, list[dict[str, Any]]], keys: Sequence[str] = SUMMARY_KEYS) -> list[dict[str, Any]]:
     """Mean and two-sided 95 % t-interval over seeds (``stats.t_interval``; one seed: [mean, mean]) of each
-    key, per generation (generations every seed reached)."""
+    key, per generation (generations every seed reached). Seeds where a key is None (no blind-accepted
+    sample; no training set after the last generation) are left out of its mean, and ``n`` says how many
+    counted; a key None on every seed is None."""
     gens = sorted(set.intersection(*(set(r["generation"] for r in rows) for rows in per_seed.values())))
     out = []
     for g in gens:
         entry: dict[str, Any] = {"generation": g, "seeds": len(per_seed)}
         for k in keys:
-            vals = [next(r[k] for r in rows if r["generation"] == g) for rows in per_seed.values()]
-            ti = t_interval(vals)
-            entry[k] = {"mean": ti.mean, "ci": [ti.lo, ti.hi], "per_seed": vals}
+            vals = [next(r for r in rows if r["generation"] == g).get(k) for rows in per_seed.values()]
+            got = [v for v in vals if v is not None]
+            if not got:
+                entry[k] = None
+                continue
+            ti = t_interval(got)
+            entry[k] = {"mean": ti.mean, "ci": [ti.lo, ti.hi], "n": ti.n, "per_seed": vals}
         out.append(entry)
     return out
+
+
+# ------------------------------------------------------------------------------------ paired by seed
+
+PAIRED_MEASURES = {  # key of measure_run's rows -> what it is, for the report
+    "exploit_fraction": "exploits / all samples",
+    "exploit_share_of_blind_accepted": "exploits / blind-accepted samples",
+    "exact_valid_fraction": "exactly valid / all samples",
+    "exact_solved": "pool tasks solved (exact)",
+}
+
+
+def paired_comparisons(conditions: Sequence[tuple[str, dict[str, list[dict[str, Any]]]]], *,
+                       measures: Sequence[str] = tuple(PAIRED_MEASURES), first_generation: int = 1
+                       ) -> list[dict[str, Any]]:
+    r"""Every pair of conditions compared seed by seed. ``conditions``: (label, measure_run's per-seed rows)
+    in order, the control first; the comparisons are each later condition minus each earlier one (with
+    three: B − A, C − A, C − B). For each comparison, measure and generation ≥ ``first_generation`` (the
+    generations before it deploy the same base model on the same seeds in every condition), the seeds both
+    conditions ran give paired differences d_s = a_s − b_s and ``stats.paired_t`` their mean, 95 %
+    t-interval and two-sided p; ``stats.holm`` adjusts the p-values over every test returned (the family
+    a report states). A seed where either value is None is left out (``n`` counts the pairs)."""
+    from iterdeploy_trl.stats import holm, paired_t
+
+    out: list[dict[str, Any]] = []
+    for j, (a_label, a_rows) in enumerate(conditions):
+        for b_label, b_rows in conditions[:j]:
+            seeds = [s for s in a_rows if s in b_rows]
+            gens = sorted({r["generation"] for s in seeds for r in a_rows[s]}
+                          & {r["generation"] for s in seeds for r in b_rows[s]})
+            for key in measures:
+                for g in (g for g in gens if g >= first_generation):
+                    pairs = []
+                    for s in seeds:
+                        a = next((r.get(key) for r in a_rows[s] if r["generation"] == g), None)
+                        b = next((r.get(key) for r in b_rows[s] if r["generation"] == g), None)
+                        if a is not None and b is not None:
+                            pairs.append((s, a, b, a - b))
+                    if not pairs:
+                        continue
+                    pt = paired_t([d for *_, d in pairs])
+                    out.append({"a": a_label, "b": b_label, "measure": key, "generation": g, "n": pt.n,
+                                "per_seed": [{"seed": s, "a": a, "b": b, "diff": d} for s, a, b, d in pairs],
+                                "a_higher_on": sum(d > 0 for *_, d in pairs), "a_lower_on": sum(d < 0 for *_, d in pairs),
+                                "mean_diff": pt.mean, "ci": [pt.lo, pt.hi], "p": pt.p})
+    for row, adj in zip(out, holm([r["p"] for r in out]), strict=True):
+        row["p_holm"] = adj
+    return out
+
+
+def condition_label(measured: Any, own: Any, counter_reward: str | None) -> str:
+    """The name of a run's condition in the blind-spot experiment, from the blind spot every run is
+    measured with (``measured``) and the run's own (``own``, a ``BlindSpotConfig`` or None): the exact
+    validator; the blind spot itself; the blind spot with the exact validator as counter-reward (which
+    trains on exactly the exact run's traces); or a stricter training validator than the blind spot — one
+    that also checks part of what the blind spot misses (e.g. ``goal_atoms: 2`` against ``goal_atoms: 1``:
+    the blind spot's check AND a check of the second goal atom), a partial counter-reward."""
+    if own is None:
+        return "exact validator"
+    if counter_reward == "exact":
+        return "blind spot + exact counter-reward"
+    if own == measured:
+        return "blind spot"
+    return f"blind spot + partial counter-reward ({describe(own)})"

@@ -159,3 +159,138 @@ def test_loop_records_both_verdicts_and_the_counter_reward_guards_training(tiny_
     blind_solved = len({r["task_id"] for r in rows if r["valid"]}) / 8
     assert recorded["0"][0]["blind_solved"] == blind_solved
     assert recorded["0"][0]["exploit_fraction"] == sum(r["valid"] and not r["exact_valid"] for r in rows) / len(rows)
+    # the training set the run wrote, every row traced (the counter-reward kept the exploits out of it)
+    assert recorded["0"][0]["curated"] == len(train) and recorded["0"][0]["curated_unmatched"] == 0
+    assert recorded["0"][0]["curated_exploits"] == 0
+
+
+# ------------------------------------------------------------------ the experiment's statistics, by hand
+# Hand-made run directories (no model, no VAL: every trace records both verdicts under the blind spot, so
+# nothing is checked again) whose exploit counts and paired differences are worked out here by hand.
+
+ONE_ATOM = "only the first 1 goal atom(s) checked"  # blindspot.describe(BlindSpotConfig(goal_atoms=1))
+VERDICT = {"V": (True, True), "E": (True, False), "I": (False, False)}  # valid, exploit, invalid: (blind, exact)
+
+
+def _fake_run(root, name, blind_spot, samples, train):
+    """A run directory: ``samples[seed][g]`` one letter per pool sample (4 per task: t0 = letters 0-3, t1 =
+    4-7), ``train[seed][g]`` the training set written after g as (task, generation, sample) triples."""
+    import json
+
+    cfg = {"name": name, "domain": "blocksworld", "seeds": [int(s) for s in samples], "accumulate": True,
+           "generations": max(len(gs) for gs in samples.values()) - 1, "tasks": {"n": 2, "heldout": 0},
+           "validator": {"blind_spot": blind_spot} if blind_spot else {}}
+    path = root / name
+    path.mkdir()
+    (path / "resolved_config.json").write_text(json.dumps({"config": cfg, "hash": "hand-made"}))
+    for seed, gens in samples.items():
+        for g, letters in enumerate(gens):
+            d = path / f"seed_{seed}" / f"gen_{g:02d}"
+            (d / "traces").mkdir(parents=True)
+            recs = []
+            for i, ch in enumerate(letters):
+                b, e = VERDICT[ch]
+                recs.append({"task_id": f"t{i // 4}", "sample_index": i % 4, "split": "pool", "generation": g,
+                             "completion": f"plan of gen {g} sample {i}", "valid": b if blind_spot else e,
+                             "exact_valid": e, "validators": {"train": {"valid": b}, "exact": {"valid": e}},
+                             "validator": {"blind_spot": ONE_ATOM}})
+            (d / "traces" / "chunk_0000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            rows = train.get(seed, {}).get(g)
+            if rows is not None:
+                (d / "train.jsonl").write_text("".join(json.dumps(
+                    {"task_id": t, "completion": f"plan of gen {sg} sample {k + 4 * int(t[1:])}" if sg is not None
+                     else "a completion no trace wrote"}) + "\n" for t, sg, k in rows))
+    return path
+
+
+def test_exploit_counts_by_hand():
+    from iterdeploy_trl.blindspot import exploit_counts
+
+    c = exploit_counts([True, True, True, False, True], [True, False, False, False, True])
+    assert (c["samples"], c["blind_accepted"], c["exploits"]) == (5, 4, 2)
+    assert c["exploit_fraction"] == 2 / 5 and c["exploit_share_of_blind_accepted"] == 2 / 4
+    assert exploit_counts([False], [False])["exploit_share_of_blind_accepted"] is None
+    with pytest.raises(ValueError, match="2 blind verdicts but 1 exact"):
+        exploit_counts([True, True], [True])
+
+
+def test_measure_run_gives_the_three_exploit_shares_by_hand(tmp_path):
+    from iterdeploy_trl.audit import open_run
+    from iterdeploy_trl.blindspot import measure_run, summarise
+
+    samples = {"0": ["VEEI" + "EIII", "VVEI" + "VIII", "IIII" + "IIII"]}
+    train = {"0": {0: [("t0", 0, 1), ("t1", 0, 0), ("t1", None, 0)],  # two exploits and a row no trace wrote
+                   1: [("t0", 0, 1), ("t0", 1, 0), ("t1", 1, 0)]}}   # accumulated: one exploit from gen 0
+    rows = measure_run(open_run(_fake_run(tmp_path, "blind", {"goal_atoms": 1}, samples, train)),
+                       BlindSpotConfig(goal_atoms=1))["0"]
+    assert [r["rechecked"] for r in rows] == [0, 0, 0]
+    # gen 0: 8 samples, 4 accepted by the blind validator (V E E E), 3 exploits; t0 solved exactly, both blind
+    assert (rows[0]["samples"], rows[0]["blind_accepted"], rows[0]["exploits"]) == (8, 4, 3)
+    assert rows[0]["exploit_fraction"] == 3 / 8 and rows[0]["exploit_share_of_blind_accepted"] == 3 / 4
+    assert (rows[0]["exact_solved"], rows[0]["blind_solved"]) == (1 / 2, 1.0)
+    assert (rows[0]["curated"], rows[0]["curated_exploits"], rows[0]["curated_unmatched"]) == (2, 2, 1)
+    assert rows[0]["curated_exploit_share"] == 1.0 and rows[0]["new_curated"] == 2
+    # gen 1: 1 exploit of 8 samples, of 4 accepted; training set: 1 exploit (from gen 0) of 3, 0 of the 2 new
+    assert rows[1]["exploit_fraction"] == 1 / 8 and rows[1]["exploit_share_of_blind_accepted"] == 1 / 4
+    assert rows[1]["curated_exploit_share"] == 1 / 3
+    assert (rows[1]["new_curated"], rows[1]["new_curated_exploits"]) == (2, 0)
+    # gen 2 (the last: trains nothing): nothing accepted, so no share of the accepted
+    assert rows[2]["exploit_share_of_blind_accepted"] is None and rows[2]["curated_exploit_share"] is None
+    s = summarise({"0": rows})
+    assert s[0]["curated_exploit_share"]["mean"] == 1.0 and s[2]["curated_exploit_share"] is None
+
+
+def test_paired_statistics_by_hand():
+    """Three conditions, three shared seeds: paired differences, t, p and Holm worked out by hand. With
+    n = 3 (2 degrees of freedom) the t distribution has a closed form, P(|t₂| ≥ T) = 1 − T/√(2 + T²)."""
+    import math
+
+    from iterdeploy_trl.blindspot import paired_comparisons
+
+    def rows(g0, g1):
+        return [{"generation": 0, "exploit_fraction": g0}, {"generation": 1, "exploit_fraction": g1}]
+
+    a = {s: rows(0.05, 0.10) for s in "012"}
+    b = {"0": rows(0.05, 0.12), "1": rows(0.05, 0.13), "2": rows(0.05, 0.14)}
+    c = {"0": rows(0.05, 0.10), "1": rows(0.05, 0.12), "2": rows(0.05, 0.11), "3": rows(0.05, 0.90)}  # 3: unpaired
+    out = paired_comparisons([("A", a), ("B", b), ("C", c)], measures=("exploit_fraction",))
+    assert [(r["a"], r["b"], r["generation"]) for r in out] == [("B", "A", 1), ("C", "A", 1), ("C", "B", 1)]
+    # d(B − A) = .02, .03, .04: mean .03, s .01, T = .03 / (.01/√3) = 3√3
+    # d(C − A) = 0, .02, .01: mean .01, s .01, T = √3;  d(C − B) = −.02, −.01, −.03: mean −.02, T = −2√3
+    p = [1 - t / math.sqrt(2 + t * t) for t in (3 * math.sqrt(3), math.sqrt(3), 2 * math.sqrt(3))]
+    assert [r["n"] for r in out] == [3, 3, 3]
+    assert [r["mean_diff"] for r in out] == pytest.approx([0.03, 0.01, -0.02])
+    assert [d["diff"] for d in out[0]["per_seed"]] == pytest.approx([0.02, 0.03, 0.04])
+    assert [r["p"] for r in out] == pytest.approx(p)
+    assert [(r["a_higher_on"], r["a_lower_on"]) for r in out] == [(3, 0), (2, 0), (0, 3)]
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t_{0.975, 2} · s/√n
+    assert out[0]["ci"] == pytest.approx([0.03 - half, 0.03 + half])
+    # Holm over the 3 tests: sorted p_B−A < p_C−B < p_C−A; adjusted 3·p₁, max(that, 2·p₂), max(that, p₃)
+    h1 = 3 * p[0]
+    h2 = max(h1, 2 * p[2])
+    h3 = max(h2, p[1])
+    assert [r["p_holm"] for r in out] == pytest.approx([h1, h3, h2])
+
+
+def test_experiment_report_pairs_by_seed(tmp_path):
+    """Two hand-made conditions through the audit's blind-spot experiment: the paired rows and the report."""
+    from iterdeploy_trl.audit import blind_spot_experiment, blind_spot_markdown, open_run
+
+    same0 = "VEII" + "IIII"
+    exact = {s: [same0, "VVEI" + "IIII"] for s in "012"}              # gen 1: 1 exploit of 8 on every seed
+    blind = {"0": [same0, "VEEI" + "EIII"], "1": [same0, "VEEE" + "EIII"], "2": [same0, "VEEE" + "EEII"]}  # 3, 4, 5
+    runs = [open_run(_fake_run(tmp_path, n, bs, s, {})) for n, bs, s in
+            (("exact", None, exact), ("blind", {"goal_atoms": 1}, blind))]
+    exp = blind_spot_experiment(runs)
+    assert [r["condition"] for r in exp["runs"]] == ["exact validator", "blind spot"]
+    row = next(r for r in exp["paired"] if r["measure"] == "exploit_fraction")
+    assert [d["diff"] for d in row["per_seed"]] == pytest.approx([2 / 8, 3 / 8, 4 / 8])
+    t = (3 / 8) / ((1 / 8) / 3 ** 0.5)
+    assert row["p"] == pytest.approx(1 - t / (2 + t * t) ** 0.5)
+    assert all(r["generation"] == 1 for r in exp["paired"])  # generation 0 is the same base model
+    assert len(exp["paired"]) == 4 and row["p_holm"] >= row["p"]
+    text = "\n".join(blind_spot_markdown(exp))
+    assert "Holm p" in text and "0: +0.250, 1: +0.375, 2: +0.500" in text
+    from iterdeploy_trl.figures.audit import fig_blind_spot
+
+    assert {f.suffix for f in fig_blind_spot(exp, tmp_path, "blind_spot_experiment")} == {".png", ".pdf"}

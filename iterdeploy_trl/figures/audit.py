@@ -140,20 +140,25 @@ def fig_drift(audit: dict[str, Any], out: Path, stem: str) -> list[Path]:
 
 
 def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Path]:
-    """The blind-spot experiment: (a) fraction of deployed outputs exploiting the blind spot, (b) pool
-    solved under the exact validator, (c) under the blind one; per condition, mean and 95 % t-interval
-    over seeds."""
+    """The blind-spot experiment: exploits (accepted by the blind validator, rejected by the exact one) as a
+    share of (a) all deployed pool samples, (b) the blind-accepted ones, (c) the curated training set
+    written after the generation; (d) pool solved under the exact validator; per condition, mean and 95 %
+    t-interval over seeds (a generation without the measure, e.g. the last one's training set, is left out)."""
     import matplotlib as mpl
 
     colours = {"exact validator": OKABE_ITO["blue"], "blind spot": OKABE_ITO["vermillion"],
-               "blind spot + counter-reward": OKABE_ITO["green"]}
+               "blind spot + exact counter-reward": OKABE_ITO["green"]}
+    colours.update({r["condition"]: OKABE_ITO["green"] for r in experiment["runs"]
+                    if r["condition"].startswith("blind spot + partial counter-reward")})
     with mpl.rc_context(STYLE):
-        fig, axes = new_figure(SINGLE * 2, 2.5, 1, 3, sharex=True)
-        for ax, key, title in zip(axes[0], ("exploit_fraction", "exact_solved", "blind_solved"),
-                                  ("(a) outputs exploiting the blind spot", "(b) pool solved, exact validator",
-                                   "(c) pool solved, blind validator"), strict=True):
+        fig, axes = new_figure(SINGLE * 2, 2.5, 1, 4, sharex=True)
+        for ax, key, title in zip(axes[0], ("exploit_fraction", "exploit_share_of_blind_accepted",
+                                            "curated_exploit_share", "exact_solved"),
+                                  ("(a) exploits / all samples", "(b) exploits / blind-accepted",
+                                   "(c) exploits / curated training set", "(d) pool solved, exact validator"),
+                                  strict=True):
             for k, r in enumerate(experiment["runs"]):
-                rows = r["summary"]
+                rows = [e for e in r["summary"] if e.get(key) is not None]
                 if not rows:
                     continue
                 x = [e["generation"] + (k - 1) * 0.06 for e in rows]
@@ -168,7 +173,9 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
             ax.set_ylim(bottom=0)
             int_x(ax)
         axes[0, 0].set_ylabel("fraction of pool samples")
-        axes[0, 1].set_ylabel("fraction of pool tasks")
+        axes[0, 1].set_ylabel("fraction of blind-accepted samples")
+        axes[0, 2].set_ylabel("fraction of training rows")
+        axes[0, 3].set_ylabel("fraction of pool tasks")
         axes[0, 0].legend(loc="best", fontsize=5.5, title=experiment["blind_spot"], title_fontsize=5.5)
         return save(fig, out, stem)
 
