@@ -241,9 +241,15 @@ def step_teach(scale: Scale, base: Path, out: Path) -> Step:
     rows = [{"prompt": prompt_for(cfg, dom, t), "completion": "".join(a + "\n" for a in t.reference_plan),
              "task_id": t.id} for t in tasks]
     stats = train_generation(cfg, base, rows, out, seed=0)
+    if scale.dtype != "float32":
+        # saved in the dtype it is deployed in: TRL's colocated vLLM engine loads it with dtype "auto"
+        from iterdeploy_trl.models import load_model_and_tokenizer
+
+        model, _ = load_model_and_tokenizer(out, dtype=scale.dtype)
+        model.save_pretrained(out)
     return Step("teach", data={"path": str(out), "rows": len(rows), "epochs": scale.teach_epochs,
                                "learning_rate": scale.teach_learning_rate, "train_steps": stats["train_steps"],
-                               "train_loss": stats["train_loss"]})
+                               "train_loss": stats["train_loss"], "saved_dtype": scale.dtype})
 
 
 # --------------------------------------------------------------------------- step 4: the valid-SFT generation
