@@ -68,7 +68,7 @@ class Scale:
 
 
 GPU_SCALE = Scale(model_size="gpu-check", dtype="bfloat16", backend="vllm", tasks=16, heldout=4, task_size=(2, 3),
-                  samples_per_task=4, max_new_tokens=64, teach_epochs=40, teach_learning_rate=1e-3,
+                  samples_per_task=4, max_new_tokens=64, teach_epochs=60, teach_learning_rate=1e-3,
                   learning_rate=5e-3, sft_epochs=2, lora_r=16,
                   parameters=(50e6, 100e6))
 CPU_SCALE = Scale(model_size="tiny-h64", dtype="bfloat16", backend="transformers", tasks=4, heldout=2,
