@@ -6,7 +6,9 @@ off_policy, mixture. Pipeline checks (real models, deployment backend, TRL token
 needs --model PATH or --run-dir RUN; sampled by the transformers backend, or by vLLM with
 --pipeline-backend vllm), ``pipeline_off_policy`` (SFT vs IW-SFT on the samples of --beta-model, gradients at
 --model, against the on-policy REINFORCE of --model) and ``actual_update`` (a run directory's real per-generation update against
-REINFORCE; --run-dir RUN, which alone selects it). Each row is labelled identity or empirical.
+REINFORCE; --run-dir RUN, which alone selects it) and ``curation`` (the loop's curated update, shortest and
+random-valid, against REINFORCE and c(J)-re-weighted REINFORCE on independent draws of --model, at T = 1;
+--pipeline-tasks, --pipeline-samples K, --repeats). Each row is labelled identity or empirical.
 Prints a table (check, expected, measured, verdict, kind); ``--json`` prints the rows as a JSON list
 instead; ``--out DIR`` writes DIR/theory.json (rows and data; schema in ``iterdeploy_trl/theory/``).
 
@@ -153,11 +155,13 @@ def run(args: argparse.Namespace) -> int:
         return fail("--check actual_update needs --run-dir RUN (an `iterdeploy run` directory)")
     if "pipeline" in checks and not (args.model or args.run_dir):
         return fail("--check pipeline needs a model that solves some tasks: --model PATH or --run-dir RUN")
+    if "curation" in checks and not (args.model or args.run_dir):
+        return fail("--check curation needs a model that solves some tasks: --model PATH or --run-dir RUN")
     if "pipeline_off_policy" in checks and not (args.model and args.beta_model):
         return fail("--check pipeline_off_policy needs --model PATH (π, where the gradients are taken) and "
                     "--beta-model PATH (β, the model that samples)")
     pipeline_model, task_dir, prompt_style, domain = args.model or "", None, "compact", "blocksworld"
-    if args.run_dir and "pipeline" in checks:
+    if args.run_dir and ("pipeline" in checks or "curation" in checks):
         try:
             from iterdeploy_trl.theory.actual_update import RunView
 

@@ -26,6 +26,9 @@ check (module)              kind                   what
                                                    against π's on-policy REINFORCE
 ``actual_update``           empirical              a run directory's real per-generation update vs the
                                                    on-policy REINFORCE gradient (``run_update_check``)
+``curation``                empirical              the loop's curated update (shortest / random-valid, one
+                                                   trace per task) vs REINFORCE and c(J)-re-weighted
+                                                   REINFORCE on independent draws
 ==========================  =====================  =========================================================
 
 ``theory.json`` (``TheoryReport.to_json``; ``SCHEMA`` names the version)::
@@ -49,12 +52,14 @@ check (module)              kind                   what
       }]
     }
 
-The ``pipeline``, ``pipeline_off_policy`` and ``actual_update`` checks write no plot: their numbers are
-under ``checks.pipeline``, ``checks.pipeline_off_policy`` and ``checks.actual_update`` (cosine values per repeat with their mean and 95% t-interval: ``{"values",
+The ``pipeline``, ``pipeline_off_policy``, ``actual_update`` and ``curation`` checks write no plot: their
+numbers are under ``checks.pipeline``, ``checks.pipeline_off_policy``, ``checks.actual_update`` and
+``checks.curation`` (cosine values per repeat with their mean and 95% t-interval: ``{"values",
 "n", "mean", "std", "lo", "hi"}``), and ``setup`` is empty when no enumeration check ran.
 """
 
 from iterdeploy_trl.theory.actual_update import UpdateConfig, actual_update
+from iterdeploy_trl.theory.curation import CurationConfig, c_weight, curation, expected_cosine
 from iterdeploy_trl.theory.driver import CHECKS, ENUMERATION_CHECKS, PIPELINE_CHECKS, run_checks
 from iterdeploy_trl.theory.enumeration import (
     ExactContext,
@@ -127,6 +132,10 @@ __all__ = [
     "PipelineConfig",
     "UpdateConfig",
     "actual_update",
+    "CurationConfig",
+    "c_weight",
+    "curation",
+    "expected_cosine",
     "pipeline",
     "pipeline_off_policy",
     "t_interval",

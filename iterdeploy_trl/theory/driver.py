@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from iterdeploy_trl.theory.actual_update import actual_update
+from iterdeploy_trl.theory.curation import CurationConfig, curation
 from iterdeploy_trl.theory.enumeration import ExactContext, exact_context
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.exact_gradient import exact_gradient
@@ -19,7 +20,7 @@ from iterdeploy_trl.theory.report import CheckResult, TheoryReport
 from iterdeploy_trl.theory.setting import Setting, TheoryConfig, build_setting
 
 ENUMERATION_CHECKS: tuple[str, ...] = ("on_policy_same_samples", "exact_gradient", "off_policy", "mixture")
-PIPELINE_CHECKS: tuple[str, ...] = ("pipeline", "pipeline_off_policy", "actual_update")
+PIPELINE_CHECKS: tuple[str, ...] = ("pipeline", "pipeline_off_policy", "actual_update", "curation")
 CHECKS: tuple[str, ...] = ENUMERATION_CHECKS + PIPELINE_CHECKS
 
 
@@ -30,8 +31,8 @@ def run_checks(
     setting: Setting | None = None,
 ) -> TheoryReport:
     """Run ``checks`` (default: the enumeration checks, ``ENUMERATION_CHECKS``). The enumeration setting
-    (``build_setting``) is made only for an enumeration check; ``pipeline`` reads ``config.pipeline``,
-    ``actual_update`` ``config.update``."""
+    (``build_setting``) is made only for an enumeration check; ``pipeline`` and ``curation`` read
+    ``config.pipeline``, ``actual_update`` ``config.update``."""
     config = config or TheoryConfig()
     checks = list(checks or ENUMERATION_CHECKS)
     unknown = [c for c in checks if c not in CHECKS]
@@ -53,6 +54,9 @@ def run_checks(
             continue
         if check == "actual_update":
             results.append(actual_update(config.update, log))
+            continue
+        if check == "curation":
+            results.append(curation(CurationConfig.from_pipeline(config.pipeline), log))
             continue
         assert setting is not None
         if check == "on_policy_same_samples":
