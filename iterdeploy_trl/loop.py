@@ -1035,7 +1035,10 @@ def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]
 
 def _check_before_run(cfg: RunConfig) -> None:
     """``run --check``'s checks (``preflight.check_before_run``: check_methods, the task set, the model, prompts
-    against its context), before the run directory is locked or written: a refused config leaves no trace."""
+    against its context), before the run directory is locked or written: a refused config leaves no trace.
+    Under several processes the main process checks (the others raise ``MainProcessFailed`` when it fails):
+    another process's log records would make its ``run.rank<r>.log`` in the run directory before the main
+    process has checked the directory."""
     from iterdeploy_trl.preflight import check_before_run
 
     check_before_run(cfg)
@@ -1043,7 +1046,7 @@ def _check_before_run(cfg: RunConfig) -> None:
 
 # check_methods first: a method that cannot run on the config's backend is refused before any server is asked
 @holds_run_dir(lambda cfg, kw: (check_methods(cfg, (cfg.method,)), begin_run(cfg, False, _silent),
-                                _check_before_run(cfg)))
+                                dist.main_first(lambda: _check_before_run(cfg) if dist.is_main() else None)))
 def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the iterative-deployment loop for every seed of ``cfg``; returns the summary.
