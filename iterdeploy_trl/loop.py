@@ -64,28 +64,84 @@ class RunError(RuntimeError):
 # --------------------------------------------------------------------------- tasks and models
 
 
-def prepare_tasks(cfg: RunConfig, out: Path) -> tuple[Any, list[Any], list[Any]]:
-    """The task set of the run, split into (pool, held-out); written once to ``out/tasks``."""
-    from iterdeploy_trl.tasks import generate_tasks, load_task_set, write_task_set
+def prepare_tasks(cfg: RunConfig, out: Path, *, log: Callable[[str], None] = print) -> tuple[Any, list[Any], list[Any]]:
+    """The task set of the run, split into (pool, held-out); a generated one is written once to ``out/tasks``.
 
+    The size and sha256 of each file the run reads are recorded in ``out/task_files.json`` and checked when
+    the run resumes (a run directory made before the record gets one then): a generated task set with a file
+    missing, unreadable or changed is written again from ``tasks.seed`` (and must then match the record), a
+    changed file of ``tasks.dir`` stops the run naming it."""
+    from iterdeploy_trl.runio import TASK_FILES, read_json_or_raise
+    from iterdeploy_trl.tasks import TaskSetError, load_task_set
+    from iterdeploy_trl.tasks.taskset import file_record
+
+    record_path = out / TASK_FILES
+    again = "delete it and run the same command again (it is written again from the task files as they are now)"
+    record = read_json_or_raise(record_path, RunError, invalid_hint=f": {again}") if record_path.exists() else None
+    if record is not None and not isinstance(record, dict):
+        raise RunError(f"{record_path}: not a record of task files: {again}")
     if cfg.tasks.dir:
-        task_set = load_task_set(Path(cfg.tasks.dir).expanduser())
+        root = Path(cfg.tasks.dir).expanduser()
+        task_set = load_task_set(root)
         if task_set.domain != cfg.domain:
             raise ConfigError(f"tasks.dir: {cfg.tasks.dir} holds {task_set.domain} tasks, the config says {cfg.domain}")
         need = cfg.tasks.n + cfg.tasks.heldout
         if len(task_set.tasks) < need:
             raise ConfigError(f"tasks.dir: {cfg.tasks.dir} has {len(task_set.tasks)} tasks; "
                               f"tasks.n + tasks.heldout = {need}")
+        problem = _task_files_problem(cfg, task_set, record)
+        if problem:
+            raise RunError(f"{problem}; this run's traces and models were made on the task set as it was: restore "
+                           "it, or start a new run directory (--out) on the task set as it is now")
     else:
-        tdir = out / "tasks"
-        if not (tdir / "tasks.jsonl").exists():
-            size = tuple(cfg.tasks.size) if cfg.tasks.size else None
-            tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size)
-            disk_write("task-set", tdir)
-            write_task_set(tasks, tdir)
-        task_set = load_task_set(tdir)
+        root = out / "tasks"
+        task_set = problem = None
+        if (root / "tasks.jsonl").exists():
+            try:
+                task_set = load_task_set(root)
+                problem = _task_files_problem(cfg, task_set, record)
+            except TaskSetError as exc:
+                problem = str(exc)
+            if problem:
+                log(f"[iterdeploy] {problem}: writing the run's task set again (generated from tasks.seed "
+                    f"{cfg.tasks.seed})")
+                shutil.rmtree(root)
+        if task_set is None or problem:
+            task_set = _write_generated_tasks(cfg, root)
+            again = _task_files_problem(cfg, task_set, record) if problem else None
+            if again:
+                raise RunError(f"{again}, after the task set was generated again from tasks.seed {cfg.tasks.seed}: "
+                               "the generator no longer makes the tasks this run was made on; start a new run "
+                               "directory (--out)")
     tasks = list(task_set.tasks)
-    return task_set, tasks[: cfg.tasks.n], tasks[cfg.tasks.n : cfg.tasks.n + cfg.tasks.heldout]
+    pool, heldout = tasks[: cfg.tasks.n], tasks[cfg.tasks.n : cfg.tasks.n + cfg.tasks.heldout]
+    if record is None and dist.is_main():
+        write_json(record_path, file_record(root, [t.id for t in pool + heldout]))
+    return task_set, pool, heldout
+
+
+def _write_generated_tasks(cfg: RunConfig, tdir: Path) -> Any:
+    """Generate the run's tasks from ``tasks.seed``, write them to ``tdir`` and read them back."""
+    from iterdeploy_trl.tasks import generate_tasks, load_task_set, write_task_set
+
+    size = tuple(cfg.tasks.size) if cfg.tasks.size else None
+    tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size)
+    disk_write("task-set", tdir)
+    write_task_set(tasks, tdir)
+    return load_task_set(tdir)
+
+
+def _task_files_problem(cfg: RunConfig, task_set: Any, record: dict[str, Any] | None) -> str | None:
+    """How the run's tasks in ``task_set`` differ from the run directory's ``record`` of them (other tasks, a
+    file missing or changed), naming the file; None when they do not, or when there is no record."""
+    from iterdeploy_trl.tasks.taskset import INDEX, record_mismatch
+
+    if record is None:
+        return None
+    ids = [t.id for t in task_set.tasks[: cfg.tasks.n + cfg.tasks.heldout]]
+    if record.get("tasks") != ids:
+        return f"{task_set.root / INDEX}: lists other tasks than when the run started"
+    return record_mismatch(task_set.root, record)
 
 
 def cache_root(cfg: RunConfig) -> Path:
@@ -899,12 +955,23 @@ def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: 
 
 
 def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
+    """Start the run directory ``out`` for ``cfg`` (``given``: the config file's text), or check that it holds a
+    run of ``cfg``. Its ``resolved_config.json`` is repaired where the config given proves what it held: a
+    body that no longer hashes to its hash (edited) is written again from ``cfg``, and so is a file that is
+    not JSON when ``config.yaml`` holds ``cfg``; otherwise the message names the file and what to do."""
+    from iterdeploy_trl.status import recorded_config_matches
+
     resolved = out / "resolved_config.json"
     if resolved.exists():
-        old = read_json(resolved)
+        old = _read_resolved(cfg, out, resolved)
         if not hash_matches(cfg, old):
             raise RunError(f"{out} holds a run of another config (hash {old.get('hash')} != {config_hash(cfg)}); "
                            "use a new --out directory, or the config that made it to resume")
+        if not recorded_config_matches(old):
+            print(f"[iterdeploy] {resolved}: the config it holds does not hash to its hash {old.get('hash')} "
+                  "(edited, or written by an older version); written again from the config given, whose hash it is",
+                  flush=True)
+            write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
         return
     if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml", *SESSION_FILES)):
         raise RunError(f"{out} is not empty and is not a run directory; choose a new --out")
@@ -914,17 +981,50 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
 
 
+def _read_resolved(cfg: RunConfig, out: Path, resolved: Path) -> dict[str, Any]:
+    """The run directory's ``resolved_config.json``; one that is not a JSON object is written again from
+    ``cfg`` when ``out/config.yaml`` (the config the run was started with) hashes as ``cfg``, else a
+    ``RunError`` naming it and what to do."""
+    try:
+        old = json.loads(resolved.read_text())
+        reason = None if isinstance(old, dict) else "not a JSON object"
+    except (OSError, ValueError) as exc:
+        reason = f"not valid JSON ({exc})"
+    if reason is None:
+        return old
+    started = out / "config.yaml"
+    try:
+        same = started.is_file() and config_hash(load_config(started, check_paths=False)) == config_hash(cfg)
+    except ConfigError:
+        same = False
+    if not same:
+        why = "holds another config" if started.is_file() else "is not there"
+        raise RunError(f"{resolved}: {reason}; it records which config made the run in {out}, and {started} {why} "
+                       "to write it again from: restore the file from a backup, or start a new run directory (--out)")
+    record = {"hash": config_hash(cfg), "config": cfg.to_dict()}
+    print(f"[iterdeploy] {resolved}: {reason}; written again from the config given ({started} holds the same)",
+          flush=True)
+    write_json(resolved, record)
+    return json.loads(resolved.read_text())
+
+
 def generation_model(sdir: Path, g: int) -> Path | None:
     """The model directory deployed in generation ``g`` (None: the base model). A generation whose
-    training set was empty keeps the previous model, recorded as ``gen_<g>/model/same_as.json``."""
+    training set was empty keeps the previous model, recorded as ``gen_<g>/model/same_as.json``. A model
+    directory that cannot be loaded (a file missing, a weight file cut short or not safetensors; only
+    headers are read) is a ``RunError`` naming the file and what to do."""
+    from iterdeploy_trl.runio import model_dir_problem
+
     while g > 0:
         d = sdir / f"gen_{g:02d}" / "model"
+        problem = model_dir_problem(d)
+        if problem:
+            raise RunError(f"{problem}: the generation-{g} model of {sdir} is damaged; run the same `iterdeploy run` "
+                           f"command again to train it again (its training is seeded), or delete {d} first")
         ref = d / "same_as.json"
         if ref.exists():
             g = read_json(ref)["generation"]
             continue
-        if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
-            raise RunError(f"{d} is missing or incomplete: the run directory is damaged")
         return d
     return None
 
@@ -938,23 +1038,39 @@ def set_threads(cfg: RunConfig) -> None:
 
 def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str, pool: list[Any],
              heldout: list[Any], *, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``)."""
+    """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``). What a
+    resume reuses is checked first: a damaged trace chunk is sampled again, a damaged model trained again,
+    a torn ``train.jsonl`` written again (all seeded, so as they were)."""
+    from iterdeploy_trl.runio import model_dir_problem
+    from iterdeploy_trl.traces import TraceFormatError
+
     sdir = out / f"seed_{seed}"
     sdir.mkdir(parents=True, exist_ok=True)
+    splits = {"pool": pool, "heldout": heldout}
+    # damaged chunks are deleted by the main process, before any process reads them, and sampled again below
+    damaged = dist.from_main(dist.main_first(
+        lambda: _delete_damaged_chunks(cfg, sdir, splits, log) if dist.is_main() else {}))
     dist.main_first(lambda: revalidate_stale(cfg, sdir, domain_pddl, [*pool, *heldout], log=log))
     metrics_path = sdir / "metrics.jsonl"
     done = {m["generation"]: m for m in (read_rows(metrics_path) if metrics_path.exists() else [])}
     all_records: list[TraceRecord] = []
     samples_deployed = 0
     train_stats: dict[str, Any] = {}
+    method = METHOD_TABLE[cfg.method]
     for g in range(cfg.generations + 1):
         gdir = sdir / f"gen_{g:02d}"
         model_dir = generation_model(sdir, g)
         model_id = str(base) if model_dir is None else str(model_dir.relative_to(out))
         t0 = time.time()
-        records = deploy_generation(
-            cfg, lambda md=model_dir: make_backend(cfg, base, md), domain_pddl, {"pool": pool, "heldout": heldout},
-            gdir, seed=seed, generation=g, model_id=model_id, run_name=cfg.name, method=cfg.method, progress=progress)
+        try:
+            records = deploy_generation(
+                cfg, lambda md=model_dir: make_backend(cfg, base, md), domain_pddl, splits, gdir, seed=seed,
+                generation=g, model_id=model_id, run_name=cfg.name, method=cfg.method, progress=progress)
+        except TraceFormatError as exc:
+            raise RunError(f"{exc}: delete that file and run the same command again: the chunk is sampled again "
+                           "(its seed is fixed)") from None
+        if damaged.get(g) and g in done:
+            _check_resampled(done[g], generation_metrics(records, g, len(pool), len(heldout)), damaged[g], sdir)
         deploy_s = time.time() - t0
         all_records.extend(records)
         samples_deployed += sum(1 for r in records if r.split == "pool")
@@ -985,11 +1101,20 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         if g == cfg.generations:
             break
         next_dir = sdir / f"gen_{g + 1:02d}" / "model"
-        if dist.from_main(next_dir.exists()):  # one answer for all processes: the main one writes next_dir
+
+        def data(records: list[TraceRecord] = records) -> list[dict[str, Any]]:  # the same in every process
+            return method.data(cfg, records=records, history=all_records, pool=pool, domain_pddl=domain_pddl,
+                               seed=seed)
+
+        # one answer for all processes: the main one writes next_dir; a damaged model is trained again
+        problem = dist.from_main(model_dir_problem(next_dir))
+        if problem is None:
+            if method.curates and dist.is_main():
+                _repair_train_set(gdir / "train.jsonl", data, log)
             continue
-        method = METHOD_TABLE[cfg.method]
-        rows = method.data(cfg, records=records, history=all_records, pool=pool, domain_pddl=domain_pddl,
-                           seed=seed)  # the same in every process: made from the files
+        if next_dir.exists():
+            log(f"seed {seed} gen {g}: {problem}: training the generation-{g + 1} model again (its seed is fixed)")
+        rows = data()
         if method.curates:
             if dist.is_main():
                 write_jsonl(gdir / "train.jsonl", rows)
@@ -1002,6 +1127,63 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         method.train(cfg, TrainJob(base=base, model_dir=model_dir, out_dir=next_dir,
                                    seed=batch_seed(seed, "train", g) % (2**31)), rows)
     return [done[g] for g in sorted(done)]
+
+
+def _delete_damaged_chunks(cfg: RunConfig, sdir: Path, splits: dict[str, Sequence[Any]],
+                           log: Callable[[str], None]) -> dict[int, list[str]]:
+    """Delete the damaged trace chunks of seed directory ``sdir`` (empty, a line cut short or not JSON, a
+    record missing, doubled or of another chunk), so that deployment samples them again: a chunk's seed is
+    fixed, so it is sampled as it was. Returns what was damaged, one line a chunk, by generation."""
+    from iterdeploy_trl.traces import chunk_problem
+
+    k, size = cfg.sampling.samples_per_task, cfg.chunk_size
+    damaged: dict[int, list[str]] = {}
+    for g in range(cfg.generations + 1):
+        for split, tasks in splits.items():
+            for i in range(0, len(tasks), size):
+                path = sdir / f"gen_{g:02d}" / "traces" / f"{split}-{i // size:05d}.jsonl"  # deploy_generation's
+                if not path.exists():
+                    continue
+                problem = chunk_problem(path, [(g, split, t.id, s) for t in tasks[i : i + size] for s in range(k)])
+                if problem:
+                    log(f"[iterdeploy] {path}: {problem}: deleted, to be sampled again (its seed is fixed)")
+                    path.unlink()
+                    damaged.setdefault(g, []).append(f"{path}: {problem}")
+    return damaged
+
+
+def _check_resampled(row: dict[str, Any], again: dict[str, Any], damaged: list[str], sdir: Path) -> None:
+    """Stop the run if the chunks sampled again in place of ``damaged`` ones give a finished generation other
+    results than its metrics ``row`` (sampling that is not reproducible here): later generations were made
+    from the traces as they were."""
+    differ = [key for key, value in again.items() if key in row and row[key] != value]
+    if differ:
+        raise RunError(f"{damaged[0]}; sampled again, generation {row['generation']} gives another {differ[0]} "
+                       f"({again[differ[0]]}) than its metrics row ({row[differ[0]]}): sampling is not reproducible "
+                       f"on this machine or backend, and the later generations were made from the traces as they "
+                       f"were; delete {sdir} to run seed {row.get('seed')} again")
+
+
+def _repair_train_set(path: Path, rows: Callable[[], list[dict[str, Any]]], log: Callable[[str], None]) -> None:
+    """Write a finished generation's ``train.jsonl`` again from the traces (``rows``: curation, deterministic)
+    if a line of it is cut short or not JSON; the whole lines before it must be the rows made again."""
+    from iterdeploy_trl.runio import jsonl_problem
+
+    problem = jsonl_problem(path) if path.exists() else None
+    if problem is None:
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            kept.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    made = rows()
+    if json.loads(json.dumps(made[: len(kept)], default=str)) != kept:
+        raise RunError(f"{path}: {problem}, and the training set made again from the traces differs from its whole "
+                       "lines (written by another version?): restore the file from a backup")
+    write_jsonl(path, made)
+    log(f"[iterdeploy] {path}: {problem}: written again from the traces")
 
 
 def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ Layout of a run directory (see ``docs/ARCHITECTURE.md``)::
     RUNDIR/config.yaml            the config as given
     RUNDIR/resolved_config.json   every field, defaults filled in, with its hash
     RUNDIR/tasks/                 the task pool and held-out split (IPC layout)
+    RUNDIR/task_files.json        size and sha256 of each task file the run reads (checked on resume)
     RUNDIR/seed_<s>/gen_<g>/traces/<split>-<chunk>.jsonl   trace records, written chunk by chunk
     RUNDIR/seed_<s>/gen_<g>/train.jsonl                    curated training set after generation g
     RUNDIR/seed_<s>/gen_<g>/model/                         the model deployed in generation g (g >= 1)
@@ -38,7 +39,9 @@ os.umask(_UMASK)
 
 _SITES = {"metrics.jsonl": "metrics", "train.jsonl": "train-set", "summary.json": "summary",
           "compare.json": "compare", "resolved_config.json": "resolved-config", "config.yaml": "config",
-          ".lock.json": "lock", "same_as.json": "same-as", "train_stats.json": "train-stats"}
+          ".lock.json": "lock", "same_as.json": "same-as", "train_stats.json": "train-stats",
+          "task_files.json": "task-set"}
+TASK_FILES = "task_files.json"  # the run directory's record of its task files (tasks.taskset.file_record)
 
 
 def write_site(path: Path) -> str:
@@ -133,6 +136,89 @@ def read_rows(path: Path, key: str = "generation") -> list[dict[str, Any]]:
         rows.pop(row.get(key), None)
         rows[row.get(key)] = row
     return list(rows.values())
+
+
+def jsonl_problem(path: Path) -> str | None:
+    """Why the JSONL file ``path`` is not whole (``line N is not valid JSON``, ``line N is cut short``);
+    None when every line is a JSON value. Files of this package are written whole, so a bad line is damage
+    done after the write (a copy cut short, an edit)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        return f"not a text file ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                return f"line {lineno} is {'cut short' if lineno == len(lines) else 'not valid JSON'}"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, from its header alone (the tensors are not read): None
+    when the header is a JSON table of tensors and the file is as long as the table says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= size - 8:
+                return f"not a safetensors file ({size} bytes, no header)"
+            header = json.loads(fh.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+        return "not a safetensors file (its header is not a table of tensors)"
+    want = 8 + length + max(ends, default=0)
+    if size != want:
+        return f"{size} bytes where its header says {want} (cut short or added to)"
+    return None
+
+
+def model_dir_problem(model_dir: Path) -> str | None:
+    """Why the saved model directory ``model_dir`` (a full model, a LoRA adapter, or a ``same_as.json``
+    pointer to an earlier generation's model) cannot be loaded, as ``PATH: what``; None when its config
+    and weight files are whole. Only headers are read: cheap enough to check every model a run reuses."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return f"{d}: missing"
+    if (d / "same_as.json").exists():
+        try:
+            ok = isinstance(read_json(d / "same_as.json").get("generation"), int)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        return None if ok else f"{d / 'same_as.json'}: not a record of the generation whose model is kept"
+    adapter = (d / "adapter_config.json").exists()
+    config = d / ("adapter_config.json" if adapter else "config.json")
+    if not config.exists():
+        return f"{d}: no config.json or adapter_config.json (not a saved model)"
+    try:
+        json.loads(config.read_text())
+    except (OSError, ValueError):
+        return f"{config}: not valid JSON"
+    prefix = "adapter_model" if adapter else "model"
+    index = d / f"{prefix}.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index}: not a safetensors index (no weight_map)"
+        weights = [d / name for name in shards]
+    elif (d / f"{prefix}.safetensors").exists() or not (d / f"{prefix}.bin").exists():
+        weights = [d / f"{prefix}.safetensors"]
+    else:
+        weights = []  # a pickled checkpoint (an older save): loadable by transformers, not checked here
+    for path in weights:
+        if not path.exists():
+            return f"{path}: missing"
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path}: {problem}"
+    return None
 
 
 def write_dir(final: Path, files: dict[str, str]) -> None:

@@ -50,6 +50,7 @@ class RunStatus:
     complete: bool = False
     held: bool = False
     holder: dict[str, Any] | None = None
+    damage: list[str] = field(default_factory=list)  # what is damaged, one line each (run_damage)
 
     def report(self) -> str:
         total = self.generations + 1
@@ -57,6 +58,8 @@ class RunStatus:
                  f"seeds {[s.seed for s in self.seeds]}"]
         if self.held:
             lines.append(f"  running: held by {describe_holder(self.holder)}")
+        elif self.complete and self.damage:
+            lines.append("  finished (summary.json complete), but DAMAGED since; no process holds it")
         elif self.complete:
             lines.append("  finished (summary.json complete); no process holds it")
         else:
@@ -66,12 +69,17 @@ class RunStatus:
             lines.append(f"  seed {s.seed}: {len(s.done)}/{total} generations done; {s.stage}")
             if s.last_line:
                 lines.append(f"    last: {s.last_line}")
+        if self.damage:
+            lines.append(f"  damaged ({len(self.damage)}): run the same `iterdeploy run` command again to repair what "
+                         "can be made again (trace chunks, models, train.jsonl, generated task files, this record "
+                         "of the config); it names what it cannot repair")
+            lines += [f"    - {d}" for d in self.damage]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "name": self.name, "method": self.method,
                 "generations": self.generations, "complete": self.complete, "held": self.held,
-                "holder": self.holder,
+                "holder": self.holder, "damage": self.damage,
                 "seeds": [{"seed": s.seed, "done": s.done, "stage": s.stage, "last_line": s.last_line}
                           for s in self.seeds]}
 
@@ -98,13 +106,107 @@ def _stage(sdir: Path, g: int, chunks_per_gen: int, held: bool, last: int) -> st
     return f"{verb} generation {g}: {chunks}/{chunks_per_gen} chunks of traces written"
 
 
+def recorded_config_matches(stored: Any) -> bool:
+    """Whether the config that a ``resolved_config.json`` (``stored``) holds hashes to the hash recorded beside
+    it. A body edited with its hash kept does not; nor does a body this version cannot read (one written by
+    an older version: ``iterdeploy run`` rewrites it when the run resumes)."""
+    from iterdeploy_trl.config import ConfigError, config_from_dict, hash_matches
+
+    body = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(body, dict):
+        return False
+    try:
+        return hash_matches(config_from_dict(body, check_paths=False), stored)
+    except (ConfigError, ValueError, TypeError, KeyError):
+        return False
+
+
+def read_resolved(resolved: Path) -> dict[str, Any]:
+    """A run directory's ``resolved_config.json``; one that is not a JSON object with a ``config`` mapping is
+    a ``ValueError`` naming the file."""
+    from iterdeploy_trl.runio import read_json_or_raise
+
+    stored = read_json_or_raise(resolved, ValueError, invalid_hint=(
+        "; `iterdeploy run` with the run's config and this --out writes it again from config.yaml when that "
+        "holds the same config"))
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise ValueError(f"{resolved}: holds no 'config' mapping, so this is no record of a run's config")
+    return stored
+
+
+def config_of_run(run_dir: Path, stored: dict[str, Any]) -> dict[str, Any]:
+    """The config of the run in ``run_dir``: the one its resolved_config.json (``stored``) holds or, where that
+    does not hash to the hash beside it, ``config.yaml``'s (the config the run was started with) if that does."""
+    from iterdeploy_trl.config import ConfigError, hash_matches, load_config
+
+    if not recorded_config_matches(stored) and (run_dir / "config.yaml").is_file():
+        try:
+            started = load_config(run_dir / "config.yaml", check_paths=False)
+        except ConfigError:
+            return stored["config"]
+        if hash_matches(started, stored):
+            return started.to_dict()
+    return stored["config"]
+
+
+def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done: dict[int, list[int]]) -> list[str]:
+    """What is damaged in run directory ``run_dir`` (``cfg``: its config, :func:`config_of_run`; ``stored``:
+    its resolved_config.json; ``done``: the generations of each seed with a metrics row), one line each naming
+    the file: the config record's hash, the task files against their record, and each finished generation's
+    trace chunks (whole, one record of each task and sample), train.jsonl and model. Reads every trace chunk
+    of the finished generations."""
+    from iterdeploy_trl.runio import TASK_FILES, jsonl_problem, model_dir_problem, read_json
+    from iterdeploy_trl.tasks.taskset import record_mismatch
+    from iterdeploy_trl.traces import chunk_problem
+
+    damage = []
+    if not recorded_config_matches(stored):
+        source = ("it" if cfg is stored["config"]
+                  else "config.yaml, which holds the config of that hash (the run was started with it)")
+        damage.append(f"{run_dir / 'resolved_config.json'}: the config it holds does not hash to its recorded hash "
+                      f"{stored.get('hash')} (edited, or written by an older version): the status above is read "
+                      f"from {source}")
+    record = run_dir / TASK_FILES
+    if record.exists():
+        tasks_dir = (cfg.get("tasks") or {}).get("dir")
+        try:
+            changed = record_mismatch(Path(tasks_dir).expanduser() if tasks_dir else run_dir / "tasks",
+                                      read_json(record))
+        except (OSError, ValueError) as exc:
+            changed = f"{record}: cannot be read ({exc})"
+        if changed:
+            damage.append(changed)
+    tasks, size = cfg.get("tasks") or {}, int(cfg.get("chunk_size", 64))
+    k = int((cfg.get("sampling") or {}).get("samples_per_task", 1))
+    splits = {"pool": int(tasks.get("n", 0)), "heldout": int(tasks.get("heldout", 0))}
+    for seed, gens in done.items():
+        sdir = run_dir / f"seed_{seed}"
+        for g in gens:
+            gdir = sdir / f"gen_{g:02d}"
+            for split, n in splits.items():
+                for i in range(0, n, size):
+                    chunk = gdir / "traces" / f"{split}-{i // size:05d}.jsonl"
+                    problem = chunk_problem(chunk, min(size, n - i) * k) if chunk.exists() else "missing"
+                    if problem:
+                        damage.append(f"{chunk}: {problem}")
+            train = gdir / "train.jsonl"
+            problem = jsonl_problem(train) if train.exists() else None
+            if problem:
+                damage.append(f"{train}: {problem}")
+            problem = model_dir_problem(gdir / "model") if g > 0 else None
+            if problem:
+                damage.append(problem)
+    return damage
+
+
 def run_status(run_dir: Path) -> RunStatus:
     """The status of one run directory (``resolved_config.json`` must exist)."""
     run_dir = Path(run_dir)
     resolved = run_dir / "resolved_config.json"
     if not resolved.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
-    cfg = json.loads(resolved.read_text())["config"]
+    stored = read_resolved(resolved)
+    cfg = config_of_run(run_dir, stored)
     held = is_held(run_dir)
     st = RunStatus(run_dir, cfg.get("name", "?"), cfg.get("method", "?"), int(cfg["generations"]), held=held,
                    holder=read_holder(run_dir))
@@ -130,6 +232,7 @@ def run_status(run_dir: Path) -> RunStatus:
             st.complete = bool(data.get("complete")) and all(len(s.done) == st.generations + 1 for s in st.seeds)
         except ValueError:
             pass
+    st.damage = run_damage(run_dir, cfg, stored, {s.seed: s.done for s in st.seeds})
     return st
 
 

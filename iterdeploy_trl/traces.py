@@ -15,7 +15,8 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,47 @@ def read_traces(path: str | Path) -> list[TraceRecord]:
             records.append(TraceRecord.from_dict(data, where=f"{path}:{lineno}"))
     return records
 
+
+
+# The fields that name a record within a run's seed: one record of each per chunk, never two.
+KEY_FIELDS = ("generation", "split", "task_id", "sample_index")
+
+
+def chunk_problem(path: str | Path, expected: Collection[tuple[Any, ...]] | int) -> str | None:
+    """Why the trace chunk at ``path`` is not one record of each key in ``expected`` (tuples of
+    :data:`KEY_FIELDS`; or only how many records, where the keys are not known): an empty file, a line
+    cut short or not JSON, a record missing, doubled or of another chunk. None when it is whole. Only the
+    keys are read; :func:`read_traces` checks the fields."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        return f"not a text file ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    keys = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            return f"line {lineno} is {'cut short' if lineno == len(lines) else 'not valid JSON'}"
+        if not isinstance(data, dict):
+            return f"line {lineno} is not a trace record"
+        keys.append(tuple(data.get(f) for f in KEY_FIELDS))
+    want = expected if isinstance(expected, int) else len(set(expected))
+    if not keys:
+        return f"empty (0 of its {want} records)"
+    doubled = [k for k, n in Counter(keys).items() if n > 1]
+    if doubled:
+        return f"holds the record of task {doubled[0][2]} sample {doubled[0][3]} more than once"
+    if isinstance(expected, int):
+        return None if len(keys) == want else f"holds {len(keys)} records, not {want}"
+    missing = sorted(set(expected) - set(keys), key=str)
+    if missing:
+        return f"lacks {len(missing)} of its {want} records (task {missing[0][2]} sample {missing[0][3]} first)"
+    other = sorted(set(keys) - set(expected), key=str)
+    if other:
+        return f"holds {len(other)} records of another chunk (generation {other[0][0]} {other[0][1]} task {other[0][2]})"
+    return None

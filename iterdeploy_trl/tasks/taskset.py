@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -20,8 +21,9 @@ INDEX = "tasks.jsonl"
 ROW_KEYS = ("id", "domain", "params", "reference_plan_length", "seed")
 
 
-class TaskSetError(Exception):
-    """A task set directory that cannot be read or written (the message names the file)."""
+class TaskSetError(ValueError):
+    """A task set directory that cannot be read or written (the message names the file). A ``ValueError``, so
+    that the commands that report bad input in one line report this too."""
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,20 @@ def write_task_set(tasks: Iterable[Task], out: Path | str, domain_pddl: str | No
     return out
 
 
+def _read_text(path: Path) -> str:
+    """The text of a task-set file; one that cannot be read or is not text is a ``TaskSetError`` naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as exc:
+        raise TaskSetError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); "
+                           "restore it, or write the task set again") from None
+    except OSError as exc:
+        raise TaskSetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def read_plan(path: Path) -> tuple[str, ...]:
     """The actions of a plan file (blank lines and ``;`` comments skipped)."""
-    lines = (line.split(";", 1)[0].strip() for line in path.read_text().splitlines())
+    lines = (line.split(";", 1)[0].strip() for line in _read_text(path).splitlines())
     return tuple(line for line in lines if line)
 
 
@@ -192,7 +205,7 @@ def load_task_set(path: Path | str) -> TaskSet:
     if not index.is_file():
         raise TaskSetError(f"{index} is missing: {root} is not a task set directory")
     rows = []
-    for lineno, line in enumerate(index.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(index).splitlines(), start=1):
         if line.strip():
             rows.append(_parse_row(line, index, lineno))
     if not rows:
@@ -215,10 +228,51 @@ def load_task_set(path: Path | str) -> TaskSet:
             Task(
                 id=row["id"],
                 domain=row["domain"],
-                problem=problem.read_text(),
+                problem=_read_text(problem),
                 reference_plan=read_plan(plan),
                 params=row["params"],
                 seed=int(row["seed"]),
             )
         )
-    return TaskSet(domains[0], domain_file.read_text(), tuple(tasks), root)
+    return TaskSet(domains[0], _read_text(domain_file), tuple(tasks), root)
+
+
+# --------------------------------------------------------------------------- a record of the files a run uses
+
+
+def task_files(ids: Iterable[str]) -> list[str]:
+    """The files of a task set that tasks ``ids`` are read from, relative to its directory."""
+    return ["domain.pddl", *(name for i in ids for name in (f"problems/{i}.pddl", f"plans/{i}.plan"))]
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """The size and sha256 of a file."""
+    data = path.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_record(root: Path | str, ids: Iterable[str]) -> dict[str, Any]:
+    """What tasks ``ids`` of the task set in ``root`` are made of: each file's size and sha256, and the ids
+    in order. A run directory keeps it, so that a file changed after the run started is noticed."""
+    root = Path(root)
+    ids = list(ids)
+    return {"tasks": ids, "files": {name: file_digest(root / name) for name in task_files(ids)}}
+
+
+def record_mismatch(root: Path | str, record: dict[str, Any]) -> str | None:
+    """The first file of ``record`` (:func:`file_record`) that is missing or no longer what it was, as
+    ``PATH: what changed``; None when every file is unchanged."""
+    root = Path(root)
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return "the record of the task files holds no 'files' mapping"
+    for name, want in files.items():
+        path = root / name
+        if not path.is_file():
+            return f"{path}: missing"
+        got = file_digest(path)
+        if got != want:
+            what = (f"{want.get('size')} bytes when the run started, {got['size']} now" if got["size"] != want.get("size")
+                    else "same size, other content (sha256 differs)")
+            return f"{path}: changed since the run started ({what})"
+    return None
