@@ -119,6 +119,12 @@ def machine_report() -> dict[str, Any]:
         from iterdeploy_trl.deploy import VLLM_INSTALL_HELP
 
         lacks.append(f"{problem}; install it {VLLM_INSTALL_HELP}")
+    elif report["gpu"] is not None:
+        from iterdeploy_trl.deploy import VLLM_INSTALL, vllm_on_cpu
+
+        if vllm_on_cpu():
+            lacks.append(f"vLLM for CUDA: the vLLM here ({report['vllm']}) runs on its CPU platform; install the CUDA "
+                         f"build: {VLLM_INSTALL}")
     report["trl"], report["trl_vllm_warning"] = _trl_vllm_support()
     report["lacks"] = lacks
     return report
