@@ -145,3 +145,17 @@ def test_a_used_out_directory_is_refused(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
     assert main(["gpu-check", "--cpu", "--out", str(tmp_path)]) == 2
     assert "is not empty" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_gap_stats_counts_what_trls_sequence_mask_would_drop():
+    """TRL's ratio is pi_trainer / beta_vLLM per sequence; ``sequence_mask`` drops a sequence above clip_max 3."""
+    import math
+
+    from iterdeploy_trl.gpucheck import TRL_IS_CLIP_MAX, gap_stats
+
+    recorded = [-10.0, -10.0, -10.0]
+    recomputed = [-10.0 + math.log(TRL_IS_CLIP_MAX) + 0.01, -10.0 + math.log(TRL_IS_CLIP_MAX) - 0.01, -10.5]
+    stats = gap_stats(recorded, recomputed, [4, 4, 1])
+    assert stats["trl_is_sequence_mask_would_drop"] == 1
+    assert stats["max_abs_gap"] == pytest.approx(math.log(TRL_IS_CLIP_MAX) + 0.01)
+    assert stats["max_abs_gap_per_token"] == pytest.approx(0.5)
