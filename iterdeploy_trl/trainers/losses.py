@@ -28,6 +28,7 @@ Baseline = Literal["none", "mean", "leave_one_out"]
 
 NORMALIZATIONS: tuple[str, ...] = ("sequence_sum", "batch_tokens", "sequence_mean")
 BASELINES: tuple[str, ...] = ("none", "mean", "leave_one_out")
+BASELINE_ALIASES: dict[str, str] = {"rloo": "leave_one_out"}  # other names a config may use
 
 
 def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -258,20 +259,44 @@ def iw_sft_loss(
     return weighted_nll(token_logps, mask, weights.detach(), normalization, num_items)
 
 
-def reinforce_advantages(
-    rewards: Tensor, baseline: Baseline = "none", group_size: int | None = None
-) -> Tensor:
-    """Advantages A_i of N rewards laid out as consecutive groups of ``group_size`` samples of one prompt.
+def mean_baseline(grouped_rewards: Tensor, grouped_scored: Tensor) -> Tensor:
+    """b_i = (1/G) Σ_{j in group} r_j, the mean reward of the prompt's group (every sample of it gets the same
+    value). (P, G) rewards (0 where unscored) and a 0/1 float mask of the scored ones; unscored samples are
+    left out of the mean (G counts the scored ones); a group with none scored has baseline 0."""
+    count = grouped_scored.sum(1, keepdim=True)
+    return (grouped_rewards.sum(1, keepdim=True) / count.clamp(min=1.0)).expand_as(grouped_rewards)
 
-    none:          A_i = r_i (the plain REINFORCE estimator of Prop. 1).
-    mean:          A_i = r_i − (1/G) Σ_{j in group} r_j.
-    leave_one_out: A_i = r_i − (1/(G−1)) Σ_{j in group, j≠i} r_j (unbiased: the baseline of i ignores r_i).
+
+def leave_one_out_baseline(grouped_rewards: Tensor, grouped_scored: Tensor) -> Tensor:
+    """b_i = (1/(G−1)) Σ_{j in group, j≠i} r_j, the mean reward of the OTHER samples of the prompt (RLOO,
+    Kool et al. 2019; Ahmadian et al. 2024): b_i does not depend on r_i, so the estimator stays unbiased, and
+    r_i − b_i = G/(G−1) · (r_i − mean of the group). (P, G) rewards (0 where unscored) and a 0/1 float mask of
+    the scored ones; unscored samples are left out (G counts the scored ones); b_i = 0 where no other sample of
+    the group is scored."""
+    others = (grouped_scored.sum(1, keepdim=True) - grouped_scored).clamp(min=0.0)
+    total = grouped_rewards.sum(1, keepdim=True)
+    return torch.where(
+        others > 0, (total - grouped_rewards) / others.clamp(min=1.0), torch.zeros_like(grouped_rewards)
+    )
+
+
+def reinforce_advantages(
+    rewards: Tensor, baseline: Baseline | str = "none", group_size: int | None = None
+) -> Tensor:
+    """Advantages A_i = r_i − b_i of N rewards laid out as consecutive groups of ``group_size`` samples of one
+    prompt (P prompts × G samples, prompt-major, as GRPO's sampler lays them out). No std scaling.
+
+    none:          b_i = 0, A_i = r_i (the plain REINFORCE estimator of Prop. 1).
+    mean:          b_i = ``mean_baseline`` = (1/G) Σ_{j in group} r_j.
+    leave_one_out: b_i = ``leave_one_out_baseline`` = (1/(G−1)) Σ_{j in group, j≠i} r_j (RLOO; ``"rloo"`` is
+                   accepted as its other name).
 
     A NaN reward (a completion no reward function could score) is left out of its group's baselines and
     gets A_i = 0. ``group_size=None`` treats the whole batch as one group. A leave-one-out baseline with no
     other scored sample in the group is 0."""
+    baseline = BASELINE_ALIASES.get(baseline, baseline)
     if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+        raise ValueError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)} (or 'rloo')")
     scored = ~torch.isnan(rewards)
     r = torch.nan_to_num(rewards, nan=0.0)
     if baseline == "none":
@@ -282,15 +307,8 @@ def reinforce_advantages(
     if baseline == "leave_one_out" and group < 2:
         raise ValueError("a leave-one-out baseline needs at least 2 samples per prompt (group_size >= 2)")
     grouped_r, grouped_n = r.view(-1, group), scored.view(-1, group).to(r.dtype)
-    total, count = grouped_r.sum(1, keepdim=True), grouped_n.sum(1, keepdim=True)
-    if baseline == "mean":
-        base = total / count.clamp(min=1.0)
-    else:
-        others = (count - grouped_n).clamp(min=0.0)
-        base = torch.where(
-            others > 0, (total - grouped_r) / others.clamp(min=1.0), torch.zeros_like(grouped_r)
-        )
-    advantages = (grouped_r - base).view(-1)
+    base_of = mean_baseline if baseline == "mean" else leave_one_out_baseline
+    advantages = (grouped_r - base_of(grouped_r, grouped_n)).reshape(-1)
     return torch.where(scored, advantages, torch.zeros_like(advantages))
 
 

@@ -65,7 +65,16 @@ class ReinforceConfig(GRPOConfig):
         baseline (`str`, *optional*, defaults to `"none"`):
             Baseline subtracted from the reward, within the `num_generations` samples of one prompt:
             `"none"` (A = r: the estimator of Prop. 1), `"mean"` (A = r − group mean) or `"leave_one_out"`
-            (A_i = r_i − mean of the others). No division by the standard deviation in any case.
+            (A_i = r_i − mean of the others; `"rloo"` is read as `"leave_one_out"`). No division by the
+            standard deviation in any case.
+        prompts_per_step (`int` or `None`, *optional*, defaults to `None`):
+            P distinct prompts per optimizer step, `num_generations` = K samples each: exactly P·K completions
+            are generated, scored and trained on per optimizer step. The step's batch is laid out by TRL as
+            `per_device_train_batch_size` × `gradient_accumulation_steps` × processes completions, generated
+            in one generation batch (`steps_per_generation` = `gradient_accumulation_steps`, TRL's default)
+            whose sampler draws `generation_batch_size` / K = P prompts; the config refuses any other layout,
+            and [`reinforce_step_batch`] gives the arguments that make it. `None`: no such check (the step has
+            `generation_batch_size` / K prompts, as the batch arguments make it).
         loss_normalization (`str`, *optional*, defaults to `"sequence_sum"`):
             `"sequence_sum"`: −(1/N) Σ_i A_i Σ_t log π(y_i,t), REINFORCE on whole traces. `"batch_tokens"`
             divides by Σ_i T_i instead of N (a constant factor per batch, like DAPO); `"sequence_mean"` by
@@ -87,6 +96,13 @@ class ReinforceConfig(GRPOConfig):
             "help": "Baseline within each prompt's group of samples: 'none' (A = r, Prop. 1), 'mean' (A = r − "
             "group mean) or 'leave_one_out' (A_i = r_i − mean of the other samples).",
             "choices": list(losses.BASELINES),
+        },
+    )
+    prompts_per_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Distinct prompts per optimizer step (K = num_generations samples each): the step trains on "
+            "exactly prompts_per_step × K completions. Build the batch arguments with reinforce_step_batch."
         },
     )
     loss_normalization: str = field(
@@ -138,8 +154,12 @@ class ReinforceConfig(GRPOConfig):
                 "ReinforceTrainer's loss (−(1/N) Σ_i A_i Σ_t log π) does not read; leave them at their defaults "
                 "(loss_type='reinforce'), or use trl.GRPOTrainer for GRPO's losses."
             )
+        self.baseline = losses.BASELINE_ALIASES.get(self.baseline, self.baseline)
         if self.baseline not in losses.BASELINES:
-            raise ValueError(f"baseline={self.baseline!r}: choose one of {', '.join(losses.BASELINES)}")
+            raise ValueError(
+                f"baseline={self.baseline!r}: choose one of {', '.join(losses.BASELINES)} (or 'rloo')"
+            )
+        _check_prompts_per_step(self)
         if self.loss_normalization not in losses.NORMALIZATIONS:
             raise ValueError(
                 f"loss_normalization={self.loss_normalization!r}: choose one of {', '.join(losses.NORMALIZATIONS)}"
@@ -194,6 +214,55 @@ class ReinforceConfig(GRPOConfig):
             )
 
 
+def reinforce_step_batch(
+    prompts_per_step: int, num_generations: int, *, world_size: int = 1, micro_batch: int | None = None
+) -> dict[str, int]:
+    """The batch arguments of a `ReinforceConfig` whose optimizer step is `prompts_per_step` prompts × K =
+    `num_generations` samples: `per_device_train_batch_size` (completions per micro-batch on each process) and
+    `gradient_accumulation_steps`, with per_device_train_batch_size × gradient_accumulation_steps × world_size
+    = P·K. `micro_batch`: completions per forward on each process (default: all of the process's share in
+    one micro-batch, no accumulation). Pass them with `prompts_per_step` (and leave `steps_per_generation` and
+    `generation_batch_size` unset): one generation batch of P·K completions then makes one optimizer step."""
+    if prompts_per_step < 1 or num_generations < 1 or world_size < 1:
+        raise ValueError(
+            f"prompts_per_step={prompts_per_step}, num_generations={num_generations}, world_size={world_size}: "
+            "each must be at least 1"
+        )
+    total = prompts_per_step * num_generations
+    if total % world_size:
+        raise ValueError(
+            f"prompts_per_step={prompts_per_step} × num_generations={num_generations} = {total} completions do "
+            f"not split over {world_size} processes: choose prompts_per_step so that the product is a multiple "
+            f"of {world_size}"
+        )
+    share = total // world_size
+    micro = share if micro_batch is None else micro_batch
+    if micro < 1 or share % micro:
+        raise ValueError(
+            f"micro_batch={micro_batch} does not divide the {share} completions of each process per step "
+            f"(prompts_per_step={prompts_per_step} × num_generations={num_generations} / {world_size} "
+            "processes): choose a divisor of it"
+        )
+    return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": share // micro}
+
+
+def _check_prompts_per_step(args: ReinforceConfig) -> None:
+    """With `prompts_per_step` = P: one generation batch of exactly P·K completions per optimizer step."""
+    if args.prompts_per_step is None:
+        return
+    p, k = args.prompts_per_step, args.num_generations
+    step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if p < 1 or step != p * k or args.steps_per_generation != args.gradient_accumulation_steps:
+        raise ValueError(
+            f"ReinforceConfig: prompts_per_step={p} with num_generations={k} needs {p * k} completions per "
+            f"optimizer step in one generation batch, but per_device_train_batch_size="
+            f"{args.per_device_train_batch_size} × gradient_accumulation_steps={args.gradient_accumulation_steps}"
+            f" × {args.world_size} processes = {step} (steps_per_generation={args.steps_per_generation}): pass "
+            "reinforce_step_batch(prompts_per_step, num_generations, world_size=...) as the batch arguments and "
+            "leave steps_per_generation and generation_batch_size unset"
+        )
+
+
 def _check_reward_columns(reward_funcs: Any, train_dataset: Any, eval_dataset: Any) -> None:
     """Before any generation: each reward function with a ``check_columns`` method (``ValidPlanReward``)
     finds its columns in the train and eval datasets (TRL would otherwise fail at the first reward call,
@@ -209,9 +278,10 @@ def _check_reward_columns(reward_funcs: Any, train_dataset: Any, eval_dataset: A
                 func.check_columns(list(columns), where=f"the {name} dataset")
 
 
-def importance_sampling_record(args: ReinforceConfig) -> dict[str, Any]:
-    """The vLLM importance-sampling setting a REINFORCE run trained with, for its saved statistics: whether
-    GRPO's correction was on and, if so, its mode and clip range (None where it does not apply)."""
+def importance_sampling_record(args: GRPOConfig) -> dict[str, Any]:
+    """The vLLM importance-sampling setting a REINFORCE (or GRPO) run trained with, for its saved statistics:
+    whether GRPO's correction was on and, if so, its mode and clip range (None where it does not apply). TRL
+    applies it only with `use_vllm`."""
     on = bool(args.use_vllm and args.vllm_importance_sampling_correction)
     return {
         "use_vllm": bool(args.use_vllm),
@@ -219,6 +289,42 @@ def importance_sampling_record(args: ReinforceConfig) -> dict[str, Any]:
         "vllm_importance_sampling_mode": args.vllm_importance_sampling_mode if on else None,
         "vllm_importance_sampling_clip_min": args.vllm_importance_sampling_clip_min if on else None,
         "vllm_importance_sampling_clip_max": args.vllm_importance_sampling_clip_max if on else None,
+    }
+
+
+def step_layout_record(args: GRPOConfig) -> dict[str, Any]:
+    """How one optimizer step's batch was made: prompts × samples, micro-batches, generation batch."""
+    step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return {
+        "num_generations": args.num_generations,
+        "prompts_per_step": step // args.num_generations,
+        "completions_per_step": step,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "generation_batch_size": args.generation_batch_size,
+        "steps_per_generation": args.steps_per_generation,
+    }
+
+
+def reinforce_settings_record(args: ReinforceConfig) -> dict[str, Any]:
+    """Every setting of a REINFORCE run that TRL's GRPO would use to reweight, clip or rescale, as this run
+    had it (for its run directory): the estimator (baseline, normalisation, no std scaling, no ratio or its
+    clipping: one gradient step per batch of samples), the step's layout, `max_grad_norm`, and the vLLM
+    importance-sampling setting (`importance_sampling_record`)."""
+    return {
+        "estimator": "reinforce",
+        "baseline": args.baseline,
+        "loss_normalization": args.loss_normalization,
+        "std_scaling": False,  # advantages are never divided by a std (GRPO's scale_rewards is not read)
+        "ratio_clipping": False,  # num_iterations = 1: π/π_old = 1, GRPO's epsilon is not read
+        "beta": args.beta,
+        "num_iterations": args.num_iterations,
+        "max_grad_norm": args.max_grad_norm,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        **step_layout_record(args),
+        "importance_sampling": importance_sampling_record(args),
     }
 
 
@@ -267,6 +373,13 @@ class ReinforceTrainer(RestoresModelState, GRPOTrainer):
 
             reward_funcs = [ValidPlanReward()]
         _check_reward_columns(reward_funcs, train_dataset, eval_dataset)
+        prompts = len(train_dataset) if hasattr(train_dataset, "__len__") else None
+        if args.prompts_per_step is not None and prompts is not None and prompts < args.prompts_per_step:
+            raise ValueError(
+                f"ReinforceTrainer: the training set has {prompts} prompts, fewer than prompts_per_step="
+                f"{args.prompts_per_step} (TRL's sampler would draw no full step): lower prompts_per_step to at "
+                "most the number of prompts, or give more prompts"
+            )
         self._rewards_per_func: torch.Tensor | None = None
         super().__init__(
             model,
