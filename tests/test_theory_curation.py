@@ -67,10 +67,15 @@ def test_expected_cosine_is_the_cosine_of_the_expectations() -> None:
     assert iv["lo"] < iv["mean"] < iv["hi"] and iv["lo"] < truth < iv["hi"]
 
 
-def test_random_direction_bound_shrinks_as_one_over_root_size() -> None:
-    small, large = cu.random_direction_bound(100, 4000, 0), cu.random_direction_bound(10000, 4000, 0)
-    # |cos| of a Gaussian direction ≈ |N(0, 1/P)|: its 95% quantile ≈ 1.96/√P
-    assert small == pytest.approx(1.96 / 10, rel=0.1) and large == pytest.approx(1.96 / 100, rel=0.1)
+def test_random_direction_bound_is_the_quantile_of_random_cosines() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for size in (3, 100, 2000):
+        u = torch.randn(20000, size, generator=gen, dtype=torch.float64)
+        v = torch.randn(size, generator=gen, dtype=torch.float64)
+        cos = ((u @ v) / (u.norm(dim=1) * v.norm())).abs()
+        simulated = float(torch.quantile(cos, 0.95))
+        assert cu.random_direction_bound(size) == pytest.approx(simulated, rel=0.03), size
+    assert cu.random_direction_bound(3) == pytest.approx(0.95, rel=1e-9)  # on S², |cos| is uniform on [0, 1]
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,6 @@ class CurationConfig(PipelineConfig):
 
     temperature: float = 1.0
     top_p: float = 1.0
-    random_directions: int = 1000  # Gaussian directions for the random-direction null
     settings: tuple[tuple[float, float], ...] = field(default=((1.0, 1.0),))
 
     @classmethod
@@ -150,6 +149,27 @@ def reward_vectors(records: Sequence[TraceRecord], k: int, shuffle_seed: int) ->
     return {"reinforce": r, "reinforce_cj": r * cj, "shuffled": shuffled}
 
 
+def inner_products(
+    x: Sequence[tuple[Tensor, Tensor]], y: Sequence[tuple[Tensor, Tensor]]
+) -> list[tuple[float, float, float]]:
+    """Per repeat, from the two independent draws' vectors (x₁, x₂) and (y₁, y₂) (x_i, y_i of draw i): the
+    cross-draw products (⟨x₁, y₂⟩ + ⟨x₂, y₁⟩)/2, ⟨x₁, x₂⟩ and ⟨y₁, y₂⟩. No same-draw product enters."""
+    if not x or len(x) != len(y):
+        raise TheoryError(f"expected_cosine needs as many x as y pairs (at least one), got {len(x)} and {len(y)}")
+    return [
+        (float(x1 @ y2 + x2 @ y1) / 2, float(x1 @ x2), float(y1 @ y2))
+        for (x1, x2), (y1, y2) in zip(x, y, strict=True)
+    ]
+
+
+def _ratio(products: Sequence[tuple[float, float, float]]) -> float:
+    n = len(products)
+    cross, xx, yy = (sum(p[i] for p in products) / n for i in range(3))
+    if xx <= 0 or yy <= 0:
+        return float("nan")
+    return cross / (xx * yy) ** 0.5
+
+
 def expected_cosine(x: Sequence[tuple[Tensor, Tensor]], y: Sequence[tuple[Tensor, Tensor]]) -> float:
     """cos(E x, E y) from pairs of independent draws (x₁, x₂), (y₁, y₂) per repeat, x_i and y_i from the same
     draw i: E⟨x₁, y₂⟩ = ⟨E x, E y⟩ and E⟨x₁, x₂⟩ = |E x|² exactly (independent draws), so
@@ -159,14 +179,7 @@ def expected_cosine(x: Sequence[tuple[Tensor, Tensor]], y: Sequence[tuple[Tensor
     means over the repeats: the cosine of the expectations, with the sampling noise that pulls a cosine of
     two noisy vectors towards 0 removed (no same-draw product enters). NaN when a squared norm estimate is
     not positive (too little signal)."""
-    if not x or len(x) != len(y):
-        raise TheoryError(f"expected_cosine needs as many x as y pairs (at least one), got {len(x)} and {len(y)}")
-    cross = sum(float(x1 @ y2 + x2 @ y1) / 2 for (x1, x2), (y1, y2) in zip(x, y, strict=True)) / len(x)
-    xx = sum(float(x1 @ x2) for x1, x2 in x) / len(x)
-    yy = sum(float(y1 @ y2) for y1, y2 in y) / len(y)
-    if xx <= 0 or yy <= 0:
-        return float("nan")
-    return cross / (xx * yy) ** 0.5
+    return _ratio(inner_products(x, y))
 
 
 def expected_cosine_interval(
@@ -174,16 +187,15 @@ def expected_cosine_interval(
 ) -> dict[str, float]:
     """``expected_cosine`` over all repeats (``mean``) and the percentile interval of its bootstrap over the
     repeats (repeats resampled with replacement; ``stats.percentile_interval``); NaN bounds from one repeat."""
-    point = expected_cosine(x, y)
-    n = len(x)
-    out = {"n": n, "mean": point, "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    products = inner_products(x, y)
+    n = len(products)
+    out = {"n": n, "mean": _ratio(products), "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
     if n < 2:
         return out
     rng = random.Random(stats.BOOTSTRAP_SEED)
     reps = []
     for _ in range(stats.BOOTSTRAP_REPLICATES):
-        pick = [rng.randrange(n) for _ in range(n)]
-        value = expected_cosine([x[i] for i in pick], [y[i] for i in pick])
+        value = _ratio([products[rng.randrange(n)] for _ in range(n)])
         if value == value:
             reps.append(value)
     if len(reps) >= 2:
@@ -192,15 +204,16 @@ def expected_cosine_interval(
     return out
 
 
-def random_direction_bound(size: int, n: int, seed: int, level: float = 0.95) -> float:
-    """The ``level`` quantile of |cos(v, u)| for u Gaussian in R^size (its distribution is the same for
-    every v ≠ 0, so v = e₁): the cosine a direction with no relation to v reaches."""
-    if size < 2 or n < 1:
-        raise TheoryError(f"random-direction null needs size >= 2 and n >= 1, got size {size}, n {n}")
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randn(n, size, generator=gen, dtype=torch.float64)
-    cos = (u[:, 0] / u.norm(dim=1)).abs()
-    return float(torch.quantile(cos, level))
+def random_direction_bound(size: int, level: float = 0.95) -> float:
+    """The ``level`` quantile of |cos(v, u)| for u uniform on the sphere of R^size (Gaussian u), the same for
+    every v ≠ 0: the cosine a direction with no relation to v reaches. Exact: (cos + 1)/2 ~ Beta((P−1)/2,
+    (P−1)/2)."""
+    from scipy.stats import beta
+
+    if size < 2:
+        raise TheoryError(f"random-direction null needs a parameter space of size >= 2, got {size}")
+    a = (size - 1) / 2
+    return float(2 * beta.ppf(0.5 + level / 2, a, a) - 1)
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -484,7 +497,7 @@ def report(
     name = "curation"
     repeats = config.repeats
     k = config.samples_per_task
-    random_bound = random_direction_bound(params.size, config.random_directions, config.seed)
+    random_bound = random_direction_bound(params.size)
     ceilings = {v: ceiling(draws, v, repeats) for v in VECTORS}
     pairs = {f"{x}|{y}": pair_cosines(draws, x, y, repeats) for x, y in PAIRS}
     summaries = [d.summary(k) for d in draws]
