@@ -151,11 +151,11 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
     colours.update({r["condition"]: OKABE_ITO["green"] for r in experiment["runs"]
                     if r["condition"].startswith("blind spot + partial counter-reward")})
     with mpl.rc_context(STYLE):
-        fig, axes = new_figure(SINGLE * 2, 2.5, 1, 4, sharex=True)
-        for ax, key, title in zip(axes[0], ("exploit_fraction", "exploit_share_of_blind_accepted",
+        fig, axes = new_figure(SINGLE * 2, 4.4, 2, 2, sharex=True)
+        for ax, key, title in zip(axes.flat, ("exploit_fraction", "exploit_share_of_blind_accepted",
                                             "curated_exploit_share", "exact_solved"),
-                                  ("(a) exploits / all samples", "(b) exploits / blind-accepted",
-                                   "(c) exploits / curated training set", "(d) pool solved, exact validator"),
+                                  ("(a) exploits / all pool samples", "(b) exploits / blind-accepted samples",
+                                   "(c) exploits / curated training set", "(d) pool tasks solved (exact)"),
                                   strict=True):
             for k, r in enumerate(experiment["runs"]):
                 rows = [e for e in r["summary"] if e.get(key) is not None]
@@ -173,9 +173,9 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
             ax.set_ylim(bottom=0)
             int_x(ax)
         axes[0, 0].set_ylabel("fraction of pool samples")
-        axes[0, 1].set_ylabel("fraction of blind-accepted samples")
-        axes[0, 2].set_ylabel("fraction of training rows")
-        axes[0, 3].set_ylabel("fraction of pool tasks")
+        axes[0, 1].set_ylabel("fraction of blind-accepted")
+        axes[1, 0].set_ylabel("fraction of training rows")
+        axes[1, 1].set_ylabel("fraction of pool tasks")
         axes[0, 0].legend(loc="best", fontsize=5.5, title=experiment["blind_spot"], title_fontsize=5.5)
         return save(fig, out, stem)
 
