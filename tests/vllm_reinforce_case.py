@@ -2,11 +2,11 @@
 real vLLM engine, in a process of its own (TRL's colocated engine joins a process group; one engine a
 process keeps the cases apart). Used by ``tests/test_vllm_reinforce.py``:
 
-    python tests/vllm_reinforce_case.py BASE_DIR OUT_DIR [--no-onednn]
+    python tests/vllm_reinforce_case.py BASE_DIR OUT_DIR [--plain-dispatch]
 
-``--no-onednn`` switches vLLM's oneDNN linear dispatch off in this process before the engine loads the model
-(test support only: it stands for a CPU where vLLM's CPU build keeps the plain weights, as seen on an AVX2
-EPYC). Prints one JSON line: what ``deploy.vllm_cpu_keeps_linear_weights`` said, and what the engine did
+``--plain-dispatch`` switches vLLM's repacking linear kernels (oneDNN, and the AMX kernel its bfloat16 engine
+takes on an AMX CPU) off in this process before the engine loads the model (test support only: it stands
+for a CPU where vLLM's CPU build keeps the plain weights, as seen on an AVX2 EPYC). Prints one JSON line: what ``deploy.vllm_cpu_keeps_linear_weights`` said, and what the engine did
 (``trained`` with the number of samples the reward scored, or ``failed`` with the error and whether TRL's
 ``sync_weights`` raised it)."""
 
@@ -22,14 +22,16 @@ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  
     os.environ.pop(key, None)
 
 
-def main(base: str, out: str, no_onednn: bool) -> dict:
+def main(base: str, out: str, plain_dispatch: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    if no_onednn:
+    if plain_dispatch:
         import vllm._custom_ops as ops
+        import vllm.model_executor.layers.utils as layer_utils
 
         ops._supports_onednn = False
+        layer_utils.check_cpu_sgl_kernel = lambda *_: False
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -73,4 +75,4 @@ def main(base: str, out: str, no_onednn: bool) -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main(sys.argv[1], sys.argv[2], "--no-onednn" in sys.argv[3:])), flush=True)
+    print("RESULT " + json.dumps(main(sys.argv[1], sys.argv[2], "--plain-dispatch" in sys.argv[3:])), flush=True)
