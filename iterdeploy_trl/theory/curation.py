@@ -81,6 +81,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("random_valid", "reinforce"),
     ("random_valid", "reinforce_cj"),
     ("shortest", "random_valid"),
+    ("reinforce", "reinforce_cj"),  # how much the re-weighting itself turns REINFORCE
 )
 LABELS = {
     "shortest": "shortest (a)",
@@ -343,10 +344,9 @@ class CurationDraw:
         rates = solve_rates(self.records, k)
         solved = [j for j in rates.values() if j > 0]
         valid_lengths = [r.plan_length for r in self.records if r.valid]
-        same = sum(
-            (a.sample_index == b.sample_index)
-            for a, b in zip(self.chosen["shortest"], self.chosen["random_valid"], strict=True)
-        )
+        pairs = list(zip(self.chosen["shortest"], self.chosen["random_valid"], strict=True))
+        distinct = [len({tuple(r.completion_ids or ()) for r in self.records if r.valid and r.task_id == t})
+                    for t in sorted({r.task_id for r in self.records if r.valid})]
         return {
             "repeat": self.repeat,
             "draw": self.draw,
@@ -361,7 +361,10 @@ class CurationDraw:
                 "shortest": _mean([r.plan_length for r in self.chosen["shortest"]]),
                 "random_valid": _mean([r.plan_length for r in self.chosen["random_valid"]]),
             },
-            "same_trace_chosen": same,
+            # solved tasks where both rules kept the same token sequence (the same plan, maybe another sample)
+            "same_plan_chosen": sum(a.completion_ids == b.completion_ids for a, b in pairs),
+            "shorter_plan_chosen": sum(a.plan_length < b.plan_length for a, b in pairs),
+            "distinct_valid_completions_per_solved_task": distinct,
         }
 
 
