@@ -47,6 +47,7 @@ import re
 from collections.abc import Iterable
 
 from iterdeploy_trl.domains import example, get, is_registered, view
+from iterdeploy_trl.domains.common import NOTE, natural_key  # noqa: F401  (re-exported: prompts.NOTE, prompts.natural_key)
 
 STYLES: tuple[str, ...] = ("compact", "paper")
 
@@ -139,11 +140,6 @@ def sokoban_map(init: Iterable[tuple[str, ...]]) -> str:
     return compact_map(init)
 
 
-def natural_key(atom: tuple[str, ...]) -> tuple:
-    """Sort key putting ``(on b2 b10)`` before ``(on b10 b2)`` (numbers compared as numbers)."""
-    return tuple(tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", w)) for w in atom)
-
-
 def domain_name(domain_pddl: str) -> str | None:
     """Our name of a shipped domain ("rovers" for ``(domain rover)``), from its ``define`` line."""
     match = re.search(r"\(\s*domain\s+([^\s()]+)", domain_pddl, flags=re.IGNORECASE)
@@ -183,9 +179,6 @@ def paper_prompt(domain_pddl: str, problem_pddl: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- notes
-
-NOTE = ";"  # a plan comment: VAL and extract.py skip it, the small model reads it
-
 
 def state_note(domain: str, state: Iterable[tuple[str, ...]]) -> str | None:
     """A ``; ...`` comment describing the facts of ``state`` that the next action's legality turns on

@@ -3,7 +3,7 @@
 A built-in planning domain is a folder ``domains/<name>/`` holding
 
 - ``domain.pddl``: the domain;
-- ``generator.py``: ``generate(rng: random.Random, size: int, name: str) -> tasks.common.Generated`` (a
+- ``generator.py``: ``generate(rng: random.Random, size: int, name: str) -> domains.common.Generated`` (a
   problem and a reference plan VAL accepts) and the constants ``SIZES = {"cpu": (lo, hi), "full": (lo,
   hi)}`` (the size ranges of the CPU configs and of full-scale pools), ``SIZE_LIMITS = (lo, hi)``,
   ``GENERATOR_VERSION`` (bumped when the same seed gives other tasks) and ``SIZE_PARAMETER`` (what size
@@ -53,7 +53,7 @@ EXAMPLE_DOMAINS: tuple[str, ...] = ("gripper", "logistics")
 
 # What generator.py must define, and what each name is for (the registry test names the missing ones).
 GENERATOR_NAMES: dict[str, str] = {
-    "generate": "generate(rng, size, name) -> tasks.common.Generated",
+    "generate": "generate(rng, size, name) -> domains.common.Generated",
     "SIZES": 'SIZES = {"cpu": (lo, hi), "full": (lo, hi)}',
     "SIZE_LIMITS": "SIZE_LIMITS = (lo, hi)",
     "GENERATOR_VERSION": "GENERATOR_VERSION = 1 (bump when the same seed gives other tasks)",

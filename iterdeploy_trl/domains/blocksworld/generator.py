@@ -10,7 +10,7 @@ import random
 from functools import cache
 from itertools import pairwise
 
-from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.domains.common import Generated
 
 TABLE = "table"
 MAX_BLOCKS = 30  # the fixed vocabulary names blocks b1 ... b30

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from iterdeploy_trl.domains._problem import check_size, problem_text
-from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.domains.common import Generated
 
 GENERATOR_VERSION = 1
 SIZE_PARAMETER = "number of cars"

@@ -8,7 +8,7 @@ COMPACT_KEYWORDS = (";",)
 def state_note(state: set | frozenset) -> str:
     """Where the ferry is, the cars waiting there, then ``on`` and the car aboard or ``empty-ferry``: every
     fact ``sail``, ``board`` and ``debark`` check."""
-    from iterdeploy_trl.prompts import NOTE, natural_key
+    from iterdeploy_trl.domains.common import NOTE, natural_key
 
     words = sorted((a[1] for a in state if a[0] == "at-ferry"), key=natural_key)
     for here in list(words):

@@ -9,7 +9,7 @@ def state_note(state: set | frozenset) -> str:
     """The lift's floor, the passengers waiting there (``origin``), then ``boarded`` and the passengers in
     the lift, then ``destin`` and those of them bound for this floor: every fact ``board`` and ``depart``
     check (``up``/``down`` need only the floor, whose order the names give)."""
-    from iterdeploy_trl.prompts import NOTE, natural_key
+    from iterdeploy_trl.domains.common import NOTE, natural_key
 
     words: list[str] = []
     for here in sorted((a[1] for a in state if a[0] == "lift-at"), key=natural_key):

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.domains.common import Generated
 
 MAX_LEVEL = 15
 MODES = ("colour", "high_res", "low_res")

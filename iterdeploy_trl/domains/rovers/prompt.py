@@ -9,7 +9,7 @@ def state_note(state: set | frozenset) -> str:
     """For each rover: its waypoint, then what is there (``at_soil_sample``, ``at_rock_sample``), the
     objectives visible from it, the waypoints it can drive to, the landers it can talk to, and ``full`` /
     ``calibrated`` when its store is full / a camera of its is calibrated."""
-    from iterdeploy_trl.prompts import NOTE, natural_key
+    from iterdeploy_trl.domains.common import NOTE, natural_key
 
     words: list[str] = []
     stores = {a[2]: a[1] for a in state if a[0] == "store_of"}

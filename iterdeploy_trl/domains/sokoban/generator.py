@@ -19,7 +19,7 @@ import random
 from collections import deque
 from itertools import pairwise
 
-from iterdeploy_trl.tasks.common import Generated
+from iterdeploy_trl.domains.common import Generated
 
 MAX_LEVEL = 10
 MAX_STONES = 12

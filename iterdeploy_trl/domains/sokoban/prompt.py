@@ -42,7 +42,7 @@ def state_note(state: set | frozenset) -> str:
     """Where the player and each stone are now, then for each direction with a floor cell next to the
     player: the direction and the cell, and when a stone is on it, the stone and, if the cell beyond is
     clear, that cell (and ``is-goal`` when it is a goal): the pushes open to the player."""
-    from iterdeploy_trl.prompts import NOTE, natural_key
+    from iterdeploy_trl.domains.common import NOTE, natural_key
 
     at = sorted((a for a in state if a[0] == "at"), key=natural_key)
     words = [w for a in at for w in a[1:]]

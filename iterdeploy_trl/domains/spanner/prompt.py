@@ -9,7 +9,7 @@ def state_note(state: set | frozenset) -> str:
     """For each man: his location, the location he can walk to from it, the spanners lying there, then
     ``carrying`` and the usable spanners he carries (when he carries one), then ``loose`` and the loose
     nuts there (when there is one): every fact ``walk``, ``pickup_spanner`` and ``tighten_nut`` check."""
-    from iterdeploy_trl.prompts import NOTE, natural_key
+    from iterdeploy_trl.domains.common import NOTE, natural_key
 
     men = {a[1] for a in state if a[0] == "carrying"} | {
         a[1] for a in state if a[0] == "at" and not a[1].startswith(("nut", "spanner"))}
