@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
+from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.runio import read_json_or_raise
 
 SCHEMA = "iterdeploy-audit/1"
@@ -56,24 +58,11 @@ class AuditError(ValueError):
 
 
 @dataclass
-class RunDir:
-    """A run directory as the audit reads it."""
+class RunDir(rundir.RunDir):
+    """A run directory as the audit reads it: :class:`iterdeploy_trl.rundir.RunDir` and its task set."""
 
-    path: Path
-    config: dict[str, Any]
-    stored_hash: str | None
-    summary: dict[str, Any] | None
-    tasks: dict[str, dict[str, Any]]  # task id -> {"size", "reference_length", "problem", "split"}
-    domain_pddl: str | None
-    problems: list[str] = field(default_factory=list)  # what is missing or inconsistent (for the report)
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.config.get("seeds", [0])]
-
-    @property
-    def generations(self) -> int:
-        return int(self.config.get("generations", 0))
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id -> size, reference_length, ...
+    domain_pddl: str | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -81,41 +70,30 @@ def _read_json(path: Path) -> Any:
 
 
 def open_run(path: str | Path) -> RunDir:
-    """Read a run directory's config, summary and tasks; :class:`AuditError` if it is not one."""
+    """Read a run directory's config, summary and tasks (:func:`iterdeploy_trl.rundir.open_run`);
+    :class:`AuditError` if it is not one."""
     path = Path(path)
-    if not path.exists():
-        raise AuditError(f"{path}: no such directory; give a directory written by `iterdeploy run --out`")
-    if not path.is_dir():
-        raise AuditError(f"{path}: a file; give the run directory that holds it")
-    resolved_path = path / "resolved_config.json"
-    if not resolved_path.is_file():
-        methods = sorted(p.name for p in path.iterdir() if (p / "resolved_config.json").is_file())
-        hint = (f"; it holds run directories ({', '.join(methods)}): audit those" if methods else
-                "; give a directory written by `iterdeploy run --out`")
-        raise AuditError(f"{path} is not a run directory (no resolved_config.json){hint}")
-    resolved = _read_json(resolved_path)
-    cfg = resolved.get("config") if isinstance(resolved, dict) else None
-    if not isinstance(cfg, dict) or "domain" not in cfg:
-        raise AuditError(f"{resolved_path}: no config with a domain; not written by `iterdeploy run`?")
-    problems: list[str] = []
-    summary = None
-    if (path / "summary.json").is_file():
-        try:
-            summary = _read_json(path / "summary.json")
-        except AuditError as exc:
-            problems.append(str(exc))
-    tasks, domain_pddl = _read_tasks(path, cfg, problems)
-    return RunDir(path, cfg, resolved.get("hash"), summary if isinstance(summary, dict) else None, tasks,
-                  domain_pddl, problems)
+    try:
+        run = rundir.open_run(path)
+    except RunDirError as exc:
+        hint = ""
+        if path.is_dir() and not rundir.is_run(path):
+            methods = [p.name for p in rundir.method_runs(path)]
+            hint = (f"; it holds run directories ({', '.join(methods)}): audit those" if methods else
+                    "; give a directory written by `iterdeploy run --out`")
+        raise AuditError(f"{exc}{hint}") from exc
+    problems = list(run.problems)
+    tasks, domain_pddl = _read_tasks(run, problems)
+    return RunDir(run.path, run.resolved, run.summary, problems, tasks, domain_pddl)
 
 
-def _read_tasks(path: Path, cfg: dict[str, Any], problems: list[str]) -> tuple[dict[str, dict[str, Any]], str | None]:
+def _read_tasks(run: rundir.RunDir, problems: list[str]) -> tuple[dict[str, dict[str, Any]], str | None]:
     from iterdeploy_trl.tasks import TaskSetError, load_task_set
+    from iterdeploy_trl.tasks.taskset import INDEX
 
-    tdir = path / "tasks"
-    given = cfg.get("tasks", {}).get("dir")
-    for cand in (tdir, Path(given).expanduser() if given else None):
-        if cand is None or not (cand / "tasks.jsonl").is_file():
+    cfg = run.config
+    for cand in run.task_dirs():
+        if not (cand / INDEX).is_file():
             continue
         try:
             ts = load_task_set(cand)
@@ -131,42 +109,27 @@ def _read_tasks(path: Path, cfg: dict[str, Any], problems: list[str]) -> tuple[d
             out[t.id] = {"size": t.params.get("size"), "reference_length": t.reference_length,
                          "problem": t.problem, "split": "pool" if i < n else "heldout"}
         return out, ts.domain_pddl
-    problems.append(f"{tdir}: no task set (tasks.jsonl); task sizes and undone actions are not reported")
+    problems.append(f"{rundir.tasks_dir(run.path)}: no task set ({INDEX}); task sizes and undone actions are not "
+                    "reported")
     return {}, None
 
 
-def read_traces(run: RunDir, seed: int, generation: int) -> list[dict[str, Any]] | None:
-    """Every trace record of one generation of one seed (dicts; through the typed trace record where this
-    version has it), or None when the generation has no trace file."""
-    from iterdeploy_trl.figures.sources import FigureError, read_trace_file, trace_files
-
-    files = trace_files(run.path, seed, generation)
-    if not files:
-        return None
-    rows: list[dict[str, Any]] = []
-    for f in files:
-        try:
-            rows.extend(read_trace_file(f))
-        except FigureError as exc:
-            raise AuditError(str(exc)) from exc
-    for r in rows:
-        r.setdefault("split", "pool")
-        r["split"] = r["split"] or "pool"
-        r["generation"] = generation if r.get("generation") is None else r["generation"]
-    return rows
-
-
-def read_train_rows(run: RunDir, seed: int, generation: int) -> list[dict[str, Any]] | None:
-    """The curated training set written after ``generation`` (``gen_<g>/train.jsonl``), or None."""
-    from iterdeploy_trl.runio import read_jsonl
-
-    path = run.path / f"seed_{seed}" / f"gen_{generation:02d}" / "train.jsonl"
-    if not path.is_file():
-        return None
+def read_traces(run: rundir.RunDir, seed: int, generation: int) -> list[dict[str, Any]] | None:
+    """Every trace record of one generation of one seed (:meth:`iterdeploy_trl.rundir.RunDir.traces`), or
+    None when the generation has no trace file; :class:`AuditError` naming a file that cannot be read."""
     try:
-        return read_jsonl(path)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise AuditError(f"{path}: {exc}") from exc
+        return run.traces(seed, generation)
+    except RunDirError as exc:
+        raise AuditError(str(exc)) from exc
+
+
+def read_train_rows(run: rundir.RunDir, seed: int, generation: int) -> list[dict[str, Any]] | None:
+    """The curated training set written after ``generation`` (:meth:`iterdeploy_trl.rundir.RunDir.train_rows`),
+    or None; :class:`AuditError` naming a file that cannot be read."""
+    try:
+        return run.train_rows(seed, generation)
+    except RunDirError as exc:
+        raise AuditError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------- features
@@ -500,12 +463,12 @@ def audit_run(path: str | Path, *, score: bool = True, log: Callable[[str], None
         log(f"audit {run.path} seed {seed}")
         seeds_out[str(seed)] = _audit_seed(run, seed, K, n_pool, n_held, undo, checks, score, log)
     if run.summary is None:
-        checks.append(Check("summary.json", False, f"{run.path}/summary.json missing: the run is unfinished or "
+        checks.append(Check(rundir.SUMMARY, False, f"{rundir.summary(run.path)} missing: the run is unfinished or "
                             "was killed; the audit covers what is on disk"))
     elif not run.summary.get("complete"):
-        checks.append(Check("summary.json", False, "summary.json does not say complete"))
+        checks.append(Check(rundir.SUMMARY, False, f"{rundir.SUMMARY} does not say complete"))
     else:
-        checks.append(Check("summary.json", True, "present, complete"))
+        checks.append(Check(rundir.SUMMARY, True, "present, complete"))
     return {
         "schema": SCHEMA, "run": str(run.path), "name": cfg.get("name"), "domain": cfg.get("domain"),
         "lineage": {
@@ -567,19 +530,19 @@ def _hash_check(run: RunDir) -> Check:
 
 def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: UndoCounter, checks: list[Check],
                 score: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    sdir = run.path / f"seed_{seed}"
+    sdir = run.seed_dir(seed)
     cfg = run.config
     accumulate = bool(cfg.get("accumulate", True))
     metrics = {}
-    if (sdir / "metrics.jsonl").is_file():
+    if rundir.metrics(sdir).is_file():
         from iterdeploy_trl.runio import read_jsonl
 
         try:
-            metrics = {int(m["generation"]): m for m in read_jsonl(sdir / "metrics.jsonl") if "generation" in m}
+            metrics = {int(m["generation"]): m for m in read_jsonl(rundir.metrics(sdir)) if "generation" in m}
         except (ValueError, OSError) as exc:
-            checks.append(Check(f"seed {seed} metrics.jsonl", False, str(exc)))
+            checks.append(Check(f"seed {seed} {rundir.METRICS}", False, str(exc)))
     else:
-        checks.append(Check(f"seed {seed} metrics.jsonl", False, f"{sdir}/metrics.jsonl missing"))
+        checks.append(Check(f"seed {seed} {rundir.METRICS}", False, f"{rundir.metrics(sdir)} missing"))
     history: list[dict[str, Any]] = []
     scorers: dict[str, TraceScorer] = {}  # one per seed: its generations share the accumulated traces
     seen_plans: dict[str, set[str]] = {}  # task id -> plans written in earlier generations
@@ -589,7 +552,8 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
     for g in range(run.generations + 1):
         recs = read_traces(run, seed, g)
         if recs is None:
-            checks.append(Check(f"seed {seed} gen {g} traces", False, f"{sdir}/gen_{g:02d}/traces: no trace file"
+            checks.append(Check(f"seed {seed} gen {g} traces", False, f"{rundir.traces_dir(run.gen_dir(seed, g))}: no "
+                                "trace file"
                                 + (" (the run stopped before this generation)" if g > 0 else "")))
             break
         pool = [r for r in recs if r["split"] == "pool"]
@@ -633,22 +597,22 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
         history.extend(recs)
         # the curated set written after this generation
         rows = read_train_rows(run, seed, g) if g < run.generations else None
-        next_model = sdir / f"gen_{g + 1:02d}" / "model"
+        next_model = rundir.model(run.gen_dir(seed, g + 1))
         if g < run.generations and rows is None:
-            checks.append(Check(f"seed {seed} gen {g} train.jsonl", not next_model.exists(),
+            checks.append(Check(f"seed {seed} gen {g} {rundir.TRAIN_SET}", not next_model.exists(),
                                 "missing" + (" although the next generation's model exists" if next_model.exists()
                                              else " (the run stopped before curating)")))
         if rows is not None:
             hist = history if accumulate else recs
             matched, missing = match_training_rows(rows, hist)
-            checks.append(Check(f"seed {seed} gen {g} train.jsonl rows traced", missing == 0,
+            checks.append(Check(f"seed {seed} gen {g} {rundir.TRAIN_SET} rows traced", missing == 0,
                                 f"{len(rows) - missing} of {len(rows)} training rows found among the trace records"))
             try:
                 again = recompute_curation(cfg, hist, seed)
                 same = Counter(map(trace_key, again)) == Counter(map(trace_key, rows))
                 checks.append(Check(f"seed {seed} gen {g} curation recomputed", same,
                                     f"the run's rule ({cfg.get('curation')}) applied to the traces gives "
-                                    f"{len(again)} rows; train.jsonl has {len(rows)}"
+                                    f"{len(again)} rows; {rundir.TRAIN_SET} has {len(rows)}"
                                     + ("" if same else " — they differ")))
             except Exception as exc:  # noqa: BLE001
                 checks.append(Check(f"seed {seed} gen {g} curation recomputed", None,
@@ -659,7 +623,8 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
                 (t.get("plan") or "") not in seen_plans.get(t["task_id"], set()) for t in cur_now])
             entry["funnel_tasks"]["curated"] = len({t["task_id"] for t in cur_now})
             entry["training_set"] = {
-                "file": f"seed_{seed}/gen_{g:02d}/train.jsonl", "sha256": _file_sha(sdir / f"gen_{g:02d}" / "train.jsonl"),
+                "file": str(rundir.train_set(run.gen_dir(seed, g)).relative_to(run.path)),
+                "sha256": _file_sha(rundir.train_set(run.gen_dir(seed, g))),
                 "rows": len(rows), "from_this_generation": len(cur_now),
                 "by_source_generation": dict(sorted(Counter(str(t.get("generation")) for t in matched).items(),
                                                     key=lambda kv: int(kv[0]))),
@@ -667,7 +632,7 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
                 "features": stage_summary([trace_features(t, run.tasks, undo) for t in matched]),
                 "trains_generation": g + 1,
             }
-            stats_path = next_model / "train_stats.json"
+            stats_path = rundir.train_stats(next_model)
             if stats_path.is_file():
                 st = _read_json(stats_path)
                 entry["training_set"]["train_stats"] = {k: st.get(k) for k in ("train_traces", "eval_traces",
@@ -734,17 +699,16 @@ def _score_generation(run: RunDir, seed: int, g: int, matched: list[dict[str, An
     model of every source generation k (β_k, at the run's sampling temperature and top-p) and under π, the
     model that generation's training starts from (at T 1, top-p 1: the model as trained, whose log-prob
     the SFT loss differentiates)."""
-    sdir = run.path / f"seed_{seed}"
     sources = [int(t.get("generation", 0)) for t in matched]
     shares = source_shares(sources)
     pi_gen = start_generation(run.config, g)
     try:
-        from iterdeploy_trl.loop import RunError, auto_base_model_path, generation_model
+        from iterdeploy_trl.loop import auto_base_model_path
 
         cfg = load_run_config(run.config)
         try:
-            dirs = {k: generation_model(sdir, k) for k in sorted(set(shares) | {pi_gen})}
-        except RunError as exc:
+            dirs = {k: run.model(seed, k) for k in sorted(set(shares) | {pi_gen})}
+        except RunDirError as exc:
             return {"computed": False, "why": str(exc)}
         base = Path((run.summary or {}).get("base_model") or (
             run.config["model"]["path"] if run.config["model"]["path"] != "auto" else auto_base_model_path(cfg)))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
+from iterdeploy_trl.rundir import RunDir, RunDirError
 from iterdeploy_trl.runio import read_json_or_raise
 
 
@@ -38,6 +38,7 @@ class Run:
     config: dict[str, Any]
     summary: dict[str, Any] | None = None  # summary.json of a finished run
     label: str = ""
+    source: RunDir | None = field(default=None, repr=False)  # the run directory as rundir reads it
     _traces: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
@@ -74,8 +75,8 @@ class Run:
         try:
             return aggregate(per_seed) if per_seed else []
         except KeyError as exc:
-            raise FigureError(f"{self.path}/seed_*/metrics.jsonl: rows without {exc}; written by another version "
-                              "of iterdeploy?") from exc
+            raise FigureError(f"{rundir.metrics(rundir.seed_dir(self.path, '*'))}: rows without {exc}; written by "
+                              "another version of iterdeploy?") from exc
 
     def traces(self) -> list[dict[str, Any]]:
         """The small fields of every trace record of a finished generation (read once, file by file)."""
@@ -85,11 +86,12 @@ class Run:
 
     def reference_lengths(self) -> tuple[list[int], list[int]]:
         """Reference plan lengths of the pool and of the held-out split."""
+        from iterdeploy_trl.tasks.taskset import INDEX
+
         rows = None
-        tdir = self.path / "tasks"
         tasks_dir = self.config.get("tasks", {}).get("dir")
-        for cand in (tdir, Path(tasks_dir).expanduser() if tasks_dir else None):
-            if cand is not None and (cand / "tasks.jsonl").exists():
+        for cand in (rundir.tasks_dir(self.path), Path(tasks_dir).expanduser() if tasks_dir else None):
+            if cand is not None and (cand / INDEX).exists():
                 try:
                     from iterdeploy_trl.tasks import TaskSetError, load_task_set
 
@@ -140,66 +142,19 @@ def load_json(path: Path) -> Any:
     return read_json_or_raise(path, FigureError, invalid_hint="; is it still being written?")
 
 
-def _read_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    rows: dict[int, dict[str, Any]] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise FigureError(f"{path}: cannot read ({exc})") from exc
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # a last line cut short by a crash: that generation is not finished
-                break
-            raise FigureError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-        if not isinstance(row, dict) or "generation" not in row or "solved" not in row:
-            raise FigureError(f"{path}:{lineno}: not a metrics row (no generation/solved)")
-        rows[int(row["generation"])] = row
-    return rows
-
-
 def read_trace_file(path: Path) -> list[dict[str, Any]]:
-    """The trace records of one chunk file as dicts: through the typed trace record
-    (``iterdeploy_trl.traces.read_traces``) where this version has it, else the JSONL rows as written.
+    """The trace records of one chunk file as dicts (:func:`iterdeploy_trl.rundir.read_trace_file`);
     ``FigureError`` naming the file and line on a file that is not valid JSONL."""
     try:
-        from iterdeploy_trl.traces import read_traces  # the typed record (newer versions)
-    except ImportError:
-        read_traces = None
-    from iterdeploy_trl.runio import read_jsonl
-
-    try:
-        if read_traces is not None:
-            import dataclasses
-
-            try:
-                return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in read_traces(path)]
-            except ValueError:
-                # not this version's TraceRecord (another version's records, fields missing or added, or a
-                # blind-spot run's verdicts): read the rows as written (bad JSON still raises, naming the
-                # line); the figures and the audit say what a row lacks
-                pass
-        return read_jsonl(path)  # chunks are written whole (runio.write_jsonl)
-    except UnicodeDecodeError as exc:
-        raise FigureError(f"{path}: not text ({exc})") from exc
-    except (ValueError, TypeError, KeyError) as exc:  # "<path>:<line>: not valid JSON (...)", a bad record
-        raise FigureError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
-    except OSError as exc:
-        raise FigureError(f"{path}: cannot read ({exc})") from exc
-
-
-def trace_files(run_dir: Path, seed: int, generation: int) -> list[Path]:
-    """The trace chunk files of one generation of one seed, in order."""
-    return sorted((run_dir / f"seed_{seed}" / f"gen_{generation:02d}" / "traces").glob("*.jsonl"))
+        return rundir.read_trace_file(path)
+    except RunDirError as exc:
+        raise FigureError(str(exc)) from exc
 
 
 def _read_traces(run: Run) -> Iterable[dict[str, Any]]:
     for seed, gens in sorted(run.metrics.items()):
         for g in sorted(gens):
-            for path in trace_files(run.path, seed, g):
+            for path in rundir.chunk_files(rundir.gen_dir(rundir.seed_dir(run.path, seed), g)):
                 for rec in read_trace_file(path):
                     row = {k: rec.get(k) for k in TRACE_FIELDS}
                     row["split"] = row["split"] or "pool"
@@ -208,28 +163,25 @@ def _read_traces(run: Run) -> Iterable[dict[str, Any]]:
 
 
 def is_run(path: Path) -> bool:
-    return (path / "resolved_config.json").is_file()
+    return rundir.is_run(path)
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory (finished or in progress)."""
+    """Read a run directory (finished or in progress) through :func:`iterdeploy_trl.rundir.open_run`."""
     path = Path(path)
     if not is_run(path):
-        raise FigureError(f"{path} is not a run directory (no resolved_config.json)")
-    resolved = load_json(path / "resolved_config.json")
-    cfg = resolved.get("config") if isinstance(resolved, dict) else None
-    if not isinstance(cfg, dict) or "domain" not in cfg:
-        raise FigureError(f"{path / 'resolved_config.json'}: no config with a domain; not written by iterdeploy run?")
-    seeds = [int(s) for s in cfg.get("seeds", [])]
-    metrics: dict[int, dict[int, dict[str, Any]]] = {}
-    for sdir in sorted(path.glob("seed_*")):
-        m = re.fullmatch(r"seed_(-?\d+)", sdir.name)
-        if m and (sdir / "metrics.jsonl").is_file():
-            metrics[int(m.group(1))] = _read_metrics(sdir / "metrics.jsonl")
-    seeds = seeds or sorted(metrics)
-    gens = int(cfg.get("generations", 0))
-    summary_path = path / "summary.json"
-    summary = load_json(summary_path) if summary_path.is_file() else None
+        raise FigureError(f"{path} is not a run directory (no {rundir.RESOLVED_CONFIG})")
+    try:
+        run = rundir.open_run(path)
+        metrics = run.metrics()
+    except RunDirError as exc:
+        raise FigureError(str(exc)) from exc
+    if run.problems:  # summary.json unreadable
+        raise FigureError(run.problems[0])
+    summary = run.summary
+    cfg = run.config
+    seeds = [int(s) for s in cfg.get("seeds", [])] or sorted(metrics)
+    gens = run.generations
     every = all(set(range(gens + 1)) <= set(metrics.get(s, {})) for s in seeds)
     complete = bool(summary and summary.get("complete")) and every
     tasks = cfg.get("tasks", {})
@@ -239,7 +191,7 @@ def load_run(path: str | Path) -> Run:
         method=str(cfg.get("method", "valid-sft")), curation=cfg.get("curation"), seeds=seeds, generations=gens,
         n_pool=int(first.get("tasks", tasks.get("n", 0))), n_heldout=int(first.get("heldout_tasks", tasks.get("heldout", 0))),
         samples_per_task=int(cfg.get("sampling", {}).get("samples_per_task", 1)), metrics=metrics,
-        complete=complete, config=cfg, summary=summary if isinstance(summary, dict) else None)
+        complete=complete, config=cfg, summary=summary, source=run)
 
 
 def load_compare(path: str | Path) -> Compare:
@@ -250,7 +202,7 @@ def load_compare(path: str | Path) -> Compare:
     path = Path(path)
     all_methods = (*LOOP_METHODS, "reinforce")
     runs = {m: load_run(path / m) for m in all_methods if is_run(path / m)}
-    cpath = path / "compare.json"
+    cpath = rundir.compare_json(path)
     if cpath.is_file():
         data = load_json(cpath)
         if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
@@ -294,16 +246,16 @@ def detect(path: str | Path) -> str:
     if path.is_file():
         if path.name == "theory.json":
             return "theory"
-        if path.name == "compare.json":
+        if path.name == rundir.COMPARE:
             return "compare"
-        if path.name in ("summary.json", "resolved_config.json", "metrics.jsonl"):
+        if path.name in (rundir.SUMMARY, rundir.RESOLVED_CONFIG, rundir.METRICS):
             raise FigureError(f"{path}: give the run directory ({path.parent}), not one of its files")
         raise FigureError(f"{path}: a file; give a run, compare or theory directory")
     if not path.is_dir():
         raise FigureError(f"{path}: no such directory")
     if (path / "theory.json").is_file():
         return "theory"
-    if (path / "compare.json").is_file():
+    if rundir.compare_json(path).is_file():
         return "compare"
     if is_run(path):
         return "run"
@@ -312,7 +264,7 @@ def detect(path: str | Path) -> str:
     if any(is_run(path / m) for m in (*LOOP_METHODS, "reinforce")):
         return "compare"
     raise FigureError(
-        f"{path} is not a run directory (no resolved_config.json), a compare directory (no compare.json) nor a "
+        f"{path} is not a run directory (no {rundir.RESOLVED_CONFIG}), a compare directory (no {rundir.COMPARE}) nor a "
         "theory directory (no theory.json); give directories written by `iterdeploy run --out`, "
         "`iterdeploy compare --out` or `iterdeploy theory --out`")
 
