@@ -167,7 +167,8 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
                 hi = [e[key]["ci"][1] for e in rows]
                 colour = colours.get(r["condition"], GREY)
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
-                ax.plot(x, mean, marker="os^"[k % 3], color=colour, label=f"{r['condition']} ({rows[0]['seeds']} seeds)")
+                ax.plot(x, mean, marker="os^"[k % 3], color=colour,  # the label without its parenthesis (the table has it)
+                        label=f"{r['condition'].split(' (')[0]} ({rows[0]['seeds']} seeds)")
             ax.set_title(title)
             ax.set_xlabel("generation")
             ax.set_ylim(bottom=0)
@@ -176,7 +177,8 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
         axes[0, 1].set_ylabel("fraction of blind-accepted")
         axes[1, 0].set_ylabel("fraction of training rows")
         axes[1, 1].set_ylabel("fraction of pool tasks")
-        axes[0, 0].legend(loc="best", fontsize=5.5, title=experiment["blind_spot"], title_fontsize=5.5)
+        axes[1, 0].legend(loc="center right", fontsize=5.5, title=f"measured: {experiment['blind_spot']}",
+                          title_fontsize=5.5)
         return save(fig, out, stem)
 
 
