@@ -37,6 +37,7 @@ from iterdeploy_trl.config import (
 from iterdeploy_trl.console import quiet_trainer
 from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.deploy import Backend, TransformersBackend, VLLMBackend, batch_seed, check_backend
+from iterdeploy_trl.faults import disk_write, fault, note_chunk
 from iterdeploy_trl.prompts import COMPACT_PROMPT_VERSION
 from iterdeploy_trl.runio import (
     append_row,
@@ -53,7 +54,6 @@ from iterdeploy_trl.runio import (
 from iterdeploy_trl.runlock import SESSION_FILES, holds_run_dir
 from iterdeploy_trl.status import generation_line
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION
-from iterdeploy_trl.testing.faults import disk_write, fault, note_chunk
 from iterdeploy_trl.traces import TraceRecord, read_traces, write_traces
 
 

@@ -17,7 +17,7 @@ Layout of a run directory (see ``docs/ARCHITECTURE.md``)::
 Every file is written whole to a temporary name and renamed into place (a crash leaves the old file or
 the new one, never half of one), and every directory (a model) is written under ``<name>.partial`` and
 renamed when complete. ``metrics.jsonl`` is rewritten the same way with one row per key, so it never holds
-a torn or a doubled row. Each write passes :func:`iterdeploy_trl.testing.faults.disk_write` with its site
+a torn or a doubled row. Each write passes :func:`iterdeploy_trl.faults.disk_write` with its site
 name, where the crash and full-disk tests strike.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.testing.faults import disk_write
+from iterdeploy_trl.faults import disk_write
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -88,7 +88,7 @@ def chat_model(tmp_path_factory) -> Path:
     (reasoning, </think>, a fenced plan of a random legal walk). ~8 s on one core."""
     import torch
 
-    from iterdeploy_trl.models import make_chat_test_model
+    from iterdeploy_trl.testing.chat_model import make_chat_test_model
 
     torch.set_num_threads(1)
     return make_chat_test_model(tmp_path_factory.mktemp("models") / "chat-tiny")

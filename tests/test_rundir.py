@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from iterdeploy_trl.faults import DISK_FULL_ENV, KILL_ENV
 from iterdeploy_trl.runio import append_row, read_rows
 from iterdeploy_trl.runlock import HOLDER_NAME, RunDirBusy, RunDirLock, is_held
 from iterdeploy_trl.testing import killrun
-from iterdeploy_trl.testing.faults import DISK_FULL_ENV, KILL_ENV
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,8 @@ def test_a_directory_that_is_not_a_run_is_left_untouched(tiny_base_model, tmp_pa
     from conftest import tiny_run_config
 
     from iterdeploy_trl.config import config_from_dict
-    from iterdeploy_trl.loop import RunError, run_loop
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.loop import run_loop
 
     junk = tmp_path / "junk"
     (junk / "work.partial").mkdir(parents=True)

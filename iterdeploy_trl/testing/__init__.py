@@ -1,2 +1,3 @@
-"""Test support that production code must not depend on for results: fault injection hooks
-(:mod:`iterdeploy_trl.testing.faults`) and the kill-anywhere harness (:mod:`iterdeploy_trl.testing.killrun`)."""
+"""Test support that production code must not import: the kill-anywhere and full-disk harness
+(:mod:`iterdeploy_trl.testing.killrun`, which drives the inert hooks of :mod:`iterdeploy_trl.faults`) and the
+tiny chat model the tests load (:mod:`iterdeploy_trl.testing.chat_model`)."""

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from iterdeploy_trl.testing.faults import DISK_FULL_ENV, KILL_ENV, WRITE_LOG_ENV, write_sites
+from iterdeploy_trl.faults import DISK_FULL_ENV, KILL_ENV, WRITE_LOG_ENV, write_sites
 
 KILLED = -signal.SIGKILL
 

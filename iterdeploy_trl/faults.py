@@ -1,5 +1,6 @@
-"""Fault injection for the crash and full-disk tests. Production code calls these hooks at the points a
-crash or a full disk could strike; without the variables below set, every hook returns at once.
+"""Fault-injection hooks for the crash and full-disk tests. Production code calls these hooks at the points a
+crash or a full disk could strike; without the variables below set, every hook returns at once (they are
+inert, so they live in production code; the harness that sets them is :mod:`iterdeploy_trl.testing.killrun`).
 
 - ``ITERDEPLOY_KILL_AT=point`` (or ``point:N``, the N-th time the point is reached): :func:`fault` kills
   the process with SIGKILL right there, as a real crash would (points: ``generation``, ``validation``,
