@@ -177,7 +177,8 @@ def fig_blind_spot(experiment: dict[str, Any], out: Path, stem: str) -> list[Pat
         axes[0, 1].set_ylabel("fraction of blind-accepted")
         axes[1, 0].set_ylabel("fraction of training rows")
         axes[1, 1].set_ylabel("fraction of pool tasks")
-        axes[1, 0].legend(loc="center right", fontsize=5.5, title=f"measured: {experiment['blind_spot']}",
+        axes[1, 0].legend(loc="lower right", bbox_to_anchor=(1.0, 0.22), fontsize=5.5,
+                          title=f"measured: {experiment['blind_spot']}",
                           title_fontsize=5.5)
         return save(fig, out, stem)
 
