@@ -385,9 +385,7 @@ def score_logprobs(model: Any, tok: Any, recs: Sequence[dict[str, Any]], *, temp
     sampling temperature and top-p applied as the deployment backend applied them."""
     import torch
 
-    from iterdeploy_trl.deploy import SampledLogProbs
-
-    warp = SampledLogProbs(temperature, top_p).warpers
+    from iterdeploy_trl.sampler import sampling_log_distribution
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     out: list[float] = []
     model.eval()
@@ -407,10 +405,8 @@ def score_logprobs(model: Any, tok: Any, recs: Sequence[dict[str, Any]], *, temp
                 out.append(0.0)
                 continue
             pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-            scores = logits[i, pos]
-            if len(warp):
-                scores = warp(ids[i : i + 1, : len(p)].to(scores.device), scores)
-            lp = torch.log_softmax(scores, dim=-1).gather(-1, torch.tensor(c).unsqueeze(-1).to(scores.device))
+            logq = sampling_log_distribution(logits[i, pos], temperature, top_p)
+            lp = logq.gather(-1, torch.tensor(c).unsqueeze(-1).to(logq.device))
             out.append(float(lp.sum()))
     return out
 

@@ -132,28 +132,25 @@ class Backend:
 
 class SampledLogProbs:
     """A ``generate`` logits processor that applies temperature and top-p (``generate``'s own warpers must be
-    off: temperature 1, top-p 1, top-k 0) and records the log-probability of each sampled token under the
-    processed scores it was sampled from.
+    off: temperature 1, top-p 1, top-k 0; :func:`iterdeploy_trl.sampler.sampler_scores`, the sampler's
+    distribution) and records the log-probability of each sampled token under the processed scores it was
+    sampled from.
 
     At each step it reads the token sampled at the previous step (the last column of ``input_ids``) from
     that step's log-softmax, then keeps only the new step's: memory is one batch × vocabulary tensor.
     :meth:`result` adds the last token's and returns a batch × new-tokens tensor."""
 
     def __init__(self, temperature: float, top_p: float) -> None:
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
-        self.warpers = LogitsProcessorList()
-        if temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        self.temperature, self.top_p = temperature, top_p
         self._last: Any = None
         self._steps: list[Any] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        scores = self.warpers(input_ids, scores)
+        from iterdeploy_trl.sampler import sampler_scores
+
+        scores = sampler_scores(scores, self.temperature, self.top_p)
         if self._last is not None:
             self._read(input_ids[:, -1:])
         self._last = torch.log_softmax(scores.float(), dim=-1)

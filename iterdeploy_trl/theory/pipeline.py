@@ -131,17 +131,11 @@ def nucleus_token_logprobs(
     logits: Tensor, tokens: Tensor, temperature: float, top_p: float
 ) -> tuple[Tensor, Tensor]:
     """log β(y_t | ·) of the sampler that ``deploy.SampledLogProbs`` records: softmax(logits/T) restricted
-    to the top-p nucleus (``TopPLogitsWarper``, chosen on detached logits so that ∇ flows through the
-    kept logits only). Returns (log-probs (…, T), in_nucleus (…, T) bool)."""
-    scaled = logits.float() / temperature
-    if top_p < 1.0:
-        from transformers import TopPLogitsWarper
+    to the top-p nucleus (:func:`iterdeploy_trl.sampler.sampling_log_distribution`; the nucleus is a mask,
+    so ∇ flows through the kept logits only). Returns (log-probs (…, T), in_nucleus (…, T) bool)."""
+    from iterdeploy_trl.sampler import sampling_log_distribution
 
-        flat = scaled.detach().reshape(-1, scaled.shape[-1])
-        warped = TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1)(None, flat.clone())
-        outside = torch.isinf(warped).reshape(scaled.shape)
-        scaled = scaled.masked_fill(outside, float("-inf"))
-    logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logp = sampling_log_distribution(logits, temperature, top_p).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     inside = torch.isfinite(logp)
     return logp.masked_fill(~inside, 0.0), inside
 
