@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
 from iterdeploy_trl.runlock import describe_holder, is_held, read_holder
 
 
@@ -96,13 +97,15 @@ def _stage(sdir: Path, g: int, chunks_per_gen: int, held: bool, last: int) -> st
     """What seed directory ``sdir`` is at, generation ``g`` being the first without a metrics row."""
     if g > last:
         return "all generations done"
-    gdir = sdir / f"gen_{g:02d}"
+    gdir = rundir.gen_dir(sdir, g)
     verb = "deploying" if held else "stopped while deploying"
-    if g > 0 and not (gdir / "model").exists():
+    model = rundir.model(gdir)
+    if g > 0 and not model.exists():
         train = "training" if held else "stopped while training"
-        partial = " (model.partial being written)" if (gdir / "model.partial").exists() else ""
+        partial = rundir.partial(model)
+        partial = f" ({partial.name} being written)" if partial.exists() else ""
         return f"{train} the generation-{g} model{partial}"
-    chunks = len(list((gdir / "traces").glob("*.jsonl"))) if (gdir / "traces").exists() else 0
+    chunks = len(rundir.chunk_files(gdir))
     return f"{verb} generation {g}: {chunks}/{chunks_per_gen} chunks of traces written"
 
 
@@ -139,9 +142,9 @@ def config_of_run(run_dir: Path, stored: dict[str, Any]) -> dict[str, Any]:
     does not hash to the hash beside it, ``config.yaml``'s (the config the run was started with) if that does."""
     from iterdeploy_trl.config import ConfigError, hash_matches, load_config
 
-    if not recorded_config_matches(stored) and (run_dir / "config.yaml").is_file():
+    if not recorded_config_matches(stored) and rundir.config_yaml(run_dir).is_file():
         try:
-            started = load_config(run_dir / "config.yaml", check_paths=False)
+            started = load_config(rundir.config_yaml(run_dir), check_paths=False)
         except ConfigError:
             return stored["config"]
         if hash_matches(started, stored):
@@ -155,22 +158,22 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
     the file: the config record's hash, the task files against their record, and each finished generation's
     trace chunks (whole, one record of each task and sample), train.jsonl and model. Reads every trace chunk
     of the finished generations."""
-    from iterdeploy_trl.runio import TASK_FILES, jsonl_problem, model_dir_problem, read_json
+    from iterdeploy_trl.runio import jsonl_problem, model_dir_problem, read_json
     from iterdeploy_trl.tasks.taskset import record_mismatch
     from iterdeploy_trl.traces import chunk_problem
 
     damage = []
     if not recorded_config_matches(stored):
         source = ("it" if cfg is stored["config"]
-                  else "config.yaml, which holds the config of that hash (the run was started with it)")
-        damage.append(f"{run_dir / 'resolved_config.json'}: the config it holds does not hash to its recorded hash "
+                  else f"{rundir.CONFIG_YAML}, which holds the config of that hash (the run was started with it)")
+        damage.append(f"{rundir.resolved_config(run_dir)}: the config it holds does not hash to its recorded hash "
                       f"{stored.get('hash')} (edited, or written by an older version): the status above is read "
                       f"from {source}")
-    record = run_dir / TASK_FILES
+    record = rundir.task_files(run_dir)
     if record.exists():
         tasks_dir = (cfg.get("tasks") or {}).get("dir")
         try:
-            changed = record_mismatch(Path(tasks_dir).expanduser() if tasks_dir else run_dir / "tasks",
+            changed = record_mismatch(Path(tasks_dir).expanduser() if tasks_dir else rundir.tasks_dir(run_dir),
                                       read_json(record))
         except (OSError, ValueError) as exc:
             changed = f"{record}: cannot be read ({exc})"
@@ -180,20 +183,20 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
     k = int((cfg.get("sampling") or {}).get("samples_per_task", 1))
     splits = {"pool": int(tasks.get("n", 0)), "heldout": int(tasks.get("heldout", 0))}
     for seed, gens in done.items():
-        sdir = run_dir / f"seed_{seed}"
+        sdir = rundir.seed_dir(run_dir, seed)
         for g in gens:
-            gdir = sdir / f"gen_{g:02d}"
+            gdir = rundir.gen_dir(sdir, g)
             for split, n in splits.items():
                 for i in range(0, n, size):
-                    chunk = gdir / "traces" / f"{split}-{i // size:05d}.jsonl"
+                    chunk = rundir.chunk(gdir, split, i // size)
                     problem = chunk_problem(chunk, min(size, n - i) * k) if chunk.exists() else "missing"
                     if problem:
                         damage.append(f"{chunk}: {problem}")
-            train = gdir / "train.jsonl"
+            train = rundir.train_set(gdir)
             problem = jsonl_problem(train) if train.exists() else None
             if problem:
                 damage.append(f"{train}: {problem}")
-            problem = model_dir_problem(gdir / "model") if g > 0 else None
+            problem = model_dir_problem(rundir.model(gdir)) if g > 0 else None
             if problem:
                 damage.append(problem)
     return damage
@@ -202,9 +205,9 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
 def run_status(run_dir: Path) -> RunStatus:
     """The status of one run directory (``resolved_config.json`` must exist)."""
     run_dir = Path(run_dir)
-    resolved = run_dir / "resolved_config.json"
+    resolved = rundir.resolved_config(run_dir)
     if not resolved.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {rundir.RESOLVED_CONFIG})")
     stored = read_resolved(resolved)
     cfg = config_of_run(run_dir, stored)
     held = is_held(run_dir)
@@ -215,8 +218,8 @@ def run_status(run_dir: Path) -> RunStatus:
     chunks_per_gen = math.ceil(int(tasks.get("n", 0)) / chunk) + math.ceil(int(tasks.get("heldout", 0)) / chunk)
     k = int(cfg.get("sampling", {}).get("samples_per_task", 1))
     for seed in cfg["seeds"]:
-        sdir = run_dir / f"seed_{seed}"
-        rows = _rows(sdir / "metrics.jsonl")
+        sdir = rundir.seed_dir(run_dir, seed)
+        rows = _rows(rundir.metrics(sdir))
         done = [m["generation"] for m in rows]
         nxt = next((g for g in range(st.generations + 1) if g not in done), st.generations + 1)
         line = generation_line(seed, rows[-1], k) if rows else None
@@ -225,7 +228,7 @@ def run_status(run_dir: Path) -> RunStatus:
         else:
             stage = _stage(sdir, nxt, chunks_per_gen, held, st.generations)
         st.seeds.append(SeedStatus(seed, done, stage, line))
-    summary = run_dir / "summary.json"
+    summary = rundir.summary(run_dir)
     if summary.exists():
         try:
             data = json.loads(summary.read_text())
@@ -243,18 +246,18 @@ def status_report(path: Path) -> tuple[str, list[RunStatus]]:
         raise FileNotFoundError(f"{path} does not exist; give the --out of a run or a comparison")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is a file, not a run directory; give the --out of a run or a comparison")
-    if (path / "resolved_config.json").exists():
+    if rundir.resolved_config(path).exists():
         st = run_status(path)
         return st.report(), [st]
-    methods = sorted(p for p in path.iterdir() if (p / "resolved_config.json").exists()) if path.is_dir() else []
+    methods = rundir.method_runs(path)
     if not methods:
-        raise FileNotFoundError(f"{path} is neither a run directory (no resolved_config.json) nor a comparison "
-                                "(no OUT/<method>/resolved_config.json); give the --out of a run")
+        raise FileNotFoundError(f"{path} is neither a run directory (no {rundir.RESOLVED_CONFIG}) nor a comparison "
+                                f"(no {rundir.resolved_config('OUT/<method>')}); give the --out of a run")
     head = f"{path}: comparison of {', '.join(p.name for p in methods)}"
     if is_held(path):
         head += f"; running: held by {describe_holder(read_holder(path))}"
-    elif (path / "compare.json").exists():
-        head += "; finished (compare.json written)"
+    elif rundir.compare_json(path).exists():
+        head += f"; finished ({rundir.COMPARE} written)"
     statuses = [run_status(p) for p in methods]
     return "\n".join([head, *(s.report() for s in statuses)]), statuses
 

@@ -32,7 +32,6 @@ between REINFORCE estimates of two independent draws (disjoint pairs of draws).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -43,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iterdeploy_trl import rundir
+from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.pipeline import (
     collate,
@@ -79,20 +80,6 @@ class _Params:
         return torch.cat([tensors[n].detach().reshape(-1).double().cpu() for n in self.names])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TheoryError(f"{path}: cannot read it ({exc}); is this a finished `iterdeploy run` directory?") from exc
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TheoryError(f"{path}: cannot read it ({exc})") from exc
-
-
 def _weights(model: torch.nn.Module) -> dict[str, Tensor]:
     """Weight-space parameters of a model (a peft model merged first), by base-model name."""
     if hasattr(model, "peft_config"):
@@ -101,42 +88,45 @@ def _weights(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 class RunView:
-    """What the check reads from a run directory: config, base model, tasks, traces, curated sets."""
+    """What the check reads from a run directory (through :func:`iterdeploy_trl.rundir.open_run`): config,
+    base model, tasks, traces, curated sets, models."""
 
     def __init__(self, run_dir: str | Path, seed: int | None) -> None:
-        from iterdeploy_trl.config import config_from_dict
+        from iterdeploy_trl.config import ConfigError, config_from_dict
 
         self.root = Path(run_dir)
-        if not (self.root / "resolved_config.json").is_file():
-            raise TheoryError(f"{self.root}: no resolved_config.json; give a directory written by `iterdeploy run`")
-        from iterdeploy_trl.config import ConfigError
-
-        resolved = _read_json(self.root / "resolved_config.json")
+        if not rundir.is_run(self.root):
+            raise TheoryError(f"{self.root}: no {rundir.RESOLVED_CONFIG}; give a directory written by `iterdeploy run`")
         try:
-            self.cfg = config_from_dict(resolved.get("config", resolved), check_paths=False)
+            self.run = rundir.open_run(self.root)
+        except RunDirError as exc:
+            raise TheoryError(f"{exc}; is this a finished `iterdeploy run` directory?") from exc
+        try:
+            self.cfg = config_from_dict(self.run.config, check_paths=False)
         except ConfigError as exc:
-            raise TheoryError(f"{self.root}/resolved_config.json: {exc}") from exc
-        seeds = sorted(int(p.name.split("_")[1]) for p in self.root.glob("seed_*") if p.is_dir())
+            raise TheoryError(f"{rundir.resolved_config(self.root)}: {exc}") from exc
+        seeds = self.run.seeds_on_disk()
         if not seeds:
-            raise TheoryError(f"{self.root}: no seed_* directory; the run has not deployed anything yet")
+            raise TheoryError(f"{self.root}: no seed directory; the run has not deployed anything yet")
         self.seed = seeds[0] if seed is None else seed
         if self.seed not in seeds:
-            raise TheoryError(f"{self.root}: no seed_{seed} (seeds: {seeds})")
-        self.sdir = self.root / f"seed_{self.seed}"
-        summary = self.root / "summary.json"
-        if summary.is_file() and _read_json(summary).get("base_model"):
-            self.base = Path(_read_json(summary)["base_model"])
+            raise TheoryError(f"{self.root}: no {rundir.seed_dir(self.root, seed).name} (seeds: {seeds})")
+        self.sdir = self.run.seed_dir(self.seed)
+        if self.run.problems:
+            raise TheoryError(f"{self.run.problems[0]}; is this a finished `iterdeploy run` directory?")
+        if (self.run.summary or {}).get("base_model"):
+            self.base = Path(self.run.summary["base_model"])
         elif self.cfg.model.path and self.cfg.model.path != "auto":
             self.base = Path(self.cfg.model.path)
         else:
-            from iterdeploy_trl.loop import auto_base_model_path
+            from iterdeploy_trl.basemodel import auto_base_model_path
 
             self.base = auto_base_model_path(self.cfg)
         if not (self.base / "config.json").is_file():
             raise TheoryError(f"{self.base}: the run's base model is not there (config.json missing)")
         from iterdeploy_trl.tasks import load_task_set
 
-        tdir = Path(self.cfg.tasks.dir).expanduser() if self.cfg.tasks.dir else self.root / "tasks"
+        tdir = Path(self.cfg.tasks.dir).expanduser() if self.cfg.tasks.dir else rundir.tasks_dir(self.root)
         task_set = load_task_set(tdir)
         self.domain_pddl = task_set.domain_pddl
         self.problems = {t.id: t.problem for t in task_set.tasks}
@@ -144,26 +134,41 @@ class RunView:
         self.pool_ids = [t.id for t in self.pool_tasks]
 
     def traces(self, g: int) -> list[dict[str, Any]]:
-        files = sorted((self.sdir / f"gen_{g:02d}" / "traces").glob("pool-*.jsonl"))
-        return [r for f in files for r in _read_jsonl(f)]
+        """The pool trace records of generation ``g``."""
+        try:
+            return self.run.traces(self.seed, g, "pool") or []
+        except RunDirError as exc:
+            raise TheoryError(str(exc)) from exc
+
+    def train_rows(self, g: int) -> list[dict[str, Any]]:
+        """The training set curated after generation ``g``."""
+        path = rundir.train_set(self.run.gen_dir(self.seed, g))
+        try:
+            rows = self.run.train_rows(self.seed, g)
+        except RunDirError as exc:
+            raise TheoryError(f"{exc}" if str(path) in str(exc) else f"{path}: cannot read it ({exc})") from exc
+        if rows is None:
+            raise TheoryError(f"{path}: cannot read it (missing)")
+        return rows
 
     def trained_generations(self) -> list[int]:
         """Generations g whose curated set trained a model M_{g+1} (not a copy of the previous one)."""
         out = []
         for g in itertools.count():
-            nxt = self.sdir / f"gen_{g + 1:02d}" / "model"
-            if not (self.sdir / f"gen_{g:02d}").is_dir():
+            gdir, nxt = self.run.gen_dir(self.seed, g), rundir.model(self.run.gen_dir(self.seed, g + 1))
+            if not gdir.is_dir():
                 break
-            if (self.sdir / f"gen_{g:02d}" / "train.jsonl").is_file() and (
+            if rundir.train_set(gdir).is_file() and (
                 (nxt / "config.json").is_file() or (nxt / "adapter_config.json").is_file()
             ):
                 out.append(g)
         return out
 
     def model_dir(self, g: int) -> Path | None:
-        from iterdeploy_trl.loop import generation_model
-
-        return generation_model(self.sdir, g)
+        try:
+            return self.run.model(self.seed, g)
+        except RunDirError as exc:
+            raise TheoryError(str(exc)) from exc
 
     def load(self, model_dir: Path | None, device: str) -> tuple[torch.nn.Module, Any]:
         """A generation's model in float32 (base, full fine-tune, or base + adapter, unmerged)."""
@@ -180,7 +185,7 @@ class RunView:
         return model, tok
 
     def prompt(self, task_id: str, tokenizer: Any) -> str:
-        from iterdeploy_trl.loop import prompt_for
+        from iterdeploy_trl.deployment import prompt_for
 
         task = types.SimpleNamespace(id=task_id, problem=self.problems[task_id])
         return prompt_for(self.cfg, self.domain_pddl, task, tokenizer)
@@ -220,9 +225,8 @@ def run_sample_seeds(view: RunView) -> set[int]:
     from iterdeploy_trl.deploy import batch_seed
 
     seeds = set()
-    for gdir in view.sdir.glob("gen_*"):
-        g = int(gdir.name.split("_")[1])
-        for f in (gdir / "traces").glob("*.jsonl"):
+    for g, gdir in rundir.gen_dirs(view.sdir).items():
+        for f in rundir.chunk_files(gdir):
             split, _, index = f.stem.rpartition("-")
             seeds.add(batch_seed(view.seed, g, split, int(index) * view.cfg.chunk_size))
     return seeds
@@ -284,7 +288,7 @@ def fresh_reinforce(view: RunView, g: int, model: torch.nn.Module, tok: Any, par
     T, top-p and validator) with the seed :func:`reference_seed`, and its REINFORCE estimate and null."""
     import dataclasses
 
-    from iterdeploy_trl.loop import deploy_chunk
+    from iterdeploy_trl.deployment import deploy_chunk
 
     s = view.cfg.sampling
     cfg = dataclasses.replace(view.cfg, sampling=dataclasses.replace(
@@ -313,7 +317,7 @@ def reference_draws(view: RunView, g: int, model: torch.nn.Module, tok: Any, par
                     log: Callable[[str], None]) -> list[ReferenceDraw]:
     """``config.repeats`` independent fresh draws of the model deployed in generation ``g``, sampled by the
     run's backend (``loop.make_backend``); refused if a draw's seed is one the run deployed with."""
-    from iterdeploy_trl.loop import make_backend
+    from iterdeploy_trl.backends import make_backend
 
     taken = run_sample_seeds(view)
     draws = []
@@ -369,7 +373,7 @@ def _origins(view: RunView, rows: list[dict[str, Any]], g: int) -> list[int]:
         cands = index.get((r["task_id"], r["completion"]), [])
         match = [k for k, lp in cands if abs(lp - float(r["behaviour_logprob"])) <= 1e-6]
         if not match:
-            raise TheoryError(f"{view.sdir}/gen_{g:02d}/train.jsonl: task {r['task_id']}: no trace of generations "
+            raise TheoryError(f"{rundir.train_set(view.run.gen_dir(view.seed, g))}: task {r['task_id']}: no trace of generations "
                               f"0..{g} has this completion and behaviour log-prob; the run directory is inconsistent")
         out.append(match[0])
     return out
@@ -419,7 +423,7 @@ def actual_update(config: UpdateConfig, log: Callable[[str], None] | None = None
         params = _Params(tuple(changed))
         base_model = _trainable(base_model, changed)
         curated = {(r["task_id"], r["completion"]) for g in gens
-                   for r in _read_jsonl(view.sdir / f"gen_{g:02d}" / "train.jsonl")}
+                   for r in view.train_rows(g)}
         rl0 = reference_draws(view, 0, base_model, tok, params, config, curated, tmp.name, log_)
         rows: list[Row] = []
         per_gen: list[dict[str, Any]] = []
@@ -497,7 +501,7 @@ def _generation(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     s, tcfg = view.cfg.sampling, view.cfg.training
-    rows = _read_jsonl(view.sdir / f"gen_{g:02d}" / "train.jsonl")
+    rows = view.train_rows(g)
     origins = _origins(view, rows, g)
     update = params.vector(delta)
     # SFT first step at θ₀ on the whole curated set, with the package's trainer and normalisation.
