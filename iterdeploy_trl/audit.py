@@ -44,6 +44,7 @@ from typing import Any
 from iterdeploy_trl import rundir
 from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.runio import read_json_or_raise
+from iterdeploy_trl.traces import match_training_rows, trace_key
 
 SCHEMA = "iterdeploy-audit/1"
 STAGES = ("sampled", "valid", "curated")
@@ -241,29 +242,6 @@ def stage_summary(feats: Sequence[dict[str, Any]], novel: Sequence[bool] | None 
 
 
 # ---------------------------------------------------------------------------------------- curation
-
-
-def trace_key(rec: dict[str, Any]) -> tuple[str, str]:
-    """What identifies a training row with the trace it came from: task and completion text."""
-    return (str(rec.get("task_id")), str(rec.get("completion")))
-
-
-def match_training_rows(rows: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]]
-                        ) -> tuple[list[dict[str, Any]], int]:
-    """The trace of each training row (earliest generation first among equal texts), and how many rows
-    matched no trace of the history."""
-    pool: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for t in sorted(history, key=lambda t: (t.get("generation", 0), t.get("sample_index", 0))):
-        if t.get("split", "pool") == "pool":
-            pool.setdefault(trace_key(t), []).append(t)
-    matched, missing = [], 0
-    for r in rows:
-        cands = pool.get(trace_key(r))
-        if cands:
-            matched.append(cands.pop(0))
-        else:
-            missing += 1
-    return matched, missing
 
 
 def recompute_curation(cfg: dict[str, Any], history: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -804,7 +782,10 @@ def blind_spot_experiment(runs: Sequence[RunDir], *, log: Callable[[str], None] 
     result: dict[str, Any] = {"blind_spot": describe(blind), "runs": []}
     for r in runs:
         log(f"blind-spot measures of {r.path}")
-        per_seed = measure_run(r, blind, log=log)
+        try:
+            per_seed = measure_run(r, blind, log=log)
+        except RunDirError as exc:
+            raise AuditError(str(exc)) from exc
         v = r.config.get("validator") or {}
         own = BlindSpotConfig(**v["blind_spot"]) if v.get("blind_spot") else None
         result["runs"].append({

@@ -224,10 +224,10 @@ def exploit_counts(blind: Sequence[bool], exact: Sequence[bool]) -> dict[str, An
 def curated_exploits(rows: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]], generation: int
                      ) -> dict[str, Any]:
     """Exploits among a curated training set: each row of ``rows`` (a ``train.jsonl``) is matched to the
-    trace it came from in ``history`` (``audit.match_training_rows``: task id and completion text), whose
+    trace it came from in ``history`` (``traces.match_training_rows``: task id and completion text), whose
     verdicts ``_blind`` and ``_exact`` the caller has set. ``curated_exploit_share`` = exploits / matched
     rows; ``new_*``: the rows sampled in ``generation`` itself; ``unmatched``: rows found in no trace."""
-    from iterdeploy_trl.audit import match_training_rows
+    from iterdeploy_trl.traces import match_training_rows
 
     matched, missing = match_training_rows(rows, history)
     c = exploit_counts([t["_blind"] for t in matched], [t["_exact"] for t in matched])
@@ -266,16 +266,15 @@ def _pool_verdicts(run: Any, pool: list[dict[str, Any]], blind: Any, want: str, 
 
 def measure_run(run: Any, blind: Any, *, workers: int | None = None, timeout: float = 30.0,
                 log: Any = None) -> dict[str, Any]:
-    """Per seed and generation of an audited run (``audit.RunDir``), every output judged by ``blind`` and by
-    the exact validator: exploits (accepted by the blind validator, rejected by the exact one) among all
+    """Per seed and generation of an audited run (``audit.RunDir``: a ``rundir.RunDir`` with its tasks; its
+    traces and curated sets read through the run's own readers), every output judged by ``blind`` and by the
+    exact validator: exploits (accepted by the blind validator, rejected by the exact one) among all
     deployed pool samples, among the blind-accepted ones (:func:`exploit_counts`), and among the curated
     training set written after the generation (:func:`curated_exploits`; None after the last generation,
     which trains nothing); the fraction of samples and of pool tasks each validator accepts. Traces that
     recorded a verdict under this same blind spot are read; the others (a run of the exact validator, or of
     another blind spot) are checked again by VAL on the blind task, so every condition is measured by the
     same two validators."""
-    from iterdeploy_trl.audit import read_traces, read_train_rows
-
     want = describe(blind)
     n_pool = int(run.config.get("tasks", {}).get("n", 0))
     accumulate = bool(run.config.get("accumulate", True))
@@ -284,7 +283,7 @@ def measure_run(run: Any, blind: Any, *, workers: int | None = None, timeout: fl
         rows: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
         for g in range(run.generations + 1):
-            recs = read_traces(run, seed, g)
+            recs = run.traces(seed, g)
             if recs is None:
                 break
             pool = [r for r in recs if r["split"] == "pool"]
@@ -299,7 +298,7 @@ def measure_run(run: Any, blind: Any, *, workers: int | None = None, timeout: fl
                    "exact_solved": len({r["task_id"] for r, e in zip(pool, exact, strict=True) if e}) / (n_pool or 1),
                    "blind_solved": len({r["task_id"] for r, t in zip(pool, train, strict=True) if t}) / (n_pool or 1),
                    "rechecked": rechecked}
-            train_rows = read_train_rows(run, seed, g) if g < run.generations else None
+            train_rows = run.train_rows(seed, g) if g < run.generations else None
             row.update(curated_exploits(train_rows, history, g) if train_rows is not None else dict.fromkeys(
                 ("curated", "curated_exploits", "curated_exploit_share", "curated_unmatched", "new_curated",
                  "new_curated_exploits", "new_curated_exploit_share")))

@@ -16,7 +16,7 @@ import json
 import types
 import typing
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,3 +202,29 @@ def chunk_problem(path: str | Path, expected: Collection[tuple[Any, ...]] | int)
     if other:
         return f"holds {len(other)} records of another chunk (generation {other[0][0]} {other[0][1]} task {other[0][2]})"
     return None
+
+
+# ------------------------------------------------------------------ training rows back to their traces
+
+
+def trace_key(rec: dict[str, Any]) -> tuple[str, str]:
+    """What identifies a training row with the trace it came from: task and completion text."""
+    return (str(rec.get("task_id")), str(rec.get("completion")))
+
+
+def match_training_rows(rows: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]]
+                        ) -> tuple[list[dict[str, Any]], int]:
+    """The trace of each training row (earliest generation first among equal texts), and how many rows
+    matched no trace of the history."""
+    pool: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in sorted(history, key=lambda t: (t.get("generation", 0), t.get("sample_index", 0))):
+        if t.get("split", "pool") == "pool":
+            pool.setdefault(trace_key(t), []).append(t)
+    matched, missing = [], 0
+    for r in rows:
+        cands = pool.get(trace_key(r))
+        if cands:
+            matched.append(cands.pop(0))
+        else:
+            missing += 1
+    return matched, missing
