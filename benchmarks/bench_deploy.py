@@ -46,19 +46,16 @@ def main() -> None:
     if args.backends:
         compare_backends(args)
         return
+    from iterdeploy_trl.backends import load_for_generation
+    from iterdeploy_trl.basemodel import resolve_base_model
     from iterdeploy_trl.config import RunConfig
     from iterdeploy_trl.curate import curate, training_rows
     from iterdeploy_trl.deploy import TransformersBackend
+    from iterdeploy_trl.deployment import prompt_for, score_completions
     from iterdeploy_trl.domains import domain_pddl
-    from iterdeploy_trl.loop import (
-        load_for_generation,
-        prompt_for,
-        resolve_base_model,
-        score_completions,
-        train_generation,
-    )
     from iterdeploy_trl.tasks import generate_tasks
     from iterdeploy_trl.traces import TraceRecord
+    from iterdeploy_trl.training import train_generation
 
     cfg = RunConfig().check()
     model_dir = args.model or resolve_base_model(cfg)
@@ -119,7 +116,8 @@ def _phases(cfg, base, tasks, dom, out, t_gen, train_s=None):
     import tempfile
 
     from iterdeploy_trl.curate import curate, training_rows
-    from iterdeploy_trl.loop import prompt_for, score_completions, train_generation
+    from iterdeploy_trl.deployment import prompt_for, score_completions
+    from iterdeploy_trl.training import train_generation
 
     flat_tasks = [t for t, row in zip(tasks, out, strict=True) for _ in row]
     flat = [c for row in out for c in row]
@@ -151,10 +149,12 @@ def compare_backends(args) -> None:
     import subprocess
     import tempfile
 
+    from iterdeploy_trl.backends import load_for_generation
+    from iterdeploy_trl.basemodel import resolve_base_model
     from iterdeploy_trl.config import load_config
     from iterdeploy_trl.deploy import TransformersBackend, VLLMBackend, check_backend
+    from iterdeploy_trl.deployment import prompt_for
     from iterdeploy_trl.domains import domain_pddl
-    from iterdeploy_trl.loop import load_for_generation, prompt_for, resolve_base_model
     from iterdeploy_trl.tasks import generate_tasks
     from iterdeploy_trl.vllm_server import (
         HTTPFailure,

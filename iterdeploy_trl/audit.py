@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import rundir
+from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.runio import read_json_or_raise
 from iterdeploy_trl.traces import match_training_rows, trace_key
@@ -245,13 +246,13 @@ def stage_summary(feats: Sequence[dict[str, Any]], novel: Sequence[bool] | None 
 
 
 def recompute_curation(cfg: dict[str, Any], history: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """The training set the run's curation rule makes from ``history`` (the package's own ``curate``)."""
-    from iterdeploy_trl.blindspot import apply_counter_reward
-    from iterdeploy_trl.curate import curate
+    """The training set the run's curation rule makes from ``history`` (the loop's own curation,
+    ``training.curated_traces``)."""
+    from iterdeploy_trl.training import curated_traces
 
     counter = (cfg.get("validator") or {}).get("counter_reward")
     records = _as_records(history)
-    chosen = curate(apply_counter_reward(records, counter), str(cfg.get("curation", "shortest")), seed=seed)
+    chosen = curated_traces(records, str(cfg.get("curation", "shortest")), counter, seed=seed)
     return [r if isinstance(r, dict) else r.to_dict() for r in chosen]
 
 
@@ -467,7 +468,9 @@ def load_run_config(data: dict[str, Any]) -> Any:
     from iterdeploy_trl import config as config_module
 
     data = copy.deepcopy(data)
-    readers = {"iw_sft": "iw-sft", "reinforce": "reinforce"}
+    from iterdeploy_trl.methods import with_section
+
+    readers = {m.section: m.name for m in with_section()}
     for old, new in getattr(config_module, "MOVED_KEYS", {}).items():
         s_old, k_old = old.split(".")
         s_new, k_new = new.split(".")
@@ -635,7 +638,10 @@ def start_generation(cfg: Mapping[str, Any], g: int) -> int:
     model) under ``training.init: base``, ``g`` under ``training.init: previous`` and for REINFORCE (which
     always continues from the deployed model)."""
     init = (cfg.get("training") or {}).get("init", "base")
-    return g if init == "previous" or cfg.get("method") == "reinforce" else 0
+    from iterdeploy_trl.methods import get, names
+
+    method = cfg.get("method")
+    return g if init == "previous" or (method in names() and get(method).continues) else 0
 
 
 class TraceScorer:
@@ -654,7 +660,7 @@ class TraceScorer:
         if todo:
             import torch
 
-            from iterdeploy_trl.loop import load_for_generation
+            from iterdeploy_trl.backends import load_for_generation
 
             log(f"  scoring {len(todo)} training traces under {model_dir or self.base} (T {temperature:g}, "
                 f"top-p {top_p:g})")
@@ -677,12 +683,12 @@ def _score_generation(run: RunDir, seed: int, g: int, matched: list[dict[str, An
     shares = source_shares(sources)
     pi_gen = start_generation(run.config, g)
     try:
-        from iterdeploy_trl.loop import auto_base_model_path
+        from iterdeploy_trl.basemodel import auto_base_model_path
 
         cfg = load_run_config(run.config)
         try:
             dirs = {k: run.model(seed, k) for k in sorted(set(shares) | {pi_gen})}
-        except RunDirError as exc:
+        except RunError as exc:
             return {"computed": False, "why": str(exc)}
         base = Path((run.summary or {}).get("base_model") or (
             run.config["model"]["path"] if run.config["model"]["path"] != "auto" else auto_base_model_path(cfg)))

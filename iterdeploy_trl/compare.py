@@ -9,7 +9,7 @@ evaluated at the same budget points b_0..b_G by the same deployment (K samples p
 the held-out split), and we also report training tokens and wall time, which are *not* equalised.
 
 Every method is one run of the same loop (:func:`iterdeploy_trl.loop.run_loop`; a method is its entry of
-``loop.METHOD_TABLE``: its data and its trainer): this module only schedules the methods and reports them
+its plug-in in ``iterdeploy_trl/methods/``: its data, its trainer, its section): this module only schedules the methods and reports them
 with the statistics of :mod:`iterdeploy_trl.stats`: held-out tasks solved is the primary measure, pool
 tasks solved the second; per comparison a seed-level paired t interval and a task-and-seed paired
 bootstrap interval, raw and Holm-adjusted p over every comparison tested, unanimous@k with an interval,
@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist
+from iterdeploy_trl import methods as registry
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
-from iterdeploy_trl.loop import RunError, begin_run, check_methods, check_server_methods, run_loop
+from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.loop import begin_run, run_loop
+from iterdeploy_trl.runchecks import check_methods, check_server_methods
 from iterdeploy_trl.runio import atomic_write_text, machine_record, read_rows, write_json
 from iterdeploy_trl.runlock import holds_run_dir
 from iterdeploy_trl.stats import (
@@ -49,27 +52,33 @@ LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces 
 
 def method_config(cfg: RunConfig, method: str) -> RunConfig:
     """The run config of one method in the comparison: the shared settings of ``cfg`` and the method's
-    own section only (so a method's run directory, and its hash, hold nothing another method reads).
-    REINFORCE, which curates nothing and trains online, gets the SFT methods' settings at their defaults."""
+    own section only (so a method's run directory, and its hash, hold nothing another method reads). A
+    setting of ``methods.SFT_KEYS`` that the method does not read (``Method.reads``: REINFORCE, which curates
+    nothing and trains online, reads none) is set to its default; a method that runs with one curation only
+    (``Method.required_curation``) gets it, the others ``shortest`` where ``cfg`` says ``none``."""
+    m = registry.get(method)
     changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{method}", tuning=None,
-                                   iw_sft=cfg.iw_sft if method == "iw-sft" else None,
-                                   reinforce=cfg.reinforce if method == "reinforce" else None)
-    if method == "reinforce":
-        sft = TrainingConfig()
-        changes.update(curation=RunConfig.curation, accumulate=RunConfig.accumulate,
-                       training=dataclasses.replace(cfg.training, init=sft.init, epochs=sft.epochs,
-                                                    validation_fraction=sft.validation_fraction))
-    elif method == "uncurated-sft":
-        changes.update(curation="none")
-    else:
+                                   **{o.section: getattr(cfg, o.section) if o is m else None
+                                      for o in registry.with_section()})
+    run, sft = RunConfig(), TrainingConfig()
+    training = {key.split(".")[1]: getattr(sft, key.split(".")[1]) for key in registry.SFT_KEYS
+                if key.startswith("training.") and key not in m.reads}
+    changes.update({key: getattr(run, key) for key in registry.SFT_KEYS if "." not in key and key not in m.reads})
+    if training:
+        changes.update(training=dataclasses.replace(cfg.training, **training))
+    if m.required_curation is not None:
+        changes.update(curation=m.required_curation)
+    elif "curation" in m.reads:
         changes.update(curation="shortest" if cfg.curation == "none" else cfg.curation)
     return dataclasses.replace(cfg, **changes).check()
 
 
 def with_learning_rate(cfg: RunConfig, method: str, lr: float) -> RunConfig:
-    """``cfg`` with ``method``'s learning rate set to ``lr`` (REINFORCE: ``reinforce.learning_rate``)."""
-    if method == "reinforce":
-        return dataclasses.replace(cfg, reinforce=dataclasses.replace(cfg.reinforce_settings, learning_rate=lr))
+    """``cfg`` with ``method``'s learning rate set to ``lr`` (its section's ``learning_rate`` where it has one,
+    e.g. ``reinforce.learning_rate``; else ``training.learning_rate``)."""
+    m = registry.get(method)
+    if m.own_learning_rate:
+        return dataclasses.replace(cfg, **{m.section: dataclasses.replace(m.settings_of(cfg), learning_rate=lr)})
     return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, learning_rate=lr))
 
 
@@ -82,7 +91,7 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
     tuning = cfg.tuning
     result: dict[str, Any] = {}
     for method in methods:
-        rates = tuning.reinforce_learning_rates if method == "reinforce" else tuning.sft_learning_rates
+        rates = getattr(tuning, registry.get(method).tuning_key)
         if not rates:
             continue
         table = []
@@ -294,8 +303,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
         mcfg = with_learning_rate(cfg, method, tuning[method]["chosen"]) if method in tuning else cfg
         summary = run_loop(method_config(mcfg, method), out / method, progress=progress, log=log)
         invocation[method] = round(time.time() - start, 1)
-        lr = mcfg.reinforce_settings.learning_rate if method == "reinforce" else None
-        summary["learning_rate"] = lr or mcfg.training.learning_rate
+        summary["learning_rate"] = registry.get(method).learning_rate(mcfg)
         results[method] = summary
         # The rows as written (with their solved task ids, for the task-level bootstrap and unanimous@k)
         rows_by_method[method] = {**summary, "per_seed": metrics_rows(out / method, cfg.seeds)}

@@ -18,15 +18,26 @@ from typing import Any
 
 import yaml
 
+from iterdeploy_trl import methods as registry
 from iterdeploy_trl.domains import note_domains
+from iterdeploy_trl.errors import MAX_LEARNING_RATE as MAX_LEARNING_RATE  # re-exported
+from iterdeploy_trl.errors import ConfigError
+from iterdeploy_trl.errors import check_learning_rate as _learning_rate
+from iterdeploy_trl.errors import finite as _finite
+from iterdeploy_trl.errors import require as _require
 from iterdeploy_trl.tasks.generate import GENERATOR_VERSION, SIZE_LIMITS
 
-METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
+# Every registered method (iterdeploy_trl/methods/: one module each), in the registry's order.
+METHODS = registry.names()
+# The methods `iterdeploy compare` runs by default (Method.in_comparison).
+DEFAULT_COMPARE_METHODS = tuple(m.name for m in registry.all_methods() if m.in_comparison)
+# The comparison's methods when compare_methods left the run hash: every run is hashed with this list (a
+# constant: registering a method changes no run's hash).
+_HASHED_COMPARE_METHODS = ("valid-sft", "iw-sft", "uncurated-sft", "reinforce")
 CURATIONS = ("shortest", "all-valid", "random-valid", "none")
 BACKENDS = ("transformers", "vllm", "vllm-server")
 INITS = ("base", "previous")
 NORMALIZATIONS = ("sequence_sum", "batch_tokens", "sequence_mean")
-BASELINES = ("none", "mean", "leave_one_out")
 
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -36,11 +47,6 @@ _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # tasks, 1e9 samples a task). The study: 1000 tasks, 8 samples, learning rates 1e-5..3e-3.
 MAX_TASKS = 100_000  # tasks.n, tasks.heldout
 MAX_SAMPLES_PER_TASK = 1024  # sampling.samples_per_task
-MAX_LEARNING_RATE = 1.0  # every learning rate (AdamW diverges far below it)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -201,35 +207,8 @@ class TrainingConfig:
             self.lora.check()
 
 
-@dataclass(frozen=True)
-class IWSFTSettings:
-    """IW-SFT's own settings (section ``iw_sft``; read by method iw-sft only)."""
-
-    truncate: float | None = 10.0  # weight cap c in min(w, c); null: no cap
-    self_normalize: bool = True  # divide the weights by their mean over the batch
-    per_token: bool = False  # per-token geometric mean of the ratio instead of the sequence ratio
-
-    def check(self) -> None:
-        _require(self.truncate is None or (_finite(self.truncate) and self.truncate > 0), "iw_sft.truncate",
-                 self.truncate, "must be a finite number > 0, or null for no cap")
-
-
-@dataclass(frozen=True)
-class ReinforceSettings:
-    """REINFORCE's own settings (section ``reinforce``; read by method reinforce only)."""
-
-    baseline: str = "none"  # none (A = r, Prop. 1) | mean | leave_one_out, within a prompt's K samples
-    # REINFORCE's own learning rate (null: training.learning_rate). Online REINFORCE takes one step per batch
-    # of fresh samples, the SFT methods several epochs over a curated set: one rate rarely suits both.
-    learning_rate: float | None = None
-
-    def check(self) -> None:
-        _require(self.baseline in BASELINES, "reinforce.baseline", self.baseline, f"must be one of {BASELINES}")
-        if self.learning_rate is not None:
-            _learning_rate("reinforce.learning_rate", self.learning_rate)
-
-
-SFT_METHODS = ("valid-sft", "iw-sft", "uncurated-sft")  # train on the deployment's (curated) traces
+# The methods that train on the deployment's (curated) traces.
+SFT_METHODS = tuple(m.name for m in registry.all_methods() if m.curates)
 
 
 @dataclass(frozen=True)
@@ -298,8 +277,9 @@ class ValidatorConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """One iterative-deployment run (or several seeds of it)."""
+class _RunFields:
+    """One iterative-deployment run (or several seeds of it). ``RunConfig`` adds one section per registered
+    method with settings of its own (``Method.section``: ``iw_sft``, ``reinforce``, ...; null: its defaults)."""
 
     domain: str = "blocksworld"
     name: str = "cpu-default"
@@ -312,10 +292,6 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    # A method's own settings; null (the section left out): its defaults. A section given to a run whose
-    # method does not read it is refused (unread_settings).
-    iw_sft: IWSFTSettings | None = None
-    reinforce: ReinforceSettings | None = None
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     tuning: TuningConfig | None = None  # iterdeploy compare's learning-rate tuning; null: none
     validation_timeout: float = 30.0  # seconds per VAL call
@@ -324,12 +300,12 @@ class RunConfig:
     # torch CPU threads. The small model's matrices are tiny: one thread avoids OpenMP spin-waiting, which
     # on a busy 2-core machine cost 50x the CPU time of a step (measured); null leaves torch's default.
     threads: int | None = 1
-    compare_methods: tuple[str, ...] = METHODS  # methods run by `iterdeploy compare`
+    compare_methods: tuple[str, ...] = DEFAULT_COMPARE_METHODS  # methods run by `iterdeploy compare`
     # Experiment trackers (as TRL's report_to): trackio, tensorboard, wandb. They receive every trainer's logs
     # and the loop's per-generation metrics (iterdeploy_trl.tracking); not part of the run hash.
     report_to: tuple[str, ...] = ()
 
-    def check(self, *, paths: bool = True) -> RunConfig:
+    def check(self, *, paths: bool = True) -> _RunFields:
         """Check every value; ``paths=False`` skips whether ``model.path`` exists on this machine (to check
         a GPU config elsewhere)."""
         from iterdeploy_trl.domains import PLANNING_DOMAINS
@@ -353,8 +329,10 @@ class RunConfig:
             raise ConfigError(f"report_to: {problem}")
         for m in self.compare_methods:
             _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
-        if self.method == "uncurated-sft" and self.curation != "none":
-            raise ConfigError("method: uncurated-sft trains on every untruncated trace; set curation: none")
+        required = registry.get(self.method).required_curation
+        if required is not None and self.curation != required:
+            raise ConfigError(f"method: {self.method} trains on {registry.get(self.method).summary.split(' (')[0]}; "
+                              f"set curation: {required}")
         if self.model.base_notes:
             _require(self.domain in note_domains(), "model.base_notes", True,
                      f"{self.domain} has no state notes (only {', '.join(note_domains())})")
@@ -375,7 +353,8 @@ class RunConfig:
                      f"must lie within {self.domain}'s sizes {lim_lo}..{lim_hi}")
         self.sampling.check()
         self.training.check()
-        for section in (self.iw_sft, self.reinforce):
+        for method in registry.with_section():  # a method's own section (null: its defaults)
+            section = getattr(self, method.section)
             if section is not None:
                 section.check()
         self.validator.check()
@@ -383,49 +362,68 @@ class RunConfig:
             self.tuning.check(self.seeds)
         return self
 
-    @property
-    def iw_sft_settings(self) -> IWSFTSettings:
-        """The ``iw_sft`` section, or its defaults when left out."""
-        return self.iw_sft or IWSFTSettings()
-
-    @property
-    def reinforce_settings(self) -> ReinforceSettings:
-        """The ``reinforce`` section, or its defaults when left out."""
-        return self.reinforce or ReinforceSettings()
+    def __getattr__(self, name: str) -> Any:
+        """``<section>_settings`` (``cfg.iw_sft_settings``, ``cfg.reinforce_settings``, ...): a method's section,
+        or its defaults when left out."""
+        method = registry.reader_of(name[: -len("_settings")]) if name.endswith("_settings") else None
+        if method is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return method.settings_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
 
 
 def unread_settings(cfg: RunConfig, methods: tuple[str, ...], *, compare: bool = False) -> list[str]:
-    """The settings ``cfg`` gives that none of ``methods`` reads, by dotted key: a method's section for
-    a run without that method; the SFT methods' settings (curation, accumulate, training.init, .epochs,
-    .validation_fraction) set away from their defaults for a run of REINFORCE alone; ``tuning`` outside
-    ``iterdeploy compare`` (``compare``), and a tuning list of rates for no method compared."""
+    """The settings ``cfg`` gives that none of ``methods`` reads, by dotted key: a method's section for a run
+    without that method; a setting of ``methods.SFT_KEYS`` (curation, accumulate, training.init, .epochs,
+    .validation_fraction) set away from its default that none of them reads (``Method.reads``); ``tuning``
+    outside ``iterdeploy compare`` (``compare``), and a tuning list of rates for no method compared."""
+    chosen = [registry.get(m) for m in methods]
     unread = []
     if cfg.tuning is not None:
         if not compare:
             unread.append("tuning")
         else:
-            if cfg.tuning.sft_learning_rates and not set(methods) & set(SFT_METHODS):
-                unread.append("tuning.sft_learning_rates")
-            if cfg.tuning.reinforce_learning_rates and "reinforce" not in methods:
-                unread.append("tuning.reinforce_learning_rates")
-    for name, method, section, default in (("iw_sft", "iw-sft", cfg.iw_sft, IWSFTSettings()),
-                                           ("reinforce", "reinforce", cfg.reinforce, ReinforceSettings())):
-        if section is not None and method not in methods:
+            for key in ("sft_learning_rates", "reinforce_learning_rates"):
+                if getattr(cfg.tuning, key) and not any(m.tuning_key == key for m in chosen):
+                    unread.append(f"tuning.{key}")
+    for method in registry.with_section():
+        section = getattr(cfg, method.section)
+        if section is not None and method not in chosen:
+            default = method.settings()
             changed = [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
-            unread.append(f"{name}.{changed[0]}" if changed else name)
-    if not set(methods) & set(SFT_METHODS):
-        run, training = RunConfig(), TrainingConfig()
-        for key, value, default in (("curation", cfg.curation, run.curation), ("accumulate", cfg.accumulate, run.accumulate),
-                                    ("training.init", cfg.training.init, training.init),
-                                    ("training.epochs", cfg.training.epochs, training.epochs),
-                                    ("training.validation_fraction", cfg.training.validation_fraction,
-                                     training.validation_fraction)):
-            if value != default:
-                unread.append(key)
+            unread.append(f"{method.section}.{changed[0]}" if changed else method.section)
+    defaults = RunConfig()
+    for key in registry.SFT_KEYS:
+        if not any(key in m.reads for m in chosen) and _dotted(cfg, key) != _dotted(defaults, key):
+            unread.append(key)
     return unread
+
+
+def _dotted(cfg: RunConfig, key: str) -> Any:
+    """The value of the dotted ``key`` of ``cfg``."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _readers(key: str) -> str:
+    """Who reads the setting ``key`` (``iterdeploy compare``, a method, the SFT methods), for a message."""
+    if key == "tuning":
+        return "iterdeploy compare"
+    head = key.split(".")[0]
+    owner = registry.reader_of(head)
+    if owner is not None:
+        return f"method {owner.name}"
+    if key.startswith("tuning."):
+        names = [m.name for m in registry.all_methods() if m.tuning_key == key.split(".")[1]]
+    else:
+        names = [m.name for m in registry.all_methods() if key in m.reads]
+    if all(registry.get(n).curates for n in names) and len(names) > 1:
+        return f"the SFT methods ({', '.join(names)})"
+    return f"method {names[0]}" if len(names) == 1 else f"methods {', '.join(names)}"
 
 
 def check_settings_read(cfg: RunConfig, methods: tuple[str, ...], *, compare: bool = False) -> None:
@@ -435,27 +433,11 @@ def check_settings_read(cfg: RunConfig, methods: tuple[str, ...], *, compare: bo
     if not unread:
         return
     key = unread[0]
-    readers = {"iw_sft": "method iw-sft", "reinforce": "method reinforce", "tuning": "iterdeploy compare",
-               "tuning.sft_learning_rates": "the SFT methods",
-               "tuning.reinforce_learning_rates": "method reinforce"}.get(key, None) or {
-        "iw_sft": "method iw-sft", "reinforce": "method reinforce"}.get(key.split(".")[0], "the SFT methods")
-    raise ConfigError(f"{key}: set, but only {readers} read{'' if readers.startswith('the ') else 's'} it and "
+    readers = _readers(key)
+    one = not readers.startswith(("the ", "methods "))
+    raise ConfigError(f"{key}: set, but only {readers} read{'s' if one else ''} it and "
                       f"this run's method{'s are' if len(methods) > 1 else ' is'} {', '.join(methods)}; remove "
                       f"it from the config (or run a method that reads it)")
-
-
-def _require(ok: bool, key: str, value: Any, what: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} {what}")
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
-def _learning_rate(key: str, value: float) -> None:
-    _require(_finite(value) and 0 < value <= MAX_LEARNING_RATE, key, value,
-             f"must be a finite number in (0, {MAX_LEARNING_RATE:g}] (the study used 1e-5 to 3e-3)")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -597,7 +579,7 @@ def config_hash(cfg: RunConfig, *, _compare_methods: tuple[str, ...] | None = No
     # default for every run (a run made with the default keeps its hash), so that adding a method to a
     # comparison resumes the methods already run. Run directories hashed with another value before this
     # still resume (hash_matches).
-    data["compare_methods"] = list(METHODS if _compare_methods is None else _compare_methods)
+    data["compare_methods"] = list(_HASHED_COMPARE_METHODS if _compare_methods is None else _compare_methods)
     for key in _NOT_IN_HASH:
         data["sampling"].pop(key, None)
     for (section, key), default in _ADDED_LATER.items():
@@ -625,13 +607,28 @@ def hash_matches(cfg: RunConfig, stored: dict[str, Any]) -> bool:
 
 
 def _hash_layout(data: dict[str, Any]) -> dict[str, Any]:
-    """``cfg.to_dict()`` in the layout run hashes were made with before the methods' own sections: their
-    settings (defaults when a section is left out) back under ``training`` with their old names, so that
-    a run directory made before the sections existed still resumes."""
+    """``cfg.to_dict()`` in the layout run hashes were made with before the methods' own sections: each
+    registered method's section goes where its ``Method.hash_layout`` puts it (iw_sft and reinforce: back under
+    ``training`` with their old names, defaults when a section is left out, so that a run directory made before
+    the sections existed still resumes); a section without a layout is hashed as it is, and left out while
+    null (so that registering a method changes no run's hash)."""
     data.pop("tuning", None)  # how compare picks a rate, not what a run does
-    iw = data.pop("iw_sft") or dataclasses.asdict(IWSFTSettings())
-    rf = data.pop("reinforce") or dataclasses.asdict(ReinforceSettings())
-    data["training"].update(iw_truncate=iw["truncate"], iw_self_normalize=iw["self_normalize"],
-                            iw_per_token=iw["per_token"], reinforce_baseline=rf["baseline"],
-                            reinforce_learning_rate=rf["learning_rate"])
+    for method in registry.with_section():
+        section = data.pop(method.section, None)
+        if method.hash_layout is not None:
+            method.hash_layout(section, data)
+        elif section is not None:
+            data[method.section] = section
     return data
+
+
+def _with_method_sections(base: type) -> type:
+    """``RunConfig``: ``base``'s fields, then one field per registered method with a section of its own
+    (``Method.section``, typed ``Method.settings | None``, null by default)."""
+    fields = [(m.section, m.settings | None, field(default=None)) for m in registry.with_section()]
+    cls = dataclasses.make_dataclass("RunConfig", fields, bases=(base,), frozen=True)
+    cls.__module__, cls.__qualname__, cls.__doc__ = __name__, "RunConfig", base.__doc__
+    return cls
+
+
+RunConfig = _with_method_sections(_RunFields)

@@ -166,16 +166,17 @@ def _fmt(v: Any) -> str:
 
 
 def _deployed_model(run_path: Path, seed: int, g: int) -> Path | None:
-    from iterdeploy_trl.loop import generation_model
+    from iterdeploy_trl.rundir import deployed_model, seed_dir
 
-    return generation_model(run_path / f"seed_{seed}", g)
+    return deployed_model(seed_dir(run_path, seed), g)
 
 
 def _score(run_path: Path, cfg: Mapping[str, Any], model_dir: Path | None, recs: Sequence[Mapping[str, Any]],
            temperature: float, top_p: float) -> list[float]:
     """log β(y|x) of ``recs`` under a deployed model (None: the run's base model; a LoRA adapter on it)."""
     from iterdeploy_trl.audit import load_run_config, score_logprobs
-    from iterdeploy_trl.loop import auto_base_model_path, load_for_generation
+    from iterdeploy_trl.backends import load_for_generation
+    from iterdeploy_trl.basemodel import auto_base_model_path
 
     run_cfg = load_run_config(dict(cfg))
     given = run_cfg.model.path

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl.backends import make_backend
 from iterdeploy_trl.config import ModelConfig, RunConfig, SamplingConfig, TasksConfig
-from iterdeploy_trl.loop import RunError, deploy_generation, make_backend
+from iterdeploy_trl.deployment import deploy_generation
+from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.traces import TraceRecord, write_traces
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
+
 # Largest per-token gap (nats) between a recorded behaviour log-prob and the trainer's log pi of the same tokens,
 # |beta - log pi| / completion tokens, accepted where either side runs in bf16: bf16 keeps 8 significant bits, so
 # a logit of magnitude ~10 is rounded by up to ~0.04 and a token's log-prob moves by ~0.01 (two kernels, vLLM's
@@ -195,6 +197,7 @@ def check_config(scale: Scale, model_path: Path, *, backend: str | None = None, 
     """The run config of the check: one valid-SFT generation (deploy, VAL, curate, train a LoRA, deploy it)
     on a small blocksworld pool, at temperature 1 and top-p 1 (so the behaviour log-prob is log pi)."""
     from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.methods import get as get_method
 
     data: dict[str, Any] = {
         "name": "gpu-check", "domain": "blocksworld", "generations": 1, "seeds": [0], "method": method,
@@ -207,7 +210,7 @@ def check_config(scale: Scale, model_path: Path, *, backend: str | None = None, 
                      "lora": {"r": scale.lora_r, "alpha": 2 * scale.lora_r, "dropout": 0.0}},
         "chunk_size": scale.tasks, "validation_workers": 2,
     }
-    if method == "valid-sft":
+    if "training.epochs" in get_method(method).reads:
         data["training"]["epochs"] = scale.sft_epochs
     return config_from_dict(data)
 
@@ -240,7 +243,8 @@ def pool_tasks(cfg: Any) -> tuple[str, list[Any]]:
 def step_teach(scale: Scale, base: Path, out: Path) -> Step:
     """Teach the fresh model the pool tasks' reference plans (``loop.train_generation``, full fine-tuning):
     afterwards some of its samples are valid plans."""
-    from iterdeploy_trl.loop import prompt_for, train_generation
+    from iterdeploy_trl.deployment import prompt_for
+    from iterdeploy_trl.training import train_generation
 
     cfg = teach_config(scale, base)
     dom, tasks = pool_tasks(cfg)
@@ -403,14 +407,14 @@ def step_logprobs(cfg: Any, run_dir: Path) -> Step:
     """Behaviour log-probs of the deployed traces (generation 0: the base; generation 1: the LoRA adapter,
     unmerged) against the trainer's log pi of the same token ids: the model as the loop trains it
     (``loop.load_for_generation``: ``cfg.model.dtype``, the adapter unmerged), and in float32 for reference."""
-    from iterdeploy_trl.loop import generation_model, load_for_generation
+    from iterdeploy_trl.backends import load_for_generation
 
     base = Path(cfg.model.path)
     tol = tolerance(cfg.model.dtype)
     step = Step("logprobs", data={"dtype": cfg.model.dtype, "backend": cfg.sampling.backend, "tolerance": tol})
     for g in (0, 1):
         records = [r for r in _traces(run_dir, g) if r.completion_ids]
-        model_dir = generation_model(run_dir / "seed_0", g)
+        model_dir = rundir.deployed_model(rundir.seed_dir(run_dir, 0), g)
         pairs = [(r.prompt_ids, r.completion_ids) for r in records]
         recorded = [r.behaviour_logprob for r in records]
         tokens = [len(r.completion_ids) for r in records]
@@ -451,7 +455,7 @@ def timed_generate(backend: Any, prompts: Sequence[str], cfg: Any, seed: int) ->
 
 def merged_model(cfg: Any, base: Path, adapter_dir: Path) -> Any:
     """The base with the adapter merged into its weights (float32, so that the merge itself rounds nothing)."""
-    from iterdeploy_trl.loop import load_for_generation
+    from iterdeploy_trl.backends import load_for_generation
 
     model, _ = load_for_generation(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="float32")),
                                    base, adapter_dir)
@@ -463,11 +467,11 @@ def step_lora(cfg: Any, run_dir: Path) -> Step:
     as the merged model would: with the same seeds its samples differ from the base's; their behaviour
     log-probs are the merged model's log pi (within the dtype's tolerance) and not the base's (their gap to
     the base's log pi is above it). The adapter's ``generate`` call is also the main backend's throughput."""
+    from iterdeploy_trl.backends import load_for_generation, make_backend
     from iterdeploy_trl.deploy import VLLMBackend
-    from iterdeploy_trl.loop import load_for_generation, make_backend
 
     base = Path(cfg.model.path)
-    adapter_dir = run_dir / "seed_0" / "gen_01" / "model"
+    adapter_dir = rundir.model(rundir.gen_dir(rundir.seed_dir(run_dir, 0), 1))
     prompts = list(dict.fromkeys(r.prompt for r in _traces(run_dir, 0) if r.split == "pool"))
     seed = 12345
     t0 = time.perf_counter()
@@ -523,11 +527,11 @@ def step_lora(cfg: Any, run_dir: Path) -> Step:
 def step_throughput(cfg: Any, run_dir: Path, lora: Step, mode: str) -> Step:
     """completions/s and tokens/s of vLLM and of the transformers backend on the same model (the base + the
     trained adapter, the same prompts and seeds), and training tokens/s, as ratios measured in this run."""
-    from iterdeploy_trl.loop import make_backend
+    from iterdeploy_trl.backends import make_backend
     from iterdeploy_trl.runio import read_json
 
     base = Path(cfg.model.path)
-    adapter_dir = run_dir / "seed_0" / "gen_01" / "model"
+    adapter_dir = rundir.model(rundir.gen_dir(rundir.seed_dir(run_dir, 0), 1))
     prompts = list(dict.fromkeys(r.prompt for r in _traces(run_dir, 0) if r.split == "pool"))
     step = Step("throughput")
     measured = {cfg.sampling.backend: lora.data.get("throughput")}
@@ -588,10 +592,10 @@ def reinforce_is_setting(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_reinforce(cfg: Any, run_dir: Path, out: Path, mode: str) -> Step:
-    """One REINFORCE step (``loop.train_reinforce``: ``ReinforceTrainer`` on TRL's ``GRPOTrainer``) from the
+    """One REINFORCE step (``training.train_reinforce``: ``ReinforceTrainer`` on TRL's ``GRPOTrainer``) from the
     taught model on the pool prompts as generation 0 deployed them, n*K completions in one optimizer step: on a
     GPU sampled through TRL's vLLM integration (``use_vllm``, colocate), elsewhere by transformers."""
-    from iterdeploy_trl.loop import METHOD_TABLE, train_reinforce
+    from iterdeploy_trl.training import prompt_rows, train_reinforce
 
     rf = check_config_for_reinforce(cfg)
     refused = reinforce_vllm_refusal(rf)
@@ -599,7 +603,7 @@ def step_reinforce(cfg: Any, run_dir: Path, out: Path, mode: str) -> Step:
         rf = dataclasses.replace(rf, sampling=dataclasses.replace(rf.sampling, backend="transformers"))
     dom, pool = pool_tasks(rf)
     records = _traces(run_dir, 0)
-    rows = METHOD_TABLE["reinforce"].data(rf, records=records, history=records, pool=pool, domain_pddl=dom, seed=0)
+    rows = prompt_rows(rf, records=records, history=records, pool=pool, domain_pddl=dom, seed=0)
     use_vllm = rf.sampling.backend == "vllm"
     saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     try:  # TRL's colocate mode sets these for its engine; the rest of the check runs as one plain process
@@ -640,7 +644,7 @@ def reinforce_vllm_refusal(cfg: Any) -> str:
     if cfg.sampling.backend != "vllm":
         return ""
     from iterdeploy_trl.config import ConfigError
-    from iterdeploy_trl.loop import check_reinforce_vllm
+    from iterdeploy_trl.methods.reinforce import check_reinforce_vllm
 
     try:
         check_reinforce_vllm(cfg.model.dtype)

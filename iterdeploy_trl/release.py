@@ -87,7 +87,8 @@ def export_model(run_dir: str | Path, out: str | Path, *, criterion: str = "best
     """Copy the chosen generation's model (of ``seed``, default the run's first) to ``out`` with a
     ``release.json`` naming the run, seed, generation, criterion and the source; nothing is retrained."""
     from iterdeploy_trl.audit import open_run
-    from iterdeploy_trl.loop import RunError, generation_model
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.loop import generation_model
     from iterdeploy_trl.runio import write_json
 
     run = open_run(run_dir)

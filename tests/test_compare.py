@@ -172,7 +172,7 @@ def _rows(seed: int, g: int, pool: set[str], held: set[str]) -> dict:
 def _summary(gen1: list[tuple[set[str], set[str]]]) -> dict:
     """A method's summary over seeds 0-2: generation 0 the base model's (p0 solved under every seed), then
     generation 1 as given (pool ids, held-out ids per seed)."""
-    from iterdeploy_trl.loop import aggregate
+    from iterdeploy_trl.metrics import aggregate
 
     per_seed = {s: [_rows(s, 0, {"p0"}, set()), _rows(s, 1, *gen1[s])] for s in range(3)}
     return {"per_seed": {str(s): rows for s, rows in per_seed.items()}, "generations": aggregate(per_seed)}

@@ -116,7 +116,8 @@ def test_a_damaged_generated_task_file_is_written_again(finished, tmp_path, caps
 
 def test_a_changed_file_of_tasks_dir_stops_the_run(tiny_base_model, tmp_path):
     from iterdeploy_trl.config import config_from_dict
-    from iterdeploy_trl.loop import RunError, prepare_tasks
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.runtasks import prepare_tasks
     from iterdeploy_trl.tasks import generate_tasks, write_task_set
 
     tdir = write_task_set(generate_tasks("blocksworld", 3, 0, size=(2, 3)), tmp_path / "tasks")
@@ -153,7 +154,8 @@ def test_a_damaged_model_is_trained_again(finished, tmp_path, capsys, damage):
 
 def test_a_damaged_model_is_named_where_it_would_be_loaded(finished, tmp_path):
     """The audit, the release and the theory checks load models through generation_model."""
-    from iterdeploy_trl.loop import RunError, generation_model
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.loop import generation_model
 
     run = damaged_copy(finished, tmp_path)
     assert generation_model(run / "seed_0", 1) == run / MODEL

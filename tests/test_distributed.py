@@ -17,8 +17,11 @@ from conftest import tiny_run_config
 
 from iterdeploy_trl import dist
 from iterdeploy_trl.config import ConfigError, config_from_dict
-from iterdeploy_trl.loop import RunError, check_launch, process_batch, run_loop
+from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.loop import run_loop
+from iterdeploy_trl.runchecks import check_launch
 from iterdeploy_trl.runio import read_json, read_jsonl
+from iterdeploy_trl.training import process_batch
 
 # Uncurated SFT trains on every untruncated trace, so generation 1 is really trained whatever the tiny model
 # solves; 4 pool chunks + 1 held-out chunk: the two processes get unequal shares (3 and 2).

@@ -127,7 +127,7 @@ def test_config_reference_lists_every_key_with_its_default() -> None:
 
 def test_config_reference_check_fails_on_an_undocumented_key() -> None:
     """The check above would catch a key added to a section without its row (a new dataclass field)."""
-    from iterdeploy_trl.config import ReinforceSettings
+    from iterdeploy_trl.methods.reinforce import ReinforceSettings
 
     grown = dataclasses.make_dataclass("Grown", [("new_knob", int, dataclasses.field(default=3))],
                                        bases=(ReinforceSettings,), frozen=True)

@@ -117,8 +117,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytes
 
 
 def test_a_run_config_takes_an_imported_task_set(tmp_path: Path) -> None:
+    from iterdeploy_trl.basemodel import auto_base_model_path
     from iterdeploy_trl.config import config_from_dict, config_hash
-    from iterdeploy_trl.loop import auto_base_model_path, prepare_tasks
+    from iterdeploy_trl.runtasks import prepare_tasks
 
     tasks = generate_tasks("ferry", 4, seed=9, size=(1, 2))
     src = _folder(tmp_path / "src", domain_pddl("ferry"), {t.id: t.problem for t in tasks},

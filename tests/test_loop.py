@@ -15,7 +15,8 @@ import yaml
 from conftest import tiny_run_config
 
 from iterdeploy_trl.config import ConfigError, config_from_dict
-from iterdeploy_trl.loop import RunError, run_loop
+from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.loop import run_loop
 from iterdeploy_trl.runio import read_jsonl
 
 LINEAGE = {"run", "method", "generation", "seed", "task_id", "prompt", "completion", "plan", "plan_length", "valid",
@@ -79,10 +80,12 @@ def test_loop_end_to_end(tiny_base_model, tmp_path):
 
 def test_each_generation_names_the_machines_its_seconds_were_measured_on(tiny_base_model, tmp_path, monkeypatch):
     import iterdeploy_trl.loop as loop
+    import iterdeploy_trl.training as training
 
     cfg = config_from_dict(tiny_run_config(tiny_base_model, generations=1, **{k: v for k, v in RESUME_OVER.items()
                                                                              if k != "generations"}))
-    monkeypatch.setattr(loop, "machine_id", lambda: "machine A")
+    monkeypatch.setattr(loop, "machine_id", lambda: "machine A")  # where it deploys
+    monkeypatch.setattr(training, "machine_id", lambda: "machine A")  # where it trains
     run_loop(cfg, tmp_path / "run", progress=False)
     metrics = tmp_path / "run" / "seed_0" / "metrics.jsonl"
     rows = read_jsonl(metrics)
@@ -91,6 +94,7 @@ def test_each_generation_names_the_machines_its_seconds_were_measured_on(tiny_ba
     # deployment is read back from disk, its row says where each number came from.
     metrics.write_text(json.dumps(rows[0]) + "\n")
     monkeypatch.setattr(loop, "machine_id", lambda: "machine B")
+    monkeypatch.setattr(training, "machine_id", lambda: "machine B")
     run_loop(cfg, tmp_path / "run", progress=False)
     assert [(r["deploy_machine"], r["train_machine"]) for r in read_jsonl(metrics)] == \
         [("machine A", None), ("machine B", "machine A")]

@@ -176,8 +176,8 @@ def test_base_model_command(tmp_path, capsys) -> None:
 def test_base_task_size_widens_the_pretraining_range_only() -> None:
     """``model.base_task_size`` sets the auto base model's walk range (named in its cache key) and nothing else:
     unset or equal to ``tasks.size`` it is the model and run hash of a config without the key."""
+    from iterdeploy_trl.basemodel import auto_base_model_path, pretraining_task_size
     from iterdeploy_trl.config import ConfigError, config_from_dict, config_hash, load_config
-    from iterdeploy_trl.loop import auto_base_model_path, pretraining_task_size
 
     cfg = load_config(EXPERIMENTS / "cpu_default.yaml")
     assert cfg.model.base_task_size is None and pretraining_task_size(cfg) == (2, 5)
@@ -234,8 +234,8 @@ def test_base_model_task_size_defaults_follow_the_cpu_configs() -> None:
 
 
 def test_cached_base_model_key_follows_the_generator_version() -> None:
+    from iterdeploy_trl.basemodel import auto_base_model_path
     from iterdeploy_trl.config import load_config
-    from iterdeploy_trl.loop import auto_base_model_path
 
     # Blocksworld's generator never changed: its key (and so its cached model) is the one of before.
     blocks = auto_base_model_path(load_config(EXPERIMENTS / "cpu_default.yaml")).name
@@ -245,8 +245,8 @@ def test_cached_base_model_key_follows_the_generator_version() -> None:
 
 
 def test_cached_base_model_key_names_notes_and_walk_lengths() -> None:
+    from iterdeploy_trl.basemodel import auto_base_model_path
     from iterdeploy_trl.config import config_hash, load_config
-    from iterdeploy_trl.loop import auto_base_model_path
 
     cfg = load_config(EXPERIMENTS / "cpu_rovers.yaml")
     assert cfg.model.base_notes and cfg.model.base_walk_length == "uniform"

@@ -16,21 +16,16 @@ import pytest
 import torch
 from conftest import paper_run_config
 
+from iterdeploy_trl.backends import load_for_generation, make_backend
 from iterdeploy_trl.config import config_from_dict
+from iterdeploy_trl.deployment import deploy_chunk, prompt_for, score_completions
 from iterdeploy_trl.domains import domain_pddl
-from iterdeploy_trl.loop import (
-    deploy_chunk,
-    load_for_generation,
-    make_backend,
-    prompt_for,
-    run_loop,
-    score_completions,
-    train_generation,
-)
+from iterdeploy_trl.loop import run_loop
 from iterdeploy_trl.models import load_model_and_tokenizer
 from iterdeploy_trl.prompts import paper_answer
 from iterdeploy_trl.runio import read_json, read_jsonl
 from iterdeploy_trl.tasks import generate_tasks
+from iterdeploy_trl.training import train_generation
 
 DOMAIN = domain_pddl("blocksworld")
 TASKS = generate_tasks("blocksworld", 4, 0, size=(2, 3))

@@ -120,9 +120,10 @@ def test_actual_update_reference_samples_are_disjoint_from_the_curated_set(tiny_
     """The REINFORCE reference is drawn afresh: its sampling seeds are none of the seeds the run's samples (and
     so its curated sets) were drawn with. The run's seeds are derived as the loop derives them, and checked
     here to BE the run's: sampling again with gen 0's chunk seed reproduces the run's recorded samples."""
+    from iterdeploy_trl.backends import make_backend
     from iterdeploy_trl.config import config_from_dict
     from iterdeploy_trl.deploy import batch_seed
-    from iterdeploy_trl.loop import deploy_chunk, make_backend
+    from iterdeploy_trl.deployment import deploy_chunk
     from iterdeploy_trl.runio import read_jsonl
     from iterdeploy_trl.tasks import load_task_set
 

@@ -13,8 +13,8 @@ from conftest import tiny_run_config
 
 from iterdeploy_trl.config import config_from_dict
 from iterdeploy_trl.deploy import TransformersBackend
+from iterdeploy_trl.deployment import deploy_chunk, prompt_for
 from iterdeploy_trl.domains import domain_pddl
-from iterdeploy_trl.loop import deploy_chunk, prompt_for
 from iterdeploy_trl.models import load_model_and_tokenizer
 from iterdeploy_trl.tasks import generate_tasks
 from iterdeploy_trl.traces import TraceFormatError, TraceRecord, read_traces, write_traces

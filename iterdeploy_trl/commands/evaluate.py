@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from iterdeploy_trl.errors import RunError
     from iterdeploy_trl.evaluate import evaluate_model
-    from iterdeploy_trl.loop import RunError
     from iterdeploy_trl.tasks import TaskSetError
 
     try:

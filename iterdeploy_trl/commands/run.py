@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.config import ConfigError, RunConfig, load_config
     from iterdeploy_trl.console import quiet_session
     from iterdeploy_trl.dist import MainProcessFailed, is_main, rank
-    from iterdeploy_trl.loop import RunError, run_loop
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.loop import run_loop
     from iterdeploy_trl.runlock import RunDirBusy, out_dir_problem
 
     if args.out is None and not args.check:

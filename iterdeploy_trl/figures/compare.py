@@ -19,6 +19,10 @@ from iterdeploy_trl.figures.style import (
     new_figure,
     save,
 )
+from iterdeploy_trl.methods import all_methods
+
+# The methods that sample their own training completions (Method.trains_on PROMPTS: REINFORCE and the RL arms)
+ONLINE_METHODS = frozenset(m.name for m in all_methods() if not m.curates)
 
 
 def cumulative_tokens(method: str, rows: Sequence[dict[str, Any]]) -> list[float]:
@@ -27,7 +31,7 @@ def cumulative_tokens(method: str, rows: Sequence[dict[str, Any]]) -> list[float
     if rows and all(r.get("train_completion_tokens_cumulative") is not None for r in rows):
         return [float(r["train_completion_tokens_cumulative"]) for r in rows]
     vals = [float(r.get("train_completion_tokens") or 0) for r in rows]
-    if method == "reinforce":  # runs made before the cumulative counter: REINFORCE's was cumulative
+    if method in ONLINE_METHODS:  # runs made before the cumulative counter: REINFORCE's was cumulative
         return vals
     out, total = [], 0.0
     for v in vals:

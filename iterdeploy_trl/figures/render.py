@@ -13,6 +13,11 @@ from iterdeploy_trl.figures.runs import fig_ablation, fig_pool_vs_heldout, fig_s
 from iterdeploy_trl.figures.sources import Compare, FigureError, Run, Theory, label_runs, load
 from iterdeploy_trl.figures.style import STYLE
 from iterdeploy_trl.figures.theory import fig_theory_convergence, fig_theory_same_samples
+from iterdeploy_trl.methods import all_methods
+
+# The curation ablation's methods: those that train on curated traces with valid-trace SFT's trainer, from the
+# base each generation (valid-trace SFT, and uncurated SFT, its curation: none), by their runs' curation.
+ABLATION_METHODS = frozenset(m.name for m in all_methods() if m.curates and m.build_trainer is None and not m.continues)
 
 
 def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], n_sources: int, out: Path,
@@ -41,13 +46,13 @@ def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], 
 
     # Curation ablation: curated and uncurated runs of one domain, from run dirs and compare dirs.
     ablation: dict[str, tuple[list[Run], list[Run]]] = {}
-    pool = [*runs, *(r for c in compares for m, r in c.runs.items() if m in ("valid-sft", "uncurated-sft"))]
+    pool = [*runs, *(r for c in compares for m, r in c.runs.items() if m in ABLATION_METHODS)]
     seen: set[Path] = set()
     for r in pool:
         if r.path.resolve() in seen:  # a compare's method dir also given as a run dir
             continue
         seen.add(r.path.resolve())
-        if r.finished and r.method != "reinforce" and (r.curation == "none" or r.method == "valid-sft"):
+        if r.finished and r.method in ABLATION_METHODS:
             cur, unc = ablation.setdefault(r.domain, ([], []))
             (unc if r.curation == "none" else cur).append(r)
     for domain, (cur, unc) in ablation.items():

@@ -69,7 +69,7 @@ class Run:
         ``summary.json``, else (in progress) ``loop.aggregate`` over the finished metrics rows."""
         if self.complete and self.summary and isinstance(self.summary.get("generations"), list):
             return self.summary["generations"]
-        from iterdeploy_trl.loop import aggregate
+        from iterdeploy_trl.metrics import aggregate
 
         per_seed = {s: [rows[g] for g in sorted(rows)] for s, rows in self.metrics.items() if rows}
         try:
@@ -197,11 +197,10 @@ def load_run(path: str | Path) -> Run:
 def load_compare(path: str | Path) -> Compare:
     """Read a compare directory; without ``compare.json`` (still running) the statistics are computed
     from its method runs (``compare.compare_statistics``) over the generations every seed finished."""
-    from iterdeploy_trl.compare import LOOP_METHODS
+    from iterdeploy_trl.methods import names as method_names
 
     path = Path(path)
-    all_methods = (*LOOP_METHODS, "reinforce")
-    runs = {m: load_run(path / m) for m in all_methods if is_run(path / m)}
+    runs = {m: load_run(path / m) for m in method_names() if is_run(path / m)}
     cpath = rundir.compare_json(path)
     if cpath.is_file():
         data = load_json(cpath)
@@ -213,7 +212,7 @@ def load_compare(path: str | Path) -> Compare:
     if not runs:
         raise FigureError(f"{path} is not a compare directory (no compare.json, no method run directory)")
     from iterdeploy_trl.compare import compare_statistics
-    from iterdeploy_trl.loop import aggregate
+    from iterdeploy_trl.metrics import aggregate
 
     summaries = {}
     for method, run in runs.items():
@@ -259,9 +258,9 @@ def detect(path: str | Path) -> str:
         return "compare"
     if is_run(path):
         return "run"
-    from iterdeploy_trl.compare import LOOP_METHODS
+    from iterdeploy_trl.methods import names as method_names
 
-    if any(is_run(path / m) for m in (*LOOP_METHODS, "reinforce")):
+    if any(is_run(path / m) for m in method_names()):
         return "compare"
     raise FigureError(
         f"{path} is not a run directory (no {rundir.RESOLVED_CONFIG}), a compare directory (no {rundir.COMPARE}) nor a "

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iterdeploy_trl.methods import all_methods
+
 if TYPE_CHECKING:
     from iterdeploy_trl.figures.sources import Run
 
@@ -16,10 +18,9 @@ OKABE_ITO = {
     "sky": "#56B4E9", "purple": "#CC79A7", "yellow": "#F0E442", "black": "#000000",
 }
 CYCLE = [OKABE_ITO[c] for c in ("blue", "orange", "green", "vermillion", "sky", "purple", "black")]
-METHOD_COLOURS = {"valid-sft": OKABE_ITO["blue"], "iw-sft": OKABE_ITO["green"],
-                  "uncurated-sft": OKABE_ITO["orange"], "reinforce": OKABE_ITO["vermillion"]}
-METHOD_LABELS = {"valid-sft": "valid-trace SFT", "iw-sft": "IW-SFT", "uncurated-sft": "uncurated SFT",
-                 "reinforce": "REINFORCE"}
+# Each method's colour and label are its plug-in's (iterdeploy_trl/methods/: Method.colour, Method.label).
+METHOD_COLOURS = {m.name: m.colour for m in all_methods()}
+METHOD_LABELS = {m.name: m.label for m in all_methods()}
 GREY = "#8c8c8c"
 SINGLE = 3.3  # inches: one column of a two-column paper
 DOUBLE = 6.9  # inches: both columns

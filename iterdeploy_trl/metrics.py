@@ -1,0 +1,88 @@
+"""Per-generation numbers of a run (``metrics.jsonl`` rows, from the trace records) and their summary over seeds."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl import dist
+from iterdeploy_trl.runio import append_row
+from iterdeploy_trl.traces import TraceRecord
+
+
+def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: int, n_heldout: int) -> dict[str, Any]:
+    """Per-generation numbers from trace records (named after the quantities)."""
+    pool = [r for r in records if r.split == "pool"]
+    held = [r for r in records if r.split == "heldout"]
+
+    def solved(rs: list[TraceRecord]) -> set[str]:
+        return {r.task_id for r in rs if r.valid}
+
+    by_task: dict[str, list[bool]] = {}
+    for r in pool:
+        by_task.setdefault(r.task_id, []).append(r.valid)
+    valid = [r for r in pool if r.valid]
+    lengths = [r.plan_length for r in valid]
+    ref_solved = [r.reference_length for r in valid if r.reference_length is not None]
+
+    def stat(xs: list[float], fn: Callable) -> float | None:
+        return round(float(fn(xs)), 3) if xs else None
+
+    return {
+        "generation": generation,
+        "solved": len(solved(pool)),
+        "tasks": n_pool,
+        "heldout_solved": len(solved(held)),
+        "heldout_tasks": n_heldout,
+        "all_samples_valid": sum(all(v) for v in by_task.values()),
+        "valid_fraction": stat([float(r.valid) for r in pool], statistics.fmean),
+        "truncated_fraction": stat([float(r.truncated) for r in pool], statistics.fmean),
+        "mean_valid_plan_length": stat(lengths, statistics.fmean),
+        "median_valid_plan_length": stat(lengths, statistics.median),
+        "max_valid_plan_length": max(lengths) if lengths else 0,
+        "max_solved_reference_length": max(ref_solved) if ref_solved else 0,
+        "mean_reasoning_tokens": stat([r.reasoning_tokens for r in pool], statistics.fmean),
+        "mean_completion_tokens": stat([r.completion_tokens for r in pool], statistics.fmean),
+        "samples": len(pool),
+        "solved_task_ids": sorted(solved(pool)),
+        "heldout_solved_task_ids": sorted(solved(held)),
+    }
+
+
+def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-generation summary over seeds: mean/min/max of the numbers, and unanimous@k."""
+    gens = sorted({m["generation"] for rows in per_seed.values() for m in rows})
+    out = []
+    for g in gens:
+        rows = [next(m for m in ms if m["generation"] == g) for ms in per_seed.values()
+                if any(m["generation"] == g for m in ms)]
+        entry: dict[str, Any] = {"generation": g, "seeds": [r["seed"] for r in rows]}
+        for key in ("solved", "heldout_solved", "train_traces", "max_valid_plan_length", "samples_used",
+                    "mean_valid_plan_length", "max_solved_reference_length", "valid_fraction",
+                    "mean_reasoning_tokens", "mean_completion_tokens", "train_completion_tokens",
+                    "train_completion_tokens_cumulative",
+                    "deploy_seconds", "train_seconds", "all_samples_valid", "eval_loss"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if not vals:
+                entry[key] = None
+                continue
+            entry[key] = round(statistics.fmean(vals), 3)
+            entry[f"{key}_min"] = min(vals)
+            entry[f"{key}_max"] = max(vals)
+        sets = [set(r["solved_task_ids"]) for r in rows]
+        entry["unanimous"] = len(set.intersection(*sets)) if sets else 0
+        entry["unanimous_k"] = len(sets)
+        entry["tasks"] = rows[0]["tasks"]
+        entry["heldout_tasks"] = rows[0]["heldout_tasks"]
+        out.append(entry)
+    return out
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    """Append a finished generation's metrics row to ``metrics.jsonl`` (the main process writes it)."""
+    if dist.is_main():
+        append_row(path, row, key="generation")
+
+
