@@ -235,7 +235,7 @@ def check_backend(backend: str) -> None:
     try:
         import vllm  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install (CUDA/torch mismatch)
-        from iterdeploy_trl.config import ConfigError
+        from iterdeploy_trl.errors import ConfigError
 
         raise ConfigError(
             f"sampling.backend: 'vllm' but vLLM cannot be imported here ({type(exc).__name__}: {exc}). "

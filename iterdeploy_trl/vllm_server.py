@@ -106,7 +106,7 @@ def served_models(url: str, *, timeout: float = 10.0) -> list[str]:
 
 def check_servers(servers: Sequence[str], model: str, *, timeout: float = 10.0) -> None:
     """Fail with a ``ConfigError`` naming the key when a server does not answer or serves another model."""
-    from iterdeploy_trl.config import ConfigError
+    from iterdeploy_trl.errors import ConfigError
 
     for url in servers:
         try:
@@ -121,7 +121,7 @@ def check_servers(servers: Sequence[str], model: str, *, timeout: float = 10.0) 
 
 def _adapter_error(url: str, path: str, exc: HTTPFailure) -> Exception:
     """The error to raise for a server that did not load the adapter at ``path``."""
-    from iterdeploy_trl.config import ConfigError
+    from iterdeploy_trl.errors import ConfigError
 
     if exc.status == 404 and '"Not Found"' in exc.body:  # no such route: runtime LoRA loading is off
         return ConfigError(f"sampling.servers: {url} does not load LoRA adapters at run time (HTTP 404 on "
