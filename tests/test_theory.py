@@ -288,3 +288,98 @@ def test_cli_json_rows_and_theory_json(tmp_path, capsys) -> None:
     saved = json.loads((tmp_path / "theory.json").read_text())
     assert saved["schema"] == th.SCHEMA and saved["rows"] == rows
     assert "--warmup-steps 0" in saved["command"]
+
+
+# --- intervals from independent repeats, nulls beside the cosines (issue 25, item 1) ------------------------
+
+
+def _mc_series(result: th.CheckResult) -> list[dict]:
+    return [s for plot in result.plots for s in plot["series"]]
+
+
+def test_mc_intervals_are_t_intervals_over_the_independent_repeats(trained) -> None:
+    """Each N's interval is ``stats.t_interval`` over the R raw per-repeat cosines written to theory.json
+    (n = R, not a bootstrap's B), and it narrows with more repeats (~1/√R)."""
+    from iterdeploy_trl import stats
+
+    widths = {}
+    for repeats in (3, 12):
+        result = th.mixture(trained, th.TheoryConfig(sample_sizes=(16, 64), repeats=repeats, lambdas=(0.5,)))
+        saved = json.loads(json.dumps(th.TheoryReport([result], {}).to_json()))  # as theory.json has it
+        series = [s for plot in saved["plots"] for s in plot["series"]]
+        assert series
+        for s in series:
+            for i, values in enumerate(s["values"]):
+                kept = [v for v in values if v is not None]
+                assert len(values) == repeats and s["n"][i] == len(kept) >= 2
+                want = stats.t_interval(kept)
+                assert (s["lo"][i], s["hi"][i]) == pytest.approx((want.lo, want.hi), rel=1e-12)
+        widths[repeats] = sum(h - lo for s in series for lo, h in zip(s["lo"], s["hi"], strict=True))
+    assert widths[12] < widths[3] / 1.5, widths
+
+
+def test_every_empirical_cosine_row_has_a_null_and_a_ceiling(trained) -> None:
+    """The Monte-Carlo cosine rows of exact_gradient, off_policy and mixture carry the random-direction null
+    (in the row and in the data) and the two-draw ceiling (in the plot series)."""
+    config = th.TheoryConfig(sample_sizes=(8, 64), repeats=4, max_actions=4, lambdas=(0.5,))
+    for check in (th.exact_gradient, th.off_policy, th.mixture):
+        result = check(trained, config)
+        mc_rows = [r for r in result.rows if r.kind == th.EMPIRICAL and "N=" in r.measured]
+        assert mc_rows, check.__name__
+        for row in mc_rows:
+            assert "null (random direction" in row.measured and "ceiling" in row.measured, row
+            assert "±" not in row.measured
+        null = result.data["null_random_direction"]
+        assert null["n"] == config.repeats and len(null["values"]) == config.repeats
+        for s in _mc_series(result):
+            assert len(s["ceiling"]) == len(config.sample_sizes)
+            assert all(c["n"] <= config.repeats // 2 for c in s["ceiling"])
+
+
+def test_random_direction_null_is_near_zero_and_real_estimates_are_not(trained) -> None:
+    """A random direction in span{g_y} has mean cosine 0 to ∇J (its interval covers 0), far below the
+    on-policy estimate's cosine; a 'null' that were the target itself would give 1."""
+    from iterdeploy_trl.theory.report import random_direction_null
+
+    ctx = th.exact_context(trained)
+    gen = torch.Generator().manual_seed(0)
+    null = random_direction_null(ctx.grads.matrix, ctx.exact_direction, 200, gen)
+    assert null["n"] == 200 and null["lo"] < 0 < null["hi"] and abs(null["mean"]) < 0.1
+    same = random_direction_null(ctx.grads.matrix[:1], ctx.grads.matrix[0], 20, gen)
+    assert min(abs(v) for v in same["values"]) == pytest.approx(1.0)  # the sign is random, |cos| is 1
+
+
+def test_on_policy_repeats_draws_and_reports_intervals_with_null(trained) -> None:
+    """Without given samples, on_policy draws ``repeats`` independent sample sets: N⁺ and the empirical
+    cosines are t-intervals over the draws, identities hold in every draw, each cosine row has its null."""
+    from iterdeploy_trl import stats
+
+    config = th.TheoryConfig(repeats=4, on_policy_samples=12, on_policy_max_new_tokens=32)
+    result = th.on_policy_same_samples(trained, config)
+    data = result.data
+    assert data["repeats"] == 4 and len(data["draws"]) == 4
+    assert data["draws_without_valid"] == 0, data["draws"]
+    for key in ("valid", "sequence_mean_cosine", "mean_baseline_cosine"):
+        iv = data["intervals"][key]
+        assert len(iv["values"]) == 4
+        want = stats.t_interval(iv["values"])
+        assert (iv["lo"], iv["hi"]) == pytest.approx((want.lo, want.hi), rel=1e-12)
+    assert len({d["valid"] for d in data["draws"]}) > 1 or len(
+        {round(d["cos_sequence_mean"], 12) for d in data["draws"]}
+    ) > 1  # independent draws differ
+    kinds = {r.check.split(": ", 1)[1]: r for r in result.rows}
+    assert kinds["SFT[sequence_sum] ∥ REINFORCE"].kind == th.IDENTITY
+    assert kinds["REINFORCE[mean baseline] vs SFT"].kind == th.EMPIRICAL
+    for label in ("SFT[sequence_mean] ∥ REINFORCE", "REINFORCE[mean baseline] vs SFT"):
+        assert "null (random direction" in kinds[label].measured and "ceiling" in kinds[label].measured
+    assert abs(data["null_random_direction"]["mean"]) < 0.5
+    assert all(r.verdict == th.PASS for r in result.rows), th.format_table(result.rows)
+
+
+def test_theory_json_records_the_machine(fresh) -> None:
+    report = th.TheoryReport([th.on_policy_same_samples(fresh, th.TheoryConfig(), *_samples_and_rewards(fresh))],
+                             {})
+    assert report.to_json()["machine"] == {}  # filled by run_checks
+    cheap = th.TheoryConfig(repeats=1, on_policy_samples=2, on_policy_max_new_tokens=8)
+    machine = th.run_checks(cheap, ["on_policy_same_samples"], setting=fresh).to_json()["machine"]
+    assert machine["cpu_capability"] and machine["versions"]["torch"] and machine["cpu"]

@@ -73,4 +73,7 @@ def run_checks(
         setup["warmup_runtime_s"] = round(
             time.perf_counter() - start - sum(r.data.get("runtime_s", 0) for r in results), 2
         )
-    return TheoryReport(results, setup, time.perf_counter() - start)
+    from iterdeploy_trl.runio import machine_record
+
+    # The machine (CPU model, torch's CPU capability, library versions): the empirical magnitudes depend on it.
+    return TheoryReport(results, setup, time.perf_counter() - start, machine=machine_record())

@@ -129,4 +129,4 @@ def _record(
         series.add_nan(i, params.groups)
         return
     vec = ctx.grads.direction(coef)
-    series.add(i, cosine(vec, target), per_module_cosine(vec, target, params))
+    series.add(i, cosine(vec, target), per_module_cosine(vec, target, params), coef)

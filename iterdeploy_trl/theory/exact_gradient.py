@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from iterdeploy_trl import stats
 from iterdeploy_trl.theory.enumeration import (
     ExactContext,
     SamplePool,
@@ -30,6 +31,9 @@ from iterdeploy_trl.theory.report import (
     _fmt_curve,
     _plot,
     _Series,
+    fill_ceilings,
+    fmt_interval,
+    random_direction_null,
     verdict,
 )
 from iterdeploy_trl.theory.sampling import sample_completions
@@ -109,15 +113,26 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
     rl_mean = rl_sum / config.repeats
     rl_norm_ratio = float(rl_mean.norm() / ctx.exact_direction.norm())
     rl_mean_cos = cosine(rl_mean, ctx.exact_direction) if float(rl_mean.norm()) > 0 else float("nan")
+    # Beside every cosine: its ceiling (two independent draws of the estimator) and its null (a random
+    # direction in the span of the g_y, the subspace every estimate lives in).
+    for series in (sft, rl):
+        fill_ceilings(series, ctx.grads.direction)
+    null = random_direction_null(
+        ctx.grads.matrix, ctx.exact_direction, config.repeats,
+        torch.Generator().manual_seed(config.seed + 212),
+    )
+    null_text = f"null (random direction in span{{g_y}}, {null['n']} draws): {fmt_interval(null)}"
     threshold = 0.9
     for series in (sft, rl):
         rows.append(
             Row(
                 f"{name}: {series.label} → ∇J",
-                f"cosine to ∇J → 1 as N grows (mean ≥ {threshold} at N = {sizes[-1]}; {config.repeats} repeats)",
+                f"cosine to ∇J → 1 as N grows (mean ≥ {threshold} at N = {sizes[-1]}; {config.repeats} repeats; "
+                "mean [95% t-interval over the repeats])",
                 _fmt_curve(series, sizes)
+                + f"; {null_text}"
                 + (
-                    f"; {none_valid[series.name]} draws without a valid sample (NaN)"
+                    f"; {none_valid[series.name]} draws without a valid sample (NaN, dropped)"
                     if none_valid[series.name]
                     else ""
                 ),
@@ -125,23 +140,31 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
                 EMPIRICAL,
             )
         )
+    zero = torch.zeros(len(ctx.grads.keys), dtype=torch.float64)
+    unbiased = _bootstrap_mean_estimate(  # a draw without a valid sample is a zero estimate, as in rl_mean
+        [zero if c is None else c for c in rl.coefs[last]] if rl.coefs else [], ctx, config.seed
+    )
     rows.append(
         Row(
             f"{name}: REINFORCE is unbiased (E[ĝ_RL] = ∇J, norm included)",
             f"the mean of {config.repeats} estimates at N = {sizes[-1]}: ‖mean‖/‖∇J‖ within 0.15 of 1 and "
             f"cosine ≥ 0.98 (a baseline or a rescaling would change the norm)",
-            f"‖mean ĝ_RL‖/‖∇J‖ = {rl_norm_ratio:.4f}, cos(mean ĝ_RL, ∇J) = {rl_mean_cos:.4f}",
+            f"‖mean ĝ_RL‖/‖∇J‖ = {rl_norm_ratio:.4f} {_fmt_pair(unbiased['norm_ratio'])}, "
+            f"cos(mean ĝ_RL, ∇J) = {rl_mean_cos:.4f} {_fmt_pair(unbiased['cosine'])} "
+            f"[95% bootstrap percentile interval over the {config.repeats} estimates]",
             verdict(abs(rl_norm_ratio - 1) <= 0.15 and rl_mean_cos >= 0.98),
             EMPIRICAL,
         )
     )
     ok = agree["canonical_not_val_valid"] == 0
+    disagree = stats.wilson_interval(agree["canonical_not_val_valid"], max(1, agree["canonical_valid"]))
     rows.append(
         Row(
             f"{name}: canonical reward vs VAL on samples",
             "every canonical-valid sample is VAL-valid (VAL may also accept non-canonical samples)",
             f"{agree['samples']} samples: canonical-valid {agree['canonical_valid']}, VAL-valid "
-            f"{agree['val_valid']}, canonical but VAL-invalid {agree['canonical_not_val_valid']}",
+            f"{agree['val_valid']}, canonical but VAL-invalid {agree['canonical_not_val_valid']} "
+            f"(rate 95% Wilson interval [{disagree[0]:.4f}, {disagree[1]:.4f}])",
             verdict(ok),
             EMPIRICAL,
         )
@@ -155,7 +178,10 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
         "valid_mass_pi": valid_mass(pi, prompts),
         "draws_without_valid": none_valid,
         "reinforce_mean_estimate": {"samples_per_prompt": sizes[-1], "repeats": config.repeats,
-                                    "norm_ratio_to_exact": rl_norm_ratio, "cosine_to_exact": rl_mean_cos},
+                                    "norm_ratio_to_exact": rl_norm_ratio, "cosine_to_exact": rl_mean_cos,
+                                    "bootstrap_percentile_95": unbiased},
+        "null_random_direction": null,
+        "canonical_not_val_valid_rate_wilson_95": list(disagree),
         "runtime_s": time.perf_counter() - start,
     }
     plot = _plot(
@@ -164,9 +190,39 @@ def exact_gradient(setting: Setting, config: TheoryConfig, ctx: ExactContext | N
         "On-policy Monte-Carlo estimates vs the exact gradient ∇J",
         sizes,
         [sft, rl],
-        reference=[("on_policy", "∇J", 1.0)],
+        reference=[("on_policy", "∇J", 1.0), ("null_random_direction", "random direction in span{g_y}",
+                                              null["mean"])],
     )
     return CheckResult(name, rows, data, [plot])
+
+
+def _bootstrap_mean_estimate(
+    coefs: Sequence[torch.Tensor], ctx: ExactContext, seed: int
+) -> dict[str, list[float] | None]:
+    """The bootstrap's own 95% percentile interval (``stats.percentile_interval``) of ‖mean ĝ‖/‖∇J‖ and
+    cos(mean ĝ, ∇J) over the R independent estimates (coefficients over the g_y): each replicate resamples
+    the R estimates with replacement. None with fewer than 2 estimates."""
+    if len(coefs) < 2:
+        return {"norm_ratio": None, "cosine": None}
+    c = torch.stack([x.double() for x in coefs])  # (R, U)
+    gram = ctx.grads.matrix @ ctx.grads.matrix.T  # (U, U)
+    to_target = ctx.grads.matrix @ ctx.exact_direction  # (U,)
+    target_norm = float(ctx.exact_direction.norm())
+    gen = torch.Generator().manual_seed(stats.BOOTSTRAP_SEED + seed)
+    picks = torch.randint(len(coefs), (stats.BOOTSTRAP_REPLICATES, len(coefs)), generator=gen)
+    means = c[picks].mean(1).to(gram)  # (B, U)
+    norms = ((means @ gram) * means).sum(1).clamp(min=0).sqrt()
+    keep = norms > 0
+    ratios = (norms[keep] / target_norm).tolist()
+    cosines = ((means[keep] @ to_target) / (norms[keep] * target_norm)).tolist()
+    return {
+        "norm_ratio": list(stats.percentile_interval(ratios)),
+        "cosine": list(stats.percentile_interval(cosines)),
+    }
+
+
+def _fmt_pair(pair: list[float] | None) -> str:
+    return "(no interval)" if pair is None else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
 
 
 def _roundtrip(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:

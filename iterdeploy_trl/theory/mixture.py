@@ -29,6 +29,9 @@ from iterdeploy_trl.theory.report import (
     _fmt_curve,
     _plot,
     _Series,
+    fill_ceilings,
+    fmt_interval,
+    random_direction_null,
     verdict,
 )
 from iterdeploy_trl.theory.setting import Setting, TheoryConfig, _dtype, tolerance
@@ -95,16 +98,27 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
                 mc.add_nan(i, params.groups)
                 continue
             _record(mc, i, ctx, _sft_coefficients(ctx, valid_rows), target, params)
+    fill_ceilings(mc, ctx.grads.direction)
+    null = random_direction_null(
+        ctx.grads.matrix, target, config.repeats, torch.Generator().manual_seed(config.seed + 414)
+    )
     rows.append(
         Row(
             f"{name}: Monte-Carlo mixture SFT → effective-reward REINFORCE direction",
-            f"cosine → 1 as N grows (λ = {lam:g}; mean ≥ 0.9 at N = {sizes[-1]})",
-            _fmt_curve(mc, sizes),
+            f"cosine → 1 as N grows (λ = {lam:g}; mean ≥ 0.9 at N = {sizes[-1]}; {config.repeats} repeats; "
+            "mean [95% t-interval over the repeats])",
+            _fmt_curve(mc, sizes)
+            + f"; null (random direction in span{{g_y}}, {null['n']} draws): {fmt_interval(null)}",
             verdict(_converges(mc, 0.9)),
             EMPIRICAL,
         )
     )
-    data = {"exact": exact_rows, "mc_lambda": lam, "runtime_s": time.perf_counter() - start}
+    data = {
+        "exact": exact_rows,
+        "mc_lambda": lam,
+        "null_random_direction": null,
+        "runtime_s": time.perf_counter() - start,
+    }
     plot = _plot(
         "mixture_convergence",
         name,
@@ -115,6 +129,7 @@ def mixture(setting: Setting, config: TheoryConfig, ctx: ExactContext | None = N
         reference=[
             ("effective_reward", "effective-reward gradient", 1.0),
             ("on_policy", "cos(effective-reward gradient, ∇J)", cosine(target, ctx.exact_direction)),
+            ("null_random_direction", "random direction in span{g_y}", null["mean"]),
         ],
     )
     return CheckResult(name, rows, data, [plot])

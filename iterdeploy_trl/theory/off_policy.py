@@ -32,6 +32,10 @@ from iterdeploy_trl.theory.report import (
     _nanmean,
     _plot,
     _Series,
+    fill_ceilings,
+    fmt_interval,
+    interval,
+    random_direction_null,
     verdict,
 )
 from iterdeploy_trl.theory.setting import Setting, TheoryConfig, _dtype, tolerance
@@ -98,6 +102,12 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             sn_ratios.append(ratio * mean_w)
             sn_ratio_error = max(sn_ratio_error, abs(ratio * mean_w - 1))
     last = len(sizes) - 1
+    for s_ in series.values():
+        fill_ceilings(s_, ctx.grads.direction)
+    null = random_direction_null(
+        ctx.grads.matrix, target, config.repeats, torch.Generator().manual_seed(config.seed + 313)
+    )
+    null_text = f"; null (random direction in span{{g_y}}, {null['n']} draws): {fmt_interval(null)}"
     plain_last = _nanmean(series["plain_sft"].values[last])
     iw, sn = series["iw"], series["iw_self_normalized"]
     same = max(
@@ -113,14 +123,14 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
         Row(
             f"{name}: plain SFT on β-samples",
             "converges to E_β[r ∇log π] (reward r·β/π), not to ∇J: exact limit cosine < 1",
-            f"{_fmt_curve(series['plain_sft'], sizes)}; exact limit {limits['plain_sft']:.4f}",
+            f"{_fmt_curve(series['plain_sft'], sizes)}; exact limit {limits['plain_sft']:.4f}{null_text}",
             verdict(limits["plain_sft"] < 1 - 1e-3 and abs(plain_last - limits["plain_sft"]) < 0.1),
             EMPIRICAL,
         ),
         Row(
             f"{name}: {iw.label}",
             f"→ 1 (unbiased for ∇J); closer to ∇J than plain SFT at N = {sizes[-1]}",
-            _fmt_curve(iw, sizes),
+            _fmt_curve(iw, sizes) + null_text,
             verdict(_nanmean(iw.values[last]) > plain_last and _converges(iw, 0.9)),
             EMPIRICAL,
         ),
@@ -146,7 +156,7 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             Row(
                 f"{name}: {s.label}",
                 f"→ its own biased limit, exact cosine {limits[key]:.4f} (lower variance than w)",
-                _fmt_curve(s, sizes),
+                _fmt_curve(s, sizes) + null_text,
                 verdict(abs(_nanmean(s.values[last]) - limits[key]) < 0.1),
                 EMPIRICAL,
             )
@@ -161,6 +171,8 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             "truncated_beta_mass": float((beta_p * (log_w.exp() > c)).sum() / beta_p.sum()),
         },
         "relative_ess_mean": [_nanmean(v) for v in ess],
+        "relative_ess": [interval(v) for v in ess],
+        "null_random_direction": null,
         "draws_without_valid": empty,
         "valid_mass_beta": [float(lb.exp().sum()) for lb in ctx.per_prompt(ctx.logp_beta)],
         "runtime_s": time.perf_counter() - start,
@@ -176,6 +188,7 @@ def off_policy(setting: Setting, config: TheoryConfig, ctx: ExactContext | None 
             ("plain_sft_limit", "plain SFT limit", limits["plain_sft"]),
             ("iw_truncated_limit", f"truncated-IW limit (c = {c:g})", limits["iw_truncated"]),
             ("iw_per_token_limit", "per-token IW limit", limits["iw_per_token"]),
+            ("null_random_direction", "random direction in span{g_y}", null["mean"]),
         ],
     )
     return CheckResult(name, rows, data, [plot])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
+from iterdeploy_trl import stats
 
 SCHEMA = "iterdeploy-theory/1"
 PASS, FAIL = "pass", "fail"
@@ -55,6 +57,7 @@ class TheoryReport:
     setup: dict[str, Any]
     runtime_s: float = 0.0
     command: str | None = None
+    machine: dict[str, Any] = field(default_factory=dict)  # ``runio.machine_record()`` of the run
 
     @property
     def rows(self) -> list[Row]:
@@ -72,6 +75,7 @@ class TheoryReport:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "runtime_s": round(self.runtime_s, 2),
                 "command": self.command,
+                "machine": self.machine,
                 "setup": self.setup,
                 "rows": [row.to_dict() for row in self.rows],
                 "checks": {r.name: r.data for r in self.results},
@@ -95,6 +99,32 @@ def verdict(ok: bool) -> str:
     return PASS if ok else FAIL
 
 
+def interval(values: Iterable[float]) -> dict[str, Any]:
+    """Mean of *independent* repeats (fresh sampling draws) with its 95% Student-t interval
+    (``stats.t_interval``), the raw values kept: ``{"n", "mean", "std", "lo", "hi", "values", "dropped"}``.
+    NaN values (a draw without a valid sample) are dropped and counted; n < 2 gives no interval (lo = hi =
+    NaN). Never call it on bootstrap replicates (their spread is already a standard error)."""
+    raw = [float(v) for v in values]
+    kept = [v for v in raw if v == v]
+    out: dict[str, Any] = {"n": len(kept), "mean": float("nan"), "std": float("nan"), "lo": float("nan"),
+                           "hi": float("nan"), "values": raw, "dropped": len(raw) - len(kept)}
+    if kept:
+        ti = stats.t_interval(kept)
+        out.update(mean=ti.mean, std=ti.sd)
+        if ti.n >= 2:
+            out.update(lo=ti.lo, hi=ti.hi)
+    return out
+
+
+def fmt_interval(iv: dict[str, Any], digits: int = 3) -> str:
+    """``mean [lo, hi]`` of an ``interval`` dict (``mean (n = 1, no interval)`` from one value)."""
+    if iv["n"] == 0:
+        return "n/a"
+    if iv["n"] == 1:
+        return f"{iv['mean']:.{digits}f} (n = 1, no interval)"
+    return f"{iv['mean']:.{digits}f} [{iv['lo']:.{digits}f}, {iv['hi']:.{digits}f}]"
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     v = torch.tensor(values, dtype=torch.float64)
     q = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)) if len(values) else v
@@ -109,32 +139,76 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 @dataclass
 class _Series:
+    """One estimator's cosines to a target: per N, one value per independent repeat (each repeat draws its own
+    samples). ``coefs`` keeps each estimate's coefficients over the enumerated sequences (not written) so
+    that the caller can fill ``ceilings``: per N, cos between independent draws of the same estimator."""
+
     name: str
     label: str
     values: list[list[float]] = field(default_factory=list)  # per N, per repeat
     modules: list[list[dict[str, float]]] = field(default_factory=list)
+    coefs: list[list[Any]] = field(default_factory=list)  # per N, per repeat: coefficients, None if no estimate
+    ceilings: list[list[float]] = field(default_factory=list)  # per N, per disjoint pair of repeats
 
-    def add(self, i: int, value: float, per_module: dict[str, float]) -> None:
+    def add(self, i: int, value: float, per_module: dict[str, float], coef: Any = None) -> None:
         while len(self.values) <= i:
             self.values.append([])
             self.modules.append([])
+            self.coefs.append([])
         self.values[i].append(value)
         self.modules[i].append(per_module)
+        self.coefs[i].append(coef)
 
     def add_nan(self, i: int, groups: Iterable[str]) -> None:
         """A draw without a valid sample: no estimate, NaN everywhere."""
         self.add(i, float("nan"), dict.fromkeys(groups, float("nan")))
 
     def to_json(self) -> dict[str, Any]:
-        stats = [_summary(v) for v in self.values]
+        summaries = [_summary(v) for v in self.values]
+        intervals = [interval(v) for v in self.values]
         groups = list(self.modules[0][0]) if self.modules and self.modules[0] else []
-        return {
+        out = {
             "name": self.name,
             "label": self.label,
             "values": self.values,
-            **{k: [s[k] for s in stats] for k in ("mean", "std", "p10", "p50", "p90")},
+            **{k: [s[k] for s in summaries] for k in ("mean", "std", "p10", "p50", "p90")},
+            # 95% t-interval of the mean over the independent repeats (NaN draws dropped)
+            **{k: [iv[k] for iv in intervals] for k in ("n", "lo", "hi")},
             "per_module_mean": {g: [_nanmean([m[g] for m in ms]) for ms in self.modules] for g in groups},
         }
+        if self.ceilings:
+            out["ceiling"] = [interval(c) for c in self.ceilings]
+        return out
+
+
+def fill_ceilings(series: _Series, direction: Callable[[Any], Any]) -> None:
+    """The ceiling of each N: cos(x_a, x_b) for the disjoint pairs of repeats (0, 1), (2, 3), ... of the
+    estimates that exist (``direction(coef)`` the estimate's vector). Repeats draw disjoint samples, so the
+    pairs are independent: what two independent draws of the same estimator agree on, the most a
+    cross-sample cosine can be expected to reach at that N."""
+    series.ceilings = []
+    for coefs in series.coefs:
+        kept = [direction(c) for c in coefs if c is not None]
+        series.ceilings.append(
+            [_cosine(kept[k], kept[k + 1]) for k in range(0, len(kept) - 1, 2)]
+        )
+
+
+def random_direction_null(
+    basis: Any, target: Any, repeats: int, generator: torch.Generator
+) -> dict[str, Any]:
+    """The null of a cosine to ``target``: cos(z @ basis, target) for ``repeats`` independent z ~ N(0, I),
+    i.e. a random direction in the subspace the estimates live in (the span of the rows of ``basis``: the
+    per-sequence score vectors g_y), with its mean and 95% t-interval over the draws (``interval``). Its
+    mean is 0 by symmetry; its spread is what a cosine with no relation to the target reaches."""
+    zs = torch.randn(repeats, basis.shape[0], generator=generator, dtype=torch.float64)
+    values = [_cosine(z.to(basis) @ basis, target) for z in zs]
+    return interval(values)
+
+
+def _cosine(a: Any, b: Any) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    return float(a @ b) / (na * nb) if na > 0 and nb > 0 else float("nan")
 
 
 def _nanmean(values: list[float]) -> float:
@@ -143,10 +217,11 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _fmt_curve(series: _Series, sizes: Sequence[int]) -> str:
-    return ", ".join(
-        f"N={n}: {_nanmean(series.values[i]):.3f}±{_nanstd(series.values[i]):.3f}"
-        for i, n in enumerate(sizes)
-    )
+    """``N=4: mean [lo, hi], ...`` (95% t-interval over the repeats), then the ceiling at the largest N."""
+    text = ", ".join(f"N={n}: {fmt_interval(interval(series.values[i]))}" for i, n in enumerate(sizes))
+    if series.ceilings:
+        text += f"; ceiling cos(two draws) at N={sizes[-1]}: {fmt_interval(interval(series.ceilings[-1]))}"
+    return text
 
 
 def _nanstd(values: list[float]) -> float:
