@@ -6,6 +6,11 @@ accumulated valid traces, and fine-tune the generation-(g+1) model on them (by d
 from the *base*, as in the study). Every phase is resumable from the run directory: deployment is
 written chunk by chunk with seeds derived from (seed, generation, split, chunk), a generation's model
 is moved into place only when fully trained, and a finished generation's metrics are one JSONL row.
+
+This module is the loop only; what it calls lives in its own modules: ``runtasks`` (the task set),
+``basemodel`` (the base model and its cache), ``backends`` (sampling backends), ``deployment`` (a
+generation's deployment and re-judging), ``methods`` (what each method trains on and how: one plug-in
+each), ``training`` (the training paths), ``runchecks`` (checks before any work), ``metrics``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl import dist, tracking
+from iterdeploy_trl import dist, rundir, tracking
 from iterdeploy_trl.backends import make_backend, server_model_name
 from iterdeploy_trl.basemodel import auto_base_model_path, resolve_base_model
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, hash_matches, load_config
@@ -44,7 +49,7 @@ from iterdeploy_trl.status import generation_line
 from iterdeploy_trl.traces import TraceRecord
 from iterdeploy_trl.training import training_data
 
-__all__ = ["RunError", "begin_run", "generation_model", "replace_config", "run_from_file", "run_loop",
+__all__ = ["RunError", "begin_run", "replace_config", "run_from_file", "run_loop",
            "run_seed"]
 
 
@@ -58,7 +63,7 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
     not JSON when ``config.yaml`` holds ``cfg``; otherwise the message names the file and what to do."""
     from iterdeploy_trl.status import recorded_config_matches
 
-    resolved = out / "resolved_config.json"
+    resolved = rundir.resolved_config(out)
     if resolved.exists():
         old = _read_resolved(cfg, out, resolved)
         if not hash_matches(cfg, old):
@@ -70,11 +75,11 @@ def _check_run_dir(cfg: RunConfig, out: Path, given: str | None) -> None:
                   flush=True)
             write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
         return
-    if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml", *SESSION_FILES)):
+    if out.exists() and any(p for p in out.iterdir() if p.name not in (rundir.CONFIG_YAML, *SESSION_FILES)):
         raise RunError(f"{out} is not empty and is not a run directory; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     if given is not None:
-        atomic_write_text(out / "config.yaml", given)
+        atomic_write_text(rundir.config_yaml(out), given)
     write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
 
 
@@ -89,7 +94,7 @@ def _read_resolved(cfg: RunConfig, out: Path, resolved: Path) -> dict[str, Any]:
         reason = f"not valid JSON ({exc})"
     if reason is None:
         return old
-    started = out / "config.yaml"
+    started = rundir.config_yaml(out)
     try:
         same = started.is_file() and config_hash(load_config(started, check_paths=False)) == config_hash(cfg)
     except ConfigError:
@@ -105,27 +110,6 @@ def _read_resolved(cfg: RunConfig, out: Path, resolved: Path) -> dict[str, Any]:
     return json.loads(resolved.read_text())
 
 
-def generation_model(sdir: Path, g: int) -> Path | None:
-    """The model directory deployed in generation ``g`` (None: the base model). A generation whose
-    training set was empty keeps the previous model, recorded as ``gen_<g>/model/same_as.json``. A model
-    directory that cannot be loaded (a file missing, a weight file cut short or not safetensors; only
-    headers are read) is a ``RunError`` naming the file and what to do."""
-    from iterdeploy_trl.runio import model_dir_problem
-
-    while g > 0:
-        d = sdir / f"gen_{g:02d}" / "model"
-        problem = model_dir_problem(d)
-        if problem:
-            raise RunError(f"{problem}: the generation-{g} model of {sdir} is damaged; run the same `iterdeploy run` "
-                           f"command again to train it again (its training is seeded), or delete {d} first")
-        ref = d / "same_as.json"
-        if ref.exists():
-            g = read_json(ref)["generation"]
-            continue
-        return d
-    return None
-
-
 def set_threads(cfg: RunConfig) -> None:
     if cfg.threads:
         import torch
@@ -138,25 +122,24 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
     """All generations of one seed; returns the metrics rows (resumes from ``out/seed_<seed>``). What a
     resume reuses is checked first: a damaged trace chunk is sampled again, a damaged model trained again,
     a torn ``train.jsonl`` written again (all seeded, so as they were)."""
-    from iterdeploy_trl.runio import model_dir_problem
     from iterdeploy_trl.traces import TraceFormatError
 
-    sdir = out / f"seed_{seed}"
+    sdir = rundir.seed_dir(out, seed)
     sdir.mkdir(parents=True, exist_ok=True)
     splits = {"pool": pool, "heldout": heldout}
     # damaged chunks are deleted by the main process, before any process reads them, and sampled again below
     damaged = dist.from_main(dist.main_first(
         lambda: _delete_damaged_chunks(cfg, sdir, splits, log) if dist.is_main() else {}))
     dist.main_first(lambda: revalidate_stale(cfg, sdir, domain_pddl, [*pool, *heldout], log=log))
-    metrics_path = sdir / "metrics.jsonl"
+    metrics_path = rundir.metrics(sdir)
     done = {m["generation"]: m for m in (read_rows(metrics_path) if metrics_path.exists() else [])}
     all_records: list[TraceRecord] = []
     samples_deployed = 0
     train_stats: dict[str, Any] = {}
     method = get_method(cfg.method)
     for g in range(cfg.generations + 1):
-        gdir = sdir / f"gen_{g:02d}"
-        model_dir = generation_model(sdir, g)
+        gdir = rundir.gen_dir(sdir, g)
+        model_dir = rundir.deployed_model(sdir, g)
         model_id = str(base) if model_dir is None else str(model_dir.relative_to(out))
         t0 = time.time()
         try:
@@ -174,7 +157,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         if g in done:
             m = done[g]
         else:
-            stats_path = gdir / "model" / "train_stats.json"
+            stats_path = rundir.train_stats(rundir.model(gdir))
             train_stats = read_json(stats_path) if stats_path.exists() else {}
             m = generation_metrics(records, g, len(pool), len(heldout))
             # Budget: the sampled completions the generation-g model has learnt from (g rounds of n*K).
@@ -200,28 +183,28 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         log(generation_line(seed, m, cfg.sampling.samples_per_task))
         if g == cfg.generations:
             break
-        next_dir = sdir / f"gen_{g + 1:02d}" / "model"
+        next_dir = rundir.model(rundir.gen_dir(sdir, g + 1))
 
         def data(records: list[TraceRecord] = records) -> list[dict[str, Any]]:  # the same in every process
             return training_data(method, cfg, records=records, history=all_records, pool=pool,
                                  domain_pddl=domain_pddl, seed=seed)
 
         # one answer for all processes: the main one writes next_dir; a damaged model is trained again
-        problem = dist.from_main(model_dir_problem(next_dir))
+        problem = dist.from_main(rundir.model_dir_problem(next_dir))
         if problem is None:
             if method.curates and dist.is_main():
-                _repair_train_set(gdir / "train.jsonl", data, log)
+                _repair_train_set(rundir.train_set(gdir), data, log)
             continue
         if next_dir.exists():
             log(f"seed {seed} gen {g}: {problem}: training the generation-{g + 1} model again (its seed is fixed)")
         rows = data()
         if method.curates:
             if dist.is_main():
-                write_jsonl(gdir / "train.jsonl", rows)
+                write_jsonl(rundir.train_set(gdir), rows)
             if not rows:
                 log(f"seed {seed} gen {g}: no valid trace yet, so generation {g + 1} keeps this generation's model")
                 if dist.is_main():
-                    write_dir(next_dir, {"same_as.json": json.dumps({"generation": g, "reason": "empty training set"})})
+                    write_dir(next_dir, {rundir.SAME_AS: json.dumps({"generation": g, "reason": "empty training set"})})
                 dist.barrier()
                 continue
         method.train(cfg, TrainJob(base=base, model_dir=model_dir, out_dir=next_dir,
@@ -241,7 +224,7 @@ def _delete_damaged_chunks(cfg: RunConfig, sdir: Path, splits: dict[str, Sequenc
     for g in range(cfg.generations + 1):
         for split, tasks in splits.items():
             for i in range(0, len(tasks), size):
-                path = sdir / f"gen_{g:02d}" / "traces" / f"{split}-{i // size:05d}.jsonl"  # deploy_generation's
+                path = rundir.chunk(rundir.gen_dir(sdir, g), split, i // size)  # deploy_generation's
                 if not path.exists():
                     continue
                 problem = chunk_problem(path, [(g, split, t.id, s) for t in tasks[i : i + size] for s in range(k)])
@@ -329,7 +312,7 @@ def run_loop(cfg: RunConfig, out: str | Path, *, config_text: str | None = None,
         "machine": machine_record(),
     }
     if dist.is_main():
-        write_json(out / "summary.json", summary)
+        write_json(rundir.summary(out), summary)
     return summary
 
 
