@@ -331,6 +331,8 @@ def test_every_empirical_cosine_row_has_a_null_and_a_ceiling(trained) -> None:
             assert "±" not in row.measured
         null = result.data["null_random_direction"]
         assert null["n"] == config.repeats and len(null["values"]) == config.repeats
+        assert all(plot["null_random_direction"] == null for plot in result.plots)  # not an exact limit:
+        assert all(ref["name"] != "null_random_direction" for plot in result.plots for ref in plot["reference_lines"])
         for s in _mc_series(result):
             assert len(s["ceiling"]) == len(config.sample_sizes)
             assert all(c["n"] <= config.repeats // 2 for c in s["ceiling"])
