@@ -16,7 +16,7 @@ code: it can fail only through a coding slip, e.g. SFT ∥ REINFORCE on the same
 ==========================  =====================  =========================================================
 check (module)              kind                   what
 ==========================  =====================  =========================================================
-``on_policy_same_samples``  identity (+1 empirical) SFT-on-valid vs REINFORCE on the same samples of π
+``on_policy_same_samples``  identity + empirical   SFT-on-valid vs REINFORCE on the same samples of π
 ``exact_gradient``          identity + empirical   ∇J by enumeration; Monte-Carlo SFT / REINFORCE → ∇J
 ``off_policy``              empirical (+1 identity) plain vs importance-weighted SFT on β's samples
 ``mixture``                 identity + empirical   Prop. 2 by enumeration and by Monte Carlo
@@ -36,6 +36,7 @@ check (module)              kind                   what
     {
       "schema": "iterdeploy-theory/1",
       "created": ISO time, "runtime_s": float, "command": str | null,
+      "machine": {cpu, cpu_family_model, cpu_capability, cpu_count, gpus, python, versions},
       "setup": {model, dtype, device, seed, repeats, sample_sizes, max_actions, warmup: {...},
                 tasks: {on_policy: [...], exact: [{id, prompt, valid_plans, valid_mass_pi, valid_mass_beta}]}},
       "rows": [{"check", "expected", "measured", "verdict": "pass" | "fail",
@@ -47,8 +48,11 @@ check (module)              kind                   what
         "series": [{"name": str, "label": str,
                     "values": [[cosine of repeat r at x[i] for r] for i],   # raw, for custom bands
                     "mean": [...], "std": [...], "p10": [...], "p50": [...], "p90": [...],
+                    "n": [...], "lo": [...], "hi": [...],        # 95% t-interval over the repeats
+                    "ceiling": [{n, mean, lo, hi, values} per N],  # cos between disjoint pairs of repeats
                     "per_module_mean": {module: [...]}}],               # mean cosine per module group
-        "reference_lines": [{"name": str, "label": str, "y": float}]   # exact limits (1 = on-policy)
+        "reference_lines": [{"name": str, "label": str, "y": float}],  # exact limits (1 = on-policy)
+        "null_random_direction": {n, mean, std, lo, hi, values}  # cos of random directions in span{g_y}
       }]
     }
 
