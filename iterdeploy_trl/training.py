@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl import dist, tracking
+from iterdeploy_trl import dist, rundir, tracking
 from iterdeploy_trl.console import quiet_trainer
 from iterdeploy_trl.curate import curate, training_rows, validation_split
 from iterdeploy_trl.errors import RunError
@@ -171,10 +171,10 @@ def save_generation(trainer: Any, tok: Any, tmp: Path, out_dir: Path, stats: dic
         disk_write("model-save", tmp)
         tok.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        write_json(tmp / "train_stats.json", {**stats, "machine": machine_id()})
+        write_json(rundir.train_stats(tmp), {**stats, "machine": machine_id()})
         replace_dir(tmp, out_dir)
     dist.barrier()  # the model is in place before any process deploys it
-    return read_json(out_dir / "train_stats.json")
+    return read_json(rundir.train_stats(out_dir))
 
 
 def valid_trace_trainer(cfg: RunConfig, common: dict[str, Any]) -> tuple[Any, type, tuple[str, ...]]:
@@ -296,7 +296,9 @@ def train_reinforce(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_
     settings = online_settings(cfg)
 
     def build(common: dict[str, Any], prompts: int | None) -> Any:
-        return ReinforceConfig(**common, baseline=settings.baseline, prompts_per_step=prompts)
+        return ReinforceConfig(**common, baseline=settings.baseline, prompts_per_step=prompts,
+                               vllm_importance_sampling_correction=getattr(
+                                   settings, "vllm_importance_sampling_correction", False))
 
     def record(args: Any) -> dict[str, Any]:
         # GRPO's vLLM importance-sampling correction, explicitly off unless configured (plain REINFORCE)

@@ -119,6 +119,9 @@ def test_registering_the_arms_changed_no_run_hash():
     assert config_hash(plain) == config_hash(pinned)
     assert config_hash(config_from_dict({"method": "reinforce", "reinforce": {"prompts_per_step": 4}})) != \
         config_hash(plain)
+    assert config_hash(config_from_dict({"method": "reinforce",
+                                         "reinforce": {"vllm_importance_sampling_correction": True}})) != \
+        config_hash(plain)
     assert config_hash(config_from_dict({"method": "rloo"})) != config_hash(plain)
     assert config_hash(config_from_dict({"method": "rloo", "rloo": {"prompts_per_step": 8}})) != \
         config_hash(config_from_dict({"method": "rloo"}))

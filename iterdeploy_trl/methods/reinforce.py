@@ -27,6 +27,10 @@ class ReinforceSettings:
     # groups of K completions per micro-batch, training.gradient_accumulation_steps micro-batches a step (the
     # study's layout: one prompt x 8 samples a step at batch_size 8).
     prompts_per_step: int | None = None
+    # TRL's vLLM importance-sampling correction (GRPOConfig's default: on, sequence_mask, clip 3): with
+    # sampling.backend vllm, the log-probs are reweighted by the trainer's/vLLM's ratio and sequences above the
+    # clip dropped. Off: the plain estimator. Recorded in train_stats.json (importance_sampling) either way.
+    vllm_importance_sampling_correction: bool = False
 
     def check(self) -> None:
         require(self.baseline in BASELINES, "reinforce.baseline", self.baseline, f"must be one of {BASELINES}")
@@ -79,11 +83,14 @@ def check(cfg: Any) -> None:
 
 def hash_layout(section: dict[str, Any] | None, data: dict[str, Any]) -> None:
     """Hashed under ``training`` with the names it had before the section existed (old runs resume);
-    ``prompts_per_step`` only when set (a run of the study's layout keeps its hash)."""
-    rf = section or {"baseline": ReinforceSettings.baseline, "learning_rate": None, "prompts_per_step": None}
+    ``prompts_per_step`` only when set and the vLLM correction only when on (a run of the study's settings keeps
+    its hash)."""
+    rf = section or {"baseline": ReinforceSettings.baseline, "learning_rate": None}
     data["training"].update(reinforce_baseline=rf["baseline"], reinforce_learning_rate=rf["learning_rate"])
     if rf.get("prompts_per_step") is not None:
         data["training"]["reinforce_prompts_per_step"] = rf["prompts_per_step"]
+    if rf.get("vllm_importance_sampling_correction"):
+        data["training"]["reinforce_vllm_importance_sampling_correction"] = True
 
 
 METHOD = register(Method(
