@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl import dist
+from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
 from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
 from iterdeploy_trl.errors import RunError
@@ -256,7 +256,7 @@ def metrics_rows(run_dir: Path, seeds: Sequence[int]) -> dict[str, list[dict[str
     ``per_seed``; a seed without the file is left out."""
     out = {}
     for seed in seeds:
-        path = run_dir / f"seed_{seed}" / "metrics.jsonl"
+        path = rundir.metrics(rundir.seed_dir(run_dir, seed))
         if path.exists():
             out[str(seed)] = read_rows(path)
     return out
@@ -290,8 +290,8 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     # by this invocation, not by the comparison.
     check_methods(cfg, methods, compare=True, read_by=tuple(dict.fromkeys((*methods, *cfg.compare_methods))))
     out.mkdir(parents=True, exist_ok=True)
-    if config_text is not None and dist.is_main() and not (out / "config.yaml").exists():
-        atomic_write_text(out / "config.yaml", config_text)
+    if config_text is not None and dist.is_main() and not rundir.config_yaml(out).exists():
+        atomic_write_text(rundir.config_yaml(out), config_text)
     results, rows_by_method, wall = {}, {}, {}
     t0 = time.time()
     tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log) if cfg.tuning else {}
@@ -324,5 +324,5 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
                                           "total": round(time.time() - t0, 1)},
               "machine": machine_record()}
     if dist.is_main():
-        write_json(out / "compare.json", report)
+        write_json(rundir.compare_json(out), report)
     return report

@@ -122,7 +122,7 @@ def quiet_trainer(trainer: Any, model_dir: Path) -> Any:
         return trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from iterdeploy_trl.tracking import model_location
+    from iterdeploy_trl.rundir import model_location
 
     _, seed, gen = model_location(model_dir)
     trainer.remove_callback(ProgressCallback)

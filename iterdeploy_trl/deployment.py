@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from iterdeploy_trl import dist
+from iterdeploy_trl import dist, rundir
 from iterdeploy_trl.config import RunConfig
 from iterdeploy_trl.deploy import Backend, batch_seed
 from iterdeploy_trl.errors import RunError
@@ -150,11 +150,10 @@ def revalidate_stale(cfg: RunConfig, sdir: Path, domain_pddl: str, tasks: Sequen
 
     current = current_validator(cfg, domain_pddl)
     by_id = {t.id: t for t in tasks}
-    gens = sorted((d for d in sdir.glob("gen_*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
-    for gdir in gens:
+    for g, gdir in rundir.gen_dirs(sdir).items():
         rewritten: dict[Path, list[TraceRecord]] = {}
         changed = 0
-        for path in sorted((gdir / "traces").glob("*.jsonl")):
+        for path in rundir.chunk_files(gdir):
             records = read_traces(path)
             stale = [i for i, r in enumerate(records) if (r.validator or {}).get("sha256") != current["sha256"]
                      or r.reason.startswith(FAILURE_REASONS)]
@@ -171,12 +170,11 @@ def revalidate_stale(cfg: RunConfig, sdir: Path, domain_pddl: str, tasks: Sequen
             rewritten[path] = new
         if not rewritten:
             continue
-        g = int(gdir.name[4:])
         if changed:
             _drop_from(sdir, g)
         for path, new in rewritten.items():
             write_traces(path, new)
-        log(f"seed {sdir.name[5:]} gen {g}: {len(rewritten)} trace chunk(s) judged again by {current['version']} "
+        log(f"seed {rundir.seed_of(sdir)} gen {g}: {len(rewritten)} trace chunk(s) judged again by {current['version']} "
             f"sha256:{current['sha256'][:12]} (they named another validator or a validator failure): "
             + (f"{changed} verdict(s) changed, so generation {g} is summed up again and the later ones redone"
                if changed else "no verdict changed"))
@@ -187,14 +185,14 @@ def revalidate_stale(cfg: RunConfig, sdir: Path, domain_pddl: str, tasks: Sequen
 def _drop_from(sdir: Path, g: int) -> None:
     """Remove what was made from generation ``g``'s verdicts: its metrics row and training set, the later
     generations (models and traces), and the run's summary."""
-    metrics = sdir / "metrics.jsonl"
+    metrics = rundir.metrics(sdir)
     if metrics.exists():
         write_jsonl(metrics, [m for m in read_rows(metrics) if m["generation"] < g])
-    (sdir / f"gen_{g:02d}" / "train.jsonl").unlink(missing_ok=True)
-    for later in sdir.glob("gen_*"):
-        if later.name[4:].isdigit() and int(later.name[4:]) > g:
-            shutil.rmtree(later)
-    (sdir.parent / "summary.json").unlink(missing_ok=True)
+    rundir.train_set(rundir.gen_dir(sdir, g)).unlink(missing_ok=True)
+    for later, gdir in rundir.gen_dirs(sdir).items():
+        if later > g:
+            shutil.rmtree(gdir)
+    rundir.summary(sdir.parent).unlink(missing_ok=True)
 
 
 def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], domain_pddl: str,
@@ -205,9 +203,8 @@ def deploy_generation(cfg: RunConfig, backend_factory: Callable[[], Backend], do
     from iterdeploy_trl.validate import ValidatorFailed
 
     validator = current_validator(cfg, domain_pddl)
-    tdir = gen_dir / "traces"
     backend = None
-    jobs = [(split, i, tasks[i : i + cfg.chunk_size], tdir / f"{split}-{i // cfg.chunk_size:05d}.jsonl")
+    jobs = [(split, i, tasks[i : i + cfg.chunk_size], rundir.chunk(gen_dir, split, i // cfg.chunk_size))
             for split, tasks in splits.items() for i in range(0, len(tasks), cfg.chunk_size)]
     deployed: dict[Path, list[TraceRecord]] = {}
     bar = tqdm(dist.shard(jobs), desc=f"seed {seed} gen {generation}: deploy+validate", unit="chunk",

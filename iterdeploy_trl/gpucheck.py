@@ -43,6 +43,7 @@ TRL_IS_CLIP_MAX = 3.0
 # The wall-time budget the issue sets for a fresh GPU machine (seconds); steps after it are skipped.
 DEFAULT_BUDGET_S = 480.0
 RESULT_FILE = "gpu_check.json"
+OWN_MODEL_DIR = "model"  # the check's own folders (OUT/model, OUT/reinforce/model), not a run directory's
 
 
 class GpuCheckError(RuntimeError):
@@ -280,7 +281,7 @@ def step_valid_sft(cfg: Any, out: Path, name: str, log: Callable[[str], None],
                                                                    "samples", "train_traces", "deploy_seconds",
                                                                    "train_seconds", "train_completion_tokens")}
                                             for r in rows]}, skipped_parts=list(skipped))
-    adapter = out / "seed_0" / "gen_01" / "model" / "adapter_config.json"
+    adapter = rundir.model(rundir.gen_dir(rundir.seed_dir(out, 0), 1)) / "adapter_config.json"
     if not adapter.exists():
         step.status = "fail"
         step.reason = (f"generation 0 gave no valid trace, so no LoRA adapter was trained ({adapter} missing): "
@@ -303,18 +304,18 @@ def run_dir_schema(run_dir: Path) -> dict[str, Any]:
 
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name not in VOLATILE)
     fields: dict[str, set[str]] = {}
-    for path in sorted(run_dir.glob("seed_*/gen_*/traces/*.jsonl")):
+    for path in rundir.every_chunk_file(run_dir):
         for rec in read_traces(path):
             for key, value in rec.to_dict().items():
                 if value is not None:
                     fields.setdefault(key, set()).add(type(value).__name__)
                 else:
                     fields.setdefault(key, set())
-    metrics = read_rows(run_dir / "seed_0" / "metrics.jsonl")
-    stats = sorted(run_dir.glob("seed_*/gen_*/model/train_stats.json"))
+    metrics = read_rows(rundir.metrics(rundir.seed_dir(run_dir, 0)))
+    stats = [p for p in rundir.every_model_file(run_dir) if p.name == rundir.TRAIN_STATS]
     return {"files": files, "trace_fields": {k: sorted(v) for k, v in sorted(fields.items())},
             "metrics_keys": sorted({k for row in metrics for k in row}),
-            "summary_keys": sorted(read_json(run_dir / "summary.json")),
+            "summary_keys": sorted(read_json(rundir.summary(run_dir))),
             "train_stats_keys": sorted({k for p in stats for k in read_json(p)})}
 
 
@@ -399,7 +400,7 @@ def within(stats: dict[str, Any], tol: dict[str, Any]) -> bool:
 def _traces(run_dir: Path, generation: int) -> list[Any]:
     from iterdeploy_trl.traces import read_traces
 
-    return [r for p in sorted((run_dir / "seed_0" / f"gen_{generation:02d}" / "traces").glob("*.jsonl"))
+    return [r for p in rundir.chunk_files(rundir.gen_dir(rundir.seed_dir(run_dir, 0), generation))
             for r in read_traces(p)]
 
 
@@ -545,7 +546,7 @@ def step_throughput(cfg: Any, run_dir: Path, lora: Step, mode: str) -> Step:
         measured["transformers"] = {**speed, "backend": "transformers", "start_seconds": round(start_s, 2)}
     if "vllm" not in measured:
         step.skipped_parts.append({"what": "vLLM throughput", "reason": _no_vllm_reason(mode)})
-    stats = read_json(adapter_dir / "train_stats.json")
+    stats = read_json(rundir.train_stats(adapter_dir))
     train = {"sft_lora_tokens_per_s": stats["train_completion_tokens"] / max(stats["train_seconds"], 1e-9),
              "train_completion_tokens": stats["train_completion_tokens"], "train_seconds": stats["train_seconds"]}
     step.data = {"deploy": measured, "train": train, "dtype": cfg.model.dtype, "prompts": len(prompts),
@@ -716,7 +717,7 @@ def run_gpu_check(out: Path, *, mode: str, budget_s: float = DEFAULT_BUDGET_S, v
         raise GpuCheckError(f"this machine cannot run the GPU check: {machine.reason}. Run `iterdeploy gpu-check "
                             "--cpu` for the reduced CPU check")
     out.mkdir(parents=True, exist_ok=True)
-    fresh, taught = out / "model-init", out / "model"
+    fresh, taught = out / "model-init", out / OWN_MODEL_DIR
     model = run("model", lambda: step_model(scale, fresh))
     if model.status == "pass":
         run("teach", lambda: step_teach(scale, fresh, taught))
@@ -736,7 +737,7 @@ def run_gpu_check(out: Path, *, mode: str, budget_s: float = DEFAULT_BUDGET_S, v
         lora = run("lora", lambda: step_lora(cfg, out / "valid-sft"))
         if lora.status == "pass":
             run("throughput", lambda: step_throughput(cfg, out / "valid-sft", lora, mode))
-        run("reinforce", lambda: step_reinforce(cfg, out / "valid-sft", out / "reinforce" / "model", mode))
+        run("reinforce", lambda: step_reinforce(cfg, out / "valid-sft", out / "reinforce" / OWN_MODEL_DIR, mode))
     result = summarise(mode, scale, steps, time.perf_counter() - started, budget_s)
     from iterdeploy_trl.runio import write_json
 

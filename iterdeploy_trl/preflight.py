@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
 from iterdeploy_trl.config import ConfigError, RunConfig, config_hash, hash_matches
 from iterdeploy_trl.runio import read_json
 from iterdeploy_trl.runlock import SESSION_FILES, describe_holder, is_held, out_dir_problem, read_holder
@@ -313,7 +314,7 @@ def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
     if problem:
         pf.problems.append(problem)
         return
-    resolved = out / "resolved_config.json"
+    resolved = rundir.resolved_config(out)
     if resolved.exists():
         try:
             stored = read_json(resolved)
@@ -327,7 +328,7 @@ def _check_out(cfg: RunConfig, out: Path | None, pf: Preflight) -> None:
                 pf.problems.append(f"--out {out} is in use by another run: {describe_holder(read_holder(out))}")
         else:
             pf.problems.append(f"--out {out} holds a run of another config (hash {old}); use a new directory")
-    elif out.exists() and any(p.name not in ("config.yaml", *SESSION_FILES) for p in out.iterdir()):
+    elif out.exists() and any(p.name not in (rundir.CONFIG_YAML, *SESSION_FILES) for p in out.iterdir()):
         pf.problems.append(f"--out {out} is not empty and is not a run directory; choose a new one")
     else:
         pf.lines.append(f"run directory: {out} (new)")

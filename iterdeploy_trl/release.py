@@ -88,7 +88,6 @@ def export_model(run_dir: str | Path, out: str | Path, *, criterion: str = "best
     ``release.json`` naming the run, seed, generation, criterion and the source; nothing is retrained."""
     from iterdeploy_trl.audit import open_run
     from iterdeploy_trl.errors import RunError
-    from iterdeploy_trl.loop import generation_model
     from iterdeploy_trl.runio import write_json
 
     run = open_run(run_dir)
@@ -100,7 +99,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, criterion: str = "best
     if out.exists() and any(out.iterdir()):
         raise ReleaseError(f"{out} is not empty; give a new directory")
     try:
-        model_dir = generation_model(run.path / f"seed_{seed}", g)
+        model_dir = run.model(seed, g)
     except RunError as exc:
         raise ReleaseError(str(exc)) from exc
     if model_dir is None:  # generation 0: the base model

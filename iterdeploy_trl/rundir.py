@@ -17,18 +17,21 @@ Layout (``iterdeploy run --out RUNDIR``; ``iterdeploy compare --out OUT`` holds 
 
 Every other module builds these paths with the functions below and reads a run directory through
 :func:`open_run` (:class:`RunDir`): the figures, the audit, the theory check and ``iterdeploy status``.
-This module sits low: it imports only the file I/O (``runio``) and the trace record (``traces``).
+This module sits low: it imports only the file I/O (``runio``), the trace record (``traces``) and the
+package's errors (``errors``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl.runio import model_dir_problem, read_json, read_json_or_raise, read_jsonl
+from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.runio import read_json, read_json_or_raise, read_jsonl, safetensors_problem
 
 # ------------------------------------------------------------------------------------------- layout
 
@@ -44,6 +47,7 @@ TRAIN_SET = "train.jsonl"
 MODEL = "model"
 SAME_AS = "same_as.json"
 TRAIN_STATS = "train_stats.json"
+TENSORBOARD = "tensorboard"
 SEED_PREFIX = "seed_"
 GEN_PREFIX = "gen_"
 PARTIAL = ".partial"  # suffix of a directory being written (runio.write_dir, replace_dir)
@@ -134,6 +138,16 @@ def train_stats(model_dir: Path) -> Path:
     return Path(model_dir) / TRAIN_STATS
 
 
+def tensorboard_dir(run: Path) -> Path:
+    """TensorBoard's logs (``RUNDIR/tensorboard/``, laid out by seed and generation as the run is)."""
+    return Path(run) / TENSORBOARD
+
+
+def every_gen_dir(run: Path) -> list[Path]:
+    """Every generation directory of every seed, sorted by path."""
+    return sorted(p for p in Path(run).glob(f"{SEED_PREFIX}*/{GEN_PREFIX}*") if p.is_dir())
+
+
 def _numbered(parent: Path, prefix: str) -> dict[int, Path]:
     out = {}
     for p in Path(parent).glob(f"{prefix}*"):
@@ -151,6 +165,32 @@ def seed_dirs(run: Path) -> dict[int, Path]:
 def gen_dirs(sdir: Path) -> dict[int, Path]:
     """The generation directories of a seed directory on disk, by generation, in order."""
     return _numbered(sdir, GEN_PREFIX)
+
+
+def every_chunk_file(run: Path) -> list[Path]:
+    """Every trace chunk file of every seed and generation, sorted by path."""
+    return sorted(Path(run).glob(f"{SEED_PREFIX}*/{GEN_PREFIX}*/{TRACES}/*.jsonl"))
+
+
+def every_metrics_file(run: Path) -> list[Path]:
+    """Every seed's ``metrics.jsonl``, sorted by path."""
+    return sorted(Path(run).glob(f"{SEED_PREFIX}*/{METRICS}"))
+
+
+def every_model_file(run: Path) -> list[Path]:
+    """Every file of every generation's model directory, sorted by path."""
+    return sorted(Path(run).glob(f"{SEED_PREFIX}*/{GEN_PREFIX}*/{MODEL}/*"))
+
+
+def model_location(model_dir: Path) -> tuple[Path, int | None, int | None]:
+    """(run directory, seed, generation) of ``RUNDIR/seed_<s>/gen_<g>/model``. A model directory outside that
+    layout (``train_generation`` called from the Python API) gives ``(its parent, None, None)``."""
+    gdir = Path(model_dir).parent
+    sdir = gdir.parent
+    g, s = gdir.name[len(GEN_PREFIX):], sdir.name[len(SEED_PREFIX):]
+    if not (gdir.name.startswith(GEN_PREFIX) and g.isdigit() and sdir.name.startswith(SEED_PREFIX) and s.isdigit()):
+        return gdir, None, None
+    return sdir.parent, int(s), int(g)
 
 
 def generation_of(gdir: Path) -> int:
@@ -204,8 +244,6 @@ def read_trace_file(path: Path) -> list[dict[str, Any]]:
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
     """A ``metrics.jsonl`` by generation (the last row of a generation wins; a last line cut short by a
     crash is a generation not finished). :class:`RunDirError` naming the file and line on a bad row."""
-    import json
-
     rows: dict[int, dict[str, Any]] = {}
     try:
         lines = Path(path).read_text().splitlines()
@@ -226,16 +264,59 @@ def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
     return rows
 
 
+def model_dir_problem(model_dir: Path) -> str | None:
+    """Why the saved model directory ``model_dir`` (a full model, a LoRA adapter, or a ``same_as.json``
+    pointer to an earlier generation's model) cannot be loaded, as ``PATH: what``; None when its config
+    and weight files are whole. Only headers are read: cheap enough to check every model a run reuses."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return f"{d}: missing"
+    if same_as(d).exists():
+        try:
+            ok = isinstance(read_json(same_as(d)).get("generation"), int)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        return None if ok else f"{same_as(d)}: not a record of the generation whose model is kept"
+    adapter = (d / "adapter_config.json").exists()
+    config = d / ("adapter_config.json" if adapter else "config.json")
+    if not config.exists():
+        return f"{d}: no config.json or adapter_config.json (not a saved model)"
+    try:
+        json.loads(config.read_text())
+    except (OSError, ValueError):
+        return f"{config}: not valid JSON"
+    prefix = "adapter_model" if adapter else "model"
+    index = d / f"{prefix}.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index}: not a safetensors index (no weight_map)"
+        weights = [d / name for name in shards]
+    elif (d / f"{prefix}.safetensors").exists() or not (d / f"{prefix}.bin").exists():
+        weights = [d / f"{prefix}.safetensors"]
+    else:
+        weights = []  # a pickled checkpoint (an older save): loadable by transformers, not checked here
+    for path in weights:
+        if not path.exists():
+            return f"{path}: missing"
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
 def deployed_model(sdir: Path, generation: int) -> Path | None:
     """The model directory deployed in ``generation`` of seed directory ``sdir`` (None: the base model),
-    following ``same_as.json`` records back. :class:`RunDirError` (``PATH: what``, and what to do) on a
-    model directory that cannot be loaded (only headers are read)."""
+    following ``same_as.json`` records back (a generation whose training set was empty keeps the previous
+    model). ``RunError`` (``PATH: what``, and what to do) on a model directory that cannot be loaded (a file
+    missing, a weight file cut short or not safetensors; only headers are read)."""
     g = generation
     while g > 0:
         d = model(gen_dir(sdir, g))
         problem = model_dir_problem(d)
         if problem:
-            raise RunDirError(f"{problem}: the generation-{g} model of {sdir} is damaged; run the same `iterdeploy "
+            raise RunError(f"{problem}: the generation-{g} model of {sdir} is damaged; run the same `iterdeploy "
                               f"run` command again to train it again (its training is seeded), or delete {d} first")
         if same_as(d).exists():
             g = read_json(same_as(d))["generation"]

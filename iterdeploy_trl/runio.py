@@ -1,18 +1,7 @@
 """Run-directory I/O: atomic writes and JSONL, so that a run killed at any point loses nothing.
 
-Layout of a run directory (see ``docs/ARCHITECTURE.md``)::
-
-    RUNDIR/config.yaml            the config as given
-    RUNDIR/resolved_config.json   every field, defaults filled in, with its hash
-    RUNDIR/tasks/                 the task pool and held-out split (IPC layout)
-    RUNDIR/task_files.json        size and sha256 of each task file the run reads (checked on resume)
-    RUNDIR/seed_<s>/gen_<g>/traces/<split>-<chunk>.jsonl   trace records, written chunk by chunk
-    RUNDIR/seed_<s>/gen_<g>/train.jsonl                    curated training set after generation g
-    RUNDIR/seed_<s>/gen_<g>/model/                         the model deployed in generation g (g >= 1)
-    RUNDIR/seed_<s>/metrics.jsonl                          one row per finished generation
-    RUNDIR/summary.json                                    per-generation results (mean over seeds)
-    RUNDIR/run.log                                         the libraries' and trainers' own logs
-    RUNDIR/.lock, RUNDIR/.lock.json                        the one-writer lock and its holder (runlock.py)
+The layout of a run directory (its paths and file names) is :mod:`iterdeploy_trl.rundir`'s, which reads
+through this module; only the write-site names below spell its file names.
 
 Every file is written whole to a temporary name and renamed into place (a crash leaves the old file or
 the new one, never half of one), and every directory (a model) is written under ``<name>.partial`` and
@@ -41,7 +30,6 @@ _SITES = {"metrics.jsonl": "metrics", "train.jsonl": "train-set", "summary.json"
           "compare.json": "compare", "resolved_config.json": "resolved-config", "config.yaml": "config",
           ".lock.json": "lock", "same_as.json": "same-as", "train_stats.json": "train-stats",
           "task_files.json": "task-set"}
-TASK_FILES = "task_files.json"  # the run directory's record of its task files (tasks.taskset.file_record)
 
 
 def write_site(path: Path) -> str:
@@ -176,48 +164,6 @@ def safetensors_problem(path: Path) -> str | None:
     want = 8 + length + max(ends, default=0)
     if size != want:
         return f"{size} bytes where its header says {want} (cut short or added to)"
-    return None
-
-
-def model_dir_problem(model_dir: Path) -> str | None:
-    """Why the saved model directory ``model_dir`` (a full model, a LoRA adapter, or a ``same_as.json``
-    pointer to an earlier generation's model) cannot be loaded, as ``PATH: what``; None when its config
-    and weight files are whole. Only headers are read: cheap enough to check every model a run reuses."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        return f"{d}: missing"
-    if (d / "same_as.json").exists():
-        try:
-            ok = isinstance(read_json(d / "same_as.json").get("generation"), int)
-        except (OSError, ValueError, AttributeError):
-            ok = False
-        return None if ok else f"{d / 'same_as.json'}: not a record of the generation whose model is kept"
-    adapter = (d / "adapter_config.json").exists()
-    config = d / ("adapter_config.json" if adapter else "config.json")
-    if not config.exists():
-        return f"{d}: no config.json or adapter_config.json (not a saved model)"
-    try:
-        json.loads(config.read_text())
-    except (OSError, ValueError):
-        return f"{config}: not valid JSON"
-    prefix = "adapter_model" if adapter else "model"
-    index = d / f"{prefix}.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(read_json(index)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{index}: not a safetensors index (no weight_map)"
-        weights = [d / name for name in shards]
-    elif (d / f"{prefix}.safetensors").exists() or not (d / f"{prefix}.bin").exists():
-        weights = [d / f"{prefix}.safetensors"]
-    else:
-        weights = []  # a pickled checkpoint (an older save): loadable by transformers, not checked here
-    for path in weights:
-        if not path.exists():
-            return f"{path}: missing"
-        problem = safetensors_problem(path)
-        if problem:
-            return f"{path}: {problem}"
     return None
 
 

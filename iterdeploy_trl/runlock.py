@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iterdeploy_trl import dist
+from iterdeploy_trl import dist, rundir
 
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock.json"
@@ -89,11 +89,11 @@ def _foreign(run_dir: Path) -> bool:
     if not run_dir.is_dir():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    if not names - {"config.yaml", *SESSION_FILES}:
+    if not names - {rundir.CONFIG_YAML, *SESSION_FILES}:
         return False
-    if names & {"resolved_config.json", "compare.json", LOCK_NAME}:
+    if names & {rundir.RESOLVED_CONFIG, rundir.COMPARE, LOCK_NAME}:
         return False
-    return not any((run_dir / n / "resolved_config.json").exists() for n in names)
+    return not any(rundir.resolved_config(run_dir / n).exists() for n in names)
 
 
 class RunDirLock:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iterdeploy_trl import dist
+from iterdeploy_trl import dist, rundir
 from iterdeploy_trl.config import ConfigError, RunConfig
 from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.faults import disk_write
@@ -22,11 +22,11 @@ def prepare_tasks(cfg: RunConfig, out: Path, *, log: Callable[[str], None] = pri
     the run resumes (a run directory made before the record gets one then): a generated task set with a file
     missing, unreadable or changed is written again from ``tasks.seed`` (and must then match the record), a
     changed file of ``tasks.dir`` stops the run naming it."""
-    from iterdeploy_trl.runio import TASK_FILES, read_json_or_raise
+    from iterdeploy_trl.runio import read_json_or_raise
     from iterdeploy_trl.tasks import TaskSetError, load_task_set
     from iterdeploy_trl.tasks.taskset import file_record
 
-    record_path = out / TASK_FILES
+    record_path = rundir.task_files(out)
     again = "delete it and run the same command again (it is written again from the task files as they are now)"
     record = read_json_or_raise(record_path, RunError, invalid_hint=f": {again}") if record_path.exists() else None
     if record is not None and not isinstance(record, dict):
@@ -45,7 +45,7 @@ def prepare_tasks(cfg: RunConfig, out: Path, *, log: Callable[[str], None] = pri
             raise RunError(f"{problem}; this run's traces and models were made on the task set as it was: restore "
                            "it, or start a new run directory (--out) on the task set as it is now")
     else:
-        root = out / "tasks"
+        root = rundir.tasks_dir(out)
         task_set = problem = None
         if (root / "tasks.jsonl").exists():
             try:

@@ -158,7 +158,7 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
     the file: the config record's hash, the task files against their record, and each finished generation's
     trace chunks (whole, one record of each task and sample), train.jsonl and model. Reads every trace chunk
     of the finished generations."""
-    from iterdeploy_trl.runio import jsonl_problem, model_dir_problem, read_json
+    from iterdeploy_trl.runio import jsonl_problem, read_json
     from iterdeploy_trl.tasks.taskset import record_mismatch
     from iterdeploy_trl.traces import chunk_problem
 
@@ -196,7 +196,7 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
             problem = jsonl_problem(train) if train.exists() else None
             if problem:
                 damage.append(f"{train}: {problem}")
-            problem = model_dir_problem(rundir.model(gdir)) if g > 0 else None
+            problem = rundir.model_dir_problem(rundir.model(gdir)) if g > 0 else None
             if problem:
                 damage.append(problem)
     return damage

@@ -23,9 +23,10 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 from pathlib import Path
 from typing import Any
+
+from iterdeploy_trl import rundir
 
 TRACKERS = ("trackio", "tensorboard", "wandb")
 
@@ -68,28 +69,17 @@ def run_name(cfg: Any, seed: int | None, generation: int | None = None) -> str:
     return name if generation is None else f"{name}-gen{generation}"
 
 
-def model_location(model_dir: Path) -> tuple[Path, int | None, int | None]:
-    """(run directory, seed, generation) of ``RUNDIR/seed_<s>/gen_<g>/model``. A model directory outside that
-    layout (``train_generation`` called from the Python API) gives ``(its parent, None, None)``."""
-    gen_dir = Path(model_dir).parent
-    seed_dir = gen_dir.parent
-    g = re.fullmatch(r"gen_(\d+)", gen_dir.name)
-    s = re.fullmatch(r"seed_(\d+)", seed_dir.name)
-    if g is None or s is None:
-        return gen_dir, None, None
-    return seed_dir.parent, int(s[1]), int(g[1])
-
-
 def trainer_kwargs(cfg: Any, model_dir: Path) -> dict[str, Any]:
     """TrainingArguments fields that route a generation's trainer logs to ``cfg.report_to``.
 
     TensorBoard: transformers' callback takes its directory from ``TENSORBOARD_LOGGING_DIR`` when the trainer is
     built, so this sets it (to ``RUNDIR/tensorboard/seed_<s>/gen_<g>``); build the trainer right after."""
     report = list(cfg.report_to)
-    run_dir, seed, gen = model_location(model_dir)
+    run_dir, seed, gen = rundir.model_location(model_dir)
     if "tensorboard" in report:
-        where = (f"seed_{seed}", f"gen_{gen:02d}") if seed is not None else ()
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir, "tensorboard", *where))
+        logs = rundir.tensorboard_dir(run_dir)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(
+            rundir.gen_dir(rundir.seed_dir(logs, seed), gen) if seed is not None else logs)
     if "wandb" in report:
         os.environ.setdefault("WANDB_PROJECT", project_name(cfg))
     kwargs: dict[str, Any] = {"report_to": report, "run_name": run_name(cfg, seed, gen)}
@@ -109,7 +99,7 @@ def log_generation(cfg: Any, run_dir: Path, seed: int, row: dict[str, Any]) -> N
         if "tensorboard" in cfg.report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard" / f"seed_{seed}" / "loop"))
+            writer = SummaryWriter(log_dir=str(rundir.seed_dir(rundir.tensorboard_dir(run_dir), seed) / "loop"))
             for name, value in values.items():
                 writer.add_scalar(name, value, step)
             writer.close()

@@ -153,15 +153,15 @@ def test_a_damaged_model_is_trained_again(finished, tmp_path, capsys, damage):
 
 
 def test_a_damaged_model_is_named_where_it_would_be_loaded(finished, tmp_path):
-    """The audit, the release and the theory checks load models through generation_model."""
+    """The audit, the release and the theory checks load models through rundir.deployed_model."""
     from iterdeploy_trl.errors import RunError
-    from iterdeploy_trl.loop import generation_model
+    from iterdeploy_trl.rundir import deployed_model
 
     run = damaged_copy(finished, tmp_path)
-    assert generation_model(run / "seed_0", 1) == run / MODEL
+    assert deployed_model(run / "seed_0", 1) == run / MODEL
     (run / MODEL / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(RunError, match=f"{run / MODEL}/model.safetensors: not a safetensors file.*run the same"):
-        generation_model(run / "seed_0", 1)
+        deployed_model(run / "seed_0", 1)
 
 
 def test_an_edited_config_record_is_written_again(finished, tmp_path, capsys):

@@ -123,7 +123,7 @@ def test_status_of_a_finished_and_a_stopped_run(tracked_run, tmp_path):
 def test_model_location_inside_and_outside_a_run_directory(tmp_path) -> None:
     """A run's model directory names its seed and generation; one outside that layout (train_generation
     from the Python API, as tests/test_paper_path.py calls it) names neither and is not an error."""
-    from iterdeploy_trl.tracking import model_location
+    from iterdeploy_trl.rundir import model_location
 
     assert model_location(tmp_path / "run" / "seed_3" / "gen_02" / "model.partial") == (tmp_path / "run", 3, 2)
     assert model_location(tmp_path / "gen0" / "model.partial") == (tmp_path / "gen0", None, None)

@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline_model, task_dir, prompt_style, domain = args.model or "", None, "compact", "blocksworld"
     if args.run_dir and ("pipeline" in checks or "curation" in checks):
         try:
+            from iterdeploy_trl.rundir import tasks_dir
             from iterdeploy_trl.theory.actual_update import RunView
 
             view = RunView(args.run_dir, args.run_seed)
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
         pipeline_model = args.model or str(view.base)
         task_dir, prompt_style, domain = (
-            str(view.root / "tasks"),
+            str(tasks_dir(view.root)),
             view.cfg.model.prompt_style,
             view.cfg.domain,
         )

@@ -40,9 +40,11 @@ from typing import Any
 
 import yaml
 
+from iterdeploy_trl import rundir
 from iterdeploy_trl.faults import DISK_FULL_ENV, KILL_ENV, WRITE_LOG_ENV, write_sites
 
 KILLED = -signal.SIGKILL
+TINY_MODEL_DIR = "model"  # the harness's own tiny model (WORK/model), not a run directory's
 
 
 def tiny_config(model: Path, generations: int = 2) -> dict[str, Any]:
@@ -183,25 +185,26 @@ def _untimed(obj: Any) -> Any:
 def snapshot(run: Path) -> dict[str, Any]:
     """What must not depend on whether (and where) a run was interrupted. Timing fields are left out."""
     traces = []
-    for p in sorted(run.glob("seed_*/gen_*/traces/*.jsonl")):
+    for p in rundir.every_chunk_file(run):
         traces += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     keys = [(r["seed"], r["generation"], r["split"], r["task_id"], r["sample_index"]) for r in traces]
     metrics = {}
-    for p in sorted(run.glob("seed_*/metrics.jsonl")):
+    for p in rundir.every_metrics_file(run):
         lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
         metrics[str(p.relative_to(run))] = _untimed(lines)
     models = {}
-    for p in sorted(run.glob("seed_*/gen_*/model/*")):
-        if p.suffix in (".safetensors", ".json") and p.name != "train_stats.json":
+    for p in rundir.every_model_file(run):
+        if p.suffix in (".safetensors", ".json") and p.name != rundir.TRAIN_STATS:
             models[str(p.relative_to(run))] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.name == "train_stats.json":
+        elif p.name == rundir.TRAIN_STATS:
             models[str(p.relative_to(run))] = _untimed(json.loads(p.read_text()))
-    summary = run / "summary.json"
+    summary = rundir.summary(run)
     return {
         "traces": sorted(traces, key=lambda r: (r["seed"], r["generation"], r["split"], r["task_id"],
                                                 r["sample_index"])),
         "duplicate_traces": len(keys) - len(set(keys)),
-        "train_sets": {str(p.relative_to(run)): p.read_text() for p in sorted(run.glob("seed_*/gen_*/train.jsonl"))},
+        "train_sets": {str(p.relative_to(run)): p.read_text()
+                       for p in map(rundir.train_set, rundir.every_gen_dir(run)) if p.exists()},
         "metrics": metrics,
         "summary": _untimed(json.loads(summary.read_text())) if summary.exists() else None,
         "models": models,
@@ -226,12 +229,13 @@ def differences(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
 
 def stage(run: Path) -> str:
     """Where a killed run had got to, from what it left on disk."""
-    chunks = len(list(run.glob("seed_*/gen_*/traces/*.jsonl")))
-    models = len(list(run.glob("seed_*/gen_*/model/config.json")))
-    rows = sum(len(p.read_text().splitlines()) for p in run.glob("seed_*/metrics.jsonl"))
-    partial = bool(list(run.glob("seed_*/gen_*/model.partial")))
+    gens = rundir.every_gen_dir(run)
+    chunks = len(rundir.every_chunk_file(run))
+    models = sum((rundir.model(g) / "config.json").exists() for g in gens)
+    rows = sum(len(p.read_text().splitlines()) for p in rundir.every_metrics_file(run))
+    partial = any(rundir.partial(rundir.model(g)).exists() for g in gens)
     return (f"{chunks} chunks, {models} models{' (+1 partial)' if partial else ''}, {rows} metrics rows"
-            f"{', summary' if (run / 'summary.json').exists() else ''}")
+            f"{', summary' if rundir.summary(run).exists() else ''}")
 
 
 # --------------------------------------------------------------------------- the harness
@@ -295,7 +299,7 @@ class Harness:
     def __init__(self, work: Path, model: Path, config: dict[str, Any] | None = None) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.config = self.work / "config.yaml"
+        self.config = rundir.config_yaml(self.work)
         self.config.write_text(yaml.safe_dump(config or tiny_config(model)))
         self.n = 0
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    model = args.model or make_tiny_model(args.work / "model")
+    model = args.model or make_tiny_model(args.work / TINY_MODEL_DIR)
     t0 = time.time()
     report = run_harness(args.work, model, kills=args.kills, seed=args.seed, chain=args.chain,
                          write_kills=not args.no_write_kills, disk_full=not args.no_disk_full,

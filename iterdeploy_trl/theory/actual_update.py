@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from iterdeploy_trl import rundir
+from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.pipeline import (
@@ -167,7 +168,7 @@ class RunView:
     def model_dir(self, g: int) -> Path | None:
         try:
             return self.run.model(self.seed, g)
-        except RunDirError as exc:
+        except RunError as exc:
             raise TheoryError(str(exc)) from exc
 
     def load(self, model_dir: Path | None, device: str) -> tuple[torch.nn.Module, Any]:
