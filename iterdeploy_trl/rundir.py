@@ -339,14 +339,20 @@ def open_run(path: str | Path) -> RunDir:
     cfg = resolved.get("config") if isinstance(resolved, dict) else None
     if not isinstance(cfg, dict) or "domain" not in cfg:
         raise RunDirError(f"{resolved_config(path)}: no config with a domain; not written by `iterdeploy run`?")
-    problems: list[str] = []
-    data = None
-    if summary(path).is_file():
-        try:
-            data = read_json_or_raise(summary(path), RunDirError, invalid_hint="; is it still being written?")
-        except RunDirError as exc:
-            problems.append(str(exc))
-    return RunDir(path, resolved, data if isinstance(data, dict) else None, problems)
+    data, problem = read_summary(path)
+    return RunDir(path, resolved, data, [problem] if problem else [])
+
+
+def read_summary(run: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's ``summary.json`` (None when there is none, or it is not a mapping) and why it could not be read
+    (None when it could, or there is none)."""
+    if not summary(run).is_file():
+        return None, None
+    try:
+        data = read_json_or_raise(summary(run), RunDirError, invalid_hint="; is it still being written?")
+    except RunDirError as exc:
+        return None, str(exc)
+    return (data if isinstance(data, dict) else None), None
 
 
 @dataclass

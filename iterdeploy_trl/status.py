@@ -6,7 +6,6 @@ Works on a running directory (it only reads, and takes no lock), on a stopped on
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,14 +82,6 @@ class RunStatus:
                 "holder": self.holder, "damage": self.damage,
                 "seeds": [{"seed": s.seed, "done": s.done, "stage": s.stage, "last_line": s.last_line}
                           for s in self.seeds]}
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    from iterdeploy_trl.runio import read_rows
-
-    return sorted(read_rows(path), key=lambda m: m["generation"])
 
 
 def _stage(sdir: Path, g: int, chunks_per_gen: int, held: bool, last: int) -> str:
@@ -217,9 +208,11 @@ def run_status(run_dir: Path) -> RunStatus:
     tasks = cfg.get("tasks", {})
     chunks_per_gen = math.ceil(int(tasks.get("n", 0)) / chunk) + math.ceil(int(tasks.get("heldout", 0)) / chunk)
     k = int(cfg.get("sampling", {}).get("samples_per_task", 1))
+    run = rundir.RunDir(run_dir, {**stored, "config": cfg})  # the one reader, on the config status trusts
+    metrics = run.metrics()
     for seed in cfg["seeds"]:
-        sdir = rundir.seed_dir(run_dir, seed)
-        rows = _rows(rundir.metrics(sdir))
+        sdir = run.seed_dir(seed)
+        rows = [metrics[seed][g] for g in sorted(metrics.get(seed, {}))]
         done = [m["generation"] for m in rows]
         nxt = next((g for g in range(st.generations + 1) if g not in done), st.generations + 1)
         line = generation_line(seed, rows[-1], k) if rows else None
@@ -228,13 +221,9 @@ def run_status(run_dir: Path) -> RunStatus:
         else:
             stage = _stage(sdir, nxt, chunks_per_gen, held, st.generations)
         st.seeds.append(SeedStatus(seed, done, stage, line))
-    summary = rundir.summary(run_dir)
-    if summary.exists():
-        try:
-            data = json.loads(summary.read_text())
-            st.complete = bool(data.get("complete")) and all(len(s.done) == st.generations + 1 for s in st.seeds)
-        except ValueError:
-            pass
+    summary, _ = rundir.read_summary(run_dir)  # an unreadable summary.json: not complete
+    if summary is not None:
+        st.complete = bool(summary.get("complete")) and all(len(s.done) == st.generations + 1 for s in st.seeds)
     st.damage = run_damage(run_dir, cfg, stored, {s.seed: s.done for s in st.seeds})
     return st
 
