@@ -512,11 +512,9 @@ def _audit_seed(run: RunDir, seed: int, K: int, n_pool: int, n_held: int, undo: 
     accumulate = bool(cfg.get("accumulate", True))
     metrics = {}
     if rundir.metrics(sdir).is_file():
-        from iterdeploy_trl.runio import read_jsonl
-
         try:
-            metrics = {int(m["generation"]): m for m in read_jsonl(rundir.metrics(sdir)) if "generation" in m}
-        except (ValueError, OSError) as exc:
+            metrics = rundir.read_metrics(rundir.metrics(sdir))
+        except RunDirError as exc:
             checks.append(Check(f"seed {seed} {rundir.METRICS}", False, str(exc)))
     else:
         checks.append(Check(f"seed {seed} {rundir.METRICS}", False, f"{rundir.metrics(sdir)} missing"))

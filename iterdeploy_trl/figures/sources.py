@@ -142,24 +142,20 @@ def load_json(path: Path) -> Any:
     return read_json_or_raise(path, FigureError, invalid_hint="; is it still being written?")
 
 
-def read_trace_file(path: Path) -> list[dict[str, Any]]:
-    """The trace records of one chunk file as dicts (:func:`iterdeploy_trl.rundir.read_trace_file`);
-    ``FigureError`` naming the file and line on a file that is not valid JSONL."""
+def _read_traces(run: Run) -> Iterable[dict[str, Any]]:
+    """The small fields of every trace record of the finished generations (``rundir.read_trace_file``);
+    ``FigureError`` naming a file that cannot be read."""
     try:
-        return rundir.read_trace_file(path)
+        for seed, gens in sorted(run.metrics.items()):
+            for g in sorted(gens):
+                for path in rundir.chunk_files(rundir.gen_dir(rundir.seed_dir(run.path, seed), g)):
+                    for rec in rundir.read_trace_file(path):
+                        row = {k: rec.get(k) for k in TRACE_FIELDS}
+                        row["split"] = row["split"] or "pool"
+                        row["seed"], row["generation"] = seed, g
+                        yield row
     except RunDirError as exc:
         raise FigureError(str(exc)) from exc
-
-
-def _read_traces(run: Run) -> Iterable[dict[str, Any]]:
-    for seed, gens in sorted(run.metrics.items()):
-        for g in sorted(gens):
-            for path in rundir.chunk_files(rundir.gen_dir(rundir.seed_dir(run.path, seed), g)):
-                for rec in read_trace_file(path):
-                    row = {k: rec.get(k) for k in TRACE_FIELDS}
-                    row["split"] = row["split"] or "pool"
-                    row["seed"], row["generation"] = seed, g
-                    yield row
 
 
 def is_run(path: Path) -> bool:
