@@ -164,3 +164,28 @@ def test_figures_and_audit_read_through_rundir(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(rundir, "read_trace_file", lambda path: [dict(r) for r in marker])
     assert [r["task_id"] for r in sources.load_run(run).traces()] == ["from-rundir"]
     assert [r["task_id"] for r in audit.read_traces(audit.open_run(run), 0, 0)] == ["from-rundir"]
+
+
+def _saved_model(d: Path) -> None:
+    """A directory model_dir_problem accepts: config.json and a whole (empty) safetensors file."""
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+
+
+def test_deployed_model_follows_same_as_records(tmp_path) -> None:
+    """A generation whose training set was empty deploys the model its same_as.json names (a chain of them
+    too); generation 0 deploys the base model (None)."""
+    import json
+
+    sdir = tmp_path / "run" / "seed_0"
+    _saved_model(sdir / "gen_01" / "model")
+    for g in (2, 3):
+        (sdir / f"gen_0{g}" / "model").mkdir(parents=True)
+        (sdir / f"gen_0{g}" / "model" / "same_as.json").write_text(json.dumps({"generation": g - 1}))
+    assert rundir.deployed_model(sdir, 0) is None
+    assert rundir.deployed_model(sdir, 1) == sdir / "gen_01" / "model"
+    assert rundir.deployed_model(sdir, 3) == sdir / "gen_01" / "model"
+    (sdir / "gen_03" / "model" / "same_as.json").write_text("{}")
+    with pytest.raises(rundir.RunError, match="same_as.json: not a record"):
+        rundir.deployed_model(sdir, 3)
