@@ -20,6 +20,10 @@ holds the per-budget statistics and each arm's wall time as measured (kept acros
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -28,11 +32,11 @@ from typing import Any
 
 from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
-from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig
-from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.config import METHODS, SFT_METHODS, RunConfig, TrainingConfig, config_hash, split_arm
+from iterdeploy_trl.errors import ConfigError, RunError
 from iterdeploy_trl.loop import begin_run, run_loop
 from iterdeploy_trl.runchecks import check_methods, check_server_methods
-from iterdeploy_trl.runio import atomic_write_text, machine_record, read_rows, write_json
+from iterdeploy_trl.runio import atomic_write_text, machine_record, read_json, read_rows, write_json
 from iterdeploy_trl.runlock import holds_run_dir
 from iterdeploy_trl.stats import (
     ALPHA,
@@ -55,9 +59,12 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     own section only (so a method's run directory, and its hash, hold nothing another method reads). A
     setting of ``methods.SFT_KEYS`` that the method does not read (``Method.reads``: REINFORCE, which curates
     nothing and trains online, reads none) is set to its default; a method that runs with one curation only
-    (``Method.required_curation``) gets it, the others ``shortest`` where ``cfg`` says ``none``."""
+    (``Method.required_curation``) gets it, the others ``shortest`` where ``cfg`` says ``none``. ``method`` may be
+    an arm ``METHOD@CURATION`` (``valid-sft@random-valid``): that method with that curation rule."""
+    arm = method
+    method, arm_curation = split_arm(arm)
     m = registry.get(method)
-    changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{method}", tuning=None,
+    changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{arm}", tuning=None,
                                    **{o.section: getattr(cfg, o.section) if o is m else None
                                       for o in registry.with_section()})
     run, sft = RunConfig(), TrainingConfig()
@@ -69,47 +76,220 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     if m.required_curation is not None:
         changes.update(curation=m.required_curation)
     elif "curation" in m.reads:
-        changes.update(curation="shortest" if cfg.curation == "none" else cfg.curation)
+        changes.update(curation=arm_curation or ("shortest" if cfg.curation == "none" else cfg.curation))
     return dataclasses.replace(cfg, **changes).check()
 
 
 def with_learning_rate(cfg: RunConfig, method: str, lr: float) -> RunConfig:
     """``cfg`` with ``method``'s learning rate set to ``lr`` (its section's ``learning_rate`` where it has one,
-    e.g. ``reinforce.learning_rate``; else ``training.learning_rate``)."""
-    m = registry.get(method)
+    e.g. ``reinforce.learning_rate``; else ``training.learning_rate``). ``method`` may be an arm."""
+    m = registry.get(split_arm(method)[0])
     if m.own_learning_rate:
         return dataclasses.replace(cfg, **{m.section: dataclasses.replace(m.settings_of(cfg), learning_rate=lr)})
     return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, learning_rate=lr))
 
 
-def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
-                        log=print) -> dict[str, Any]:
-    """Each method at each candidate rate of ``cfg.tuning`` on the tuning seeds (one run directory each,
-    ``OUT/tuning/<method>-lr<rate>``, resumable); returns per method the table and the chosen rate (most
-    pool tasks solved at the full budget, mean over the tuning seeds; ties: the earlier candidate). A
-    method without candidates keeps its configured rate."""
+def with_setting(cfg: RunConfig, arm: str, knob: str, value: float) -> RunConfig:
+    """``cfg`` with one tuning knob of ``arm`` set: ``learning_rate`` (:func:`with_learning_rate`), a field of
+    the arm's method section (``prompts_per_step`` of the RL arms) or of ``training`` (``batch_size`` of the SFT
+    arms); a ``ConfigError`` naming ``tuning.grids.<arm>.<knob>`` for any other."""
+    if knob == "learning_rate":
+        return with_learning_rate(cfg, arm, float(value))
+    m = registry.get(split_arm(arm)[0])
+    if m.settings is not None and knob in {f.name for f in dataclasses.fields(m.settings)}:
+        return dataclasses.replace(cfg, **{m.section: dataclasses.replace(m.settings_of(cfg), **{knob: int(value)})})
+    if m.curates and knob in {f.name for f in dataclasses.fields(TrainingConfig)}:
+        return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **{knob: int(value)}))
+    own = f"{m.section}'s fields" if m.section else "training's fields (the SFT arms' batch_size)"
+    raise ConfigError(f"tuning.grids.{arm}.{knob}: {split_arm(arm)[0]} has no such setting; a grid holds "
+                      f"learning_rate and one of {own}")
+
+
+def arm_grid(cfg: RunConfig, arm: str) -> dict[str, list[float]]:
+    """The tuning grid of ``arm``: ``tuning.grids[arm]``, else its method's list of candidate learning rates
+    (``Method.tuning_key``); empty: not tuned (it keeps its configured settings)."""
     tuning = cfg.tuning
+    if tuning is None:
+        return {}
+    if tuning.grids and arm in tuning.grids:
+        return {k: list(v) for k, v in tuning.grids[arm].items()}
+    rates = getattr(tuning, registry.get(split_arm(arm)[0]).tuning_key)
+    return {"learning_rate": list(rates)} if rates else {}
+
+
+def _point_name(arm: str, point: dict[str, float]) -> str:
+    """A tuning run's directory name: ``<arm>-lr<rate>`` then ``-<knob><value>`` for each other knob."""
+    rest = "".join(f"-{k}{v:g}" for k, v in point.items() if k != "learning_rate")
+    return f"{arm}-lr{point['learning_rate']:g}{rest}" if "learning_rate" in point else f"{arm}{rest}"
+
+
+def tuning_run_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` as the tuning runs take it: the tuning seeds and, with ``tuning.task_seed``, the tuning pool
+    (``tuning.n`` + ``tuning.heldout`` tasks from that seed; null: the reported pool's sizes)."""
+    t = cfg.tuning
+    if t.task_seed is None:
+        return dataclasses.replace(cfg, seeds=t.seeds)
+    tasks = dataclasses.replace(cfg.tasks, seed=t.task_seed, n=t.n or cfg.tasks.n,
+                                heldout=cfg.tasks.heldout if t.heldout is None else t.heldout)
+    return dataclasses.replace(cfg, seeds=t.seeds, tasks=tasks)
+
+
+_PROBLEM_NAME = re.compile(r"\(\s*problem\s+[^\s()]+\s*\)")
+
+
+def problem_key(text: str) -> str:
+    """A task's problem with its name removed and whitespace collapsed: two tasks with the same key are the
+    same problem whatever their ids."""
+    return " ".join(_PROBLEM_NAME.sub("", text.lower()).split())
+
+
+def check_tuning_pool(cfg: RunConfig) -> dict[str, Any]:
+    """Before any work: the tuning pool (``tuning.task_seed``) holds no task of the reported pool or held-out
+    split (same problem text, the problem's name aside); a ``ConfigError`` naming both tasks otherwise. Returns
+    what compare.json records of it."""
+    t = cfg.tuning
+    if t is None or t.task_seed is None:
+        return {"pool": "the reported pool (tuning.task_seed not set)", "disjoint": False}
+    if cfg.tasks.dir:
+        raise ConfigError(f"tuning.task_seed: {t.task_seed} draws a tuning pool from the generator, but tasks.dir "
+                          f"({cfg.tasks.dir}) gives the reported tasks; remove tuning.task_seed")
+    from iterdeploy_trl.tasks import generate_tasks
+
+    def drawn(c: RunConfig) -> list[Any]:
+        size = tuple(c.tasks.size) if c.tasks.size else None
+        return generate_tasks(c.domain, c.tasks.n + c.tasks.heldout, c.tasks.seed, size=size)
+
+    tcfg = tuning_run_config(cfg)
+    reported = {problem_key(task.problem): task.id for task in drawn(cfg)}
+    tuning_tasks = drawn(tcfg)
+    both = [(task.id, reported[problem_key(task.problem)]) for task in tuning_tasks
+            if problem_key(task.problem) in reported]
+    if both:
+        raise ConfigError(f"tuning.task_seed: {t.task_seed} draws {len(both)} task(s) of the reported pool or "
+                          f"held-out split (tasks.seed {cfg.tasks.seed}), e.g. tuning task {both[0][0]} = reported "
+                          f"task {both[0][1]}: choose another tuning.task_seed (or a size range or pool size "
+                          "with fewer repeats)")
+    return {"pool": f"tasks.seed {t.task_seed}", "disjoint": True, "tasks": tcfg.tasks.n,
+            "heldout_tasks": tcfg.tasks.heldout, "checked_against": len(reported)}
+
+
+def check_tuning(cfg: RunConfig, arms: Sequence[str]) -> None:
+    """Before any work: ``tuning.grids`` names arms of this comparison only, every knob is one its arm has, and
+    (with grids) every tuned arm gets the same number of tuning runs."""
+    if cfg.tuning is None:
+        return
+    grids = cfg.tuning.grids or {}
+    for arm in grids:
+        if arm not in arms:
+            raise ConfigError(f"tuning.grids.{arm}: not an arm of this comparison ({', '.join(arms)}); remove it")
+    for arm in arms:
+        for knob, values in arm_grid(cfg, arm).items():
+            with_setting(cfg, arm, knob, values[0])
+    if grids:
+        runs = {arm: len(list(itertools.product(*arm_grid(cfg, arm).values()))) for arm in arms}
+        if len(set(runs.values())) > 1:
+            raise ConfigError(f"tuning.grids: every arm needs the same number of tuning runs; got {runs} (an arm "
+                              "without a grid of its own is tuned over its method's rate list, or not at all)")
+
+
+def deployment_key(cfg: RunConfig) -> str:
+    """What generation 0's deployment depends on (the base model, the tasks, the sampler, the validator, the
+    chunking): arms and tuning points with equal keys deploy the same traces there, seed by seed."""
+    data = cfg.to_dict()
+    keys = ("domain", "tasks", "model", "sampling", "validator", "chunk_size", "validation_timeout")
+    return hashlib.sha256(json.dumps({k: data.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reuse_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str, int], Path],
+                          log=print) -> dict[str, Any]:
+    """Copy generation 0's trace chunks of an earlier arm (``sources``: (deployment key, seed) -> its gen_00
+    directory) into ``run_out`` where this run has none yet, each record's run name and method set to this
+    run's (what its own deployment would have written: same model, tasks, seed, chunk seeds). The loop's resume
+    keeps chunks on disk, so it deploys generation 0 no more. Returns per seed the source and the seconds its
+    deployment took there (the time saved)."""
+    from iterdeploy_trl.traces import read_traces, write_traces
+
+    key, reused = deployment_key(cfg), {}
+    for seed in cfg.seeds:
+        src = sources.get((key, seed))
+        target = rundir.gen_dir(rundir.seed_dir(run_out, seed), 0)
+        if src is None or rundir.chunk_files(target) or not dist.is_main():
+            continue
+        resolved = rundir.resolved_config(run_out)
+        if not resolved.exists():  # what the loop writes when it starts a run directory
+            run_out.mkdir(parents=True, exist_ok=True)
+            write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
+        rundir.traces_dir(target).mkdir(parents=True, exist_ok=True)
+        for path in rundir.chunk_files(src):
+            records = [dataclasses.replace(r, run=cfg.name, method=cfg.method) for r in read_traces(path)]
+            write_traces(rundir.traces_dir(target) / path.name, records)
+        rows = read_rows(rundir.metrics(src.parent)) if rundir.metrics(src.parent).exists() else []
+        saved = next((float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0), 0.0)
+        reused[str(seed)] = {"from": str(src), "saved_seconds": saved}
+        log(f"[compare] seed {seed}: generation 0 of {run_out.name} reused from {src} (its deployment: {saved:.1f} s)")
+    return reused
+
+
+def register_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str, int], Path]) -> None:
+    """Make ``run_out``'s finished generation-0 deployments the source of later arms with the same key."""
+    key = deployment_key(cfg)
+    for seed in cfg.seeds:
+        gdir = rundir.gen_dir(rundir.seed_dir(run_out, seed), 0)
+        if rundir.chunk_files(gdir):
+            sources.setdefault((key, seed), gdir)
+
+
+def apply_settings(cfg: RunConfig, arm: str, point: dict[str, float]) -> RunConfig:
+    """``cfg`` with every knob of a grid ``point`` set for ``arm``."""
+    for knob, value in point.items():
+        cfg = with_setting(cfg, arm, knob, value)
+    return cfg
+
+
+def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
+                        log=print, sources: dict[tuple[str, int], Path] | None = None) -> dict[str, Any]:
+    """Each arm at each point of its grid (:func:`arm_grid`: its learning rate and its batch knob) on the tuning
+    seeds and the tuning pool (one run directory each, ``OUT/tuning/<arm>-lr<rate>[-<knob><value>]``,
+    resumable); returns per arm the table, the chosen point (most tuning-pool tasks solved at the full budget,
+    mean over the tuning seeds; ties: the earlier point) and whether a chosen value lies at an edge of its
+    grid (``at_edge``, ``edge_knobs``). An arm without a grid keeps its configured settings. Generation 0 is
+    deployed once per tuning seed and reused (``sources``)."""
+    tuning = cfg.tuning
+    sources = {} if sources is None else sources
+    base = tuning_run_config(cfg)
     result: dict[str, Any] = {}
-    for method in methods:
-        rates = getattr(tuning, registry.get(method).tuning_key)
-        if not rates:
+    for arm in methods:
+        grid = arm_grid(cfg, arm)
+        if not grid:
             continue
         table = []
-        for lr in rates:
-            tcfg = method_config(dataclasses.replace(with_learning_rate(cfg, method, lr), seeds=tuning.seeds), method)
-            tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{method}-lr{lr:g}")
-            log(f"== tuning {method} at learning rate {lr:g} (seeds {', '.join(map(str, tuning.seeds))}) ==")
-            summary = run_loop(tcfg, out / "tuning" / f"{method}-lr{lr:g}", progress=progress, log=log)
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid, values, strict=True))
+            name = _point_name(arm, point)
+            tcfg = method_config(apply_settings(base, arm, point), arm)
+            tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{name}")
+            log(f"== tuning {name} (seeds {', '.join(map(str, tuning.seeds))}) ==")
+            run_out = out / "tuning" / name
+            reused = reuse_generation_zero(tcfg, run_out, sources, log)
+            summary = run_loop(tcfg, run_out, progress=progress, log=log)
+            register_generation_zero(tcfg, run_out, sources)
             last = summary["generations"][-1]
             per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
-            table.append({"learning_rate": lr, "solved_mean": statistics.fmean(per_seed),
-                          "solved_per_seed": per_seed, "samples_used": last["samples_used"],
-                          "heldout_solved_mean": last["heldout_solved"],
-                          "wall_seconds": measured_seconds(summary["per_seed"])["seconds"]})
+            rows = metrics_rows(run_out, tcfg.seeds)
+            table.append({**point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
+                                                               .learning_rate(tcfg)),
+                          "solved_mean": statistics.fmean(per_seed), "solved_per_seed": per_seed,
+                          "samples_used": last["samples_used"], "heldout_solved_mean": last["heldout_solved"],
+                          "wall_seconds": measured_seconds(rows)["seconds"], "generation0_reused": reused})
         best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
-        result[method] = {"seeds": list(tuning.seeds), "table": table, "chosen": best["learning_rate"]}
-        log(f"tuning {method}: " + ", ".join(f"lr {r['learning_rate']:g} -> {r['solved_mean']:.1f}" for r in table)
-            + f"; chosen {best['learning_rate']:g}")
+        edges = [k for k, vs in grid.items() if len(vs) > 1 and best[k] in (min(vs), max(vs))]
+        result[arm] = {"seeds": list(tuning.seeds), "grid": grid, "table": table, "chosen": best["learning_rate"],
+                       "chosen_settings": {k: best[k] for k in grid}, "at_edge": bool(edges), "edge_knobs": edges,
+                       "runs": len(table)}
+        log(f"tuning {arm}: " + ", ".join(f"{_point_name(arm, {k: r[k] for k in grid})} -> {r['solved_mean']:.1f}"
+                                           for r in table)
+            + f"; chosen {_point_name(arm, result[arm]['chosen_settings'])}"
+            + (f" (AT THE GRID EDGE of {', '.join(edges)})" if edges else ""))
     return result
 
 
@@ -165,6 +345,9 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         solved, held = [r["solved"] for r in at_g], [r["heldout_solved"] for r in at_g]
         ts, th = t_interval(solved), t_interval(held)
         held_unanimous = _unanimous(at_g, _TASK_IDS["heldout_solved"])
+        # wall-clock seconds spent to reach this budget point (deploy + train of generations 0..g), mean over seeds
+        walls = [sum(float(r.get("deploy_seconds") or 0.0) + float(r.get("train_seconds") or 0.0)
+                     for r in ms if r["generation"] <= g) for ms in per_seed.values() if _at(ms, g) is not None]
         rows.append({"generation": g, "samples_used": gen["samples_used"], "solved_mean": ts.mean,
                      "solved_ci": [ts.lo, ts.hi], "solved_per_seed": solved, "unanimous": gen["unanimous"],
                      "unanimous_k": gen["unanimous_k"],
@@ -175,7 +358,8 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                      "tasks": gen.get("tasks"), "heldout_tasks": gen.get("heldout_tasks"),
                      "train_traces": gen["train_traces"], "train_completion_tokens": gen["train_completion_tokens"],
                      "train_completion_tokens_cumulative": gen.get("train_completion_tokens_cumulative"),
-                     "train_seconds": gen["train_seconds"], "deploy_seconds": gen["deploy_seconds"]})
+                     "train_seconds": gen["train_seconds"], "deploy_seconds": gen["deploy_seconds"],
+                     "wall_seconds_cumulative": round(statistics.fmean(walls), 2) if walls else None})
     return rows
 
 
@@ -274,49 +458,99 @@ def measured_seconds(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             "train_seconds": round(train, 1), "machines": machines or ["not recorded"]}
 
 
-@holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, kw.get("methods") or cfg.compare_methods),
+def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """An arm's budget in every unit, summed over its seeds, from its metrics rows and each generation's
+    ``train_stats.json``: sampled completions used for learning (equal by design), optimizer steps, training
+    tokens, generated completions (every deployment, evaluation included, plus the completions an online arm
+    samples inside its trainer), and wall seconds per phase as measured. ``evaluate``: deployments whose
+    traces nothing trains on (every one of an online arm; an SFT arm's last generation); validation is timed
+    inside the deployment (a chunk is sampled and judged by VAL in one step), so it is not separable here."""
+    online = not registry.get(cfg.method).curates
+    k = cfg.sampling.samples_per_task
+    rows = [r for rs in per_seed.values() for r in rs]
+    last = max((r["generation"] for r in rows), default=0)
+    steps = 0
+    for seed, seed_rows in per_seed.items():
+        for r in seed_rows:
+            gdir = rundir.gen_dir(rundir.seed_dir(run_out, int(seed)), r["generation"])
+            stats = rundir.train_stats(rundir.model(gdir))
+            steps += int(read_json(stats).get("train_steps", 0)) if stats.exists() else 0
+    deployed = sum((int(r.get("tasks") or 0) + int(r.get("heldout_tasks") or 0)) * k for r in rows)
+    trainer_sampled = sum(int(r.get("train_traces") or 0) for r in rows) if online else 0
+    sec = measured_seconds(per_seed)
+    evaluate = sum(float(r.get("deploy_seconds") or 0.0) for r in rows if online or r["generation"] == last)
+    gen0 = sum(float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0)
+    return {"seeds": len(per_seed),
+            "sampled_completions": sum(int(rs[-1].get("samples_used") or 0) for rs in per_seed.values() if rs),
+            "optimizer_steps": steps,
+            "training_tokens": sum(int(r.get("train_completion_tokens") or 0) for r in rows),
+            "generated_completions": deployed + trainer_sampled, "deployed_completions": deployed,
+            "trainer_sampled_completions": trainer_sampled,
+            "seconds": {"deploy": sec["deploy_seconds"], "generation0_deploy": round(gen0, 1), "validate": None,
+                        "train": sec["train_seconds"], "evaluate": round(evaluate, 1), "total": sec["seconds"]},
+            "validate_note": "VAL runs inside each chunk's deployment: its seconds are part of deploy",
+            "machines": sec["machines"]}
+
+
+@holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, [split_arm(a)[0] for a in kw.get("methods") or cfg.compare_methods]),
                                  begin_run(cfg, False, print)))  # the rest of check_methods: in the body
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
                 progress: bool = True, log=print) -> dict[str, Any]:
-    """Run every method of the head-to-head (resumable) and write ``OUT/compare.json``."""
+    """Run every arm of the head-to-head (resumable) and write ``OUT/compare.json``. An arm is a registered
+    method or ``METHOD@CURATION``; its run directory is ``OUT/<arm>``."""
     out = Path(out)
     methods = methods or cfg.compare_methods
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if split_arm(m)[0] not in METHODS]
     if unknown:
         raise RunError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     progress, log = begin_run(cfg, progress, log)
     # Before any work: a setting that no method of the comparison reads is refused. The comparison's methods
     # are the config's compare_methods; running some of them (--methods) leaves the others' settings unread
     # by this invocation, not by the comparison.
-    check_methods(cfg, methods, compare=True, read_by=tuple(dict.fromkeys((*methods, *cfg.compare_methods))))
+    names = tuple(dict.fromkeys(split_arm(m)[0] for m in methods))
+    check_methods(cfg, names, compare=True,
+                  read_by=tuple(dict.fromkeys(split_arm(m)[0] for m in (*methods, *cfg.compare_methods))))
+    check_tuning(cfg, methods)
+    tuning_pool = check_tuning_pool(cfg) if cfg.tuning else None  # refused here, before any work
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None and dist.is_main() and not rundir.config_yaml(out).exists():
         atomic_write_text(rundir.config_yaml(out), config_text)
-    results, rows_by_method, wall = {}, {}, {}
+    results, rows_by_method, wall, budgets, reused = {}, {}, {}, {}, {}
+    sources: dict[tuple[str, int], Path] = {}  # generation 0 deployed once per (deployment, seed)
     t0 = time.time()
-    tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log) if cfg.tuning else {}
+    tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log, sources=sources) if cfg.tuning else {}
     tuning_seconds = round(time.time() - t0, 1)
     invocation = {}
     for method in methods:
         log(f"== {method} ==")
         start = time.time()
-        mcfg = with_learning_rate(cfg, method, tuning[method]["chosen"]) if method in tuning else cfg
-        summary = run_loop(method_config(mcfg, method), out / method, progress=progress, log=log)
+        mcfg = apply_settings(cfg, method, tuning[method]["chosen_settings"]) if method in tuning else cfg
+        run_cfg = method_config(mcfg, method)
+        reused[method] = reuse_generation_zero(run_cfg, out / method, sources, log)
+        summary = run_loop(run_cfg, out / method, progress=progress, log=log)
+        register_generation_zero(run_cfg, out / method, sources)
         invocation[method] = round(time.time() - start, 1)
-        summary["learning_rate"] = registry.get(method).learning_rate(mcfg)
+        summary["learning_rate"] = registry.get(split_arm(method)[0]).learning_rate(mcfg)
         results[method] = summary
         # The rows as written (with their solved task ids, for the task-level bootstrap and unanimous@k)
         rows_by_method[method] = {**summary, "per_seed": metrics_rows(out / method, cfg.seeds)}
         wall[method] = measured_seconds(rows_by_method[method]["per_seed"])
+        budgets[method] = arm_budget(run_cfg, out / method, rows_by_method[method]["per_seed"])
     tuning_wall = round(sum(row.get("wall_seconds", 0.0) for t in tuning.values() for row in t["table"]), 1)
+    saved = round(sum(r["saved_seconds"] for by_seed in (*reused.values(), *(
+        row["generation0_reused"] for t in tuning.values() for row in t["table"])) for r in by_seed.values()), 1)
     report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "method_order": list(methods),
               "tasks": results[methods[0]]["tasks"], "heldout_tasks": results[methods[0]]["heldout_tasks"],
               "samples_per_task": cfg.sampling.samples_per_task,
               "budget_unit": "sampled completions used for learning",
               # as measured when each generation ran (metrics rows), kept across a resume; the machines named
               "wall_seconds": {m: wall[m]["seconds"] for m in methods}, "measured_seconds": wall,
+              "budgets": budgets,
               "learning_rates": {m: results[m]["learning_rate"] for m in methods},
-              "tuning": tuning, "tuning_wall_seconds": tuning_wall,
+              "tuning": tuning, "tuning_wall_seconds": tuning_wall, "tuning_pool": tuning_pool,
+              "tuning_at_edge": sorted(m for m, t in tuning.items() if t["at_edge"]),
+              # generation 0 deployed once per seed and copied into the other arms (and tuning points)
+              "generation0_reuse": {"arms": reused, "saved_seconds": saved},
               **compare_statistics(rows_by_method), "total_wall_seconds": round(
                   tuning_wall + sum(wall[m]["seconds"] for m in methods), 1),
               # this invocation alone (a resume of finished runs: seconds of reading)

@@ -211,24 +211,68 @@ class TrainingConfig:
 SFT_METHODS = tuple(m.name for m in registry.all_methods() if m.curates)
 
 
+def split_arm(arm: str) -> tuple[str, str | None]:
+    """An arm of ``compare_methods``: a registered method (``valid-sft``), or a method with its own curation
+    rule (``valid-sft@random-valid``: the curation-sensitivity arms, every other setting shared)."""
+    method, _, curation = arm.partition("@")
+    return method, (curation or None)
+
+
+# The batch knob each tuning grid may hold besides learning_rate: a method section's field (prompts_per_step of
+# the RL arms) or a training field (batch_size of the SFT arms); checked against the arm's method in compare.
+GRID_LEARNING_RATE = "learning_rate"
+
+
 @dataclass(frozen=True)
 class TuningConfig:
-    """Learning-rate tuning of ``iterdeploy compare`` (section ``tuning``; read by compare only): each
-    method runs once per candidate rate on the tuning ``seeds`` (never the result seeds), and the rate
-    with the most pool tasks solved at the full budget (mean over the tuning seeds; ties: the earlier
-    candidate) is the one the comparison uses for that method."""
+    """Tuning of ``iterdeploy compare`` (section ``tuning``; read by compare only): each arm runs once per
+    grid point on the tuning ``seeds`` (never the result seeds) and, with ``task_seed``, on a tuning task pool
+    of its own (generated from that seed; compare refuses it, before any work, where one of its tasks equals a
+    reported pool or held-out task). The grid point with the most tuning-pool tasks solved at the full budget
+    (mean over the tuning seeds; ties: the earlier point) is the one the comparison uses for that arm.
+
+    ``grids`` (per arm: ``{learning_rate: [...], <batch knob>: [...]}``, the batch knob ``prompts_per_step``
+    for the RL arms, ``batch_size`` for the SFT arms; every arm the same number of grid points) replaces the
+    older per-kind rate lists for the arms it names."""
 
     seeds: tuple[int, ...] = (99,)
     sft_learning_rates: tuple[float, ...] = ()  # training.learning_rate candidates, each SFT method tuned alone
     reinforce_learning_rates: tuple[float, ...] = ()  # reinforce.learning_rate candidates
+    task_seed: int | None = None  # the tuning pool's own task seed (null: tuning on the reported pool, as before)
+    n: int | None = None  # tuning pool tasks (null: tasks.n)
+    heldout: int | None = None  # tuning held-out tasks (null: tasks.heldout)
+    grids: dict[str, dict[str, tuple[float, ...]]] | None = None  # arm -> knob -> candidate values
 
-    def check(self, result_seeds: tuple[int, ...]) -> None:
+    def check(self, result_seeds: tuple[int, ...], task_seed: int | None = None) -> None:
         _require(len(self.seeds) >= 1, "tuning.seeds", self.seeds, "needs at least one seed")
         both = sorted(set(self.seeds) & set(result_seeds))
         _require(not both, "tuning.seeds", self.seeds, f"must not hold a result seed (seeds: {both})")
         for key in ("sft_learning_rates", "reinforce_learning_rates"):
             for lr in getattr(self, key):
                 _learning_rate(f"tuning.{key}", lr)
+        _require(self.task_seed is None or self.task_seed != task_seed, "tuning.task_seed", self.task_seed,
+                 "must differ from tasks.seed (the tuning pool is its own)")
+        for key in ("n", "heldout"):
+            value = getattr(self, key)
+            _require(value is None or value >= (1 if key == "n" else 0), f"tuning.{key}", value,
+                     "must be >= 1" if key == "n" else "must be >= 0")
+        sizes = {}
+        for arm, grid in (self.grids or {}).items():
+            _require(isinstance(grid, dict) and GRID_LEARNING_RATE in grid, f"tuning.grids.{arm}", grid,
+                     "must be a mapping with a learning_rate list (and its batch knob's list)")
+            for knob, values in grid.items():
+                _require(len(values) >= 1 and len(set(values)) == len(values), f"tuning.grids.{arm}.{knob}",
+                         list(values), "needs distinct values")
+                for v in values:
+                    if knob == GRID_LEARNING_RATE:
+                        _learning_rate(f"tuning.grids.{arm}.{knob}", v)
+                    else:
+                        _require(v >= 1 and float(v).is_integer(), f"tuning.grids.{arm}.{knob}", v,
+                                 "must be a whole number >= 1")
+            sizes[arm] = math.prod(len(v) for v in grid.values())
+        _require(len(set(sizes.values())) <= 1, "tuning.grids", sizes,
+                 "every arm needs the same number of tuning runs (grid points)")
+
 
 # Keys that moved into a method's own section: an old config naming one is refused with the new key.
 MOVED_KEYS = {
@@ -328,7 +372,12 @@ class _RunFields:
         if problem:
             raise ConfigError(f"report_to: {problem}")
         for m in self.compare_methods:
-            _require(m in METHODS, "compare_methods", m, f"must be one of {METHODS}")
+            method, arm_curation = split_arm(m)
+            _require(method in METHODS, "compare_methods", m, f"must be one of {METHODS} (or METHOD@CURATION)")
+            if arm_curation is not None:
+                _require(arm_curation in CURATIONS and "curation" in registry.get(method).reads
+                         and registry.get(method).required_curation is None, "compare_methods", m,
+                         f"METHOD@CURATION needs a method that reads curation and one of {CURATIONS}")
         required = registry.get(self.method).required_curation
         if required is not None and self.curation != required:
             raise ConfigError(f"method: {self.method} trains on {registry.get(self.method).summary.split(' (')[0]}; "
@@ -359,7 +408,7 @@ class _RunFields:
                 section.check()
         self.validator.check()
         if self.tuning is not None:
-            self.tuning.check(self.seeds)
+            self.tuning.check(self.seeds, self.tasks.seed)
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -379,7 +428,7 @@ def unread_settings(cfg: RunConfig, methods: tuple[str, ...], *, compare: bool =
     without that method; a setting of ``methods.SFT_KEYS`` (curation, accumulate, training.init, .epochs,
     .validation_fraction) set away from its default that none of them reads (``Method.reads``); ``tuning``
     outside ``iterdeploy compare`` (``compare``), and a tuning list of rates for no method compared."""
-    chosen = [registry.get(m) for m in methods]
+    chosen = [registry.get(split_arm(m)[0]) for m in methods]
     unread = []
     if cfg.tuning is not None:
         if not compare:
@@ -492,6 +541,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         inner = args[0]
         return tuple(_coerce(inner, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
