@@ -74,7 +74,16 @@ def quiet_session(run_dir: Path | None, *, verbose: bool = False, progress: bool
     ``run.rank<r>.log``), library progress bars are off, and trainers show one bar (none if not
     ``progress``). ``verbose``: change nothing."""
     global _quiet, _progress
-    if verbose or run_dir is None:
+    if verbose:
+        from iterdeploy_trl.models import show_load_progress
+
+        was = show_load_progress(True)  # the libraries' output as they make it, "Loading weights" included
+        try:
+            yield None
+        finally:
+            show_load_progress(was)
+        return
+    if run_dir is None:
         yield None
         return
     import datasets
