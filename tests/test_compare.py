@@ -238,3 +238,108 @@ def test_the_figures_table_reads_both_compare_json_layouts():
     old = {"x - valid-sft": [{"generation": 1, "samples_used": 8, "diff_mean": 1.5, "diff_ci": [0.5, 2.5],
                               "diff_per_seed": [1, 2], "p_value": 0.2}]}  # written before the measures
     assert paired_rows(old) == [("x - valid-sft", "pool solved", 1, 1.5, "[0.5, 2.5]", None, 0.2, None)]
+
+
+def _protocol_config(model, task_seed: int) -> dict:
+    """Two arms and one curation arm, one tuning seed, a 2-point grid each, a tuning pool of its own."""
+    from conftest import tiny_run_config
+
+    return tiny_run_config(
+        model, generations=1, seeds=[0], tasks={"n": 8, "heldout": 2, "size": [2, 3], "seed": 0},
+        sampling={"samples_per_task": 2}, chunk_size=8, training={"batch_size": 4},
+        compare_methods=["valid-sft", "reinforce", "valid-sft@random-valid"],
+        tuning={"seeds": [7], "task_seed": task_seed,
+                "grids": {"valid-sft": {"learning_rate": [1e-2, 1e-3]},
+                          "reinforce": {"learning_rate": [1e-3], "prompts_per_step": [1, 2]},
+                          "valid-sft@random-valid": {"learning_rate": [1e-2, 1e-3]}}})
+
+
+def test_a_tuning_pool_sharing_a_task_with_the_reported_one_is_refused_before_any_work(tmp_path):
+    from iterdeploy_trl.compare import run_compare
+
+    # tasks.seed 1 draws 2 of the 7 distinct tasks of seed 0 (2-3 blocks): refused, nothing written
+    cfg = config_from_dict(_protocol_config(tmp_path, task_seed=1))
+    with pytest.raises(ConfigError, match=r"^tuning\.task_seed: 1 draws 2 task\(s\) of the reported pool"):
+        run_compare(cfg, tmp_path / "out", progress=False, log=lambda m: None)
+    # nothing but the run-directory lock, taken before the checks
+    assert {p.name for p in (tmp_path / "out").glob("*")} <= {".lock", ".lock.json"}
+    with pytest.raises(ConfigError, match=r"^tuning\.grids: .* every arm needs the same number of tuning runs"):
+        data = _protocol_config(tmp_path, task_seed=4)
+        data["tuning"]["grids"]["reinforce"]["prompts_per_step"] = [1, 2, 4]
+        config_from_dict(data)
+    with pytest.raises(ConfigError, match=r"^tuning\.task_seed: .* must differ from tasks\.seed"):
+        config_from_dict(_protocol_config(tmp_path, task_seed=0))
+
+
+def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_generation_zero_once(
+        tiny_base_model, tmp_path):
+    """End to end, tiny: valid-sft, reinforce and valid-sft@random-valid, each tuned over 2 grid points on a
+    tuning pool disjoint from the reported one (tasks.seed 4: no shared problem), then run on the result seed."""
+    from iterdeploy_trl.compare import problem_key, run_compare
+    from iterdeploy_trl.runio import read_json, read_rows
+    from iterdeploy_trl.tasks import load_task_set
+    from iterdeploy_trl.traces import read_traces
+
+    out = tmp_path / "cmp"
+    report = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), out, progress=False,
+                         log=lambda m: None)
+    arms = ["valid-sft", "reinforce", "valid-sft@random-valid"]
+    assert report["method_order"] == arms and sorted(report["methods"]) == sorted(arms)
+    # the arm's run directory holds that method with that curation
+    assert read_json(out / "valid-sft@random-valid" / "resolved_config.json")["config"]["curation"] == "random-valid"
+    assert read_json(out / "valid-sft@random-valid" / "resolved_config.json")["config"]["method"] == "valid-sft"
+    # tuning: the same number of runs for every arm, on the tuning seed and the tuning pool only
+    tuning = report["tuning"]
+    assert {a: t["runs"] for a, t in tuning.items()} == {a: 2 for a in arms}
+    reported = {problem_key(t.problem) for t in load_task_set(out / "valid-sft" / "tasks").tasks}
+    for arm in arms:
+        for row in tuning[arm]["table"]:
+            name = f"{arm}-lr{row['learning_rate']:g}" + (f"-prompts_per_step{row['prompts_per_step']:g}"
+                                                          if "prompts_per_step" in row else "")
+            tdir = out / "tuning" / name
+            assert sorted(p.name for p in tdir.glob("seed_*")) == ["seed_7"]
+            tuned_on = {problem_key(t.problem) for t in load_task_set(tdir / "tasks").tasks}
+            assert tuned_on and not tuned_on & reported
+    assert report["tuning_pool"]["disjoint"] is True
+    # a 2-point grid: the chosen value is at its edge, and compare.json says so for that knob
+    assert tuning["valid-sft"]["at_edge"] and tuning["valid-sft"]["edge_knobs"] == ["learning_rate"]
+    assert tuning["reinforce"]["edge_knobs"] == ["prompts_per_step"]  # lr has one value: no edge
+    assert report["tuning_at_edge"] == sorted(arms)
+    chosen_p = tuning["reinforce"]["chosen_settings"]["prompts_per_step"]
+    resolved = read_json(out / "reinforce" / "resolved_config.json")["config"]
+    assert resolved["reinforce"]["prompts_per_step"] == chosen_p
+    # budgets in every unit, each checked against the files they are read from
+    for arm in arms:
+        b = report["budgets"][arm]
+        rows = read_rows(out / arm / "seed_0" / "metrics.jsonl")
+        assert b["sampled_completions"] == 1 * 8 * 2  # generations x pool tasks x K: equal by design
+        stats = out / arm / "seed_0" / "gen_01" / "model" / "train_stats.json"  # absent: nothing to train on
+        assert b["optimizer_steps"] == (read_json(stats)["train_steps"] if stats.exists() else 0)
+        assert b["training_tokens"] == sum(r["train_completion_tokens"] for r in rows)
+        assert b["deployed_completions"] == 2 * (8 + 2) * 2  # 2 deployments of pool + held-out, K each
+        assert b["seconds"]["train"] == round(sum(r["train_seconds"] for r in rows), 1)
+        assert b["seconds"]["deploy"] + b["seconds"]["train"] == pytest.approx(b["seconds"]["total"], abs=0.11)
+    assert report["budgets"]["reinforce"]["optimizer_steps"] == -(-8 // chosen_p) > 0  # ceil(n / P)
+    assert report["budgets"]["reinforce"]["generated_completions"] == 40 + 16  # its trainer samples n*K more
+    assert report["budgets"]["valid-sft"]["generated_completions"] == 40
+    # generation 0 deployed once per (deployment, seed): the later arms copy valid-sft's traces
+    g0 = {a: read_traces(next((out / a / "seed_0" / "gen_00" / "traces").glob("pool-*.jsonl"))) for a in arms}
+    assert report["generation0_reuse"]["arms"]["valid-sft"] == {}
+    for arm in arms[1:]:
+        assert report["generation0_reuse"]["arms"][arm]["0"]["from"] == str(out / "valid-sft" / "seed_0" / "gen_00")
+        assert [(r.task_id, r.completion, r.valid) for r in g0[arm]] == \
+            [(r.task_id, r.completion, r.valid) for r in g0["valid-sft"]]
+        assert {r.method for r in g0[arm]} == {"valid-sft" if "@" in arm else arm}
+        assert {r.run for r in g0[arm]} == {f"tiny/{arm}"}
+    reused_tuning = [row["generation0_reused"] for t in tuning.values() for row in t["table"]]
+    assert sum(bool(r) for r in reused_tuning) == 5  # 6 tuning runs on one pool and seed: 1 deploys
+    assert report["generation0_reuse"]["saved_seconds"] > 0
+    # wall-clock per budget point (the figure's x axis): cumulative, from the rows
+    for arm in arms:
+        walls = [r["wall_seconds_cumulative"] for r in report["methods"][arm]]
+        assert walls == sorted(walls) and walls[-1] == pytest.approx(report["budgets"][arm]["seconds"]["total"],
+                                                                     abs=0.11)
+    # a resume reads everything back: budgets and wall times as measured
+    again = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), out, progress=False,
+                        log=lambda m: None)
+    assert again["budgets"] == report["budgets"] and again["wall_seconds"] == report["wall_seconds"]

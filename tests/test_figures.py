@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 # kind -> number of panels (axes) each figure must have
 PANELS = {"solved": 2, "pool_vs_heldout": 2, "plan_lengths": 1, "tokens": 2, "curation_ablation": 1,
-          "head_to_head": 2, "theory_same_samples": 1}
+          "head_to_head": 3, "theory_same_samples": 1}
 
 
 @pytest.fixture(scope="module")

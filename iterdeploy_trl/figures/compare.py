@@ -64,9 +64,11 @@ def paired_rows(paired: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
-    """Solved vs sampled-completion budget and vs training tokens, 95% CI over seeds, per method."""
-    fig, axes = new_figure(SINGLE, 4.6, 2, 1)  # the legend goes under the panels
-    ax_b, ax_t = axes[0, 0], axes[1, 0]
+    """Solved vs sampled-completion budget, vs training tokens and vs wall-clock seconds, 95% CI over seeds,
+    per method (the wall-clock panel from the rows' ``wall_seconds_cumulative``; an older compare.json has none)."""
+    fig, axes = new_figure(SINGLE, 6.6, 3, 1)  # the legend goes under the panels
+    ax_b, ax_t, ax_w = axes[0, 0], axes[1, 0], axes[2, 0]
+    drew_wall = False
     rows_md = []
     positive = []  # the positive cumulative token counts, for panel (b)'s scale
     n_tasks = None
@@ -88,6 +90,10 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         positive += [tok for tok in tokens if tok and tok > 0]
         band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
         band(ax_t, tokens, mean, lo, hi, colour, label)
+        walls = [r.get("wall_seconds_cumulative") for r in rows]
+        if all(w is not None for w in walls):
+            band(ax_w, walls, mean, lo, hi, colour, label)
+            drew_wall = True
         for r, tok in zip(rows, tokens, strict=True):
             rows_md.append((method, r["generation"], r["samples_used"], r.get("heldout_solved_mean"),
                             interval_text(r.get("heldout_ci")), r["solved_mean"], interval_text(r["solved_ci"]),
@@ -106,7 +112,12 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     if positive and max(positive) / min(positive) > 20:
         ax_t.set_xscale("symlog", linthresh=min(positive))
         ax_t.set_xlabel("training tokens (cumulative, log scale)")
-    for a in (ax_b, ax_t):
+    ax_w.set_title("(c) pool tasks solved vs wall-clock time")
+    ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative; mean over seeds)")
+    if not drew_wall:
+        ax_w.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center",
+                  transform=ax_w.transAxes)
+    for a in (ax_b, ax_t, ax_w):
         a.set_ylabel(f"tasks solved{of}")
         count_y(a, False)
     # One legend under both panels: inside an axis it covers the bands it explains.
@@ -119,7 +130,9 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     notes = ["Pool tasks solved (the secondary measure; held-out solved, the primary one, is in the tables): mean "
              "over seeds with a two-sided 95% t interval (compare.json). Training tokens: completion "
              "tokens trained on to obtain each model, summed over generations for the SFT methods (each "
-             "generation's fine-tune) — REINFORCE's count is cumulative already."]
+             "generation's fine-tune) — REINFORCE's count is cumulative already. Wall-clock seconds: each "
+             "generation's deploy and train seconds as measured when it ran, summed up to the budget point (a "
+             "generation 0 copied from another arm counts the seconds of copying it)."]
     if not cmp.complete:
         notes.append(f"IN PROGRESS: {cmp.path} has no compare.json yet; statistics computed from the finished "
                      "generations of its method runs.")
