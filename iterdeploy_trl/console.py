@@ -25,6 +25,12 @@ LIBRARIES = ("transformers", "trl", "datasets", "accelerate", "peft", "huggingfa
 
 _quiet = False
 _progress = True
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """Inside ``quiet_session(verbose=True)``: the libraries' output is shown as they make it."""
+    return _verbose
 
 
 def is_quiet() -> bool:
@@ -74,14 +80,13 @@ def quiet_session(run_dir: Path | None, *, verbose: bool = False, progress: bool
     ``run.rank<r>.log``), library progress bars are off, and trainers show one bar (none if not
     ``progress``). ``verbose``: change nothing."""
     global _quiet, _progress
+    global _verbose
     if verbose:
-        from iterdeploy_trl.models import show_load_progress
-
-        was = show_load_progress(True)  # the libraries' output as they make it, "Loading weights" included
+        was, _verbose = _verbose, True  # the libraries' output as they make it, "Loading weights" included
         try:
             yield None
         finally:
-            show_load_progress(was)
+            _verbose = was
         return
     if run_dir is None:
         yield None

@@ -200,17 +200,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-_LOAD_PROGRESS = False
-
-
-def show_load_progress(on: bool) -> bool:
-    """Whether loading a model shows transformers' "Loading weights" bar (off unless ``--verbose``); returns the
-    previous setting."""
-    global _LOAD_PROGRESS
-    was, _LOAD_PROGRESS = _LOAD_PROGRESS, on
-    return was
-
-
 def load_model_and_tokenizer(
     path: str | Path,
     *,
@@ -236,11 +225,13 @@ def load_model_and_tokenizer(
         dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     # no "Loading weights" bar: a command (evaluate, audit, ...) loads many models and shows its own progress;
-    # `--verbose` (show_load_progress) leaves the library's bar as it is
+    # `--verbose` (console.is_verbose) leaves the library's bar as it is
     from transformers.utils import logging as hf_logging
 
+    from iterdeploy_trl.console import is_verbose
+
     bar = hf_logging.is_progress_bar_enabled()
-    if not _LOAD_PROGRESS:
+    if not is_verbose():
         hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
