@@ -123,14 +123,16 @@ def _point_name(arm: str, point: dict[str, float]) -> str:
     return f"{arm}-lr{point['learning_rate']:g}{rest}" if "learning_rate" in point else f"{arm}{rest}"
 
 
-def tuning_run_config(cfg: RunConfig) -> RunConfig:
+def tuning_run_config(cfg: RunConfig, pool_dir: Path | None = None) -> RunConfig:
     """``cfg`` as the tuning runs take it: the tuning seeds and, with ``tuning.task_seed``, the tuning pool
-    (``tuning.n`` + ``tuning.heldout`` tasks from that seed; null: the reported pool's sizes)."""
+    (``tuning.n`` + ``tuning.heldout`` tasks from that seed; null: the reported pool's sizes), or the task set
+    written to ``pool_dir`` (``tuning.exclude_reported``; the base model stays the one of ``tasks.size``)."""
     t = cfg.tuning
     if t.task_seed is None:
         return dataclasses.replace(cfg, seeds=t.seeds)
     tasks = dataclasses.replace(cfg.tasks, seed=t.task_seed, n=t.n or cfg.tasks.n,
-                                heldout=cfg.tasks.heldout if t.heldout is None else t.heldout)
+                                heldout=cfg.tasks.heldout if t.heldout is None else t.heldout,
+                                dir=str(pool_dir) if pool_dir is not None else cfg.tasks.dir)
     return dataclasses.replace(cfg, seeds=t.seeds, tasks=tasks)
 
 
@@ -143,34 +145,79 @@ def problem_key(text: str) -> str:
     return " ".join(_PROBLEM_NAME.sub("", text.lower()).split())
 
 
-def check_tuning_pool(cfg: RunConfig) -> dict[str, Any]:
-    """Before any work: the tuning pool (``tuning.task_seed``) holds no task of the reported pool or held-out
-    split (same problem text, the problem's name aside); a ``ConfigError`` naming both tasks otherwise. Returns
-    what compare.json records of it."""
+def _drawn(c: RunConfig, n: int | None = None) -> list[Any]:
+    """The tasks ``c`` generates (``n``: that many from its seed instead of its pool and held-out split)."""
+    from iterdeploy_trl.tasks import generate_tasks
+
+    size = tuple(c.tasks.size) if c.tasks.size else None
+    return generate_tasks(c.domain, n or c.tasks.n + c.tasks.heldout, c.tasks.seed, size=size)
+
+
+TUNING_DRAW_FACTOR = 50  # exclude_reported draws at most this many times the tuning pool's size
+
+
+def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
+    """With ``tuning.exclude_reported``: the tuning pool drawn from ``tuning.task_seed`` with every reported
+    problem and every repeat skipped, written once to ``OUT/tuning/tasks`` (kept on a resume); None without."""
+    from iterdeploy_trl.tasks import write_task_set
+
+    t = cfg.tuning
+    if t is None or not t.exclude_reported:
+        return None
+    root = rundir.tasks_dir(out / "tuning")
+    if (root / "tasks.jsonl").exists():
+        return root
+    if cfg.tasks.dir:
+        raise ConfigError(f"tuning.exclude_reported: draws from the generator, but tasks.dir ({cfg.tasks.dir}) gives "
+                          "the reported tasks; remove tuning.task_seed and tuning.exclude_reported")
+    tcfg = tuning_run_config(cfg)
+    need = tcfg.tasks.n + tcfg.tasks.heldout
+    seen, keep = {problem_key(task.problem) for task in _drawn(cfg)}, []
+    for task in _drawn(tcfg, need * TUNING_DRAW_FACTOR):
+        key = problem_key(task.problem)
+        if key not in seen:
+            seen.add(key)
+            keep.append(task)
+        if len(keep) == need:
+            break
+    if len(keep) < need:
+        raise ConfigError(f"tuning.n: {tcfg.tasks.n} + tuning.heldout {tcfg.tasks.heldout} tasks distinct from the "
+                          f"reported ones and from each other are not among {need * TUNING_DRAW_FACTOR} drawn from "
+                          f"tuning.task_seed {t.task_seed} ({len(keep)} found): lower tuning.n / tuning.heldout")
+    if dist.is_main():
+        write_task_set(keep, root)
+    return root
+
+
+def check_tuning_pool(cfg: RunConfig, pool_dir: Path | None = None) -> dict[str, Any]:
+    """Before any work: the tuning pool (``tuning.task_seed``, or the set written to ``pool_dir``) holds no
+    task of the reported pool or held-out split (same problem text, the problem's name aside); a
+    ``ConfigError`` naming both tasks otherwise. Returns what compare.json records of it."""
     t = cfg.tuning
     if t is None or t.task_seed is None:
         return {"pool": "the reported pool (tuning.task_seed not set)", "disjoint": False}
     if cfg.tasks.dir:
         raise ConfigError(f"tuning.task_seed: {t.task_seed} draws a tuning pool from the generator, but tasks.dir "
                           f"({cfg.tasks.dir}) gives the reported tasks; remove tuning.task_seed")
-    from iterdeploy_trl.tasks import generate_tasks
+    tcfg = tuning_run_config(cfg, pool_dir)
+    reported = {problem_key(task.problem): task.id for task in _drawn(cfg)}
+    if pool_dir is not None:
+        from iterdeploy_trl.tasks import load_task_set
 
-    def drawn(c: RunConfig) -> list[Any]:
-        size = tuple(c.tasks.size) if c.tasks.size else None
-        return generate_tasks(c.domain, c.tasks.n + c.tasks.heldout, c.tasks.seed, size=size)
-
-    tcfg = tuning_run_config(cfg)
-    reported = {problem_key(task.problem): task.id for task in drawn(cfg)}
-    tuning_tasks = drawn(tcfg)
+        tuning_tasks = list(load_task_set(pool_dir).tasks)[: tcfg.tasks.n + tcfg.tasks.heldout]
+    else:
+        tuning_tasks = _drawn(tcfg)
     both = [(task.id, reported[problem_key(task.problem)]) for task in tuning_tasks
             if problem_key(task.problem) in reported]
     if both:
         raise ConfigError(f"tuning.task_seed: {t.task_seed} draws {len(both)} task(s) of the reported pool or "
                           f"held-out split (tasks.seed {cfg.tasks.seed}), e.g. tuning task {both[0][0]} = reported "
-                          f"task {both[0][1]}: choose another tuning.task_seed (or a size range or pool size "
-                          "with fewer repeats)")
-    return {"pool": f"tasks.seed {t.task_seed}", "disjoint": True, "tasks": tcfg.tasks.n,
-            "heldout_tasks": tcfg.tasks.heldout, "checked_against": len(reported)}
+                          f"task {both[0][1]}: choose another tuning.task_seed, or set tuning.exclude_reported: true "
+                          "(the draw skips the reported problems)")
+    return {"pool": f"tasks.seed {t.task_seed}" + (" with the reported problems skipped" if pool_dir else ""),
+            "disjoint": True, "tasks": tcfg.tasks.n, "heldout_tasks": tcfg.tasks.heldout,
+            "checked_against": len(reported), "distinct_tuning_problems": len({problem_key(x.problem)
+                                                                              for x in tuning_tasks})}
 
 
 def check_tuning(cfg: RunConfig, arms: Sequence[str]) -> None:
@@ -247,7 +294,8 @@ def apply_settings(cfg: RunConfig, arm: str, point: dict[str, float]) -> RunConf
 
 
 def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
-                        log=print, sources: dict[tuple[str, int], Path] | None = None) -> dict[str, Any]:
+                        log=print, sources: dict[tuple[str, int], Path] | None = None,
+                        pool_dir: Path | None = None) -> dict[str, Any]:
     """Each arm at each point of its grid (:func:`arm_grid`: its learning rate and its batch knob) on the tuning
     seeds and the tuning pool (one run directory each, ``OUT/tuning/<arm>-lr<rate>[-<knob><value>]``,
     resumable); returns per arm the table, the chosen point (most tuning-pool tasks solved at the full budget,
@@ -256,7 +304,7 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
     deployed once per tuning seed and reused (``sources``)."""
     tuning = cfg.tuning
     sources = {} if sources is None else sources
-    base = tuning_run_config(cfg)
+    base = tuning_run_config(cfg, pool_dir)
     result: dict[str, Any] = {}
     for arm in methods:
         grid = arm_grid(cfg, arm)
@@ -511,14 +559,18 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     check_methods(cfg, names, compare=True,
                   read_by=tuple(dict.fromkeys(split_arm(m)[0] for m in (*methods, *cfg.compare_methods))))
     check_tuning(cfg, methods)
-    tuning_pool = check_tuning_pool(cfg) if cfg.tuning else None  # refused here, before any work
+    tuning_pool = check_tuning_pool(cfg) if cfg.tuning and not cfg.tuning.exclude_reported else None  # refused here
     out.mkdir(parents=True, exist_ok=True)
+    pool_dir = dist.main_first(lambda: write_tuning_pool(cfg, out))
+    if pool_dir is not None:
+        tuning_pool = check_tuning_pool(cfg, pool_dir)
     if config_text is not None and dist.is_main() and not rundir.config_yaml(out).exists():
         atomic_write_text(rundir.config_yaml(out), config_text)
     results, rows_by_method, wall, budgets, reused = {}, {}, {}, {}, {}
     sources: dict[tuple[str, int], Path] = {}  # generation 0 deployed once per (deployment, seed)
     t0 = time.time()
-    tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log, sources=sources) if cfg.tuning else {}
+    tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log, sources=sources,
+                                 pool_dir=pool_dir) if cfg.tuning else {}
     tuning_seconds = round(time.time() - t0, 1)
     invocation = {}
     for method in methods:

@@ -242,6 +242,10 @@ class TuningConfig:
     n: int | None = None  # tuning pool tasks (null: tasks.n)
     heldout: int | None = None  # tuning held-out tasks (null: tasks.heldout)
     grids: dict[str, dict[str, tuple[float, ...]]] | None = None  # arm -> knob -> candidate values
+    # Draw the tuning pool from task_seed past every problem of the reported pool and held-out split (and past
+    # repeats), written once to OUT/tuning/tasks: small tasks repeat (blocksworld 2-5 blocks: 182 distinct of
+    # 250 drawn), so a plain second draw shares tasks with the reported ones and is refused.
+    exclude_reported: bool = False
 
     def check(self, result_seeds: tuple[int, ...], task_seed: int | None = None) -> None:
         _require(len(self.seeds) >= 1, "tuning.seeds", self.seeds, "needs at least one seed")
@@ -250,6 +254,8 @@ class TuningConfig:
         for key in ("sft_learning_rates", "reinforce_learning_rates"):
             for lr in getattr(self, key):
                 _learning_rate(f"tuning.{key}", lr)
+        _require(not self.exclude_reported or self.task_seed is not None, "tuning.exclude_reported", True,
+                 "needs tuning.task_seed (the draw it filters)")
         _require(self.task_seed is None or self.task_seed != task_seed, "tuning.task_seed", self.task_seed,
                  "must differ from tasks.seed (the tuning pool is its own)")
         for key in ("n", "heldout"):

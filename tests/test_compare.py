@@ -269,6 +269,19 @@ def test_a_tuning_pool_sharing_a_task_with_the_reported_one_is_refused_before_an
         config_from_dict(data)
     with pytest.raises(ConfigError, match=r"^tuning\.task_seed: .* must differ from tasks\.seed"):
         config_from_dict(_protocol_config(tmp_path, task_seed=0))
+    # exclude_reported: the same seed's draw skips the reported problems (and repeats); the pool it writes
+    # shares no problem with the reported tasks, read back from disk
+    from iterdeploy_trl.compare import check_tuning_pool, problem_key, write_tuning_pool
+    from iterdeploy_trl.tasks import generate_tasks, load_task_set
+
+    data = _protocol_config(tmp_path, task_seed=1)
+    data["tuning"]["exclude_reported"] = True
+    cfg = config_from_dict(data)
+    root = write_tuning_pool(cfg, tmp_path / "x")
+    tuned = [problem_key(t.problem) for t in load_task_set(root).tasks]
+    reported = {problem_key(t.problem) for t in generate_tasks("blocksworld", 10, 0, size=(2, 3))}
+    assert len(tuned) == len(set(tuned)) == 10 and not set(tuned) & reported
+    assert check_tuning_pool(cfg, root)["disjoint"] is True
 
 
 def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_generation_zero_once(

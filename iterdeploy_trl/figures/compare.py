@@ -154,5 +154,5 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                 if points and isinstance(points[-1].get(measure), dict):
                     md.text(f"- {points[-1][measure]['verdict']}")
         md.text("")
-    return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title()], files, sources)
+    return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title(), ax_w.get_title()], files, sources)
 

@@ -1,0 +1,107 @@
+"""Wall time of one domain's head-to-head protocol (``iterdeploy compare``), reduced, and where it goes.
+
+    nice -n 5 python benchmarks/bench_protocol.py [--config experiments/compare_blocksworld.yaml]
+        [--generations 1] [--pool 16] [--heldout 4] [--samples 4] [--tuning-pool 16] [--grid 2] [--out DIR]
+
+Runs the config's protocol with every arm and its tuning as written, at a reduced size (documented by the
+flags: generations, pool and held-out tasks, samples per task, the tuning pool, the first ``--grid`` learning
+rates of each arm's grid and the first value of its batch knob, one result seed and one tuning seed) on the
+config's own base model (``model.path: auto``, cached), and prints the share of the wall time in tuning, and
+over every run (tuning and results) in deployment (sampling), validation (VAL on the deployed completions,
+timed around the deployment's judging step), training (REINFORCE-family arms: their own sampling and VAL
+inside the trainer included), and evaluation (deployments nothing trains on: every deployment of an online
+arm, an SFT arm's last generation); plus the seconds generation-0 reuse saved. A script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+from iterdeploy_trl import deployment
+from iterdeploy_trl.compare import run_compare
+from iterdeploy_trl.config import load_config
+
+
+def reduced(cfg, args):
+    """The config at the benchmark's size (see the module docstring)."""
+    t = cfg.tuning
+    grids = {arm: {k: (v[: args.grid] if k == "learning_rate" else v[:1]) for k, v in grid.items()}
+             for arm, grid in (t.grids or {}).items()}
+    tuning = dataclasses.replace(t, seeds=t.seeds[:1], n=args.tuning_pool, heldout=min(args.heldout, t.heldout or 0),
+                                 grids=grids or None)
+    return dataclasses.replace(
+        cfg, name=f"{cfg.name}-bench", generations=args.generations, seeds=cfg.seeds[:1],
+        tasks=dataclasses.replace(cfg.tasks, n=args.pool, heldout=args.heldout),
+        sampling=dataclasses.replace(cfg.sampling, samples_per_task=args.samples), tuning=tuning,
+        chunk_size=max(args.pool, args.tuning_pool)).check()
+
+
+def timed_judge():
+    """Wrap the deployment's judging step (the real VAL call) with a timer; returns the list of seconds."""
+    spent: list[float] = []
+    real = deployment._judge
+
+    def judge(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    deployment._judge = judge
+    return spent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="experiments/compare_blocksworld.yaml")
+    ap.add_argument("--generations", type=int, default=1)
+    ap.add_argument("--pool", type=int, default=16)
+    ap.add_argument("--heldout", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--tuning-pool", type=int, default=16)
+    ap.add_argument("--grid", type=int, default=2, help="learning rates per arm (the first ones of its grid)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    cfg = reduced(load_config(args.config), args)
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocol_"))
+    validate = timed_judge()
+    t0 = time.time()
+    report = run_compare(cfg, out / "cmp", progress=False, log=lambda m: None)
+    wall = time.time() - t0
+    budgets = report["budgets"]
+    tuning_wall = report["tuning_wall_seconds"]
+    results_wall = sum(b["seconds"]["total"] for b in budgets.values())
+    deploy = sum(b["seconds"]["deploy"] for b in budgets.values())
+    train = sum(b["seconds"]["train"] for b in budgets.values())
+    evaluate = sum(b["seconds"]["evaluate"] for b in budgets.values())
+    tuning_rows = [row for t in report["tuning"].values() for row in t["table"]]
+    print(f"config {args.config} reduced: arms {len(budgets)} ({', '.join(budgets)}); generations {cfg.generations}, "
+          f"pool {cfg.tasks.n} + held-out {cfg.tasks.heldout}, K {cfg.sampling.samples_per_task}, result seed "
+          f"{cfg.seeds[0]}; tuning seed {cfg.tuning.seeds[0]}, pool {cfg.tuning.n}, {len(tuning_rows)} tuning runs "
+          f"({len(tuning_rows) // max(len(report['tuning']), 1)} per arm)")
+    print(f"wall {wall:.1f} s (run_compare end to end); measured in the runs: tuning {tuning_wall:.1f} s, "
+          f"result arms {results_wall:.1f} s")
+    every = tuning_wall + results_wall
+    sampled = sum(validate)
+    print(f"share of the wall time: tuning {tuning_wall / wall:.0%}, result arms {results_wall / wall:.0%}, "
+          f"overhead (task sets, checks, loading, copying) {(wall - every) / wall:.0%}")
+    print(f"result arms by phase: deployment {deploy:.1f} s (of it evaluation-only {evaluate:.1f} s), training "
+          f"{train:.1f} s")
+    print(f"validation (VAL on deployed completions, every run, tuning included): {sampled:.1f} s = "
+          f"{sampled / wall:.0%} of the wall time (inside deployment)")
+    print(f"generation 0 deployed once per seed and pool: {report['generation0_reuse']['saved_seconds']:.1f} s of "
+          "deployment saved (the seconds the copied deployments took where they ran)")
+    for arm, b in budgets.items():
+        s = b["seconds"]
+        print(f"  {arm:24s} total {s['total']:6.1f} s  deploy {s['deploy']:6.1f}  train {s['train']:6.1f}  "
+              f"evaluate {s['evaluate']:6.1f}  steps {b['optimizer_steps']:4d}  tokens {b['training_tokens']:7d}  "
+              f"generated {b['generated_completions']:5d}")
+
+
+if __name__ == "__main__":
+    main()
