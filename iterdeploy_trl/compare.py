@@ -324,7 +324,7 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
             last = summary["generations"][-1]
             per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
             rows = metrics_rows(run_out, tcfg.seeds)
-            table.append({**point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
+            table.append({"run": name, **point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
                                                                .learning_rate(tcfg)),
                           "solved_mean": statistics.fmean(per_seed), "solved_per_seed": per_seed,
                           "samples_used": last["samples_used"], "heldout_solved_mean": last["heldout_solved"],
@@ -589,8 +589,21 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
         wall[method] = measured_seconds(rows_by_method[method]["per_seed"])
         budgets[method] = arm_budget(run_cfg, out / method, rows_by_method[method]["per_seed"])
     tuning_wall = round(sum(row.get("wall_seconds", 0.0) for t in tuning.values() for row in t["table"]), 1)
-    saved = round(sum(r["saved_seconds"] for by_seed in (*reused.values(), *(
-        row["generation0_reused"] for t in tuning.values() for row in t["table"])) for r in by_seed.values()), 1)
+    # A resume finds generation 0 on disk and copies nothing: the copies the first invocation made are kept
+    try:  # an unreadable compare.json is written again below; only what it recorded of the copies is lost
+        previous = read_json(rundir.compare_json(out)) if rundir.compare_json(out).is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
+    before = previous.get("generation0_reuse") if isinstance(previous, dict) else None
+    before = before if isinstance(before, dict) else {}
+    reused = {m: reused[m] or (before.get("arms") or {}).get(m, {}) for m in methods}
+    tuning_reuse = {}
+    for t in tuning.values():
+        for row in t["table"]:
+            row["generation0_reused"] = row["generation0_reused"] or (before.get("tuning") or {}).get(row["run"], {})
+            tuning_reuse[row["run"]] = row["generation0_reused"]
+    saved = round(sum(r["saved_seconds"] for by_seed in (*reused.values(), *tuning_reuse.values())
+                      for r in by_seed.values()), 1)
     report = {"name": cfg.name, "domain": cfg.domain, "seeds": list(cfg.seeds), "method_order": list(methods),
               "tasks": results[methods[0]]["tasks"], "heldout_tasks": results[methods[0]]["heldout_tasks"],
               "samples_per_task": cfg.sampling.samples_per_task,
@@ -602,7 +615,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
               "tuning": tuning, "tuning_wall_seconds": tuning_wall, "tuning_pool": tuning_pool,
               "tuning_at_edge": sorted(m for m, t in tuning.items() if t["at_edge"]),
               # generation 0 deployed once per seed and copied into the other arms (and tuning points)
-              "generation0_reuse": {"arms": reused, "saved_seconds": saved},
+              "generation0_reuse": {"arms": reused, "tuning": tuning_reuse, "saved_seconds": saved},
               **compare_statistics(rows_by_method), "total_wall_seconds": round(
                   tuning_wall + sum(wall[m]["seconds"] for m in methods), 1),
               # this invocation alone (a resume of finished runs: seconds of reading)

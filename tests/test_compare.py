@@ -356,3 +356,4 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
     again = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), out, progress=False,
                         log=lambda m: None)
     assert again["budgets"] == report["budgets"] and again["wall_seconds"] == report["wall_seconds"]
+    assert again["generation0_reuse"] == report["generation0_reuse"]  # the copies made before, not none
