@@ -160,13 +160,12 @@ def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
     """With ``tuning.exclude_reported``: the tuning pool drawn from ``tuning.task_seed`` with every reported
     problem and every repeat skipped, written once to ``OUT/tuning/tasks`` (kept on a resume); None without."""
     from iterdeploy_trl.tasks import write_task_set
+    from iterdeploy_trl.tasks.taskset import INDEX
 
     t = cfg.tuning
     if t is None or not t.exclude_reported:
         return None
     root = rundir.tasks_dir(out / "tuning")
-    if (root / "tasks.jsonl").exists():
-        return root
     if cfg.tasks.dir:
         raise ConfigError(f"tuning.exclude_reported: draws from the generator, but tasks.dir ({cfg.tasks.dir}) gives "
                           "the reported tasks; remove tuning.task_seed and tuning.exclude_reported")
@@ -184,6 +183,14 @@ def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
         raise ConfigError(f"tuning.n: {tcfg.tasks.n} + tuning.heldout {tcfg.tasks.heldout} tasks distinct from the "
                           f"reported ones and from each other are not among {need * TUNING_DRAW_FACTOR} drawn from "
                           f"tuning.task_seed {t.task_seed} ({len(keep)} found): lower tuning.n / tuning.heldout")
+    if (root / INDEX).exists():  # written by an earlier invocation: it must be this draw (deterministic)
+        from iterdeploy_trl.tasks import load_task_set
+
+        if [task.id for task in load_task_set(root).tasks] != [task.id for task in keep]:
+            raise ConfigError(f"tuning.task_seed: {root} holds another tuning pool than tuning.task_seed "
+                              f"{t.task_seed} with n {tcfg.tasks.n} + heldout {tcfg.tasks.heldout} draws; its "
+                              "tuning runs were made on it: use the config that made it, or a new --out")
+        return root
     if dist.is_main():
         write_task_set(keep, root)
     return root

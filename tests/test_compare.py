@@ -282,6 +282,10 @@ def test_a_tuning_pool_sharing_a_task_with_the_reported_one_is_refused_before_an
     reported = {problem_key(t.problem) for t in generate_tasks("blocksworld", 10, 0, size=(2, 3))}
     assert len(tuned) == len(set(tuned)) == 10 and not set(tuned) & reported
     assert check_tuning_pool(cfg, root)["disjoint"] is True
+    assert write_tuning_pool(cfg, tmp_path / "x") == root  # a resume: the same draw, kept
+    data["tuning"]["task_seed"] = 2
+    with pytest.raises(ConfigError, match=r"^tuning\.task_seed: .* holds another tuning pool"):
+        write_tuning_pool(config_from_dict(data), tmp_path / "x")
 
 
 def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_generation_zero_once(
