@@ -361,3 +361,10 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
                         log=lambda m: None)
     assert again["budgets"] == report["budgets"] and again["wall_seconds"] == report["wall_seconds"]
     assert again["generation0_reuse"] == report["generation0_reuse"]  # the copies made before, not none
+    # the report (figures' results.md) says where a chosen value lies at its grid's edge, and the budgets
+    from iterdeploy_trl.figures import render_figures
+
+    render_figures([out], tmp_path / "fig")
+    md = (tmp_path / "fig" / "results.md").read_text()
+    assert "- reinforce: the chosen prompts_per_step lies at an edge of its grid" in md
+    assert "| reinforce | 16 | " + str(report["budgets"]["reinforce"]["optimizer_steps"]) + " |" in md

@@ -113,7 +113,7 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         ax_t.set_xscale("symlog", linthresh=min(positive))
         ax_t.set_xlabel("training tokens (cumulative, log scale)")
     ax_w.set_title("(c) pool tasks solved vs wall-clock time")
-    ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative; mean over seeds)")
+    ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative)")
     if not drew_wall:
         ax_w.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center",
                   transform=ax_w.transAxes)
@@ -154,5 +154,61 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                 if points and isinstance(points[-1].get(measure), dict):
                     md.text(f"- {points[-1][measure]['verdict']}")
         md.text("")
+    report = _compare_json(cmp)
+    tuning_md(report.get("tuning") or {}, md)
+    budgets_md(report.get("budgets") or {}, md)
     return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title(), ax_w.get_title()], files, sources)
+
+
+def _compare_json(cmp: Compare) -> dict[str, Any]:
+    """The compare directory's compare.json as a mapping ({} while it runs, or when unreadable: the figure
+    reads its statistics through ``sources`` already, which reports such a file)."""
+    import json
+
+    from iterdeploy_trl import rundir
+
+    path = rundir.compare_json(cmp.path)
+    try:
+        data = json.loads(path.read_text()) if cmp.complete and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def tuning_md(tuning: dict[str, Any], md: Markdown) -> None:
+    """The tuning table (every grid point of every arm, the chosen one marked) and, per arm whose chosen value
+    lies at an edge of its grid, a line saying so."""
+    if not tuning:
+        return
+    rows = []
+    for arm, t in tuning.items():
+        knobs = list(t.get("grid") or {"learning_rate": None})
+        for r in t.get("table", []):
+            point = ", ".join(f"{k} {fmt(r.get(k))}" for k in knobs)
+            chosen = all(r.get(k) == (t.get("chosen_settings") or {"learning_rate": t.get("chosen")}).get(k)
+                         for k in knobs)
+            rows.append((arm, point, r.get("solved_mean"), r.get("heldout_solved_mean"), "chosen" if chosen else ""))
+    md.text("Tuning (on the tuning seeds and, where compare.json says so, a tuning pool of its own; the point with "
+            "the most tuning-pool tasks solved at the full budget is chosen):")
+    md.text("")
+    md.table(["arm", "grid point", "pool solved (mean)", "held-out solved", ""], rows)
+    for arm, t in tuning.items():
+        if t.get("at_edge"):
+            md.text(f"- {arm}: the chosen {', '.join(t.get('edge_knobs', []))} lies at an edge of its grid; a value "
+                    "beyond it was not tried")
+    md.text("")
+
+
+def budgets_md(budgets: dict[str, Any], md: Markdown) -> None:
+    """Each arm's budget in every unit (compare.json's ``budgets``)."""
+    if not budgets:
+        return
+    md.text("Budgets per arm, summed over seeds (validation runs inside deployment):")
+    md.text("")
+    md.table(["arm", "sampled completions", "optimizer steps", "training tokens", "generated completions",
+              "deploy s", "train s", "evaluate s", "total s"],
+             [(arm, b["sampled_completions"], b["optimizer_steps"], b["training_tokens"], b["generated_completions"],
+               b["seconds"]["deploy"], b["seconds"]["train"], b["seconds"]["evaluate"], b["seconds"]["total"])
+              for arm, b in budgets.items()])
+    md.text("")
 
