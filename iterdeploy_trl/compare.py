@@ -15,6 +15,13 @@ tasks solved the second; per comparison a seed-level paired t interval and a tas
 bootstrap interval, raw and Holm-adjusted p over every comparison tested, unanimous@k with an interval,
 and a verdict per measure. Layout: ``OUT/<method>/`` is a run directory of the loop, ``OUT/compare.json``
 holds the per-budget statistics and each arm's wall time as measured (kept across a resume).
+
+The protocol (issue 24): an arm is a method or ``METHOD@CURATION`` (the curation-sensitivity arms); with
+``tuning`` each arm is first run at every point of its grid (:func:`arm_grid`: learning rate x its batch knob,
+the same number of points per arm) on the tuning seeds and a tuning pool of its own, which
+:func:`check_tuning_pool` compares with the reported tasks before any work; ``compare.json`` records the tuning
+table (``at_edge``), each arm's budget in every unit (:func:`arm_budget`) and the generation-0 deployments
+copied across arms (:func:`reuse_generation_zero`: generation 0 is the same for every arm of a seed).
 """
 
 from __future__ import annotations
@@ -281,6 +288,7 @@ def reuse_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str
         saved = next((float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0), 0.0)
         reused[str(seed)] = {"from": str(src), "saved_seconds": saved}
         log(f"[compare] seed {seed}: generation 0 of {run_out.name} reused from {src} (its deployment: {saved:.1f} s)")
+    dist.barrier()  # the other processes deploy their share of generation 0 only after the copies are in place
     return reused
 
 
