@@ -348,6 +348,19 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
             [(r.task_id, r.completion, r.valid) for r in g0["valid-sft"]]
         assert {r.method for r in g0[arm]} == {"valid-sft" if "@" in arm else arm}
         assert {r.run for r in g0[arm]} == {f"tiny/{arm}"}
+    # what the copy stands for: reinforce deploying generation 0 itself writes the same records
+    import dataclasses
+
+    from iterdeploy_trl.compare import apply_settings, method_config
+    from iterdeploy_trl.loop import run_loop
+
+    own_cfg = method_config(apply_settings(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)),
+                                           "reinforce", tuning["reinforce"]["chosen_settings"]), "reinforce")
+    run_loop(dataclasses.replace(own_cfg, generations=0), tmp_path / "own", progress=False, log=lambda m: None)
+    for split in ("pool", "heldout"):
+        mine = read_traces(next((tmp_path / "own" / "seed_0" / "gen_00" / "traces").glob(f"{split}-*.jsonl")))
+        copied = read_traces(next((out / "reinforce" / "seed_0" / "gen_00" / "traces").glob(f"{split}-*.jsonl")))
+        assert [r.to_dict() for r in mine] == [r.to_dict() for r in copied]
     reused_tuning = [row["generation0_reused"] for t in tuning.values() for row in t["table"]]
     assert sum(bool(r) for r in reused_tuning) == 5  # 6 tuning runs on one pool and seed: 1 deploys
     assert report["generation0_reuse"]["saved_seconds"] > 0
