@@ -234,6 +234,19 @@ def check_tuning_pool(cfg: RunConfig, pool_dir: Path | None = None) -> dict[str,
                                                                               for x in tuning_tasks})}
 
 
+def split_overlap(cfg: RunConfig) -> dict[str, Any] | None:
+    """How many held-out tasks repeat a pool problem (problem text, its name aside), and how many distinct
+    problems the pool holds: small generated tasks repeat, so "held-out" is partly trained on (None for a
+    task set given as tasks.dir)."""
+    if cfg.tasks.dir:
+        return None
+    tasks = _drawn(cfg)
+    pool = {problem_key(t.problem) for t in tasks[: cfg.tasks.n]}
+    held = [problem_key(t.problem) for t in tasks[cfg.tasks.n :]]
+    return {"heldout_tasks_in_pool": sum(h in pool for h in held), "heldout_tasks": len(held),
+            "distinct_pool_problems": len(pool), "pool_tasks": cfg.tasks.n}
+
+
 def check_tuning(cfg: RunConfig, arms: Sequence[str]) -> None:
     """Before any work: ``tuning.grids`` names arms of this comparison only, every knob is one its arm has, and
     (with grids) every tuned arm gets the same number of tuning runs."""
@@ -628,6 +641,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
               "budgets": budgets,
               "learning_rates": {m: results[m]["learning_rate"] for m in methods},
               "tuning": tuning, "tuning_wall_seconds": tuning_wall, "tuning_pool": tuning_pool,
+              "task_overlap": split_overlap(cfg),
               "tuning_at_edge": sorted(m for m, t in tuning.items() if t["at_edge"]),
               # generation 0 deployed once per seed and copied into the other arms (and tuning points)
               "generation0_reuse": {"arms": reused, "tuning": tuning_reuse, "saved_seconds": saved},

@@ -318,6 +318,10 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
             tuned_on = {problem_key(t.problem) for t in load_task_set(tdir / "tasks").tasks}
             assert tuned_on and not tuned_on & reported
     assert report["tuning_pool"]["disjoint"] is True
+    tasks = load_task_set(out / "valid-sft" / "tasks").tasks  # held-out problems that repeat a pool one, by hand
+    pool_keys = {problem_key(t.problem) for t in tasks[:8]}
+    assert report["task_overlap"]["heldout_tasks_in_pool"] == sum(problem_key(t.problem) in pool_keys
+                                                                  for t in tasks[8:10])
     # a 2-point grid: the chosen value is at its edge, and compare.json says so for that knob
     assert tuning["valid-sft"]["at_edge"] and tuning["valid-sft"]["edge_knobs"] == ["learning_rate"]
     assert tuning["reinforce"]["edge_knobs"] == ["prompts_per_step"]  # lr has one value: no edge

@@ -155,6 +155,12 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                     md.text(f"- {points[-1][measure]['verdict']}")
         md.text("")
     report = _compare_json(cmp)
+    overlap = report.get("task_overlap")
+    if isinstance(overlap, dict) and overlap.get("heldout_tasks"):
+        md.text(f"Held-out tasks whose problem also lies in the pool: {overlap['heldout_tasks_in_pool']} of "
+                f"{overlap['heldout_tasks']} (the pool holds {overlap['distinct_pool_problems']} distinct problems "
+                f"in {overlap['pool_tasks']} tasks).")
+        md.text("")
     tuning_md(report.get("tuning") or {}, md)
     budgets_md(report.get("budgets") or {}, md)
     return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title(), ax_w.get_title()], files, sources)
