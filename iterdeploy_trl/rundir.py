@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl.errors import RunError
-from iterdeploy_trl.runio import read_json, read_json_or_raise, read_jsonl, safetensors_problem
+from iterdeploy_trl.runio import read_json, read_json_or_raise, read_jsonl, read_rows, safetensors_problem
 
 # ------------------------------------------------------------------------------------------- layout
 
@@ -242,26 +242,20 @@ def read_trace_file(path: Path) -> list[dict[str, Any]]:
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    """A ``metrics.jsonl`` by generation (the last row of a generation wins; a last line cut short by a
-    crash is a generation not finished). :class:`RunDirError` naming the file and line on a bad row."""
-    rows: dict[int, dict[str, Any]] = {}
+    """A ``metrics.jsonl`` by generation (``runio.read_rows``: the last row of a generation wins; a last line
+    cut short by a crash is a generation not finished). :class:`RunDirError` naming the file on a bad row."""
     try:
-        lines = Path(path).read_text().splitlines()
+        rows = read_rows(Path(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise RunDirError(f"{path}: cannot read ({exc})") from exc
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):
-                break
-            raise RunDirError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-        if not isinstance(row, dict) or "generation" not in row or "solved" not in row:
-            raise RunDirError(f"{path}:{lineno}: not a metrics row (no generation/solved)")
-        rows[int(row["generation"])] = row
-    return rows
+    except (ValueError, AttributeError) as exc:  # "<path>:<line>: not valid JSON (...)"; a row that is no object
+        raise RunDirError(str(exc) if str(path) in str(exc) else f"{path}: not a metrics row ({exc})") from exc
+    out: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if "generation" not in row or "solved" not in row:
+            raise RunDirError(f"{path}: not a metrics row (no generation/solved): {json.dumps(row)[:80]}")
+        out[int(row["generation"])] = row
+    return out
 
 
 def model_dir_problem(model_dir: Path) -> str | None:

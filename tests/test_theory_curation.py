@@ -82,16 +82,9 @@ def test_random_direction_bound_is_the_quantile_of_random_cosines() -> None:
 def setting(tiny_base_model, tmp_path_factory):
     """The tiny base model with the check's LoRA adapter, 3 tasks, and two independent draws of K = 4."""
     from iterdeploy_trl.deploy import TransformersBackend
-    from iterdeploy_trl.models import load_model_and_tokenizer
-    from iterdeploy_trl.prompts import build_prompt
 
     config = cu.CurationConfig(model_path=str(tiny_base_model), tasks=3, samples_per_task=4, max_new_tokens=40)
-    model, tok = load_model_and_tokenizer(config.model_path, dtype=torch.float32)
-    dom, tasks = cu._load_tasks(config)
-    prompts = [build_prompt(dom, t.problem, config.prompt_style, domain=config.domain) for t in tasks]
-    model = cu.lora_model(model, config, config.seed)
-    params = th.trainable_parameters(model)
-    prompt_ids = {p: list(tok(p)["input_ids"]) for p in prompts}
+    model, tok, dom, tasks, prompts, params, prompt_ids = cu.sampling_setup(config, "curation")
     backend = TransformersBackend(model, tok)
     draws = [
         cu.sample_records(backend, dom, tasks, prompts, prompt_ids, config, cu.draw_seed(0, 0, d), f"d{d}")

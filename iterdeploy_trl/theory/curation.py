@@ -54,17 +54,15 @@ from torch import Tensor
 
 from iterdeploy_trl import stats
 from iterdeploy_trl.theory.errors import TheoryError
-from iterdeploy_trl.theory.gradients import ParamSet, flat_grad, trainable_parameters
+from iterdeploy_trl.theory.gradients import ParamSet, flat_grad
 from iterdeploy_trl.theory.pipeline import (
     PipelineConfig,
-    _load_tasks,
-    check_backend,
     collate,
     fmt_interval,
-    lora_model,
     safe_cosine,
     sampler_sequence_logprobs,
     sampling_backend,
+    sampling_setup,
     sft_trainer,
     t_interval,
     trainer_gradient,
@@ -396,32 +394,10 @@ def curation(config: CurationConfig, log: Callable[[str], None] | None = None) -
     """Run the ``curation`` check (module docstring): rows per compared pair, with intervals and nulls."""
     import tempfile
 
-    import datasets
-
-    from iterdeploy_trl.models import load_model_and_tokenizer
-    from iterdeploy_trl.prompts import build_prompt
-
     start = time.perf_counter()
-    datasets.disable_progress_bars()
-    check_backend(config.backend)
-    if not config.model_path:
-        raise TheoryError(
-            "the curation check needs a model that solves some tasks: pass --model PATH (a local causal LM, "
-            "e.g. the base model of a run) or --run-dir RUN"
-        )
-    if config.repeats < 2:
-        raise TheoryError(f"the curation check needs at least 2 repeats for an interval, got {config.repeats}")
     if config.samples_per_task < 2:
         raise TheoryError(f"the curation check needs K >= 2 samples per task, got {config.samples_per_task}")
-    try:
-        model, tok = load_model_and_tokenizer(config.model_path, dtype=torch.float32, device=config.device)
-    except (OSError, ValueError) as exc:
-        raise TheoryError(f"{config.model_path}: cannot load the model ({exc})") from exc
-    dom, tasks = _load_tasks(config)
-    prompts = [build_prompt(dom, t.problem, config.prompt_style, domain=config.domain) for t in tasks]
-    model = lora_model(model, config, config.seed)
-    params = trainable_parameters(model)
-    prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)}
+    model, tok, dom, tasks, prompts, params, prompt_ids = sampling_setup(config, "curation")
     draws: list[CurationDraw] = []
     tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-theory-")
     backend = None

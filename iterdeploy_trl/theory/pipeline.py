@@ -35,7 +35,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -435,29 +435,36 @@ def _load_tasks(config: PipelineConfig) -> tuple[str, list[Any]]:
     )
 
 
-def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -> CheckResult:
-    """Run the ``pipeline`` check (module docstring); rows per setting and precision, with intervals."""
-    import tempfile
+class SamplingSetup(NamedTuple):
+    """What a check on the real pipeline samples from: the model (with its LoRA adapter), tokenizer, domain
+    PDDL, tasks, their prompts, the trainable parameters and each prompt's token ids."""
 
+    model: torch.nn.Module
+    tok: Any
+    dom: str
+    tasks: list[Any]
+    prompts: list[str]
+    params: ParamSet
+    prompt_ids: dict[str, list[int]]
+
+
+def sampling_setup(config: PipelineConfig, name: str) -> SamplingSetup:
+    """The checks every pipeline-style check (``pipeline``, ``curation``) makes before sampling, then its model
+    (float32, LoRA drawn under ``config.seed``), tasks and prompts. :class:`TheoryError` names what is missing."""
     import datasets
 
-    from iterdeploy_trl.deploy import batch_seed
     from iterdeploy_trl.models import load_model_and_tokenizer
     from iterdeploy_trl.prompts import build_prompt
 
-    name = "pipeline"
-    start = time.perf_counter()
     datasets.disable_progress_bars()
     check_backend(config.backend)
     if not config.model_path:
         raise TheoryError(
-            "the pipeline check needs a model that solves some tasks: pass --model PATH (a local causal LM, "
+            f"the {name} check needs a model that solves some tasks: pass --model PATH (a local causal LM, "
             "e.g. the base model of a run) or --run-dir RUN"
         )
     if config.repeats < 2:
-        raise TheoryError(
-            f"the pipeline check needs at least 2 repeats for an interval, got {config.repeats}"
-        )
+        raise TheoryError(f"the {name} check needs at least 2 repeats for an interval, got {config.repeats}")
     try:
         model, tok = load_model_and_tokenizer(config.model_path, dtype=torch.float32, device=config.device)
     except (OSError, ValueError) as exc:
@@ -467,6 +474,18 @@ def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -
     model = lora_model(model, config, config.seed)
     params = trainable_parameters(model)
     prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)}
+    return SamplingSetup(model, tok, dom, tasks, prompts, params, prompt_ids)
+
+
+def pipeline(config: PipelineConfig, log: Callable[[str], None] | None = None) -> CheckResult:
+    """Run the ``pipeline`` check (module docstring); rows per setting and precision, with intervals."""
+    import tempfile
+
+    from iterdeploy_trl.deploy import batch_seed
+
+    name = "pipeline"
+    start = time.perf_counter()
+    model, tok, dom, tasks, prompts, params, prompt_ids = sampling_setup(config, name)
     draws: list[_Draw] = []
     tmp = tempfile.TemporaryDirectory(prefix="iterdeploy-theory-")
     backend = None
