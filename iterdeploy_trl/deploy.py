@@ -280,8 +280,9 @@ def vllm_cpu_keeps_linear_weights(dtype: str = "float32", shapes: Sequence[tuple
     after loading) on a few stand-alone layers of the dtype the engine will use (``vllm_cpu_engine_dtype``):
     where it repacks the weight for oneDNN, AMX or zentorch kernels it replaces the parameter by an empty one,
     and a later weight load fails. Which path it takes depends on the CPU's instruction set and vLLM's build
-    (with vllm-cpu 0.32.0 TRL's load failed on an AVX-512 + AMX Xeon and worked on an AVX2 EPYC), so a
-    refusal asks this CPU instead of assuming. Milliseconds; starts no engine."""
+    (with vllm-cpu 0.32.0 TRL's load failed on an AVX-512 + AMX Xeon and worked on an AVX2 EPYC; under
+    ``qemu-x86_64 -cpu Haswell`` (AVX2, no AVX-512) oneDNN cannot build its bfloat16 matmul, vLLM falls back
+    to torch's linear and the probe says the weights stay), so a refusal asks this CPU instead of assuming. Milliseconds; starts no engine."""
     import torch
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
