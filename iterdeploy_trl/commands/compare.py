@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="valid-sft vs iw-sft vs uncurated-sft vs REINFORCE, equal budgets",
+    p = sub.add_parser("compare", help="methods and arms head-to-head at equal budgets (valid-sft, iw-sft, uncurated-sft, reinforce, rloo, grpo, expert-iteration, METHOD@CURATION)",
                        description="Runs every method in `compare_methods` of the config on the same tasks, base "
                                    "model and seeds, with an equal budget of sampled completions; writes "
                                    "OUT/compare.json with confidence intervals and paired tests. Resumable.")
