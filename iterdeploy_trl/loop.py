@@ -149,8 +149,11 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         except TraceFormatError as exc:
             raise RunError(f"{exc}: delete that file and run the same command again: the chunk is sampled again "
                            "(its seed is fixed)") from None
+        # the last generation's records, for the metrics' plan_length_change_common (None at generation 0)
+        previous = [r for r in all_records if r.generation == g - 1] if g > 0 else None
         if damaged.get(g) and g in done:
-            _check_resampled(done[g], generation_metrics(records, g, len(pool), len(heldout)), damaged[g], sdir)
+            _check_resampled(done[g], generation_metrics(records, g, len(pool), len(heldout), previous), damaged[g],
+                             sdir)
         deploy_s = time.time() - t0
         all_records.extend(records)
         samples_deployed += sum(1 for r in records if r.split == "pool")
@@ -159,7 +162,7 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         else:
             stats_path = rundir.train_stats(rundir.model(gdir))
             train_stats = read_json(stats_path) if stats_path.exists() else {}
-            m = generation_metrics(records, g, len(pool), len(heldout))
+            m = generation_metrics(records, g, len(pool), len(heldout), previous)
             # Budget: the sampled completions the generation-g model has learnt from (g rounds of n*K).
             tokens = train_stats.get("train_completion_tokens", 0)
             m.update(seed=seed, samples_used=g * len(pool) * cfg.sampling.samples_per_task,

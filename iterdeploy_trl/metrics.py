@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist
+from iterdeploy_trl.drift_measures import generation_row, plan_length_by_task
 from iterdeploy_trl.runio import append_row
 from iterdeploy_trl.traces import TraceRecord
 
 
-def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: int, n_heldout: int) -> dict[str, Any]:
-    """Per-generation numbers from trace records (named after the quantities)."""
+def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: int, n_heldout: int,
+                       previous: Sequence[TraceRecord] | None = None) -> dict[str, Any]:
+    """Per-generation numbers from trace records (named after the quantities), with the model-free drift
+    measures (``drift_measures.generation_row``: held-out entropy, distinct valid plans, tie-break share, token
+    means; ``plan_length_change_common`` against ``previous``, the last generation's records, None without)."""
     pool = [r for r in records if r.split == "pool"]
     held = [r for r in records if r.split == "heldout"]
 
@@ -48,7 +52,19 @@ def generation_metrics(records: Sequence[TraceRecord], generation: int, n_pool: 
         "samples": len(pool),
         "solved_task_ids": sorted(solved(pool)),
         "heldout_solved_task_ids": sorted(solved(held)),
+        **drift_fields(records, previous),
     }
+
+
+def drift_fields(records: Sequence[TraceRecord], previous: Sequence[TraceRecord] | None) -> dict[str, Any]:
+    """``drift_measures.generation_row`` of ``records`` (``previous``: the last generation's records), less the
+    per-task length map (``iterdeploy drift`` keeps that); the KL between models is not here (post hoc)."""
+    before = None
+    if previous is not None:
+        before = plan_length_by_task([r.to_dict() for r in previous if r.split != "heldout"])
+    row = generation_row([r.to_dict() for r in records], before)
+    row.pop("valid_plan_length_by_task")
+    return row
 
 
 def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

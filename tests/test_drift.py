@@ -76,6 +76,15 @@ def test_drift_of_a_real_run(tiny_base_model, tmp_path, monkeypatch):
             for line in p.read_text().splitlines()]
     own = _score(out, data, _deployed_model(out, 0, 1), held, 0.7, 1.0)
     assert max(abs(a - r["behaviour_logprob"]) for a, r in zip(own, held, strict=True)) < 1e-3
+    # the loop wrote the model-free measures into each generation's metrics row, equal to the post-hoc ones
+    metrics = [json.loads(line) for line in (out / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    fields = [k for k in rows[0] if k not in ("seed", "generation", "valid_plan_length_by_task")]
+    assert "entropy_heldout" in fields and "plan_length_change_common" in fields and "tiebreak_acts" in fields
+    for m, r in zip(metrics, rows, strict=True):
+        missing = [k for k in fields if k not in m]
+        assert not missing, f"generation {m['generation']}'s metrics row lacks {missing}"
+        for k in fields:  # the same records in another order: float sums may differ in the last bits
+            assert (m[k] is None and r[k] is None) or m[k] == pytest.approx(r[k], rel=1e-9), (m['generation'], k)
     assert main(["drift", str(out), "--figure", str(tmp_path / "fig" / "drift.png")]) == 0
     assert (out / "drift.jsonl").is_file() and (tmp_path / "fig" / "drift.png").is_file()
     assert main(["drift", str(tmp_path / "nothing")]) == 2
