@@ -88,3 +88,27 @@ def test_drift_of_a_real_run(tiny_base_model, tmp_path, monkeypatch):
     assert main(["drift", str(out), "--figure", str(tmp_path / "fig" / "drift.png")]) == 0
     assert (out / "drift.jsonl").is_file() and (tmp_path / "fig" / "drift.png").is_file()
     assert main(["drift", str(tmp_path / "nothing")]) == 2
+
+
+def test_generation_metrics_carry_the_drift_measures_of_their_records():
+    """``metrics.generation_metrics`` (the loop's metrics row) against ``generation_row`` on the same records,
+    with the previous generation's records giving the plan-length change over tasks solved in both."""
+    from iterdeploy_trl.metrics import generation_metrics
+    from iterdeploy_trl.traces import TraceRecord
+
+    def tr(g, task, k, **over):
+        r = rec(task, k, **over)
+        return TraceRecord(run="r", method="valid-sft", generation=g, seed=0, domain="blocksworld", prompt="p",
+                           reason="", truncated=False, reference_length=None, model="m", sampling={}, validator={},
+                           **r)
+
+    before = [tr(0, "a", 0, length=4), tr(0, "b", 0, length=2), tr(0, "h", 0, split="heldout", lp=-2.0)]
+    now = [tr(1, "a", 0, length=2, tokens=5), tr(1, "a", 1, length=4, plan="(b)"), tr(1, "c", 0, length=9),
+           tr(1, "h", 0, split="heldout", lp=-1.0), tr(1, "h", 1, split="heldout", lp=-3.0, reasoning=2)]
+    m = generation_metrics(now, 1, 3, 1, before)
+    row = generation_row([r.to_dict() for r in now], generation_row([r.to_dict() for r in before],
+                                                                    None)["valid_plan_length_by_task"])
+    row.pop("valid_plan_length_by_task")
+    assert {k: m[k] for k in row} == row
+    assert m["plan_length_change_common"] == pytest.approx(3.0 - 4.0) and m["entropy_heldout"] == pytest.approx(2.0)
+    assert generation_metrics(now, 1, 3, 1)["plan_length_change_common"] is None
