@@ -40,10 +40,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from iterdeploy_trl import stats
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.gradients import ParamSet, cosine, flat_grad, trainable_parameters
-from iterdeploy_trl.theory.report import EMPIRICAL, PASS, CheckResult, Row, verdict
+from iterdeploy_trl.theory.report import EMPIRICAL, PASS, CheckResult, Row, interval, verdict
+from iterdeploy_trl.theory.report import fmt_interval as report_fmt_interval
 from iterdeploy_trl.trainers import losses
 
 
@@ -86,17 +86,12 @@ LOGPROB_TOLERANCE = 1e-3
 # ------------------------------------------------------------------------------------------- shared
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean, std and the Student-t interval of the mean (``stats.t_interval``) over *independent* repeats
-    (fresh sampling seeds); NaN values dropped, no interval (NaN bounds) from one value. Never over
-    bootstrap replicates: their spread is already a standard error (use ``stats.percentile_interval``)."""
-    kept = [float(v) for v in values if v == v]
-    if not kept:
-        return {"n": 0, "mean": float("nan"), "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    ti = stats.t_interval(kept, level)
-    if ti.n == 1:
-        return {"n": 1, "mean": ti.mean, "std": 0.0, "lo": float("nan"), "hi": float("nan")}
-    return {"n": ti.n, "mean": ti.mean, "std": ti.sd, "lo": ti.lo, "hi": ti.hi}
+def t_interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean, std and the 95% Student-t interval of the mean over *independent* repeats (fresh sampling seeds):
+    ``report.interval`` without the raw values; NaN values dropped, no interval (NaN bounds) from one value.
+    Never over bootstrap replicates: their spread is already a standard error (``stats.percentile_interval``)."""
+    iv = interval(values)
+    return {key: iv[key] for key in ("n", "mean", "std", "lo", "hi")}
 
 
 def safe_cosine(a: Tensor, b: Tensor) -> float:
@@ -108,11 +103,8 @@ def safe_cosine(a: Tensor, b: Tensor) -> float:
 
 
 def fmt_interval(s: dict[str, float], digits: int = 4) -> str:
-    if s["n"] == 0:
-        return "n/a"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f} (1 repeat)"
-    return f"{s['mean']:.{digits}f} [{s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
+    """``report.fmt_interval`` at 4 digits, one value read as one repeat."""
+    return report_fmt_interval(s, digits, one="1 repeat")
 
 
 @contextlib.contextmanager
@@ -150,6 +142,12 @@ def sampler_sequence_logprobs(
     mask = labels.ne(-100)
     logp, inside = nucleus_token_logprobs(logits, labels.clamp(min=0), temperature, top_p)
     return (logp * mask).sum(-1), (mask & ~inside).sum(-1)
+
+
+def lora_record(config: PipelineConfig) -> dict[str, Any]:
+    """The LoRA adapter's settings as a check's result records them."""
+    return {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": config.lora_target_modules,
+            "init_scale_B": config.lora_init_scale}
 
 
 def lora_model(model: torch.nn.Module, config: PipelineConfig, seed: int) -> torch.nn.Module:
@@ -677,12 +675,7 @@ def _report(
         "logprob_tolerance": LOGPROB_TOLERANCE,
         "tasks": config.tasks,
         "samples_per_task": config.samples_per_task,
-        "lora": {
-            "r": config.lora_r,
-            "alpha": config.lora_alpha,
-            "target_modules": config.lora_target_modules,
-            "init_scale_B": config.lora_init_scale,
-        },
+        "lora": lora_record(config),
         "parameters": params.size,
         "loss_normalization": config.loss_normalization,
         "repeats": config.repeats,

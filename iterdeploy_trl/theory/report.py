@@ -116,12 +116,12 @@ def interval(values: Iterable[float]) -> dict[str, Any]:
     return out
 
 
-def fmt_interval(iv: dict[str, Any], digits: int = 3) -> str:
-    """``mean [lo, hi]`` of an ``interval`` dict (``mean (n = 1, no interval)`` from one value)."""
+def fmt_interval(iv: dict[str, Any], digits: int = 3, *, one: str = "n = 1, no interval") -> str:
+    """``mean [lo, hi]`` of an ``interval`` dict (``mean (one)`` from one value, ``n/a`` from none)."""
     if iv["n"] == 0:
         return "n/a"
     if iv["n"] == 1:
-        return f"{iv['mean']:.{digits}f} (n = 1, no interval)"
+        return f"{iv['mean']:.{digits}f} ({one})"
     return f"{iv['mean']:.{digits}f} [{iv['lo']:.{digits}f}, {iv['hi']:.{digits}f}]"
 
 
