@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from iterdeploy_trl.loop import begin_run, run_loop
 from iterdeploy_trl.runchecks import check_methods, check_server_methods
 from iterdeploy_trl.runio import atomic_write_text, machine_record, read_json, read_rows, write_json
 from iterdeploy_trl.runlock import holds_run_dir
+from iterdeploy_trl.tasks.generate import problem_key
 from iterdeploy_trl.stats import (
     ALPHA,
     BOOTSTRAP_REPLICATES,
@@ -143,30 +143,19 @@ def tuning_run_config(cfg: RunConfig, pool_dir: Path | None = None) -> RunConfig
     return dataclasses.replace(cfg, seeds=t.seeds, tasks=tasks)
 
 
-_PROBLEM_NAME = re.compile(r"\(\s*problem\s+[^\s()]+\s*\)")
-
-
-def problem_key(text: str) -> str:
-    """A task's problem with its name removed and whitespace collapsed: two tasks with the same key are the
-    same problem whatever their ids."""
-    return " ".join(_PROBLEM_NAME.sub("", text.lower()).split())
-
-
 def _drawn(c: RunConfig, n: int | None = None) -> list[Any]:
     """The tasks ``c`` generates (``n``: that many from its seed instead of its pool and held-out split)."""
     from iterdeploy_trl.tasks import generate_tasks
 
     size = tuple(c.tasks.size) if c.tasks.size else None
-    return generate_tasks(c.domain, n or c.tasks.n + c.tasks.heldout, c.tasks.seed, size=size)
-
-
-TUNING_DRAW_FACTOR = 50  # exclude_reported draws at most this many times the tuning pool's size
+    return generate_tasks(c.domain, n or c.tasks.n + c.tasks.heldout, c.tasks.seed, size=size,
+                          distinct=c.tasks.distinct and n is None)
 
 
 def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
     """With ``tuning.exclude_reported``: the tuning pool drawn from ``tuning.task_seed`` with every reported
     problem and every repeat skipped, written once to ``OUT/tuning/tasks`` (kept on a resume); None without."""
-    from iterdeploy_trl.tasks import write_task_set
+    from iterdeploy_trl.tasks import draw_distinct, write_task_set
     from iterdeploy_trl.tasks.taskset import INDEX
 
     t = cfg.tuning
@@ -178,18 +167,13 @@ def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
                           "the reported tasks; remove tuning.task_seed and tuning.exclude_reported")
     tcfg = tuning_run_config(cfg)
     need = tcfg.tasks.n + tcfg.tasks.heldout
-    seen, keep = {problem_key(task.problem) for task in _drawn(cfg)}, []
-    for task in _drawn(tcfg, need * TUNING_DRAW_FACTOR):
-        key = problem_key(task.problem)
-        if key not in seen:
-            seen.add(key)
-            keep.append(task)
-        if len(keep) == need:
-            break
-    if len(keep) < need:
+    try:
+        keep = draw_distinct(tcfg.domain, need, tcfg.tasks.seed, size=tuple(tcfg.tasks.size) if tcfg.tasks.size
+                             else None, skip={problem_key(task.problem) for task in _drawn(cfg)})
+    except ValueError as exc:
         raise ConfigError(f"tuning.n: {tcfg.tasks.n} + tuning.heldout {tcfg.tasks.heldout} tasks distinct from the "
-                          f"reported ones and from each other are not among {need * TUNING_DRAW_FACTOR} drawn from "
-                          f"tuning.task_seed {t.task_seed} ({len(keep)} found): lower tuning.n / tuning.heldout")
+                          f"reported ones and from each other are not drawn from tuning.task_seed {t.task_seed} "
+                          f"({exc}): lower tuning.n / tuning.heldout") from None
     if (root / INDEX).exists():  # written by an earlier invocation: it must be this draw (deterministic)
         from iterdeploy_trl.tasks import load_task_set
 

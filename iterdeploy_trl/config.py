@@ -58,6 +58,9 @@ class TasksConfig:
     size: tuple[int, int] | None = (2, 5)  # generator size range (blocks, levels); None: generator default
     seed: int = 0  # seed of the task generator (the pool is shared by all run seeds)
     dir: str | None = None  # an existing task directory (IPC layout) instead of generating
+    # true: no problem drawn twice, so the held-out split never repeats a pool problem (small sizes repeat
+    # problems otherwise; false keeps the draws of runs made before the key existed)
+    distinct: bool = False
 
     def check(self) -> None:
         _require(1 <= self.n <= MAX_TASKS, "tasks.n", self.n, f"must be in 1..{MAX_TASKS:,}")
@@ -624,6 +627,7 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("model", "base_notes"): False,
     ("model", "base_walk_length"): "plan",
     ("model", "base_task_size"): None,
+    ("tasks", "distinct"): False,
 }
 
 

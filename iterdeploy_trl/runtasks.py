@@ -76,7 +76,8 @@ def _write_generated_tasks(cfg: RunConfig, tdir: Path) -> Any:
     from iterdeploy_trl.tasks import generate_tasks, load_task_set, write_task_set
 
     size = tuple(cfg.tasks.size) if cfg.tasks.size else None
-    tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size)
+    tasks = generate_tasks(cfg.domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed, size=size,
+                           distinct=cfg.tasks.distinct)
     disk_write("task-set", tdir)
     write_task_set(tasks, tdir)
     return load_task_set(tdir)

@@ -254,3 +254,32 @@ def test_cli_writes_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad_size = ["tasks", "--domain", "sokoban", "--n", "2", "--out", str(tmp_path / "s"), "--size", "5", "99"]
     assert main(bad_size) == 2
     assert "size range" in capsys.readouterr().err
+
+
+def test_a_distinct_draw_repeats_no_problem_and_its_heldout_split_no_pool_problem(tmp_path: Path) -> None:
+    """tasks.distinct: Blocksworld 2-5 blocks repeats problems in a plain draw (the small sizes hold few); the
+    distinct draw of the same seed holds none twice, so the held-out split shares no problem with the pool.
+    The plain draw is unchanged by the key (runs made before it keep their tasks)."""
+    from iterdeploy_trl.config import config_from_dict, config_hash
+    from iterdeploy_trl.runtasks import prepare_tasks
+    from iterdeploy_trl.tasks import problem_key
+
+    plain = generate_tasks("blocksworld", 120, 0, size=(2, 5))
+    assert len({problem_key(t.problem) for t in plain}) < 120  # the defect the key fixes
+    assert [t.id for t in plain] == [f"blocksworld-0-{i:05d}" for i in range(120)]
+    cfg = config_from_dict({"domain": "blocksworld", "tasks": {"n": 100, "heldout": 20, "size": [2, 5],
+                                                               "distinct": True}})
+    _, pool, heldout = prepare_tasks(cfg, tmp_path / "run", log=lambda m: None)
+    keys = [problem_key(t.problem) for t in pool + heldout]
+    assert len(keys) == len(set(keys)) == 120
+    assert not {problem_key(t.problem) for t in heldout} & {problem_key(t.problem) for t in pool}
+    # the distinct draw keeps the plain draw's tasks in order, a repeat skipped
+    first = {problem_key(t.problem): t.id for t in reversed(plain)}
+    assert [t.id for t in pool[:40]] == sorted(first.values())[:40]
+    # the key at its default leaves every run's hash as it was; set, it is another run
+    base = config_from_dict({"domain": "blocksworld"})
+    assert config_hash(base) == config_hash(config_from_dict({"domain": "blocksworld",
+                                                              "tasks": {"distinct": False}}))
+    assert config_hash(base) != config_hash(config_from_dict({"domain": "blocksworld", "tasks": {"distinct": True}}))
+    with pytest.raises(ValueError, match="distinct problems"):
+        generate_tasks("blocksworld", 40, 0, size=(2, 2), distinct=True)

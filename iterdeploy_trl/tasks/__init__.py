@@ -8,8 +8,10 @@ from iterdeploy_trl.tasks.generate import (
     DEFAULT_SIZES,
     SIZE_LIMITS,
     build_task_set,
+    draw_distinct,
     generate_task,
     generate_tasks,
+    problem_key,
     task_id,
 )
 from iterdeploy_trl.tasks.taskset import Task, TaskSet, TaskSetError, load_task_set, read_plan, write_task_set
@@ -22,9 +24,11 @@ __all__ = [
     "TaskSet",
     "TaskSetError",
     "build_task_set",
+    "draw_distinct",
     "generate_task",
     "generate_tasks",
     "load_task_set",
+    "problem_key",
     "read_plan",
     "task_id",
     "write_task_set",
