@@ -26,7 +26,7 @@ from iterdeploy_trl.tasks.generate import GENERATOR_VERSION, SIZE_LIMITS
 METHODS = registry.names()
 # The methods `iterdeploy compare` runs by default (Method.in_comparison).
 DEFAULT_COMPARE_METHODS = tuple(m.name for m in registry.all_methods() if m.in_comparison)
-CURATIONS = ("shortest", "all-valid", "random-valid", "none")
+CURATIONS = ("shortest", "shortest-plan", "all-valid", "random-valid", "none")
 BACKENDS = ("transformers", "vllm", "vllm-server")
 INITS = ("base", "previous")
 NORMALIZATIONS = ("sequence_sum", "batch_tokens", "sequence_mean")

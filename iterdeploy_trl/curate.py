@@ -2,6 +2,8 @@
 
 - ``shortest`` (the study's): one trace per task, the shortest valid plan, ties broken by fewer
   reasoning tokens, then fewer completion tokens, then the earliest sample (deterministic).
+- ``shortest-plan``: one trace per task, the shortest valid plan, ties broken by the earliest sample only
+  (generation, then sample index): ``shortest`` without the token counts, to measure what that tie-break does.
 - ``all-valid``: every valid trace.
 - ``random-valid``: one valid trace per task, chosen uniformly at random (seeded).
 - ``none``: the uncurated ablation: every trace that is not truncated, valid or not.
@@ -24,6 +26,15 @@ def _key(t: TraceRecord) -> tuple:
     return (t.plan_length, t.reasoning_tokens, t.completion_tokens, t.generation, t.sample_index)
 
 
+def _plan_key(t: TraceRecord) -> tuple:
+    """``shortest-plan``'s order: plan length, then the earliest sample (no token counts)."""
+    return (t.plan_length, t.generation, t.sample_index)
+
+
+# The one-trace-per-task rules: the order whose first trace is kept (None: a seeded uniform choice).
+ONE_PER_TASK = {"shortest": _key, "shortest-plan": _plan_key, "random-valid": None}
+
+
 def curate(traces: Iterable[TraceRecord], policy: str, *, seed: int = 0) -> list[TraceRecord]:
     """Apply ``policy`` to ``traces``; the result is ordered by task id, then generation and sample."""
     traces = [t for t in traces if t.split == "pool"]
@@ -31,18 +42,20 @@ def curate(traces: Iterable[TraceRecord], policy: str, *, seed: int = 0) -> list
         chosen = [t for t in traces if not t.truncated]
     elif policy == "all-valid":
         chosen = [t for t in traces if t.valid]
-    elif policy in ("shortest", "random-valid"):
+    elif policy in ONE_PER_TASK:
         by_task: dict[str, list[TraceRecord]] = {}
         for t in traces:
             if t.valid:
                 by_task.setdefault(t.task_id, []).append(t)
         rng = random.Random(seed)
         chosen = []
+        order = ONE_PER_TASK[policy]
         for task_id in sorted(by_task):
-            group = sorted(by_task[task_id], key=_key)
-            chosen.append(group[0] if policy == "shortest" else rng.choice(group))
+            group = sorted(by_task[task_id], key=order or _key)
+            chosen.append(group[0] if order is not None else rng.choice(group))
     else:
-        raise ValueError(f"unknown curation policy {policy!r}: use shortest, all-valid, random-valid or none")
+        raise ValueError(f"unknown curation policy {policy!r}: use shortest, shortest-plan, all-valid, "
+                         "random-valid or none")
     return sorted(chosen, key=lambda t: (t.task_id, t.generation, t.sample_index))
 
 

@@ -64,3 +64,23 @@ def test_training_rows_carry_the_sampled_token_ids():
     assert rows[1]["completion_ids"] == [7, 7]  # truncated: no EOS added
     old = training_rows([trace("t3", 0, 0, True, 2)])[0]  # a trace file from before the ids
     assert "prompt_ids" not in old and "completion_ids" not in old
+
+
+def test_shortest_plan_breaks_ties_by_earliest_sample_not_tokens():
+    """``shortest-plan`` keeps the shortest valid plan like ``shortest``, but among equal lengths the earliest
+    sample (generation, then index) whatever its token counts: t1's two length-4 plans differ in reasoning
+    tokens, so the two rules keep different traces."""
+    plain = curate(TRACES, "shortest-plan")
+    assert [(t.task_id, t.generation, t.sample_index) for t in plain] == [("t1", 0, 1), ("t3", 1, 0)]
+    tokens_first = curate(TRACES, "shortest")
+    assert plain[0].plan_length == tokens_first[0].plan_length
+    assert plain[0].completion != tokens_first[0].completion
+    swapped = [dataclasses.replace(t, reasoning_tokens=0, completion_tokens=0) for t in TRACES]
+    assert curate(swapped, "shortest") == curate(swapped, "shortest-plan")  # without token differences: the same
+
+
+def test_shortest_plan_is_a_configurable_curation():
+    from iterdeploy_trl.config import config_from_dict, load_config
+
+    assert config_from_dict({"curation": "shortest-plan"}).curation == "shortest-plan"
+    assert load_config("experiments/cpu_drift10_tiebreak.yaml").curation == "shortest-plan"
