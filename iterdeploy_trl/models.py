@@ -53,7 +53,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "x96": (96, 4, 4, 384),
     "small": (128, 4, 4, 512),
     "medium": (256, 6, 8, 1024),
-    # ~71 M parameters, head_dim 64: the model `iterdeploy gpu-check` makes on a GPU (gpucheck.py)
+    # ~71 M parameters, head_dim 64: the model `iterdeploy gpu-check` makes on a GPU (gpucheck/runs.py)
     "gpu-check": (768, 10, 12, 2048),
 }
 

@@ -23,7 +23,7 @@ from iterdeploy_trl.runio import read_jsonl
 PACKAGE = Path(iterdeploy_trl.__file__).parent
 
 # A name-string comparison that is not a method's: the gpu check names one of its steps "reinforce".
-NOT_A_METHOD = {("gpucheck.py", 'step.name == "reinforce"')}
+NOT_A_METHOD = {("report.py", 'step.name == "reinforce"')}  # gpucheck/report.py
 
 
 def method_run_config(model: Path, name: str) -> dict:
