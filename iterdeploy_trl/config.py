@@ -29,6 +29,7 @@ from iterdeploy_trl.config_schema import (
     NORMALIZATIONS,
     SFT_METHODS,
     BlindSpotConfig,
+    DriftConfig,
     LoraConfig,
     ModelConfig,
     RunConfig,
@@ -44,7 +45,7 @@ from iterdeploy_trl.errors import MAX_LEARNING_RATE, ConfigError
 __all__ = [
     "BACKENDS", "CURATIONS", "DEFAULT_COMPARE_METHODS", "GRID_LEARNING_RATE", "INITS", "MAX_LEARNING_RATE",
     "MAX_SAMPLES_PER_TASK", "MAX_TASKS", "METHODS", "MOVED_KEYS", "NORMALIZATIONS", "SFT_METHODS",
-    "BlindSpotConfig", "ConfigError", "LoraConfig", "ModelConfig", "RunConfig", "SamplingConfig", "TasksConfig",
+    "BlindSpotConfig", "ConfigError", "DriftConfig", "LoraConfig", "ModelConfig", "RunConfig", "SamplingConfig", "TasksConfig",
     "TrainingConfig", "TuningConfig", "ValidatorConfig", "check_settings_read", "config_from_dict", "config_hash",
     "hash_matches", "load_config", "split_arm", "unread_settings",
 ]

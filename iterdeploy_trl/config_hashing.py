@@ -40,6 +40,7 @@ def config_hash(cfg: RunConfig, *, _compare_methods: tuple[str, ...] | None = No
     data = _hash_layout(cfg.to_dict())
     data.pop("name", None)
     data.pop("report_to", None)  # where results are reported does not change them
+    data.pop("drift", None)  # what the loop measures besides does not change the run (drift.kl_previous)
     # Which methods `iterdeploy compare` runs does not change what one method's run does: hashed at the
     # default for every run (a run made with the default keeps its hash), so that adding a method to a
     # comparison resumes the methods already run. Run directories hashed with another value before this

@@ -308,6 +308,17 @@ class ValidatorConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """What the loop measures of the model's drift beyond the model-free measures every metrics row carries
+    (``drift_measures``). Not in the run hash: it measures a run, it does not change what the run does."""
+
+    # true: each generation g > 0's metrics row gets kl_prev_heldout and kl_prev_heldout_se, KL(β_g ‖ β_{g-1})
+    # on the held-out samples with generation g-1's deployed model loaded (``drift.kl_to_previous``, as
+    # `iterdeploy drift` computes it); one more model load and scoring pass a generation
+    kl_previous: bool = False
+
+
+@dataclass(frozen=True)
 class _RunFields:
     """One iterative-deployment run (or several seeds of it). ``RunConfig`` adds one section per registered
     method with settings of its own (``Method.section``: ``iw_sft``, ``reinforce``, ...; null: its defaults)."""
@@ -324,6 +335,7 @@ class _RunFields:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)  # drift measures written by the loop; not hashed
     tuning: TuningConfig | None = None  # iterdeploy compare's learning-rate tuning; null: none
     validation_timeout: float = 30.0  # seconds per VAL call
     validation_workers: int | None = None  # default: all cores

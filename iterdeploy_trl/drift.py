@@ -21,8 +21,10 @@ Per seed and generation g, from the generation's trace records (and, for the KL,
 
 Every measure but the KL is model-free (``drift_measures``) and is also in each generation's ``metrics.jsonl``
 row, written by the loop as the generation finishes (``metrics.generation_metrics``; not
-``valid_plan_length_by_task``, which stays here). The KL needs the previous generation's deployed model, so it
-stays post hoc: only ``iterdeploy drift`` computes it.
+``valid_plan_length_by_task``, which stays here). The KL needs the previous generation's deployed model: with
+``drift.kl_previous: true`` the loop loads it and writes ``kl_prev_heldout`` / ``kl_prev_heldout_se`` into the
+row too (``metrics.kl_to_previous``, the function ``iterdeploy drift`` uses); by default only ``iterdeploy drift``
+computes it, afterwards.
 
 ``iterdeploy drift RUN_DIR`` writes ``RUN_DIR/drift.jsonl`` (one row per seed and generation) and, with
 ``--figure``, a PNG of the measures across generations.
@@ -42,6 +44,7 @@ from iterdeploy_trl.drift_measures import (  # noqa: F401 (re-exported: the meas
     plan_length_by_task,
     tiebreak_share,
 )
+from iterdeploy_trl.metrics import kl_to_previous, score_under
 from iterdeploy_trl.runio import write_jsonl
 
 
@@ -58,8 +61,7 @@ def measure_run(path: str | Path, *, kl: bool = True, log: Callable[[str], None]
         run = open_run(path)
     except AuditError as exc:
         raise DriftError(str(exc)) from exc
-    sampling = run.config.get("sampling", {})
-    temperature, top_p = float(sampling.get("temperature", 1.0)), float(sampling.get("top_p", 1.0))
+    scoring: tuple[Any, Path] | None = None  # (the run's RunConfig, its base model), once the KL needs them
     rows: list[dict[str, Any]] = []
     for seed in run.seeds:
         previous: dict[str, float] | None = None
@@ -71,10 +73,8 @@ def measure_run(path: str | Path, *, kl: bool = True, log: Callable[[str], None]
             row = {"seed": seed, "generation": g, **generation_row(recs, previous)}
             model = _deployed_model(run.path, seed, g)
             if kl and g > 0 and prev_model != "none":
-                held = [r for r in recs if r["split"] == "heldout"]
-                old = _score(run.path, run.config, prev_model, held, temperature, top_p)
-                est = kl_estimate([float(r["behaviour_logprob"]) for r in held], old)
-                row.update(kl_prev_heldout=est["kl"], kl_prev_heldout_se=est["kl_se"])
+                scoring = scoring or _run_base(run.config)
+                row.update(kl_to_previous(*scoring, prev_model, recs))
             log(f"seed {seed} gen {g}: entropy {_fmt(row['entropy_heldout'])}, KL to previous "
                 f"{_fmt(row.get('kl_prev_heldout'))}, distinct valid plans {_fmt(row['distinct_valid_plans_pool'])}")
             rows.append(row)
@@ -95,11 +95,9 @@ def _deployed_model(run_path: Path, seed: int, g: int) -> Path | None:
     return deployed_model(seed_dir(run_path, seed), g)
 
 
-def _score(run_path: Path, cfg: Mapping[str, Any], model_dir: Path | None, recs: Sequence[Mapping[str, Any]],
-           temperature: float, top_p: float) -> list[float]:
-    """log β(y|x) of ``recs`` under a deployed model (None: the run's base model; a LoRA adapter on it)."""
-    from iterdeploy_trl.audit import load_run_config, score_logprobs
-    from iterdeploy_trl.backends import load_for_generation
+def _run_base(cfg: Mapping[str, Any]) -> tuple[Any, Path]:
+    """(RunConfig, base model path) of a run directory's resolved config; DriftError if the base is missing."""
+    from iterdeploy_trl.audit import load_run_config
     from iterdeploy_trl.basemodel import auto_base_model_path
 
     run_cfg = load_run_config(dict(cfg))
@@ -108,8 +106,13 @@ def _score(run_path: Path, cfg: Mapping[str, Any], model_dir: Path | None, recs:
     if not base.exists():
         raise DriftError(f"{base}: the run's base model is not there; the KL needs it (or run "
                          "`iterdeploy drift --no-kl`)")
-    model, tok = load_for_generation(run_cfg, base, model_dir)
-    return score_logprobs(model, tok, list(recs), temperature=temperature, top_p=top_p)
+    return run_cfg, base
+
+
+def _score(run_path: Path, cfg: Mapping[str, Any], model_dir: Path | None, recs: Sequence[Mapping[str, Any]],
+           temperature: float, top_p: float) -> list[float]:
+    """log β(y|x) of ``recs`` under a deployed model of the run whose resolved config is ``cfg``."""
+    return score_under(*_run_base(cfg), model_dir, recs, temperature, top_p)
 
 
 def write_drift(path: str | Path, *, kl: bool = True, figure: bool = False,

@@ -31,7 +31,7 @@ from iterdeploy_trl.deployment import deploy_generation, revalidate_stale
 from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.methods import TrainJob
 from iterdeploy_trl.methods import get as get_method
-from iterdeploy_trl.metrics import aggregate, append_metrics, generation_metrics
+from iterdeploy_trl.metrics import aggregate, append_metrics, generation_metrics, kl_to_previous
 from iterdeploy_trl.runchecks import check_launch, check_methods
 from iterdeploy_trl.runio import (
     atomic_write_text,
@@ -179,6 +179,8 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
                      # how often max_grad_norm clipped the fine-tune that made this generation's model
                      clip_fraction=(train_stats.get("grad_clip") or {}).get("clip_fraction"),
                      grad_norm_mean=(train_stats.get("grad_clip") or {}).get("grad_norm_mean"))
+            if cfg.drift.kl_previous and g > 0 and dist.is_main():
+                m.update(_kl_previous(cfg, base, sdir, g, records))
             append_metrics(metrics_path, m)
             if dist.is_main():
                 tracking.log_generation(cfg, out, seed, m)
@@ -213,6 +215,12 @@ def run_seed(cfg: RunConfig, out: Path, seed: int, base: Path, domain_pddl: str,
         method.train(cfg, TrainJob(base=base, model_dir=model_dir, out_dir=next_dir,
                                    seed=batch_seed(seed, "train", g) % (2**31)), rows)
     return [done[g] for g in sorted(done)]
+
+
+def _kl_previous(cfg: RunConfig, base: Path, sdir: Path, g: int, records: Sequence[TraceRecord]) -> dict[str, Any]:
+    """``drift.kl_previous``: KL(β_g ‖ β_{g-1}) of generation ``g``'s held-out samples, generation g−1's deployed
+    model loaded (``metrics.kl_to_previous``, the computation of ``iterdeploy drift``)."""
+    return kl_to_previous(cfg, base, rundir.deployed_model(sdir, g - 1), [r.to_dict() for r in records])
 
 
 def _delete_damaged_chunks(cfg: RunConfig, sdir: Path, splits: dict[str, Sequence[Any]],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist
-from iterdeploy_trl.drift_measures import generation_row, plan_length_by_task
+from iterdeploy_trl.drift_measures import generation_row, kl_estimate, plan_length_by_task
 from iterdeploy_trl.runio import append_row
 from iterdeploy_trl.traces import TraceRecord
 
@@ -65,6 +65,29 @@ def drift_fields(records: Sequence[TraceRecord], previous: Sequence[TraceRecord]
     row = generation_row([r.to_dict() for r in records], before)
     row.pop("valid_plan_length_by_task")
     return row
+
+
+def kl_to_previous(run_cfg: Any, base: Path, prev_model: Path | None, records: Sequence[Mapping[str, Any]]
+                   ) -> dict[str, float | None]:
+    """``kl_prev_heldout`` and ``kl_prev_heldout_se``: KL(β_g ‖ β_{g-1}) over the held-out samples among
+    ``records`` (generation g's trace records as dicts), their recorded log β_g against their log-prob under
+    ``prev_model`` (generation g−1's deployed model; None: ``base``) at the run's temperature and top-p. The one
+    computation of the KL: ``drift.measure_run`` (``iterdeploy drift``) and the loop (``drift.kl_previous``)
+    call it."""
+    held = [r for r in records if r["split"] == "heldout"]
+    old = score_under(run_cfg, base, prev_model, held, run_cfg.sampling.temperature, run_cfg.sampling.top_p)
+    est = kl_estimate([float(r["behaviour_logprob"]) for r in held], old)
+    return {"kl_prev_heldout": est["kl"], "kl_prev_heldout_se": est["kl_se"]}
+
+
+def score_under(run_cfg: Any, base: Path, model_dir: Path | None, recs: Sequence[Mapping[str, Any]],
+                temperature: float, top_p: float) -> list[float]:
+    """log β(y|x) of ``recs`` under a deployed model (None: the base model ``base``; a LoRA adapter on it)."""
+    from iterdeploy_trl.backends import load_for_generation
+    from iterdeploy_trl.sampler import score_logprobs
+
+    model, tok = load_for_generation(run_cfg, base, model_dir)
+    return score_logprobs(model, tok, list(recs), temperature=temperature, top_p=top_p)
 
 
 def aggregate(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -112,3 +112,40 @@ def test_generation_metrics_carry_the_drift_measures_of_their_records():
     assert {k: m[k] for k in row} == row
     assert m["plan_length_change_common"] == pytest.approx(3.0 - 4.0) and m["entropy_heldout"] == pytest.approx(2.0)
     assert generation_metrics(now, 1, 3, 1)["plan_length_change_common"] is None
+
+
+def test_kl_previous_is_not_hashed_and_off_by_default():
+    """``drift.kl_previous`` measures, it does not change the run: off by default, and not in the run hash (a
+    run directory made without it resumes with it)."""
+    from iterdeploy_trl.config import config_from_dict, config_hash
+
+    assert config_from_dict({}).drift.kl_previous is False
+    assert config_hash(config_from_dict({"drift": {"kl_previous": True}})) == config_hash(config_from_dict({}))
+
+
+@pytest.mark.slow
+def test_loop_writes_the_kl_to_the_previous_model(tiny_base_model, tmp_path):
+    """With ``drift.kl_previous: true`` every trained generation's metrics row carries kl_prev_heldout and its
+    se, equal to what ``iterdeploy drift`` computes afterwards on the same run directory (one function,
+    ``metrics.kl_to_previous``); the same run without it writes the same numbers otherwise and no KL."""
+    from iterdeploy_trl.config import config_from_dict
+    from iterdeploy_trl.loop import run_loop
+
+    data = tiny_run_config(tiny_base_model, generations=2, tasks={"n": 8, "heldout": 4},
+                           sampling={"samples_per_task": 2, "temperature": 0.7}, chunk_size=4)
+    runs = {}
+    for on in (True, False):
+        out = tmp_path / f"kl-{on}"
+        run_loop(config_from_dict({**data, "drift": {"kl_previous": on}}), out, progress=False)
+        runs[on] = [json.loads(line) for line in (out / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    on, off = runs[True], runs[False]
+    assert "kl_prev_heldout" not in on[0]  # generation 0 has no previous model
+    post = measure_run(tmp_path / "kl-True")
+    for m, r in zip(on[1:], post[1:], strict=True):
+        assert "kl_prev_heldout" in m and "kl_prev_heldout_se" in m, f"generation {m['generation']}: no KL written"
+        assert math.isfinite(m["kl_prev_heldout"])
+        assert m["kl_prev_heldout"] == r["kl_prev_heldout"] and m["kl_prev_heldout_se"] == r["kl_prev_heldout_se"]
+    assert all("kl_prev_heldout" not in m for m in off)
+    timing = ("deploy_seconds", "train_seconds", "kl_prev_heldout", "kl_prev_heldout_se")
+    for a, b in zip(on, off, strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}

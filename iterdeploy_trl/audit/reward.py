@@ -14,6 +14,7 @@ from typing import Any
 from iterdeploy_trl.audit.features import _mean, plan_actions
 from iterdeploy_trl.audit.reading import RunDir, load_run_config
 from iterdeploy_trl.errors import RunError
+from iterdeploy_trl.sampler import score_logprobs  # noqa: F401 (re-exported: its home before sampler.py)
 
 PER_TRACE_MAX = 1000  # training sets up to this size keep every trace's weight in audit.json
 
@@ -90,53 +91,6 @@ def weight_statistics(weights: Sequence[float], sources: Sequence[int]) -> dict[
         "share_by_source_generation": {k: v / total for k, v in sorted(share.items(), key=lambda kv: int(kv[0]))}
         if total > 0 else {},
     }
-
-
-def _completion_ids(tok: Any, rec: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) of a trace: the recorded ones where the trace has them, else the text
-    tokenised as the deployment backend and the SFT trainer do (prompt with special tokens, completion
-    without, the end-of-sequence token appended to a completion that was not cut by max_new_tokens)."""
-    p = rec.get("prompt_ids")
-    c = rec.get("completion_ids")
-    if p and c is not None:
-        return list(p), list(c)
-    prompt = tok(rec["prompt"])["input_ids"]
-    comp = tok(rec["completion"], add_special_tokens=False)["input_ids"]
-    if not rec.get("truncated") and tok.eos_token_id is not None:
-        comp = comp + [tok.eos_token_id]
-    return list(prompt), list(comp)
-
-
-def score_logprobs(model: Any, tok: Any, recs: Sequence[dict[str, Any]], *, temperature: float = 1.0,
-                   top_p: float = 1.0, batch_size: int = 32) -> list[float]:
-    """log π(y|x) of each trace's completion under ``model``, summed over the completion's tokens, with the
-    sampling temperature and top-p applied as the deployment backend applied them."""
-    import torch
-
-    from iterdeploy_trl.sampler import sampling_log_distribution
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    out: list[float] = []
-    model.eval()
-    for start in range(0, len(recs), batch_size):
-        pairs = [_completion_ids(tok, r) for r in recs[start : start + batch_size]]
-        seqs = [p + c for p, c in pairs]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        for i, (p, c) in enumerate(pairs):
-            if not c:
-                out.append(0.0)
-                continue
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-            logq = sampling_log_distribution(logits[i, pos], temperature, top_p)
-            lp = logq.gather(-1, torch.tensor(c).unsqueeze(-1).to(logq.device))
-            out.append(float(lp.sum()))
-    return out
 
 
 def start_generation(cfg: Mapping[str, Any], g: int) -> int:
