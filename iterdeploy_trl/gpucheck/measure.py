@@ -50,7 +50,7 @@ def gap_stats(recorded: Sequence[float], recomputed: Sequence[float], tokens: Se
 
 def tolerance(dtype: str) -> dict[str, Any]:
     """The log-prob tolerance of a dtype: per token in bf16/fp16, per sequence in float32."""
-    from iterdeploy_trl.theory.pipeline import LOGPROB_TOLERANCE
+    from iterdeploy_trl.theory.pipeline_sampling import LOGPROB_TOLERANCE
 
     if dtype == "float32":
         return {"per_sequence": LOGPROB_TOLERANCE}

@@ -46,7 +46,7 @@ from iterdeploy_trl import rundir
 from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.rundir import RunDirError
 from iterdeploy_trl.theory.errors import TheoryError
-from iterdeploy_trl.theory.pipeline import (
+from iterdeploy_trl.theory.pipeline_gradients import (
     collate,
     fmt_interval,
     safe_cosine,

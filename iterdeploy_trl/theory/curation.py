@@ -55,18 +55,20 @@ from torch import Tensor
 from iterdeploy_trl import stats
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.gradients import ParamSet, flat_grad
-from iterdeploy_trl.theory.pipeline import (
-    PipelineConfig,
+from iterdeploy_trl.theory.pipeline_gradients import (
     collate,
     fmt_interval,
-    lora_record,
     safe_cosine,
     sampler_sequence_logprobs,
-    sampling_backend,
-    sampling_setup,
     sft_trainer,
     t_interval,
     trainer_gradient,
+)
+from iterdeploy_trl.theory.pipeline_sampling import (
+    PipelineConfig,
+    lora_record,
+    sampling_backend,
+    sampling_setup,
 )
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
 from iterdeploy_trl.traces import TraceRecord

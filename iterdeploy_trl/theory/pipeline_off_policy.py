@@ -37,20 +37,17 @@ from torch import Tensor
 
 from iterdeploy_trl.theory.errors import TheoryError
 from iterdeploy_trl.theory.gradients import trainable_parameters
-from iterdeploy_trl.theory.pipeline import (
-    PipelineConfig,
-    _load_tasks,
+from iterdeploy_trl.theory.pipeline_gradients import (
     collate,
     fmt_interval,
-    lora_model,
     reinforce_vector,
     safe_cosine,
-    sample_rows,
     sampler_sequence_logprobs,
     sft_trainer,
     t_interval,
     trainer_gradient,
 )
+from iterdeploy_trl.theory.pipeline_sampling import PipelineConfig, load_tasks, lora_model, sample_rows
 from iterdeploy_trl.theory.report import EMPIRICAL, CheckResult, Row, verdict
 
 PAIRS = (("iw_beta", "rl_pi"), ("sft_beta", "rl_pi"), ("rl_pi", "rl_pi_2"), ("sft_beta", "iw_beta"))
@@ -86,7 +83,7 @@ def pipeline_off_policy(config: PipelineConfig, log: Callable[[str], None] | Non
     (pi_model, tok), (beta_model, beta_tok) = loaded["π"], loaded["β"]
     if beta_tok.get_vocab() != tok.get_vocab():
         raise TheoryError(f"{config.beta_model_path}: β's tokenizer differs from π's ({config.model_path})")
-    dom, tasks = _load_tasks(config)
+    dom, tasks = load_tasks(config)
     prompts = [build_prompt(dom, t.problem, config.prompt_style, domain=config.domain) for t in tasks]
     pi = lora_model(pi_model, config, config.seed)
     params = trainable_parameters(pi)
