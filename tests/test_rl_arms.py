@@ -30,6 +30,7 @@ from iterdeploy_trl.trainers import (
     reinforce_step_batch,
 )
 from iterdeploy_trl.trainers.callbacks import grad_clip_summary
+from iterdeploy_trl.trainers.defaults import IW_PER_TOKEN, IW_SELF_NORMALIZE, IW_TRUNCATE
 
 torch.set_num_threads(1)
 CPU, STEP, LR = trainer_steps.CPU, trainer_steps.STEP, trainer_steps.LR
@@ -245,7 +246,9 @@ def _trainer(kind: str, tok, out: Path, max_grad_norm: float, clip: GradClipCall
         args = ImportanceWeightedSFTConfig(str(out), per_device_train_batch_size=4, **common)
         trainer = ImportanceWeightedSFTTrainer(m, args=args, train_dataset=Dataset.from_list(rows),
                                                processing_class=tok, callbacks=[clip])
-        return trainer, lambda: trainer_steps.expected_sft_update(tok, rows, "sequence_sum", iw={})
+        # the trainer at its defaults (trainers.defaults, the run config's): truncated and self-normalised
+        defaults = {"truncate": IW_TRUNCATE, "self_normalize": IW_SELF_NORMALIZE, "per_token": IW_PER_TOKEN}
+        return trainer, lambda: trainer_steps.expected_sft_update(tok, rows, "sequence_sum", iw=defaults)
     rows = trainer_steps.sft_rows()
     args = ValidTraceSFTConfig(str(out), per_device_train_batch_size=4, **common)
     trainer = ValidTraceSFTTrainer(m, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,

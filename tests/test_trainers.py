@@ -313,6 +313,24 @@ def test_iw_sft_names_the_row_without_a_behaviour_logprob(tokenizer, tmp_path: P
         )
 
 
+def test_iw_sft_trainer_defaults_are_the_run_configs(tmp_path: Path) -> None:
+    """A TRL user of ImportanceWeightedSFTConfig gets what the runs used: the run config's ``iw_sft`` section
+    (IWSFTSettings) and the trainer config take each default from trainers.defaults, the one definition."""
+    import dataclasses
+
+    from iterdeploy_trl.methods.iw_sft import IWSFTSettings
+    from iterdeploy_trl.trainers import defaults
+
+    shared = {"truncate": ("iw_truncate", defaults.IW_TRUNCATE),
+              "self_normalize": ("iw_self_normalize", defaults.IW_SELF_NORMALIZE),
+              "per_token": ("iw_per_token", defaults.IW_PER_TOKEN)}
+    assert {f.name for f in dataclasses.fields(IWSFTSettings)} == set(shared)  # a new setting joins this test
+    run, trainer = IWSFTSettings(), ImportanceWeightedSFTConfig(tmp_path, **CPU)
+    for setting, (field_name, default) in shared.items():
+        assert getattr(run, setting) is default, setting
+        assert getattr(trainer, field_name) is default, field_name
+
+
 def test_iw_sft_needs_the_behaviour_logprob_column(tokenizer, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no 'behaviour_logprob' column"):
         ImportanceWeightedSFTTrainer(

@@ -149,7 +149,10 @@ def sft_step(tok: Any, out: Path, batch: int, accumulation: int, normalization: 
             m, args=args, train_dataset=Dataset.from_list(sft_rows()), processing_class=tok
         )
     else:
-        options = {f"iw_{k}": v for k, v in iw.items()}
+        # the options not in ``iw`` at losses.importance_weights' defaults, as expected_sft_update computes them
+        # (the trainer's own defaults are the run config's: truncated at 10, self-normalised)
+        options = {"iw_truncate": None, "iw_self_normalize": False, "iw_per_token": False,
+                   **{f"iw_{k}": v for k, v in iw.items()}}
         args = ImportanceWeightedSFTConfig(str(out), loss_normalization=normalization, **options, **common)
         trainer = ImportanceWeightedSFTTrainer(
             m, args=args, train_dataset=Dataset.from_list(iw_rows(tok)), processing_class=tok

@@ -11,15 +11,17 @@ from typing import Any
 from iterdeploy_trl.errors import ConfigError, finite, require
 from iterdeploy_trl.methods import valid_sft
 from iterdeploy_trl.methods.registry import CURATED, Method, register
+from iterdeploy_trl.trainers.defaults import IW_PER_TOKEN, IW_SELF_NORMALIZE, IW_TRUNCATE
 
 
 @dataclass(frozen=True)
 class IWSFTSettings:
-    """IW-SFT's own settings (section ``iw_sft``; read by method iw-sft only)."""
+    """IW-SFT's own settings (section ``iw_sft``; read by method iw-sft only). Their defaults are the
+    trainer's (``trainers.defaults``: ``ImportanceWeightedSFTConfig`` takes the same)."""
 
-    truncate: float | None = 10.0  # weight cap c in min(w, c); null: no cap
-    self_normalize: bool = True  # divide the weights by their mean over the batch
-    per_token: bool = False  # per-token geometric mean of the ratio instead of the sequence ratio
+    truncate: float | None = IW_TRUNCATE  # weight cap c in min(w, c); null: no cap
+    self_normalize: bool = IW_SELF_NORMALIZE  # divide the weights by their mean over the batch
+    per_token: bool = IW_PER_TOKEN  # per-token geometric mean of the ratio instead of the sequence ratio
 
     def check(self) -> None:
         require(self.truncate is None or (finite(self.truncate) and self.truncate > 0), "iw_sft.truncate",

@@ -18,6 +18,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 
 from iterdeploy_trl.trainers import losses
+from iterdeploy_trl.trainers.defaults import IW_PER_TOKEN, IW_SELF_NORMALIZE, IW_TRUNCATE
 from iterdeploy_trl.trainers.sft import ValidTraceSFTConfig, ValidTraceSFTTrainer, _column_names
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,10 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
         sampling_top_p (`float`, *optional*, defaults to `1.0`):
             Top-p of that sampler. With p < 1, π(y|x) in the weight is the nucleus-truncated probability (the
             current model's nucleus at each token, renormalised); a trace token outside π's nucleus gives w = 0.
-        iw_truncate (`float` or `None`, *optional*, defaults to `None`):
+        iw_truncate (`float` or `None`, *optional*, defaults to `10.0`):
             Cap c on the weights, w ← min(w, c), applied before self-normalisation. `None` keeps the unbiased
             (and high-variance) ratio.
-        iw_self_normalize (`bool`, *optional*, defaults to `False`):
+        iw_self_normalize (`bool`, *optional*, defaults to `True`):
             Divide the weights by their mean over the optimizer batch (all micro-batches of a gradient
             accumulation step, all processes): w_i / mean_j w_j. Biased, much lower variance; the same
             estimator whatever the micro-batch size, accumulation or number of processes. An optimizer batch of
@@ -55,6 +56,11 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
         iw_per_token (`bool`, *optional*, defaults to `False`):
             Use the per-token geometric mean of the ratio, exp((log π − log β)/T_i), instead of the sequence
             ratio exp(log π − log β). Biased, but does not explode with the trace length.
+
+    The three `iw_*` defaults are the run config's (`iw_sft:` section), defined once in
+    `iterdeploy_trl.trainers.defaults`: truncated at 10 and self-normalised, as the study's runs trained. (In
+    release 0.1.0 the trainer's own were `None` / `False`, the unbiased ratio: pass `iw_truncate=None,
+    iw_self_normalize=False` for it; CHANGELOG.md.)
     """
 
     sampling_temperature: float = field(
@@ -70,21 +76,21 @@ class ImportanceWeightedSFTConfig(ValidTraceSFTConfig):
         },
     )
     iw_truncate: float | None = field(
-        default=None,
+        default=IW_TRUNCATE,
         metadata={
             "help": "Cap c on the importance weights, min(w, c), applied before self-normalisation; None keeps "
             "the unbiased ratio."
         },
     )
     iw_self_normalize: bool = field(
-        default=False,
+        default=IW_SELF_NORMALIZE,
         metadata={
             "help": "Divide the weights by their mean over the optimizer batch (all micro-batches and processes; "
             "biased, lower variance)."
         },
     )
     iw_per_token: bool = field(
-        default=False,
+        default=IW_PER_TOKEN,
         metadata={
             "help": "Per-token geometric-mean ratio exp((log π − log β)/T_i) instead of the sequence ratio "
             "exp(log π − log β)."
@@ -135,11 +141,12 @@ class ImportanceWeightedSFTTrainer(ValidTraceSFTTrainer):
 
     Estimators (w_i detached; N the traces of the optimizer batch; the loss normalisation as in
     `ValidTraceSFTTrainer`, shown here for `"sequence_sum"`):
-    - default: −(1/N) Σ_i w_i log π(y_i|x_i), w_i = π(y_i|x_i)/β(y_i|x_i). Unbiased for the on-policy
+    - plain (`iw_truncate=None`, `iw_self_normalize=False`): −(1/N) Σ_i w_i log π(y_i|x_i),
+      w_i = π(y_i|x_i)/β(y_i|x_i). Unbiased for the on-policy
       gradient of the sampler-transformed π (Prop. 2), provided β(y|x) > 0 wherever π(y|x) r(y) > 0 and each
       trace's `behaviour_logprob` is exact. Variance grows exponentially with the trace length.
-    - `iw_truncate` = c: w_i ← min(w_i, c). Biased towards β's traces where π/β > c; variance bounded by c².
-    - `iw_self_normalize`: w_i ← w_i / ((1/N) Σ_j w_j) over the optimizer batch (after truncation). Consistent
+    - `iw_truncate` = c (default 10): w_i ← min(w_i, c). Biased towards β's traces where π/β > c; variance bounded by c².
+    - `iw_self_normalize` (default on): w_i ← w_i / ((1/N) Σ_j w_j) over the optimizer batch (after truncation). Consistent
       as N grows, biased for small N; it removes the scale of the ratios, so it also tolerates a β known only
       up to a constant factor per batch. An optimizer batch of one trace gives plain SFT.
     - `iw_per_token`: w_i = exp((log π − log β)/T_i), the geometric mean of the per-token ratios. Biased
