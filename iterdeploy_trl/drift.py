@@ -126,3 +126,107 @@ def write_drift(path: str | Path, *, kl: bool = True, figure: bool = False,
 
         drift_figure([(Path(path).name, rows)], Path(path) / "drift.png")
     return out
+
+
+# ------------------------------------------------------------------ two runs that differ in one setting
+
+# (metrics/drift field, label, the field of task ids solved, where a count: the task-and-seed bootstrap)
+PAIRED_MEASURES: tuple[tuple[str, str, str | None], ...] = (
+    ("solved", "pool tasks solved", "solved_task_ids"),
+    ("heldout_solved", "held-out tasks solved", "heldout_solved_task_ids"),
+    ("mean_valid_plan_length", "valid plan length (mean over valid pool samples)", None),
+    ("distinct_valid_plans_pool", "distinct valid plans per solved pool task", None),
+    ("completion_tokens_mean", "completion tokens a sample", None),
+    ("train_completion_tokens", "completion tokens the generation's model was trained on", None),
+)
+
+
+def run_table(path: str | Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """(seed, generation) -> the generation's metrics row with the model-free drift measures of its traces
+    (``measure_run`` without the KL: runs whose rows predate the measures get them too)."""
+    from iterdeploy_trl.rundir import open_run
+
+    metrics = open_run(path).metrics()
+    return {(r["seed"], r["generation"]): {**metrics.get(r["seed"], {}).get(r["generation"], {}), **r}
+            for r in measure_run(path, kl=False)}
+
+
+def paired_difference(a: Mapping[tuple[int, int], Mapping[str, Any]], b: Mapping[tuple[int, int], Mapping[str, Any]]
+                      ) -> list[dict[str, Any]]:
+    """Run A − run B (``run_table``s of two runs that differ in one setting, the same seeds), per generation
+    and measure of ``PAIRED_MEASURES``, paired by seed over the seeds both ran: the means, the mean difference
+    with its t-interval and p over seeds (``stats.paired_t``) and, for the solved counts, the task-and-seed
+    bootstrap interval (``stats.task_seed_bootstrap``, the tasks resampled too). A row with generation
+    ``"1-G"``: each seed's mean over generations 1..G (G the last generation both ran for every paired seed)."""
+    from iterdeploy_trl.stats import paired_t, task_seed_bootstrap
+
+    gens = sorted({g for _, g in a} & {g for _, g in b})
+    out: list[dict[str, Any]] = []
+    for key, label, ids in PAIRED_MEASURES:
+        for g in gens:
+            seeds = sorted(s for s, h in a if h == g and (s, g) in b and a[s, g].get(key) is not None
+                           and b[s, g].get(key) is not None)
+            if not seeds:
+                continue
+            xa, xb = [float(a[s, g][key]) for s in seeds], [float(b[s, g][key]) for s in seeds]
+            out.append(_paired_row(key, label, g, seeds, xa, xb, paired_t([x - y for x, y in zip(xa, xb, strict=True)])))
+            if ids is not None:
+                total = int(a[seeds[0], g]["tasks" if key == "solved" else "heldout_tasks"])
+                out[-1]["bootstrap"] = list(task_seed_bootstrap(_solved_diffs(a, b, seeds, g, ids, total)))
+        late = [g for g in gens if g > 0]
+        seeds = sorted({s for s, _ in a} & {s for s, _ in b})
+        seeds = [s for s in seeds if all(a.get((s, g), {}).get(key) is not None
+                                         and b.get((s, g), {}).get(key) is not None for g in late)]
+        if late and seeds:
+            xa = [sum(float(a[s, g][key]) for g in late) / len(late) for s in seeds]
+            xb = [sum(float(b[s, g][key]) for g in late) / len(late) for s in seeds]
+            out.append(_paired_row(key, label, f"1-{late[-1]}", seeds, xa, xb,
+                                   paired_t([x - y for x, y in zip(xa, xb, strict=True)])))
+    return out
+
+
+def _paired_row(key: str, label: str, g: int | str, seeds: list[int], xa: list[float], xb: list[float],
+                pt: Any) -> dict[str, Any]:
+    return {"measure": key, "label": label, "generation": g, "seeds": seeds, "a": sum(xa) / len(xa),
+            "b": sum(xb) / len(xb), "diff": pt.mean, "lo": pt.lo, "hi": pt.hi, "p": pt.p,
+            "per_seed_diff": [x - y for x, y in zip(xa, xb, strict=True)]}
+
+
+def _solved_diffs(a: Mapping[tuple[int, int], Mapping[str, Any]], b: Mapping[tuple[int, int], Mapping[str, Any]],
+                  seeds: list[int], g: int, ids: str, total: int) -> list[list[float]]:
+    """tasks × seeds of solved(A) − solved(B) for ``task_seed_bootstrap``: the tasks either run solved under
+    some seed, and rows of zeros for the rest of the ``total`` (never solved: they are resampled too)."""
+    solved_a = {s: set(a[s, g][ids]) for s in seeds}
+    solved_b = {s: set(b[s, g][ids]) for s in seeds}
+    tasks = sorted(set().union(*solved_a.values(), *solved_b.values()))
+    rows = [[float(t in solved_a[s]) - float(t in solved_b[s]) for s in seeds] for t in tasks]
+    return rows + [[0.0] * len(seeds)] * (total - len(tasks))
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> str:
+    """One Markdown table per measure of ``paired_difference``'s rows."""
+    parts = []
+    for key, label, ids in PAIRED_MEASURES:
+        mine = [r for r in rows if r["measure"] == key]
+        if not mine:
+            continue
+        head = f"| gen | {b} | {a} | {a} − {b} [95 % t over seeds] | p | per seed |"
+        rule = "|---|---|---|---|---|---|"
+        if ids is not None:
+            head, rule = head + " task×seed bootstrap [95 %] |", rule + "---|"
+        lines = [f"#### {label} (`{key}`)", "", head, rule]
+        for r in mine:
+            p = "–" if r["p"] is None else f"{r['p']:.2g}"
+            cells = [str(r["generation"]), _num(r["b"]), _num(r["a"]),
+                     f"{_num(r['diff'], sign=True)} [{_num(r['lo'], sign=True)}, {_num(r['hi'], sign=True)}]", p,
+                     ", ".join(_num(d, sign=True) for d in r["per_seed_diff"])]
+            if ids is not None:
+                boot = r.get("bootstrap")
+                cells.append("–" if boot is None else f"[{boot[1]:+.1f}, {boot[2]:+.1f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _num(x: float, *, sign: bool = False) -> str:
+    return f"{x:+.3g}" if sign else f"{x:.3g}"

@@ -149,3 +149,37 @@ def test_loop_writes_the_kl_to_the_previous_model(tiny_base_model, tmp_path):
     timing = ("deploy_seconds", "train_seconds", "kl_prev_heldout", "kl_prev_heldout_se")
     for a, b in zip(on, off, strict=True):
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def test_paired_difference_by_hand():
+    """A − B per generation, paired by seed: the mean of the per-seed differences with its t-interval, the
+    task-and-seed bootstrap of the solved counts centred on the same difference, and the summary row over
+    generations 1..G; a seed only one run has is left out of the pairs."""
+    from iterdeploy_trl.drift import paired_difference
+    from iterdeploy_trl.stats import paired_t
+
+    def row(solved, length):
+        return {"solved": len(solved), "solved_task_ids": solved, "tasks": 10, "mean_valid_plan_length": length}
+
+    a = {(0, 0): row(["t1"], 2.0), (1, 0): row(["t1"], 2.0), (0, 1): row(["t1", "t2", "t3"], 3.0),
+         (1, 1): row(["t1", "t2"], 4.0), (2, 1): row(["t9"], 9.0)}
+    b = {(0, 0): row(["t1"], 2.0), (1, 0): row(["t1"], 2.0), (0, 1): row(["t1"], 3.5), (1, 1): row(["t2"], 3.0)}
+    rows = {(r["measure"], r["generation"]): r for r in paired_difference(a, b)}
+    g1 = rows["solved", 1]
+    assert g1["seeds"] == [0, 1] and g1["per_seed_diff"] == [2.0, 1.0] and g1["diff"] == pytest.approx(1.5)
+    assert (g1["lo"], g1["hi"]) == pytest.approx((paired_t([2.0, 1.0]).lo, paired_t([2.0, 1.0]).hi))
+    est, lo, hi = g1["bootstrap"]
+    assert est == pytest.approx(1.5) and lo <= 1.5 <= hi
+    assert rows["solved", 0]["diff"] == 0 and rows["solved", 0]["bootstrap"] == [0.0, 0.0, 0.0]
+    assert rows["mean_valid_plan_length", 1]["per_seed_diff"] == pytest.approx([-0.5, 1.0])
+    assert rows["solved", "1-1"]["diff"] == pytest.approx(1.5) and "bootstrap" not in rows["solved", "1-1"]
+
+
+def test_paired_needs_two_run_dirs(tmp_path, capsys):
+    from iterdeploy_trl.cli import main
+
+    assert main(["drift", str(tmp_path), "--paired", str(tmp_path / "p.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exactly two RUNDIRs" in err[0]
+    assert main(["drift", str(tmp_path / "a"), str(tmp_path / "b"), "--paired", str(tmp_path / "p.md")]) == 2
+    assert not (tmp_path / "p.md").exists()

@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-kl", action="store_true", help="skip the KL (it loads every generation's model)")
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="draw every run given into this PNG (a PDF beside it)")
+    p.add_argument("--paired", type=Path, metavar="MD",
+                   help="with exactly two RUNDIRs A B (the same seeds, one setting changed): write A − B per generation "
+                        "and measure, paired by seed (t-interval over seeds; a task-and-seed bootstrap for the solved "
+                        "counts), to this Markdown file and a JSON beside it; measures without the KL and writes "
+                        "nothing into the run directories")
     p.set_defaults(func=run)
 
 
@@ -25,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from iterdeploy_trl.drift import DriftError, measure_run
     from iterdeploy_trl.runio import write_jsonl
 
+    if args.paired:
+        return _paired(args)
     drawn = []
     for path in args.run_dirs:
         try:
@@ -41,4 +48,30 @@ def run(args: argparse.Namespace) -> int:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         for f in drift_figure(drawn, args.figure):
             print(f"wrote {f}")
+    return 0
+
+
+def _paired(args: argparse.Namespace) -> int:
+    """``--paired MD``: A − B of two run directories, paired by seed."""
+    import json
+
+    from iterdeploy_trl.drift import DriftError, paired_difference, paired_markdown, run_table
+    from iterdeploy_trl.rundir import RunDirError
+
+    if len(args.run_dirs) != 2:
+        print(f"iterdeploy drift: --paired needs exactly two RUNDIRs (A B), got {len(args.run_dirs)}", file=sys.stderr)
+        return 2
+    a, b = args.run_dirs
+    try:
+        rows = paired_difference(run_table(a), run_table(b))
+    except (DriftError, RunDirError) as exc:
+        print(f"iterdeploy drift: {exc}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"iterdeploy drift: {a} and {b} share no seed and generation to pair", file=sys.stderr)
+        return 2
+    args.paired.parent.mkdir(parents=True, exist_ok=True)
+    args.paired.write_text(paired_markdown(rows, a.name, b.name))
+    args.paired.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {args.paired} and {args.paired.with_suffix('.json')}")
     return 0
