@@ -50,19 +50,43 @@ def run(args: argparse.Namespace) -> int:
     if not is_main():
         return 0  # the main process reports
     for method, tuned in report.get("tuning", {}).items():
-        rates = ", ".join(f"{r['learning_rate']:g}: {r['solved_mean']:.1f}" for r in tuned["table"])
-        print(f"tuning {method} (seeds {tuned['seeds']}): {rates} -> {tuned['chosen']:g}")
-    print(f"{'method':<15} {'lr':>8} {'budget':>8} {'solved (95% CI)':>22} {'unanimous':>10} {'vs reference (95% CI, p)':>32}")
+        knobs = tuned.get("grid") or {"learning_rate": None}
+        points = ", ".join(" ".join(f"{k} {r[k]:g}" for k in knobs) + f": {r['solved_mean']:.1f}" for r in tuned["table"])
+        chosen = " ".join(f"{k} {v:g}" for k, v in (tuned.get("chosen_settings") or {"learning_rate": tuned["chosen"]}).items())
+        print(f"tuning {method} (seeds {tuned['seeds']}): {points} -> {chosen}" + (
+            f" (at the edge of its grid: {', '.join(tuned['edge_knobs'])})" if tuned.get("at_edge") else ""))
+    print(f"{'method':<24} {'lr':>8} {'budget':>8} {'held-out (95% CI)':>20} {'pool (95% CI)':>20} "
+          f"{'unanimous':>9}  vs {report['reference']} at the full budget (Holm p)")
     for method, rows in report["methods"].items():
         last = rows[-1]
-        lo, hi = last["solved_ci"]
-        diff = report["paired"].get(f"{method} - {report['reference']}")
-        vs = ""
-        if diff:
-            d = diff[-1]
-            p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3g}"
-            vs = f"{d['diff_mean']:+.1f} [{d['diff_ci'][0]:+.1f}, {d['diff_ci'][1]:+.1f}], p={p}"
-        print(f"{method:<15} {report['learning_rates'][method]:>8g} {last['samples_used']:>8} "
-              f"{last['solved_mean']:>8.1f} [{lo:6.1f}, {hi:6.1f}] {last['unanimous']:>10} {vs:>32}")
+        print(f"{method:<24} {report['learning_rates'][method]:>8g} {last['samples_used']:>8} "
+              f"{_mean_ci(last.get('heldout_solved_mean'), last.get('heldout_ci')):>20} "
+              f"{_mean_ci(last['solved_mean'], last['solved_ci']):>20} {last['unanimous']:>9}  "
+              f"{_versus(report['paired'].get(method + ' - ' + str(report['reference'])))}")
     print(f"wrote {args.out}/compare.json")
     return 0
+
+
+def _mean_ci(mean: float | None, ci: list[float] | None) -> str:
+    """'m [lo, hi]' at one decimal ('–' without a mean)."""
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def _versus(points: list[dict] | None) -> str:
+    """The paired difference at the last budget point per measure, with its seed-t interval and Holm-adjusted p
+    (a compare.json written before the measures: pool solved, raw p)."""
+    if not points:
+        return ""
+    d = points[-1]
+    if "diff_mean" in d:  # the layout before the measures
+        p = "n/a" if d.get("p_value") is None else f"{d['p_value']:.3g}"
+        return f"pool {d['diff_mean']:+.1f} [{d['diff_ci'][0]:+.1f}, {d['diff_ci'][1]:+.1f}], p={p}"
+    parts = []
+    for measure, name in (("heldout_solved", "held-out"), ("solved", "pool")):
+        m = d.get(measure)
+        if isinstance(m, dict):
+            p = "n/a" if m.get("p_holm") is None else f"{m['p_holm']:.3g}"
+            parts.append(f"{name} {m['diff_mean']:+.1f} [{m['t_ci'][0]:+.1f}, {m['t_ci'][1]:+.1f}], p={p}")
+    return "; ".join(parts)

@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "up to its last finished generation. OUT/results.md holds the numbers behind each figure.")
     p.add_argument("paths", nargs="+", type=Path, metavar="DIR", help="run, compare or theory directories")
     p.add_argument("--out", type=Path, required=True, help="directory for the figures and results.md")
+    p.add_argument("--page", type=Path, default=None, metavar="PAGE",
+                   help="with one finished compare directory: also write a draft of its results page (e.g. "
+                        "docs/results/compare-blocksworld.md) holding every table of compare.json and marked slots "
+                        "(WRITE:) for the question and what it shows; an existing PAGE is not written over")
     p.set_defaults(func=run)
 
 
@@ -28,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         print(f"iterdeploy figures: warning: {msg}", file=sys.stderr)
 
+    if getattr(args, "page", None) is not None:
+        return _page(args, warn)
     try:
         report = render_figures(args.paths, args.out, warn=warn)
     except FigureError as exc:
@@ -47,4 +53,28 @@ def run(args: argparse.Namespace) -> int:
     for d in report.figures:
         print(f"{d.kind:<20} {', '.join(str(f) for f in d.files)}")
     print(f"wrote {len(report.figures)} figures and {report.results}")
+    return 0
+
+
+def _page(args: argparse.Namespace, warn) -> int:
+    """``--page``: the figures of one compare directory and its results page draft."""
+    from iterdeploy_trl.figures import FigureError
+    from iterdeploy_trl.figures.compare_page import SLOT, write_page
+
+    if len(args.paths) != 1:
+        print(f"iterdeploy figures: --page takes one compare directory, got {len(args.paths)} paths "
+              f"({', '.join(map(str, args.paths))})", file=sys.stderr)
+        return 2
+    try:
+        page = write_page(args.paths[0], args.out, args.page, warn=warn)
+    except FigureError as exc:
+        print(f"iterdeploy figures: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"iterdeploy figures: cannot write {args.page} or under {args.out}: {exc}", file=sys.stderr)
+        return 2
+    for d in page.figures:
+        print(f"{d.kind:<20} {', '.join(str(f) for f in d.files)}")
+    print(f"wrote {page.path}: a draft; fill the slots marked {SLOT} (the question, the commit, what it shows and "
+          "does not show) before it is committed")
     return 0

@@ -162,8 +162,52 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                 f"in {overlap['pool_tasks']} tasks).")
         md.text("")
     tuning_md(report.get("tuning") or {}, md)
-    budgets_md(report.get("budgets") or {}, md)
+    budgets_md(report.get("budgets") or {}, md, report.get("tuning") or {})
     return Drawn(stem, "head_to_head", [ax_b.get_title(), ax_t.get_title(), ax_w.get_title()], files, sources)
+
+
+def fig_heldout(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
+    """Held-out tasks solved (the primary measure) vs the sampled-completion budget and vs wall-clock seconds,
+    95% CI over seeds, per arm (``heldout_solved_mean``, ``heldout_ci`` and ``wall_seconds_cumulative`` of
+    compare.json's rows)."""
+    fig, axes = new_figure(SINGLE, 4.6, 2, 1)
+    ax_b, ax_w = axes[0, 0], axes[1, 0]
+    drew_wall, n_held = False, None
+    for i, (arm, rows) in enumerate(cmp.methods.items()):
+        rows = sorted((r for r in rows if r.get("heldout_solved_mean") is not None), key=lambda r: r["generation"])
+        if not rows:
+            continue
+        colour = METHOD_COLOURS.get(arm, CYCLE[i % len(CYCLE)])
+        label = METHOD_LABELS.get(arm, arm)
+        n_held = rows[-1].get("heldout_tasks") or n_held
+        mean = [r["heldout_solved_mean"] for r in rows]
+        lo = [(r.get("heldout_ci") or [m, m])[0] for r, m in zip(rows, mean, strict=True)]
+        hi = [(r.get("heldout_ci") or [m, m])[1] for r, m in zip(rows, mean, strict=True)]
+        band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
+        walls = [r.get("wall_seconds_cumulative") for r in rows]
+        if all(w is not None for w in walls):
+            band(ax_w, walls, mean, lo, hi, colour, label)
+            drew_wall = True
+    ax_b.set_title("(a) held-out tasks solved vs sampling budget")
+    ax_b.set_xlabel("sampled completions used for learning")
+    ax_b.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    ax_w.set_title("(b) held-out tasks solved vs wall-clock time")
+    ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative)")
+    if not drew_wall:
+        ax_w.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center", transform=ax_w.transAxes)
+    for a in (ax_b, ax_w):
+        a.set_ylabel("held-out tasks solved" + (f" (of {n_held})" if n_held else ""))
+        count_y(a, False)
+    handles, labels = ax_b.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
+                   title=f"{cmp.domain}; 95% CI over seeds {', '.join(map(str, cmp.seeds))}", title_fontsize=6.5)
+    files = save(fig, out, stem)
+    md.section(f"Held-out tasks solved (the primary measure) — {cmp.label} ({cmp.domain})", files, [cmp.path],
+               ["Held-out tasks are never trained on. Mean over seeds with a two-sided 95% t interval (compare.json); "
+                "wall-clock seconds as in the head-to-head figure. The numbers are the held-out columns of the "
+                "head-to-head table."])
+    return Drawn(stem, "head_to_head_heldout", [ax_b.get_title(), ax_w.get_title()], files, [cmp.path])
 
 
 def _compare_json(cmp: Compare) -> dict[str, Any]:
@@ -182,8 +226,9 @@ def _compare_json(cmp: Compare) -> dict[str, Any]:
 
 
 def tuning_md(tuning: dict[str, Any], md: Markdown) -> None:
-    """The tuning table (every grid point of every arm, the chosen one marked) and, per arm whose chosen value
-    lies at an edge of its grid, a line saying so."""
+    """The tuning table (every grid point of every arm, the chosen one marked, its score per tuning seed), a
+    table per arm (its grid, number of runs, chosen value, whether it lies at a grid edge and for which knob)
+    and, per arm whose chosen value lies at an edge of its grid, a line saying so."""
     if not tuning:
         return
     rows = []
@@ -193,11 +238,19 @@ def tuning_md(tuning: dict[str, Any], md: Markdown) -> None:
             point = ", ".join(f"{k} {fmt(r.get(k))}" for k in knobs)
             chosen = all(r.get(k) == (t.get("chosen_settings") or {"learning_rate": t.get("chosen")}).get(k)
                          for k in knobs)
-            rows.append((arm, point, r.get("solved_mean"), r.get("heldout_solved_mean"), "chosen" if chosen else ""))
+            per_seed = ", ".join(fmt(v) for v in r.get("solved_per_seed") or []) or None
+            rows.append((arm, point, r.get("solved_mean"), per_seed, r.get("heldout_solved_mean"),
+                         r.get("wall_seconds"), "chosen" if chosen else ""))
     md.text("Tuning (on the tuning seeds and, where compare.json says so, a tuning pool of its own; the point with "
             "the most tuning-pool tasks solved at the full budget is chosen):")
     md.text("")
-    md.table(["arm", "grid point", "pool solved (mean)", "held-out solved", ""], rows)
+    md.table(["arm", "grid point", "pool solved (mean)", "per tuning seed", "held-out solved", "wall s", ""], rows)
+    md.table(["arm", "grid", "runs", "tuning seeds", "chosen", "chosen at a grid edge"],
+             [(arm, " × ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in (t.get("grid") or {}).items()),
+               t.get("runs", len(t.get("table", []))), ", ".join(map(str, t.get("seeds", []))) or None,
+               ", ".join(f"{k} {v:g}" for k, v in (t.get("chosen_settings") or {}).items()) or None,
+               f"yes ({', '.join(t.get('edge_knobs', []))})" if t.get("at_edge") else "no")
+              for arm, t in tuning.items()])
     for arm, t in tuning.items():
         if t.get("at_edge"):
             md.text(f"- {arm}: the chosen {', '.join(t.get('edge_knobs', []))} lies at an edge of its grid; a value "
@@ -205,16 +258,29 @@ def tuning_md(tuning: dict[str, Any], md: Markdown) -> None:
     md.text("")
 
 
-def budgets_md(budgets: dict[str, Any], md: Markdown) -> None:
-    """Each arm's budget in every unit (compare.json's ``budgets``)."""
+def budgets_md(budgets: dict[str, Any], md: Markdown, tuning: dict[str, Any] | None = None) -> None:
+    """Each arm's budget in every unit (compare.json's ``budgets``), its wall seconds per phase as measured (with
+    ``tuning``, compare.json's tuning table: the seconds of the arm's tuning runs) and the machines that measured
+    them."""
     if not budgets:
         return
-    md.text("Budgets per arm, summed over seeds (validation runs inside deployment):")
+    tuning = tuning or {}
+    md.text("Budgets per arm, summed over seeds (generated completions: every deployment, evaluation included, and "
+            "the completions an online arm samples inside its trainer; wall seconds per phase as measured when each "
+            "generation ran; validation runs inside deployment, so its seconds are part of deploy s):")
     md.text("")
     md.table(["arm", "sampled completions", "optimizer steps", "training tokens", "generated completions",
-              "deploy s", "train s", "evaluate s", "total s"],
+              "deploy s", "train s", "evaluate s", "total s", "tuning s", "validation s", "measured on"],
              [(arm, b["sampled_completions"], b["optimizer_steps"], b["training_tokens"], b["generated_completions"],
-               b["seconds"]["deploy"], b["seconds"]["train"], b["seconds"]["evaluate"], b["seconds"]["total"])
+               b["seconds"]["deploy"], b["seconds"]["train"], b["seconds"]["evaluate"], b["seconds"]["total"],
+               tuning_seconds(tuning.get(arm)), b["seconds"].get("validate"), ", ".join(b.get("machines") or []) or None)
               for arm, b in budgets.items()])
     md.text("")
 
+
+def tuning_seconds(arm_tuning: dict[str, Any] | None) -> float | None:
+    """The wall seconds of one arm's tuning runs as measured (the sum of its tuning table's ``wall_seconds``;
+    None: the arm was not tuned)."""
+    if not arm_tuning or not arm_tuning.get("table"):
+        return None
+    return round(sum(float(r.get("wall_seconds") or 0.0) for r in arm_tuning["table"]), 1)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from iterdeploy_trl.figures.compare import fig_head_to_head
+from iterdeploy_trl.figures.compare import fig_head_to_head, fig_heldout
 from iterdeploy_trl.figures.markdown import Drawn, FigureReport, Markdown, slug, unique_stem
 from iterdeploy_trl.figures.run_traces import fig_plan_lengths, fig_tokens
 from iterdeploy_trl.figures.runs import fig_ablation, fig_pool_vs_heldout, fig_solved
@@ -73,6 +73,7 @@ def _draw_all(runs: list[Run], compares: list[Compare], theories: list[Theory], 
         same = sum(1 for o in compares if o.domain == c.domain) > 1
         stem = f"head_to_head-{c.domain}" + (f"-{slug(c.label)}" if same else "")
         drawn.append(fig_head_to_head(c, out, unique_stem(stem, taken), md))
+        drawn.append(fig_heldout(c, out, unique_stem(stem.replace("head_to_head", "head_to_head_heldout", 1), taken), md))
 
     for i, th in enumerate(theories):
         suffix = f"-{i + 1}" if len(theories) > 1 else ""
