@@ -192,7 +192,7 @@ def load_run(path: str | Path) -> Run:
 
 def load_compare(path: str | Path) -> Compare:
     """Read a compare directory; without ``compare.json`` (still running) the statistics are computed
-    from its method runs (``compare.compare_statistics``) over the generations every seed finished."""
+    from its method runs (``compare_stats.compare_statistics``) over the generations every seed finished."""
     from iterdeploy_trl.methods import names as method_names
 
     path = Path(path)
@@ -207,7 +207,7 @@ def load_compare(path: str | Path) -> Compare:
                        data["methods"], data.get("paired", {}), data.get("reference"), runs, True)
     if not runs:
         raise FigureError(f"{path} is not a compare directory (no compare.json, no method run directory)")
-    from iterdeploy_trl.compare import compare_statistics
+    from iterdeploy_trl.compare_stats import compare_statistics
     from iterdeploy_trl.metrics import aggregate
 
     summaries = {}

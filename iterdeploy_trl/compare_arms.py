@@ -1,0 +1,142 @@
+"""The arms of the head-to-head and their run configs: an arm is a method or ``METHOD@CURATION``; its run config
+holds the shared settings and its method's own section only (:func:`method_config`), with one tuning knob set
+(:func:`with_setting`, :func:`apply_settings`) from its grid (:func:`arm_grid`). Generation 0 is the same for every
+arm of a seed with the same deployment settings (:func:`deployment_key`): it is deployed once and its chunks are
+copied into the later arms and tuning runs (:func:`reuse_generation_zero`, :func:`register_generation_zero`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from iterdeploy_trl import dist, rundir
+from iterdeploy_trl import methods as registry
+from iterdeploy_trl.config import SFT_METHODS, RunConfig, TrainingConfig, config_hash, split_arm
+from iterdeploy_trl.errors import ConfigError
+from iterdeploy_trl.runio import read_rows, write_json
+
+LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
+
+
+def method_config(cfg: RunConfig, method: str) -> RunConfig:
+    """The run config of one method in the comparison: the shared settings of ``cfg`` and the method's
+    own section only (so a method's run directory, and its hash, hold nothing another method reads). A
+    setting of ``methods.SFT_KEYS`` that the method does not read (``Method.reads``: REINFORCE, which curates
+    nothing and trains online, reads none) is set to its default; a method that runs with one curation only
+    (``Method.required_curation``) gets it, the others ``shortest`` where ``cfg`` says ``none``. ``method`` may be
+    an arm ``METHOD@CURATION`` (``valid-sft@random-valid``): that method with that curation rule."""
+    arm = method
+    method, arm_curation = split_arm(arm)
+    m = registry.get(method)
+    changes: dict[str, Any] = dict(method=method, name=f"{cfg.name}/{arm}", tuning=None,
+                                   **{o.section: getattr(cfg, o.section) if o is m else None
+                                      for o in registry.with_section()})
+    run, sft = RunConfig(), TrainingConfig()
+    training = {key.split(".")[1]: getattr(sft, key.split(".")[1]) for key in registry.SFT_KEYS
+                if key.startswith("training.") and key not in m.reads}
+    changes.update({key: getattr(run, key) for key in registry.SFT_KEYS if "." not in key and key not in m.reads})
+    if training:
+        changes.update(training=dataclasses.replace(cfg.training, **training))
+    if m.required_curation is not None:
+        changes.update(curation=m.required_curation)
+    elif "curation" in m.reads:
+        changes.update(curation=arm_curation or ("shortest" if cfg.curation == "none" else cfg.curation))
+    return dataclasses.replace(cfg, **changes).check()
+
+
+def with_learning_rate(cfg: RunConfig, method: str, lr: float) -> RunConfig:
+    """``cfg`` with ``method``'s learning rate set to ``lr`` (its section's ``learning_rate`` where it has one,
+    e.g. ``reinforce.learning_rate``; else ``training.learning_rate``). ``method`` may be an arm."""
+    m = registry.get(split_arm(method)[0])
+    if m.own_learning_rate:
+        return dataclasses.replace(cfg, **{m.section: dataclasses.replace(m.settings_of(cfg), learning_rate=lr)})
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, learning_rate=lr))
+
+
+def with_setting(cfg: RunConfig, arm: str, knob: str, value: float) -> RunConfig:
+    """``cfg`` with one tuning knob of ``arm`` set: ``learning_rate`` (:func:`with_learning_rate`), a field of
+    the arm's method section (``prompts_per_step`` of the RL arms) or of ``training`` (``batch_size`` of the SFT
+    arms); a ``ConfigError`` naming ``tuning.grids.<arm>.<knob>`` for any other."""
+    if knob == "learning_rate":
+        return with_learning_rate(cfg, arm, float(value))
+    m = registry.get(split_arm(arm)[0])
+    if m.settings is not None and knob in {f.name for f in dataclasses.fields(m.settings)}:
+        return dataclasses.replace(cfg, **{m.section: dataclasses.replace(m.settings_of(cfg), **{knob: int(value)})})
+    if m.curates and knob in {f.name for f in dataclasses.fields(TrainingConfig)}:
+        return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **{knob: int(value)}))
+    own = f"{m.section}'s fields" if m.section else "training's fields (the SFT arms' batch_size)"
+    raise ConfigError(f"tuning.grids.{arm}.{knob}: {split_arm(arm)[0]} has no such setting; a grid holds "
+                      f"learning_rate and one of {own}")
+
+
+def arm_grid(cfg: RunConfig, arm: str) -> dict[str, list[float]]:
+    """The tuning grid of ``arm``: ``tuning.grids[arm]``, else its method's list of candidate learning rates
+    (``Method.tuning_key``); empty: not tuned (it keeps its configured settings)."""
+    tuning = cfg.tuning
+    if tuning is None:
+        return {}
+    if tuning.grids and arm in tuning.grids:
+        return {k: list(v) for k, v in tuning.grids[arm].items()}
+    rates = getattr(tuning, registry.get(split_arm(arm)[0]).tuning_key)
+    return {"learning_rate": list(rates)} if rates else {}
+
+
+def apply_settings(cfg: RunConfig, arm: str, point: dict[str, float]) -> RunConfig:
+    """``cfg`` with every knob of a grid ``point`` set for ``arm``."""
+    for knob, value in point.items():
+        cfg = with_setting(cfg, arm, knob, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------- generation 0, deployed once
+
+
+def deployment_key(cfg: RunConfig) -> str:
+    """What generation 0's deployment depends on (the base model, the tasks, the sampler, the validator, the
+    chunking): arms and tuning points with equal keys deploy the same traces there, seed by seed."""
+    data = cfg.to_dict()
+    keys = ("domain", "tasks", "model", "sampling", "validator", "chunk_size", "validation_timeout")
+    return hashlib.sha256(json.dumps({k: data.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reuse_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str, int], Path],
+                          log=print) -> dict[str, Any]:
+    """Copy generation 0's trace chunks of an earlier arm (``sources``: (deployment key, seed) -> its gen_00
+    directory) into ``run_out`` where this run has none yet, each record's run name and method set to this
+    run's (what its own deployment would have written: same model, tasks, seed, chunk seeds). The loop's resume
+    keeps chunks on disk, so it deploys generation 0 no more. Returns per seed the source and the seconds its
+    deployment took there (the time saved)."""
+    from iterdeploy_trl.traces import read_traces, write_traces
+
+    key, reused = deployment_key(cfg), {}
+    for seed in cfg.seeds:
+        src = sources.get((key, seed))
+        target = rundir.gen_dir(rundir.seed_dir(run_out, seed), 0)
+        if src is None or rundir.chunk_files(target) or not dist.is_main():
+            continue
+        resolved = rundir.resolved_config(run_out)
+        if not resolved.exists():  # what the loop writes when it starts a run directory
+            run_out.mkdir(parents=True, exist_ok=True)
+            write_json(resolved, {"hash": config_hash(cfg), "config": cfg.to_dict()})
+        rundir.traces_dir(target).mkdir(parents=True, exist_ok=True)
+        for path in rundir.chunk_files(src):
+            records = [dataclasses.replace(r, run=cfg.name, method=cfg.method) for r in read_traces(path)]
+            write_traces(rundir.traces_dir(target) / path.name, records)
+        rows = read_rows(rundir.metrics(src.parent)) if rundir.metrics(src.parent).exists() else []
+        saved = next((float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0), 0.0)
+        reused[str(seed)] = {"from": str(src), "saved_seconds": saved}
+        log(f"[compare] seed {seed}: generation 0 of {run_out.name} reused from {src} (its deployment: {saved:.1f} s)")
+    dist.barrier()  # the other processes deploy their share of generation 0 only after the copies are in place
+    return reused
+
+
+def register_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str, int], Path]) -> None:
+    """Make ``run_out``'s finished generation-0 deployments the source of later arms with the same key."""
+    key = deployment_key(cfg)
+    for seed in cfg.seeds:
+        gdir = rundir.gen_dir(rundir.seed_dir(run_out, seed), 0)
+        if rundir.chunk_files(gdir):
+            sources.setdefault((key, seed), gdir)
