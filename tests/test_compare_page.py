@@ -245,3 +245,38 @@ def test_no_results_page_is_a_draft():
     drafts = [p.name for p in (ROOT / "docs" / "results").glob("*.md") if SLOT in p.read_text()
               or DRAFT_NOTE in p.read_text()]
     assert not drafts, f"results pages with unfilled {SLOT} slots or the draft note: {drafts}"
+
+
+@pytest.mark.parametrize("domain", ["blocksworld", "spanner"])
+def test_the_protocol_configs_hold_what_issue_24_asks(domain, tmp_path):
+    """experiments/compare_<domain>.yaml: at least 5 result seeds, 200 pool + 50 held-out tasks, no held-out
+    problem in the pool, every arm the issue names (REINFORCE at 4 or more prompts a step at every grid point),
+    the same number of tuning runs per arm, and a tuning pool that shares no problem with the reported tasks
+    (written as iterdeploy compare writes it, compared here by problem text)."""
+    from iterdeploy_trl.compare import (
+        check_tuning,
+        check_tuning_pool,
+        problem_key,
+        split_overlap,
+        write_tuning_pool,
+    )
+    from iterdeploy_trl.config import load_config
+    from iterdeploy_trl.tasks import generate_tasks, load_task_set
+
+    cfg = load_config(ROOT / "experiments" / f"compare_{domain}.yaml", check_paths=False)
+    assert cfg.domain == domain and len(cfg.seeds) >= 5 and cfg.tasks.n >= 200 and cfg.tasks.heldout >= 50
+    arms = {"valid-sft", "iw-sft", "uncurated-sft", "reinforce", "rloo", "grpo", "expert-iteration",
+            "valid-sft@random-valid", "valid-sft@all-valid"}
+    assert arms <= set(cfg.compare_methods)
+    assert cfg.reinforce_settings.prompts_per_step >= 4 and cfg.reinforce_settings.baseline == "none"
+    assert min(cfg.tuning.grids["reinforce"]["prompts_per_step"]) >= 4
+    assert not set(cfg.tuning.seeds) & set(cfg.seeds)
+    check_tuning(cfg, cfg.compare_methods)  # raises unless every arm gets the same number of tuning runs
+    assert split_overlap(cfg)["heldout_tasks_in_pool"] == 0
+    root = write_tuning_pool(cfg, tmp_path)
+    assert check_tuning_pool(cfg, root)["disjoint"] is True
+    size = tuple(cfg.tasks.size)
+    reported = {problem_key(t.problem) for t in generate_tasks(domain, cfg.tasks.n + cfg.tasks.heldout, cfg.tasks.seed,
+                                                                size=size, distinct=True)}
+    tuning = [problem_key(t.problem) for t in load_task_set(root).tasks]
+    assert len(tuning) == cfg.tuning.n + cfg.tuning.heldout and not set(tuning) & reported
