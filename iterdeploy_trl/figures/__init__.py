@@ -14,8 +14,10 @@ file (stem)                                 from
 ``tokens-<domain>-<run>``                  a run dir's traces: reasoning and completion tokens per trace
 ``curation_ablation-<domain>``             curated and uncurated runs (two run dirs, or a compare dir's
                                            valid-sft and uncurated-sft): solved, training-set sizes
-``head_to_head-<domain>[-<compare>]``      a compare dir: solved vs sampled completions and vs training
-                                           tokens, 95% CIs, for every method it holds
+``head_to_head-<domain>[-<compare>]``      a compare dir: pool solved vs sampled completions, vs training
+                                           tokens and vs wall-clock seconds, 95% CIs, for every arm it holds
+``head_to_head_heldout-<domain>[-<cmp>]``  a compare dir: held-out solved (the primary measure) vs sampled
+                                           completions and vs wall-clock seconds
 ``theory-cosine_vs_n``                     theory.json: cosine vs samples per prompt, per estimator
 ``theory-same_samples``                    theory.json: same-sample cosines by normalisation and baseline
 =========================================  ==========================================================
@@ -27,7 +29,8 @@ progress is drawn up to its last finished generation, marked in the legend and i
 
 The package, one module a concern: ``sources`` (reading the directories), ``style`` (look and axis
 helpers), ``markdown`` (``results.md``), one module per figure family (``runs``, ``run_traces``,
-``compare``, ``theory``, ``audit``) and ``render`` (the driver).
+``compare``, ``theory``, ``audit``), ``render`` (the driver) and ``compare_page`` (``iterdeploy figures CMP --out
+FIG --page PAGE``: a finished comparison's figures and the draft of its results page, every table of compare.json).
 """
 
 from __future__ import annotations
