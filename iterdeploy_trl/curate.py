@@ -64,7 +64,9 @@ def training_rows(traces: Sequence[TraceRecord]) -> list[dict[str, Any]]:
     ``behaviour_logprob`` (IW-SFT's log β), and, where the trace recorded them, ``prompt_ids`` and
     ``completion_ids``: the tokens that were sampled, to be trained on as they are (no re-tokenisation,
     no EOS appended: a completion that sampled EOS has it in ``completion_ids``, a truncated one has none).
-    Traces from before the ids were recorded give rows without the two id columns."""
+    Traces from before the ids were recorded give rows without the two id columns. These rows are the
+    curated set as written to ``train.jsonl``; ``training.trainer_rows`` turns them into the trainer's dataset
+    rows (one conversion, where ``training.max_length`` applies)."""
     rows = []
     for t in traces:
         row: dict[str, Any] = {"prompt": t.prompt, "completion": t.completion,

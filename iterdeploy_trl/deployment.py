@@ -19,7 +19,15 @@ from iterdeploy_trl.deploy import Backend, batch_seed
 from iterdeploy_trl.errors import RunError
 from iterdeploy_trl.faults import fault, note_chunk
 from iterdeploy_trl.runio import read_rows, write_jsonl
-from iterdeploy_trl.traces import TraceRecord, read_traces, write_traces
+from iterdeploy_trl.traces import (
+    Asked,
+    Provenance,
+    Sampled,
+    TraceRecord,
+    TraceVerdict,
+    read_traces,
+    write_traces,
+)
 
 
 def prompt_for(cfg: RunConfig, domain_pddl: str, task: Any, tokenizer: Any = None) -> str:
@@ -63,22 +71,20 @@ def deploy_chunk(cfg: RunConfig, backend: Backend, domain_pddl: str, tasks: Sequ
                 "samples_per_task": s.samples_per_task, "backend": s.backend}
     # The prompt tokens as both backends feed them (special tokens included, no padding).
     prompt_ids = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)} if tok is not None else {}
+    provenance = Provenance(run=run_name, method=method, generation=generation, seed=seed, model=model_id)
     records = []
-    for (task, prompt, k, comp), ext, verdict in zip(flat, extractions, verdicts, strict=True):
-        records.append(TraceRecord(
-            run=run_name, method=method, generation=generation, seed=seed, split=split, task_id=task.id,
-            sample_index=k, domain=cfg.domain, prompt=prompt, completion=comp.text, plan="\n".join(ext.actions),
-            plan_length=verdict.plan_length, valid=bool(verdict.valid), reason=verdict.reason,
-            reasoning_tokens=comp.reasoning_tokens, completion_tokens=comp.completion_tokens,
-            truncated=comp.truncated, behaviour_logprob=comp.behaviour_logprob,
-            reference_length=task.reference_length, model=model_id, sampling=sampling, validator=validator,
-            completion_ids=list(comp.token_ids) if comp.token_ids else None, stop_token_id=comp.stop_token_id,
-            prompt_ids=prompt_ids.get(prompt),
+    for i, ((task, prompt, k, comp), ext, verdict) in enumerate(zip(flat, extractions, verdicts, strict=True)):
+        records.append(TraceRecord.of(
+            Asked(task_id=task.id, split=split, domain=cfg.domain, prompt=prompt,
+                  reference_length=task.reference_length, prompt_ids=prompt_ids.get(prompt)),
+            Sampled(sample_index=k, completion=comp.text, reasoning_tokens=comp.reasoning_tokens,
+                    completion_tokens=comp.completion_tokens, truncated=comp.truncated,
+                    behaviour_logprob=comp.behaviour_logprob, sampling=sampling,
+                    completion_ids=list(comp.token_ids) if comp.token_ids else None,
+                    stop_token_id=comp.stop_token_id),
+            _trace_verdict(ext, verdict, None if exact is None else exact[i], validator),
+            provenance,
         ))
-    if exact is not None:  # a blind spot: both verdicts in the record (``valid`` is the one trained on)
-        records = [dataclasses.replace(rec, exact_valid=bool(ex.valid), validators={
-            "train": train.to_dict(raw_output=False), "exact": ex.to_dict(raw_output=False)})
-            for rec, train, ex in zip(records, verdicts, exact, strict=True)]
     return records
 
 
@@ -113,13 +119,20 @@ def _rejudged(cfg: RunConfig, domain_pddl: str, records: Sequence[TraceRecord], 
                                           [r.completion for r in records])
     out = []
     for i, (rec, ext, verdict) in enumerate(zip(records, extractions, verdicts, strict=True)):
-        rec = dataclasses.replace(rec, plan="\n".join(ext.actions), plan_length=verdict.plan_length,
-                                  valid=bool(verdict.valid), reason=verdict.reason, validator=validator)
-        if exact is not None:
-            rec = dataclasses.replace(rec, exact_valid=bool(exact[i].valid), validators={
-                "train": verdict.to_dict(raw_output=False), "exact": exact[i].to_dict(raw_output=False)})
-        out.append(rec)
+        again = _trace_verdict(ext, verdict, None if exact is None else exact[i], validator)
+        if exact is None:  # no blind spot now: the record's exact verdict, if it had one, is kept
+            again = dataclasses.replace(again, exact_valid=rec.exact_valid, validators=rec.validators)
+        out.append(rec.judged(again))
     return out
+
+
+def _trace_verdict(ext: Any, verdict: Any, exact: Any, validator: dict[str, Any]) -> TraceVerdict:
+    """A trace's verdict from its extraction and VAL's verdict (``exact``: the exact verdict, with a blind
+    spot; ``None`` without one): ``valid`` is the verdict trained on, both verdicts in ``validators``."""
+    both = {} if exact is None else {"exact_valid": bool(exact.valid), "validators": {
+        "train": verdict.to_dict(raw_output=False), "exact": exact.to_dict(raw_output=False)}}
+    return TraceVerdict(plan="\n".join(ext.actions), plan_length=verdict.plan_length, valid=bool(verdict.valid),
+                        reason=verdict.reason, validator=validator, **both)
 
 
 def current_validator(cfg: RunConfig, domain_pddl: str) -> dict[str, Any]:

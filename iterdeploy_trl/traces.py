@@ -29,8 +29,71 @@ class TraceFormatError(ValueError):
 
 
 @dataclass(frozen=True)
+class Asked:
+    """What was asked: the task (``task_id`` of the ``split``, ``domain``, its ``reference_length``) and the
+    prompt given to the backend (``prompt``; ``prompt_ids``: its tokens as fed to the model)."""
+
+    task_id: str
+    split: str
+    domain: str
+    prompt: str
+    reference_length: int | None
+    prompt_ids: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """What was sampled: sample ``sample_index`` of the K of the task, its text and tokens exactly as sampled
+    (``completion_ids``, the stop token included; ``stop_token_id`` ``None`` when ``truncated``), their counts,
+    log β(y|x) (``behaviour_logprob``) and the sampler's settings (``sampling``)."""
+
+    sample_index: int
+    completion: str
+    reasoning_tokens: int
+    completion_tokens: int
+    truncated: bool
+    behaviour_logprob: float
+    sampling: dict[str, Any]
+    completion_ids: list[int] | None = None
+    stop_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TraceVerdict:
+    """The verdict: the extracted ``plan``, VAL's ``valid``/``reason``/``plan_length``, the ``validator`` that
+    judged it, and with a blind spot the exact verdict (``exact_valid``, ``validators``)."""
+
+    plan: str
+    plan_length: int
+    valid: bool
+    reason: str
+    validator: dict[str, Any]
+    exact_valid: bool | None = None
+    validators: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where it came from: the ``run``, its ``method``, the ``generation`` and run ``seed``, and the ``model``
+    deployed."""
+
+    run: str
+    method: str
+    generation: int
+    seed: int
+    model: str
+
+
+# The record's four groups, each a record of its own (TraceRecord.asked, .sampled, .verdict, .provenance); every
+# field of the file is in exactly one of them (tests/test_traces.py).
+GROUPS: dict[str, type] = {"asked": Asked, "sampled": Sampled, "verdict": TraceVerdict, "provenance": Provenance}
+
+
+@dataclass(frozen=True)
 class TraceRecord:
-    """One sampled completion, its verdict and where it came from.
+    """One sampled completion, its verdict and where it came from: one line of a trace file, its fields
+    the file's keys in the file's order. Grouped: :attr:`asked`, :attr:`sampled`, :attr:`verdict`,
+    :attr:`provenance` (:data:`GROUPS`); :meth:`of` builds a record from the four groups.
 
     Identity: ``run`` (the run's name), ``method`` (valid-sft, iw-sft, uncurated-sft, reinforce, or
     ``evaluate``), ``generation`` (0: the base model), ``seed`` (the run seed), ``split`` (``pool`` or
@@ -85,6 +148,38 @@ class TraceRecord:
     exact_valid: bool | None = None
     validators: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, asked: Asked, sampled: Sampled, verdict: TraceVerdict, provenance: Provenance) -> TraceRecord:
+        """The record of a sample from its four groups."""
+        return cls(**_fields_of(asked), **_fields_of(sampled), **_fields_of(verdict), **_fields_of(provenance))
+
+    @property
+    def asked(self) -> Asked:
+        """What was asked: task and prompt."""
+        return self._group(Asked)
+
+    @property
+    def sampled(self) -> Sampled:
+        """What was sampled: the completion, its tokens and behaviour log-prob, the sampler's settings."""
+        return self._group(Sampled)
+
+    @property
+    def verdict(self) -> TraceVerdict:
+        """The validator's verdict on the completion's plan."""
+        return self._group(TraceVerdict)
+
+    @property
+    def provenance(self) -> Provenance:
+        """Run, method, generation, seed and model of the sample."""
+        return self._group(Provenance)
+
+    def _group(self, group: type) -> Any:
+        return group(**{f.name: getattr(self, f.name) for f in dataclasses.fields(group)})
+
+    def judged(self, verdict: TraceVerdict) -> TraceRecord:
+        """This sample with another verdict (judged again), the rest kept."""
+        return dataclasses.replace(self, **_fields_of(verdict))
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready mapping (the file's field names)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -103,6 +198,11 @@ class TraceRecord:
             if not _is(value, _FIELDS[name]):
                 raise TraceFormatError(f"{where}: field {name!r} is {value!r}, expected {_FIELDS[name]}")
         return cls(**data)
+
+
+def _fields_of(group: Any) -> dict[str, Any]:
+    """A group's fields by name (a shallow mapping: the values themselves, not copies)."""
+    return {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
 
 
 _HINTS = typing.get_type_hints(TraceRecord)

@@ -190,7 +190,8 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     place when done).
 
     ``init_from``: start from this generation's model instead of the base (``training.init: previous``).
-    Rows longer than ``training.max_length`` tokens are left out (a cut trace would teach a cut plan);
+    ``trainer_rows`` converts the rows for the trainer and leaves out those longer than ``training.max_length``
+    tokens (a cut trace would teach a cut plan; counted in ``overlong_skipped``);
     ``training.validation_fraction`` of the tasks are held out and their eval loss logged each epoch.
     Under several processes every process trains (DDP, the config's global batch split over them) and
     the main process saves. Returns training statistics (traces, steps, tokens, losses, seconds), also in
@@ -207,7 +208,7 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     tcfg = cfg.training
     batch_size, accumulation = process_batch(tcfg.batch_size, tcfg.gradient_accumulation_steps)
     model, tok, peft_config = _trainable_model(cfg, base, init_from)
-    fitting = [r for r, n in zip(rows, row_tokens(tok, rows), strict=True) if n <= tcfg.max_length]
+    fitting, overlong = trainer_rows(rows, tok, tcfg.max_length)
     if not fitting:
         raise RunError(f"every one of the {len(rows)} training traces is longer than training.max_length="
                        f"{tcfg.max_length} tokens (prompt + completion + EOS): raise training.max_length")
@@ -218,17 +219,14 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     common = dict(
         common_args(cfg, tmp, seed=seed, batch_size=batch_size, accumulation=accumulation,
                      learning_rate=tcfg.learning_rate),
-        num_train_epochs=tcfg.epochs, max_length=tcfg.max_length,
+        # training.max_length was applied once, by trainer_rows: the trainer neither filters nor truncates again
+        num_train_epochs=tcfg.epochs, max_length=None,
         logging_steps=max(1, len(rows) // (tcfg.batch_size * 4) or 1),
     )
     if eval_rows:
         common.update(eval_strategy="epoch", per_device_eval_batch_size=tcfg.batch_size)
     args, trainer_cls, extra = (method.build_trainer or valid_trace_trainer)(cfg, common)
-    columns = ("prompt", "completion", *extra)
-    # The sampled tokens (contract: trained on as they are, no re-tokenisation, no EOS appended), where every
-    # row has them; rows of trace files from before the ids were recorded train on their text.
-    if all(r.get("prompt_ids") is not None and r.get("completion_ids") is not None for r in rows):
-        columns += ("prompt_ids", "completion_ids")
+    columns = [k for k in fitting[0] if k in (*TRAINER_INPUTS, *extra)]  # the model's inputs and the method's own
 
     def dataset(part: list[dict[str, Any]]) -> Dataset:
         return Dataset.from_list([{k: r[k] for k in columns} for r in part])
@@ -245,7 +243,7 @@ def train_generation(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out
     stats = {"train_traces": len(train_rows), "train_steps": int(result.global_step),
              "train_loss": float(result.training_loss), "train_seconds": round(time.time() - t0, 2),
              "train_completion_tokens": int(sum(completion_tokens(tok, train_rows)) * tcfg.epochs),
-             "overlong_skipped": len(rows) - len(fitting), "eval_traces": len(eval_rows),
+             "overlong_skipped": overlong, "eval_traces": len(eval_rows),
              "eval_loss": eval_losses[-1] if eval_losses else None, "eval_loss_per_epoch": eval_losses,
              "validation": split_note, "grad_clip": clip.summary()}
     if method.trained_stats is not None:
@@ -373,22 +371,58 @@ def _train_online(cfg: RunConfig, base: Path, rows: list[dict[str, Any]], out_di
     return stats
 
 
-def row_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Tokens of each prompt-completion row: its ``prompt_ids`` + ``completion_ids`` where recorded, else
-    the text as TRL's SFT tokenises it (prompt + completion + EOS)."""
+# The columns of trainer_rows' rows the trainers read as model inputs: TRL's pre-tokenised form, or the text
+TRAINER_INPUTS = ("input_ids", "completion_mask", "prompt", "completion")
+_TEXT_AND_IDS = ("prompt", "completion", "prompt_ids", "completion_ids")
+
+
+def trainer_rows(rows: Sequence[dict[str, Any]], tok: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The one conversion of a generation's training set (``curate.training_rows``' rows, as written to
+    ``train.jsonl``) into the rows of the trainer's dataset, and the one place ``training.max_length`` is
+    applied: ``(rows that fit, how many did not)``. A row longer than ``max_length`` tokens is left out (a cut
+    trace would teach a cut plan); the trainer is given ``max_length=None`` and neither filters nor truncates.
+
+    Where every row has the sampled tokens, a row becomes TRL's pre-tokenised form: ``input_ids`` =
+    ``prompt_ids`` + ``completion_ids`` (trained on as sampled: no re-tokenisation, no EOS appended; a sample
+    that ended with EOS has it) and ``completion_mask`` (1 on the completion), its length that of
+    ``input_ids``. Otherwise (trace files from before the ids were recorded) each row keeps ``prompt`` and
+    ``completion`` for TRL to tokenise, its length counted as TRL tokenises it (prompt + completion + EOS).
+    The row's other fields (``task_id``: the validation split's key; ``behaviour_logprob``: IW-SFT's) are kept."""
+    with_ids = bool(rows) and all(r.get("prompt_ids") is not None and r.get("completion_ids") is not None
+                                  for r in rows)
+    out = []
+    for r, n in zip(rows, _ids_tokens(rows) if with_ids else _text_tokens(tok, rows), strict=True):
+        if n > max_length:
+            continue
+        other = {k: v for k, v in r.items() if k not in _TEXT_AND_IDS}
+        if with_ids:
+            prompt, completion = list(r["prompt_ids"]), list(r["completion_ids"])
+            if not prompt or not completion:
+                raise RunError(f"the training row of task {r.get('task_id')} has prompt_ids={prompt!r} and "
+                               f"completion_ids={completion!r}: a trace's token ids must be non-empty lists; "
+                               "delete its train.jsonl and the traces it came from to sample them again")
+            out.append({**other, "input_ids": prompt + completion,
+                        "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+        else:
+            out.append({"prompt": r["prompt"], "completion": r["completion"], **other})
+    return out, len(rows) - len(out)
+
+
+def _ids_tokens(rows: Sequence[dict[str, Any]]) -> list[int]:
+    return [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows]
+
+
+def _text_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Tokens of each text row as TRL's SFT tokenises it: prompt + completion + EOS (none added twice)."""
+    if not rows:
+        return []
     eos = tok.eos_token or ""
-    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows
-             if r.get("completion_ids") is None or r.get("prompt_ids") is None]
-    from_text = iter(len(ids) for ids in tok(texts)["input_ids"]) if texts else iter(())
-    return [len(r["prompt_ids"]) + len(r["completion_ids"])
-            if r.get("completion_ids") is not None and r.get("prompt_ids") is not None else next(from_text)
-            for r in rows]
+    texts = [r["prompt"] + r["completion"] + ("" if r["completion"].endswith(eos) else eos) for r in rows]
+    return [len(ids) for ids in tok(texts)["input_ids"]]
 
 
 def completion_tokens(tok: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Completion tokens of each training row: its sampled ``completion_ids`` where recorded (EOS
+    """Completion tokens of each of ``trainer_rows``' rows: its sampled completion's (``completion_mask``, EOS
     included when sampled), else the re-tokenised completion text."""
-    return [len(r["completion_ids"]) if r.get("completion_ids") is not None
+    return [sum(r["completion_mask"]) if "completion_mask" in r
             else len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows]
-
-

@@ -17,7 +17,7 @@ from iterdeploy_trl.deployment import deploy_chunk, prompt_for
 from iterdeploy_trl.domains import domain_pddl
 from iterdeploy_trl.models import load_model_and_tokenizer
 from iterdeploy_trl.tasks import generate_tasks
-from iterdeploy_trl.traces import TraceFormatError, TraceRecord, read_traces, write_traces
+from iterdeploy_trl.traces import GROUPS, TraceFormatError, TraceRecord, read_traces, write_traces
 
 DOMAIN = domain_pddl("blocksworld")
 TASKS = generate_tasks("blocksworld", 4, 0, size=(2, 4))
@@ -65,6 +65,51 @@ def test_bad_lines_are_refused_naming_file_line_and_field(tmp_path, change, matc
     path.write_text(json.dumps(missing) + "\n")
     with pytest.raises(TraceFormatError, match=r"t\.jsonl:1: field 'task_id' is missing"):
         read_traces(path)
+
+
+# The keys of a trace line in the order every run so far wrote them (old readers read these files).
+FILE_KEYS = ("run", "method", "generation", "seed", "split", "task_id", "sample_index", "domain", "prompt",
+             "completion", "plan", "plan_length", "valid", "reason", "reasoning_tokens", "completion_tokens",
+             "truncated", "behaviour_logprob", "reference_length", "model", "sampling", "validator",
+             "completion_ids", "stop_token_id", "prompt_ids", "exact_valid", "validators")
+
+
+def test_every_field_is_in_exactly_one_group_with_its_type():
+    """The record's four groups (asked, sampled, verdict, provenance) partition its fields, each typed as the
+    record types it."""
+    import typing
+
+    record_types = typing.get_type_hints(TraceRecord)
+    seen = []
+    for group in GROUPS.values():
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            assert hints[f.name] == record_types[f.name], (group.__name__, f.name)
+            seen.append(f.name)
+    assert sorted(seen) == sorted(record_types)
+
+
+def test_a_record_built_from_its_groups_writes_the_old_files_bytes(tmp_path):
+    """TraceRecord.of(asked, sampled, verdict, provenance) is the flat record; its file is byte for byte the
+    one the flat record writes, with the keys in the order of every earlier run (FILE_KEYS)."""
+    flat = [record(), record(sample_index=4, truncated=True, stop_token_id=None, completion_ids=[5, 5, 5, 5]),
+            record(exact_valid=False, validators={"train": {"valid": True}, "exact": {"valid": False}})]
+    grouped = [TraceRecord.of(r.asked, r.sampled, r.verdict, r.provenance) for r in flat]
+    assert grouped == flat
+    assert (flat[1].asked.prompt_ids, flat[1].sampled.stop_token_id, flat[2].verdict.exact_valid,
+            flat[0].provenance.generation) == ([1, 9], None, False, 1)
+    write_traces(tmp_path / "flat.jsonl", flat)
+    write_traces(tmp_path / "grouped.jsonl", grouped)
+    assert (tmp_path / "grouped.jsonl").read_bytes() == (tmp_path / "flat.jsonl").read_bytes()
+    for line in (tmp_path / "grouped.jsonl").read_text().splitlines():
+        assert tuple(json.loads(line)) == FILE_KEYS
+
+
+def test_judged_replaces_the_verdict_and_keeps_the_sample():
+    r = record(exact_valid=True, validators={"train": {}, "exact": {}})
+    again = r.judged(dataclasses.replace(r.verdict, valid=False, reason="bad", plan_length=0, validator={"v": 2}))
+    assert (again.valid, again.reason, again.plan_length, again.validator) == (False, "bad", 0, {"v": 2})
+    assert (again.asked, again.sampled, again.provenance) == (r.asked, r.sampled, r.provenance)
 
 
 def _rescored(model, prompt_ids, completion_ids, temperature, top_p) -> float:
