@@ -10,7 +10,8 @@ config's own base model (``model.path: auto``, cached), and prints the share of 
 over every run (tuning and results) in deployment (sampling), validation (VAL on the deployed completions,
 timed around the deployment's judging step), training (REINFORCE-family arms: their own sampling and VAL
 inside the trainer included), and evaluation (deployments nothing trains on: every deployment of an online
-arm, an SFT arm's last generation); plus the seconds generation-0 reuse saved. A script, not a test.
+arm, an SFT arm's last generation), each also as a share of the wall time over every run, tuning runs included;
+plus the seconds generation-0 reuse saved. A script, not a test.
 """
 
 from __future__ import annotations
@@ -56,6 +57,29 @@ def timed_judge():
     return spent
 
 
+def phase_seconds(cmp_dir: Path) -> dict[str, float]:
+    """Seconds per phase over every run of the comparison, tuning runs included, as their metrics rows measured
+    them: deployment (every deployment), evaluation (the deployments nothing trains on: every one of an online
+    arm, an SFT run's last generation; part of deployment) and training."""
+    from iterdeploy_trl import methods, rundir
+    from iterdeploy_trl.runio import read_json, read_rows
+
+    out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
+    for run in [cmp_dir / a.name for a in cmp_dir.iterdir()] + list((cmp_dir / "tuning").glob("*")):
+        if not rundir.is_run(run):
+            continue
+        online = not methods.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
+        for seed_dir in run.glob("seed_*"):
+            rows = read_rows(rundir.metrics(seed_dir)) if rundir.metrics(seed_dir).exists() else []
+            last = max((r["generation"] for r in rows), default=0)
+            for r in rows:
+                out["deploy"] += float(r.get("deploy_seconds") or 0.0)
+                out["train"] += float(r.get("train_seconds") or 0.0)
+                if online or r["generation"] == last:
+                    out["evaluate"] += float(r.get("deploy_seconds") or 0.0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="experiments/compare_blocksworld.yaml")
@@ -94,6 +118,11 @@ def main() -> None:
           f"{train:.1f} s")
     print(f"validation (VAL on deployed completions, every run, tuning included): {sampled:.1f} s = "
           f"{sampled / wall:.0%} of the wall time (inside deployment)")
+    every_run = phase_seconds(out / "cmp")
+    print(f"share of the wall time by phase, every run (tuning included): deployment for learning "
+          f"{(every_run['deploy'] - every_run['evaluate']) / wall:.0%}, evaluation {every_run['evaluate'] / wall:.0%}, "
+          f"training {every_run['train'] / wall:.0%} (REINFORCE-family: their own sampling and VAL inside), validation "
+          f"{sampled / wall:.0%} (inside deployment and evaluation); tuning {tuning_wall / wall:.0%} of it all")
     print(f"generation 0 deployed once per seed and pool: {report['generation0_reuse']['saved_seconds']:.1f} s of "
           "deployment saved (the seconds the copied deployments took where they ran)")
     for arm, b in budgets.items():
