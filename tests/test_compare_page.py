@@ -173,6 +173,19 @@ def test_the_page_holds_every_table_with_compare_jsons_numbers(compared, tmp_pat
             assert mean == pytest.approx(rows[-1][MEASURES[measure][1]])  # the same quantity as the seed-t mean
             assert boots[measure][arm][0] <= mean <= boots[measure][arm][1]
     check_page(text, report, boots)
+    # how often max_grad_norm clipped each fine-tune, from each seed's train_stats.json
+    clipped = table(text, "arm", "steps clipped")
+    expected = []
+    for arm, rows in report["methods"].items():
+        for g in [r["generation"] for r in rows if r["generation"] > 0]:
+            recs = [json.loads(f.read_text())["grad_clip"] for s in report["seeds"]
+                    for f in [cmp / arm / f"seed_{s}" / f"gen_{g:02d}" / "model" / "train_stats.json"] if f.is_file()]
+            recs = [r for r in recs if r and r["optimizer_steps"]]
+            if recs:
+                n, c = sum(r["optimizer_steps"] for r in recs), sum(r["clipped_steps"] for r in recs)
+                expected.append([arm, fmt(g), f"{c} of {n}", fmt(c / n), ", ".join(fmt(r["clip_fraction"]) for r in recs),
+                                 fmt(sum(r["grad_norm_mean"] for r in recs) / len(recs)), fmt(recs[0]["max_grad_norm"])])
+    assert clipped == expected and any(r[0] == "reinforce" for r in clipped)
     # the parts tests/test_docs.py asks of every results page, and the slots a person fills
     for mark in ("**question.**", "command", "machine", "**date", "**seeds.**", "|---|", "\n## figure", "does not"):
         assert mark in text.lower(), mark

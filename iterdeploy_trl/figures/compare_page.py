@@ -11,7 +11,8 @@ reports, read from ``OUT/compare.json``:
   arm and measure (no claim where an interval covers 0 or the Holm-adjusted p exceeds α);
 - the tuning table (every grid point, its score per tuning seed, the chosen point, the grid edge flag with its
   knob), the tuning pool's disjointness record and the held-out/pool overlap;
-- the budgets in every unit with the wall seconds per phase and the machine that measured them.
+- the budgets in every unit with the wall seconds per phase and the machine that measured them, and how often
+  ``max_grad_norm`` clipped each fine-tune (from the arms' ``train_stats.json``).
 
 What only a person can write (the question, what the numbers show and do not show, the commit, the load on
 the machine) is left as slots marked :data:`SLOT`; ``tests/test_compare_page.py`` fails while a page under
@@ -79,6 +80,40 @@ def arm_bootstraps(report: dict[str, Any], cmp_dir: Path) -> dict[str, dict[str,
             out[measure][arm] = None if last is None else arm_bootstrap(
                 cmp_dir / arm, report.get("seeds", []), last["generation"], measure, last.get(TOTALS[measure]))
     return out
+
+
+def grad_clip(cmp_dir: Path, arm: str, seeds: Sequence[int], generation: int) -> list[dict[str, Any]]:
+    """Each seed's record of how often ``max_grad_norm`` clipped the fine-tune that made ``generation``'s model
+    (``train_stats.json``'s ``grad_clip``; seeds without one left out)."""
+    from iterdeploy_trl import rundir
+    from iterdeploy_trl.runio import read_json
+
+    out = []
+    for seed in seeds:
+        path = rundir.train_stats(rundir.model(rundir.gen_dir(rundir.seed_dir(cmp_dir / arm, seed), generation)))
+        record = read_json(path).get("grad_clip") if path.is_file() else None
+        if isinstance(record, dict) and record.get("optimizer_steps"):
+            out.append(record)
+    return out
+
+
+def clip_rows(report: dict[str, Any], cmp_dir: Path) -> list[tuple[Any, ...]]:
+    """Per arm and generation after 0: the share of optimizer steps that ``max_grad_norm`` clipped (over every
+    seed's steps, and per seed), the mean gradient norm before clipping (mean over seeds) and the threshold."""
+    rows = []
+    for arm, points in report["methods"].items():
+        for r in points:
+            records = grad_clip(cmp_dir, arm, report.get("seeds", []), r["generation"]) if r["generation"] else []
+            if not records:
+                continue
+            steps = sum(int(x["optimizer_steps"]) for x in records)
+            clipped = sum(int(x.get("clipped_steps") or 0) for x in records)
+            norms = [float(x["grad_norm_mean"]) for x in records if x.get("grad_norm_mean") is not None]
+            rows.append((arm, r["generation"], f"{clipped} of {steps}", clipped / steps,
+                         ", ".join(fmt(x.get("clip_fraction")) for x in records),
+                         sum(norms) / len(norms) if norms else None,
+                         ", ".join(sorted({fmt(x.get("max_grad_norm")) for x in records}))))
+    return rows
 
 
 def _settings(report: dict[str, Any], arm: str) -> str:
@@ -225,6 +260,16 @@ def page_markdown(report: dict[str, Any], cmp_dir: Path, figures: Sequence[Drawn
     md.text("")
     md.table(["comparison", "measure", "generation", "diff (mean)", "seed-t 95% CI", "task-and-seed bootstrap 95% CI",
               "p (paired t)", "p (Holm)"], paired_rows(report.get("paired") or {}))
+    clips = clip_rows(report, cmp_dir)
+    if clips:
+        md.text("## Gradient clipping")
+        md.text("")
+        md.text("How often `max_grad_norm` clipped the fine-tune that made each generation's model (each seed's "
+                "`train_stats.json`, `grad_clip`): a clipped step moves the weights by less than the learning rate "
+                "times the gradient.")
+        md.text("")
+        md.table(["arm", "generation", "steps clipped", "share", "share per seed", "gradient norm (mean)",
+                  "max_grad_norm"], clips)
     md.text("## Tuning")
     md.text("")
     tuning_md(tuning, md)
