@@ -182,7 +182,8 @@ def _setup(report: dict[str, Any]) -> list[str]:
     gens = max((r["generation"] for rows in report["methods"].values() for r in rows), default=0)
     lines = [f"**Setup.** {len(arms)} arms ({', '.join(arms)}) from one base model, on {report.get('tasks')} pool "
              f"tasks and {report.get('heldout_tasks')} held-out tasks of {report.get('domain')}, "
-             f"{report.get('samples_per_task')} samples per task, {gens} rounds: {fmt(budget)} "
+             f"{report.get('samples_per_task')} samples per task, {gens} round{'' if gens == 1 else 's'}: "
+             f"{int(budget) if float(budget).is_integer() else fmt(budget)} "
              f"{report.get('budget_unit', 'sampled completions used for learning')} per seed for every arm. Held-out "
              f"tasks solved is the primary measure, pool tasks solved the second. Reference arm: "
              f"{report.get('reference')}."]
