@@ -134,21 +134,28 @@ def write_drift(path: str | Path, *, kl: bool = True, figure: bool = False,
 PAIRED_MEASURES: tuple[tuple[str, str, str | None], ...] = (
     ("solved", "pool tasks solved", "solved_task_ids"),
     ("heldout_solved", "held-out tasks solved", "heldout_solved_task_ids"),
-    ("mean_valid_plan_length", "valid plan length (mean over valid pool samples)", None),
-    ("distinct_valid_plans_pool", "distinct valid plans per solved pool task", None),
+    ("mean_valid_plan_length", "valid plan length (pool samples)", None),
+    ("distinct_valid_plans_pool", "distinct valid plans a solved task", None),
     ("completion_tokens_mean", "completion tokens a sample", None),
-    ("train_completion_tokens", "completion tokens the generation's model was trained on", None),
+    ("train_tokens_per_trace", "completion tokens a training trace", None),
+    ("train_completion_tokens", "completion tokens trained on", None),
 )
 
 
 def run_table(path: str | Path) -> dict[tuple[int, int], dict[str, Any]]:
     """(seed, generation) -> the generation's metrics row with the model-free drift measures of its traces
-    (``measure_run`` without the KL: runs whose rows predate the measures get them too)."""
+    (``measure_run`` without the KL: runs whose rows predate the measures get them too) and
+    ``train_tokens_per_trace`` (the fine-tune's completion tokens over its traces; None at generation 0)."""
     from iterdeploy_trl.rundir import open_run
 
     metrics = open_run(path).metrics()
-    return {(r["seed"], r["generation"]): {**metrics.get(r["seed"], {}).get(r["generation"], {}), **r}
-            for r in measure_run(path, kl=False)}
+    table = {}
+    for r in measure_run(path, kl=False):
+        row = {**metrics.get(r["seed"], {}).get(r["generation"], {}), **r}
+        traces = row.get("train_traces") or 0
+        row["train_tokens_per_trace"] = row.get("train_completion_tokens", 0) / traces if traces else None
+        table[r["seed"], r["generation"]] = row
+    return table
 
 
 def paired_difference(a: Mapping[tuple[int, int], Mapping[str, Any]], b: Mapping[tuple[int, int], Mapping[str, Any]]

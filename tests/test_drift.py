@@ -149,6 +149,15 @@ def test_loop_writes_the_kl_to_the_previous_model(tiny_base_model, tmp_path):
     timing = ("deploy_seconds", "train_seconds", "kl_prev_heldout", "kl_prev_heldout_se")
     for a, b in zip(on, off, strict=True):
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    # the two runs differ in a measurement only: `iterdeploy drift A B --paired` finds every difference 0
+    from iterdeploy_trl.cli import main
+
+    md = tmp_path / "paired" / "p.md"
+    assert main(["drift", str(tmp_path / "kl-True"), str(tmp_path / "kl-False"), "--paired", str(md)]) == 0
+    paired = json.loads(md.with_suffix(".json").read_text())
+    assert {r["measure"] for r in paired} >= {"solved", "heldout_solved", "completion_tokens_mean"}
+    assert all(r["diff"] == 0 and r["per_seed_diff"] == [0] for r in paired)
+    assert md.with_suffix(".png").is_file() and "kl-True − kl-False" in md.read_text()
 
 
 def test_paired_difference_by_hand():

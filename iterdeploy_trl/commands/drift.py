@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paired", type=Path, metavar="MD",
                    help="with exactly two RUNDIRs A B (the same seeds, one setting changed): write A − B per generation "
                         "and measure, paired by seed (t-interval over seeds; a task-and-seed bootstrap for the solved "
-                        "counts), to this Markdown file and a JSON beside it; measures without the KL and writes "
+                        "counts), to this Markdown file, a JSON and a figure (PNG, PDF) beside it; measures without the KL and writes "
                         "nothing into the run directories")
     p.set_defaults(func=run)
 
@@ -73,5 +73,10 @@ def _paired(args: argparse.Namespace) -> int:
     args.paired.parent.mkdir(parents=True, exist_ok=True)
     args.paired.write_text(paired_markdown(rows, a.name, b.name))
     args.paired.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"wrote {args.paired} and {args.paired.with_suffix('.json')}")
+    from iterdeploy_trl.drift import PAIRED_MEASURES
+    from iterdeploy_trl.figures.drift import paired_figure
+
+    drawn = paired_figure(rows, [(key, label) for key, label, _ in PAIRED_MEASURES], a.name, b.name,
+                          args.paired.with_suffix(".png"))
+    print(f"wrote {args.paired}, {args.paired.with_suffix('.json')} and {', '.join(map(str, drawn))}")
     return 0

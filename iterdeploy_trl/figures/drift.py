@@ -51,3 +51,33 @@ def drift_figure(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], out: P
         fig.legend(handles, labels, loc="outside lower center", ncols=max(1, len(labels)))
         out = Path(out)
         return save(fig, out.parent, out.stem)
+
+
+def paired_figure(rows: Sequence[Mapping[str, Any]], measures: Sequence[tuple[str, str]], a: str, b: str,
+                  out: Path) -> list[Path]:
+    """``drift.paired_difference`` rows: one panel a measure (``measures``: (key, title)), A − B per generation,
+    each seed's difference as a dot and the mean over seeds with its 95 % t-interval over seeds as a bar."""
+    import matplotlib as mpl
+
+    with mpl.rc_context(STYLE):
+        ncols = 3
+        nrows = -(-len(measures) // ncols)
+        fig, axes = new_figure(DOUBLE, 2.2 * nrows, nrows, ncols)
+        for ax, (key, title) in zip(axes.flat, measures, strict=False):
+            mine = [r for r in rows if r["measure"] == key and isinstance(r["generation"], int)]
+            ax.set_title(title)
+            ax.set_xlabel("generation")
+            ax.axhline(0, color="black", linewidth=0.6)
+            int_x(ax)
+            for r in mine:
+                g = r["generation"]
+                ax.plot([g] * len(r["per_seed_diff"]), r["per_seed_diff"], "o", color=CYCLE[1], alpha=0.5,
+                        markersize=2.5)
+                ax.errorbar([g], [r["diff"]], yerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="s",
+                            color=CYCLE[0], markersize=3, capsize=1.5, linewidth=0.8)
+        for ax in list(axes.flat)[len(measures):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{a} − {b}, paired by seed: each seed (dots), mean and 95 % t-interval over seeds",
+                     fontsize=7)
+        out = Path(out)
+        return save(fig, out.parent, out.stem)
