@@ -236,4 +236,6 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> str:
 
 
 def _num(x: float, *, sign: bool = False) -> str:
-    return f"{x:+.3g}" if sign else f"{x:.3g}"
+    """Three significant digits, whole numbers from 100 on (no exponent)."""
+    spec = ".0f" if abs(x) >= 100 else ".3g"
+    return format(x, ("+" if sign else "") + spec)
