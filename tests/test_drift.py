@@ -165,7 +165,7 @@ def test_paired_difference_by_hand():
     task-and-seed bootstrap of the solved counts centred on the same difference, and the summary row over
     generations 1..G; a seed only one run has is left out of the pairs."""
     from iterdeploy_trl.drift import paired_difference
-    from iterdeploy_trl.stats import paired_t
+    from iterdeploy_trl.stats import paired_t, task_seed_bootstrap
 
     def row(solved, length):
         return {"solved": len(solved), "solved_task_ids": solved, "tasks": 10, "mean_valid_plan_length": length}
@@ -179,6 +179,9 @@ def test_paired_difference_by_hand():
     assert (g1["lo"], g1["hi"]) == pytest.approx((paired_t([2.0, 1.0]).lo, paired_t([2.0, 1.0]).hi))
     est, lo, hi = g1["bootstrap"]
     assert est == pytest.approx(1.5) and lo <= 1.5 <= hi
+    # tasks × seeds (t1, t2, t3 and the 7 of the 10 tasks neither run solved): the never-solved are resampled too
+    by_hand = [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]] + [[0.0, 0.0]] * 7  # t1: 1-1, 1-0; t2: 1-0, 1-1; t3: 1-0, 0-0
+    assert g1["bootstrap"] == list(task_seed_bootstrap(by_hand))
     assert rows["solved", 0]["diff"] == 0 and rows["solved", 0]["bootstrap"] == [0.0, 0.0, 0.0]
     assert rows["mean_valid_plan_length", 1]["per_seed_diff"] == pytest.approx([-0.5, 1.0])
     assert rows["solved", "1-1"]["diff"] == pytest.approx(1.5) and "bootstrap" not in rows["solved", "1-1"]
