@@ -38,12 +38,14 @@ from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
 from iterdeploy_trl.compare_arms import (
     LOOP_METHODS,
+    PlannedRun,
     apply_settings,
     arm_grid,
     deployment_key,
     method_config,
     register_generation_zero,
     reuse_generation_zero,
+    run_planned,
     with_learning_rate,
     with_setting,
 )
@@ -68,7 +70,7 @@ from iterdeploy_trl.compare_tuning import (
 )
 from iterdeploy_trl.config import METHODS, RunConfig, split_arm
 from iterdeploy_trl.errors import RunError
-from iterdeploy_trl.loop import begin_run, run_loop
+from iterdeploy_trl.loop import begin_run
 from iterdeploy_trl.runchecks import check_methods, check_server_methods
 from iterdeploy_trl.runio import atomic_write_text, machine_record, read_json, write_json
 from iterdeploy_trl.runlock import holds_run_dir
@@ -86,15 +88,20 @@ __all__ = [
 @holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, [split_arm(a)[0] for a in kw.get("methods") or cfg.compare_methods]),
                                  begin_run(cfg, False, print)))  # the rest of check_methods: in the body
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
-                progress: bool = True, log=print) -> dict[str, Any]:
+                progress: bool = True, log=print, jobs: int = 1) -> dict[str, Any]:
     """Run every arm of the head-to-head (resumable) and write ``OUT/compare.json``. An arm is a registered
-    method or ``METHOD@CURATION``; its run directory is ``OUT/<arm>``."""
+    method or ``METHOD@CURATION``; its run directory is ``OUT/<arm>``. ``jobs``: how many runs (tuning points,
+    then result arms) go at a time, each in a worker process of its own (:func:`run_planned`); the run
+    directories and ``compare.json``'s numbers are the same for every ``jobs``, its timings aside."""
     out = Path(out)
     methods = methods or cfg.compare_methods
     unknown = [m for m in methods if split_arm(m)[0] not in METHODS]
     if unknown:
         raise RunError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     progress, log = begin_run(cfg, progress, log)
+    if jobs < 1 or (jobs > 1 and dist.world_size() > 1):
+        raise RunError(f"--jobs {jobs}: " + ("must be at least 1" if jobs < 1 else "runs the comparison's runs in "
+                       "worker processes of one launch; under accelerate launch/torchrun use --jobs 1"))
     # Before any work: a setting that no method of the comparison reads is refused. The comparison's methods
     # are the config's compare_methods; running some of them (--methods) leaves the others' settings unread
     # by this invocation, not by the comparison.
@@ -113,24 +120,23 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     sources: dict[tuple[str, int], Path] = {}  # generation 0 deployed once per (deployment, seed)
     t0 = time.time()
     tuning = tune_learning_rates(cfg, out, methods, progress=progress, log=log, sources=sources,
-                                 pool_dir=pool_dir) if cfg.tuning else {}
+                                 pool_dir=pool_dir, jobs=jobs) if cfg.tuning else {}
     tuning_seconds = round(time.time() - t0, 1)
-    invocation = {}
+    arms = []
     for method in methods:
-        log(f"== {method} ==")
-        start = time.time()
         mcfg = apply_settings(cfg, method, tuning[method]["chosen_settings"]) if method in tuning else cfg
-        run_cfg = method_config(mcfg, method)
-        reused[method] = reuse_generation_zero(run_cfg, out / method, sources, log)
-        summary = run_loop(run_cfg, out / method, progress=progress, log=log)
-        register_generation_zero(run_cfg, out / method, sources)
-        invocation[method] = round(time.time() - start, 1)
+        arms.append((mcfg, PlannedRun(method, method_config(mcfg, method), out / method)))
+    finished = run_planned([run for _, run in arms], sources, jobs=jobs, progress=progress, log=log)
+    invocation = {}
+    for method, (mcfg, run), done in zip(methods, arms, finished, strict=True):
+        summary = done.summary
+        reused[method], invocation[method] = done.reused, done.seconds
         summary["learning_rate"] = registry.get(split_arm(method)[0]).learning_rate(mcfg)
         results[method] = summary
         # The rows as written (with their solved task ids, for the task-level bootstrap and unanimous@k)
         rows_by_method[method] = {**summary, "per_seed": metrics_rows(out / method, cfg.seeds)}
         wall[method] = measured_seconds(rows_by_method[method]["per_seed"])
-        budgets[method] = arm_budget(run_cfg, out / method, rows_by_method[method]["per_seed"])
+        budgets[method] = arm_budget(run.cfg, out / method, rows_by_method[method]["per_seed"])
     tuning_wall = round(sum(row.get("wall_seconds", 0.0) for t in tuning.values() for row in t["table"]), 1)
     # A resume finds generation 0 on disk and copies nothing: the copies the first invocation made are kept
     try:  # an unreadable compare.json is written again below; only what it recorded of the copies is lost
@@ -163,8 +169,9 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
               **compare_statistics(rows_by_method), "total_wall_seconds": round(
                   tuning_wall + sum(wall[m]["seconds"] for m in methods), 1),
               # this invocation alone (a resume of finished runs: seconds of reading)
+              # each run's from its start to its end; with jobs > 1 they overlap, so their sum exceeds the total
               "invocation_wall_seconds": {"tuning": tuning_seconds, **invocation,
-                                          "total": round(time.time() - t0, 1)},
+                                          "total": round(time.time() - t0, 1)}, "jobs": jobs,
               "machine": machine_record()}
     if dist.is_main():
         write_json(rundir.compare_json(out), report)

@@ -2,20 +2,25 @@
 holds the shared settings and its method's own section only (:func:`method_config`), with one tuning knob set
 (:func:`with_setting`, :func:`apply_settings`) from its grid (:func:`arm_grid`). Generation 0 is the same for every
 arm of a seed with the same deployment settings (:func:`deployment_key`): it is deployed once and its chunks are
-copied into the later arms and tuning runs (:func:`reuse_generation_zero`, :func:`register_generation_zero`)."""
+copied into the later arms and tuning runs (:func:`reuse_generation_zero`, :func:`register_generation_zero`).
+:func:`run_planned` runs a stage's runs (the tuning points, then the result arms) one after another or in worker
+processes (``iterdeploy compare --jobs N``), a run that copies generation 0 starting once the run it copies from has
+finished, so that every run directory holds what one-by-one would have written."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
 from iterdeploy_trl.config import SFT_METHODS, RunConfig, TrainingConfig, config_hash, split_arm
-from iterdeploy_trl.errors import ConfigError
+from iterdeploy_trl.errors import ConfigError, RunError
 from iterdeploy_trl.runio import read_rows, write_json
 
 LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
@@ -140,3 +145,137 @@ def register_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[
         gdir = rundir.gen_dir(rundir.seed_dir(run_out, seed), 0)
         if rundir.chunk_files(gdir):
             sources.setdefault((key, seed), gdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of a comparison stage: its label in the progress lines, its run config, its run directory."""
+
+    label: str
+    cfg: RunConfig
+    out: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """What a finished run gives back: the loop's summary, the generation-0 copies made into it
+    (:func:`reuse_generation_zero`), and the seconds from its start to its end in this invocation."""
+
+    summary: dict[str, Any]
+    reused: dict[str, Any]
+    seconds: float
+
+
+def generation_zero_waits(runs: list[PlannedRun]) -> list[set[int]]:
+    """Per run, the earlier runs it must wait for: for each (deployment key, seed) of it, the first run of the
+    list with that key and seed, the one whose generation 0 it copies when the runs go one by one."""
+    first: dict[tuple[str, int], int] = {}
+    waits = []
+    for i, run in enumerate(runs):
+        keys = [(deployment_key(run.cfg), seed) for seed in run.cfg.seeds]
+        for key in keys:
+            first.setdefault(key, i)
+        waits.append({first[key] for key in keys} - {i})
+    return waits
+
+
+def run_planned(runs: list[PlannedRun], sources: dict[tuple[str, int], Path], *, jobs: int = 1,
+                progress: bool = True, log: Callable[[str], None] = print) -> list[FinishedRun]:
+    """Run each of ``runs`` (resumable; generation 0 copied from ``sources`` and registered there) and return
+    what each gave back, in order. ``jobs`` 1: one after another in this process. More: in that many worker
+    processes (:func:`_run_in_worker`, each run's log in its ``run.log``), a run starting once the runs it copies
+    generation 0 from have finished (:func:`generation_zero_waits`), so it copies what one by one would have;
+    one line per finished run. A run that fails stops the others (killed: their directories resume) and
+    raises a ``RunError`` naming it and its log."""
+    from iterdeploy_trl.loop import run_loop
+
+    if jobs <= 1:
+        done = []
+        for run in runs:
+            log(f"== {run.label} ==")
+            start = time.time()
+            reused = reuse_generation_zero(run.cfg, run.out, sources, log)
+            summary = run_loop(run.cfg, run.out, progress=progress, log=log)
+            register_generation_zero(run.cfg, run.out, sources)
+            done.append(FinishedRun(summary, reused, round(time.time() - start, 1)))
+        return done
+    return _run_in_workers(runs, sources, jobs, log)
+
+
+def _run_in_workers(runs: list[PlannedRun], sources: dict[tuple[str, int], Path], jobs: int,
+                    log: Callable[[str], None]) -> list[FinishedRun]:
+    """:func:`run_planned` with ``jobs`` worker processes (spawned: nothing of this process's torch state is
+    inherited; each worker sets its own threads from the run config)."""
+    import multiprocessing
+
+    waits = generation_zero_waits(runs)
+    pending, running, done = list(range(len(runs))), {}, {}
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(runs)) or 1, initializer=_worker_init)
+    try:
+        while pending or running:
+            for i in [i for i in pending if waits[i].issubset(done)][: jobs - len(running)]:
+                pending.remove(i)
+                log(f"== {runs[i].label} ==")
+                reused = reuse_generation_zero(runs[i].cfg, runs[i].out, sources, log)
+                running[i] = (pool.apply_async(_run_in_worker, (runs[i].cfg, runs[i].out)), reused, time.time())
+            ready = [i for i, (result, _, _) in running.items() if result.ready()]
+            if not ready:
+                time.sleep(0.2)
+            for i in ready:
+                result, reused, start = running.pop(i)
+                summary = _result_of(result, runs[i])
+                register_generation_zero(runs[i].cfg, runs[i].out, sources)
+                done[i] = FinishedRun(summary, reused, round(time.time() - start, 1))
+                log(f"[compare] finished {runs[i].label} in {done[i].seconds:.1f} s ({len(done)}/{len(runs)} of this "
+                    f"stage; its log: {runs[i].out / 'run.log'})")
+        pool.close()
+    finally:
+        pool.terminate()  # a failure or an interrupt: the runs still going are killed; their directories resume
+        pool.join()
+    return [done[i] for i in range(len(runs))]
+
+
+def _result_of(result: Any, run: PlannedRun) -> dict[str, Any]:
+    """A worker's summary, or a ``RunError`` in one line naming the run, its error and its log."""
+    try:
+        return result.get()
+    except Exception as exc:  # the worker's error, re-raised here
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RunError(f"{run.label} failed: {type(exc).__name__}: {first} (the traceback is in "
+                       f"{run.out / 'run.log'}); the runs still going were stopped: fix it and run the same "
+                       "command again, every finished run is kept") from None
+
+
+def _worker_init() -> None:
+    """A worker ignores Ctrl-C (the main process stops it) and dies with the main process, however that dies."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # elsewhere: the main process's terminate() still stops it
+
+
+def _run_in_worker(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """One run in a worker process: the loop without progress bars, its log lines, the libraries' logs and a
+    failure's traceback in ``OUT/run.log``; returns the loop's summary."""
+    import traceback
+
+    from iterdeploy_trl.console import LOG_NAME, quiet_session
+    from iterdeploy_trl.loop import run_loop
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOG_NAME, "a", encoding="utf-8") as fh:
+        def log(msg: str) -> None:
+            fh.write(msg + "\n")
+            fh.flush()
+
+        with quiet_session(out, progress=False):
+            try:
+                return run_loop(cfg, out, progress=False, log=log)
+            except BaseException:
+                log(traceback.format_exc())
+                raise

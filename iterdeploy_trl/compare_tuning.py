@@ -15,17 +15,16 @@ from typing import Any
 from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
 from iterdeploy_trl.compare_arms import (
+    PlannedRun,
     apply_settings,
     arm_grid,
     method_config,
-    register_generation_zero,
-    reuse_generation_zero,
+    run_planned,
     with_setting,
 )
 from iterdeploy_trl.compare_stats import measured_seconds, metrics_rows
 from iterdeploy_trl.config import RunConfig, split_arm
 from iterdeploy_trl.errors import ConfigError
-from iterdeploy_trl.loop import run_loop
 from iterdeploy_trl.tasks.generate import problem_key
 
 
@@ -157,40 +156,43 @@ def check_tuning(cfg: RunConfig, arms: Sequence[str]) -> None:
 
 def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
                         log=print, sources: dict[tuple[str, int], Path] | None = None,
-                        pool_dir: Path | None = None) -> dict[str, Any]:
+                        pool_dir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """Each arm at each point of its grid (:func:`arm_grid`: its learning rate and its batch knob) on the tuning
     seeds and the tuning pool (one run directory each, ``OUT/tuning/<arm>-lr<rate>[-<knob><value>]``,
     resumable); returns per arm the table, the chosen point (most tuning-pool tasks solved at the full budget,
     mean over the tuning seeds; ties: the earlier point) and whether a chosen value lies at an edge of its
     grid (``at_edge``, ``edge_knobs``). An arm without a grid keeps its configured settings. Generation 0 is
-    deployed once per tuning seed and reused (``sources``)."""
+    deployed once per tuning seed and reused (``sources``). The runs go one by one, or ``jobs`` at a time
+    (:func:`run_planned`: the same run directories either way)."""
     tuning = cfg.tuning
     sources = {} if sources is None else sources
     base = tuning_run_config(cfg, pool_dir)
-    result: dict[str, Any] = {}
+    planned: list[tuple[str, dict[str, float], PlannedRun]] = []
     for arm in methods:
         grid = arm_grid(cfg, arm)
-        if not grid:
-            continue
-        table = []
-        for values in itertools.product(*grid.values()):
+        for values in itertools.product(*grid.values()) if grid else ():
             point = dict(zip(grid, values, strict=True))
             name = _point_name(arm, point)
             tcfg = method_config(apply_settings(base, arm, point), arm)
             tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{name}")
-            log(f"== tuning {name} (seeds {', '.join(map(str, tuning.seeds))}) ==")
-            run_out = out / "tuning" / name
-            reused = reuse_generation_zero(tcfg, run_out, sources, log)
-            summary = run_loop(tcfg, run_out, progress=progress, log=log)
-            register_generation_zero(tcfg, run_out, sources)
-            last = summary["generations"][-1]
-            per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
-            rows = metrics_rows(run_out, tcfg.seeds)
-            table.append({"run": name, **point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
-                                                               .learning_rate(tcfg)),
-                          "solved_mean": statistics.fmean(per_seed), "solved_per_seed": per_seed,
-                          "samples_used": last["samples_used"], "heldout_solved_mean": last["heldout_solved"],
-                          "wall_seconds": measured_seconds(rows)["seconds"], "generation0_reused": reused})
+            planned.append((arm, point, PlannedRun(f"tuning {name} (seeds {', '.join(map(str, tuning.seeds))})",
+                                                   tcfg, out / "tuning" / name)))
+    finished = run_planned([run for _, _, run in planned], sources, jobs=jobs, progress=progress, log=log)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for (arm, point, run), done in zip(planned, finished, strict=True):
+        summary, tcfg = done.summary, run.cfg
+        last = summary["generations"][-1]
+        per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
+        rows = metrics_rows(run.out, tcfg.seeds)
+        tables.setdefault(arm, []).append(
+            {"run": run.out.name, **point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
+                                                                     .learning_rate(tcfg)),
+             "solved_mean": statistics.fmean(per_seed), "solved_per_seed": per_seed,
+             "samples_used": last["samples_used"], "heldout_solved_mean": last["heldout_solved"],
+             "wall_seconds": measured_seconds(rows)["seconds"], "generation0_reused": done.reused})
+    result: dict[str, Any] = {}
+    for arm, table in tables.items():
+        grid = arm_grid(cfg, arm)
         best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
         edges = [k for k, vs in grid.items() if len(vs) > 1 and best[k] in (min(vs), max(vs))]
         result[arm] = {"seeds": list(tuning.seeds), "grid": grid, "table": table, "chosen": best["learning_rate"],

@@ -385,3 +385,62 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
     md = (tmp_path / "fig" / "results.md").read_text()
     assert "- reinforce: the chosen prompts_per_step lies at an edge of its grid" in md
     assert "| reinforce | 16 | " + str(report["budgets"]["reinforce"]["optimizer_steps"]) + " |" in md
+
+
+def _without_timings(value, out: Path):
+    """compare.json with what depends on the clock, the machine or the directory's path left out."""
+    import json
+
+    skip = ("seconds", "wall", "machine", "invocation", "jobs")
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if not any(s in k for s in skip)}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip(json.loads(json.dumps(value).replace(str(out), "OUT")))
+
+
+def test_jobs_2_writes_what_jobs_1_writes(tiny_base_model, tmp_path):
+    """The protocol of the test above with two worker processes: compare.json's numbers (timings aside) and
+    every trace chunk and metrics row (seconds aside) are those of one run after another; generation 0 is still
+    deployed once per tuning pool and per result seed, the copies made from the same runs."""
+    from iterdeploy_trl.compare import run_compare
+    from iterdeploy_trl.runio import read_rows
+
+    lines: list[str] = []
+    one = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), tmp_path / "one",
+                      progress=False, log=lambda m: None)
+    two = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), tmp_path / "two",
+                      progress=False, log=lines.append, jobs=2)
+    assert two["jobs"] == 2 and one["jobs"] == 1
+    assert _without_timings(two, tmp_path / "two") == _without_timings(one, tmp_path / "one")
+    assert sum(bool(r) for t in two["tuning"].values() for row in t["table"] for r in [row["generation0_reused"]]) == 5
+    chunks = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("traces/*.jsonl"))
+    assert len(chunks) >= 2 * 9  # pool and held-out, generations 0 and 1, of 6 tuning runs and 3 arms
+    for rel in chunks:
+        assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    for metrics in (tmp_path / "one").rglob("metrics.jsonl"):
+        rows = [read_rows(d / metrics.relative_to(tmp_path / "one")) for d in (tmp_path / "one", tmp_path / "two")]
+        assert [_without_timings(r, tmp_path) for r in rows[0]] == [_without_timings(r, tmp_path) for r in rows[1]]
+    # one line per finished run, numbered within its stage
+    finished = [m for m in lines if m.startswith("[compare] finished ")]
+    assert len(finished) == 6 + 3 and finished[-1].split("(")[1].startswith("3/3 of this stage")
+    assert two["invocation_wall_seconds"]["total"] > 0
+
+
+def test_a_failing_worker_stops_the_comparison_with_one_line(tiny_base_model, tmp_path):
+    """A tuning run that fails in its worker (its directory holds another config's run) ends the comparison with
+    one line naming the run and its log, where the traceback is."""
+    from iterdeploy_trl.compare import run_compare
+    from iterdeploy_trl.errors import RunError
+    from iterdeploy_trl.runio import write_json
+
+    bad = tmp_path / "cmp" / "tuning" / "valid-sft-lr0.01"
+    bad.mkdir(parents=True)
+    write_json(bad / "resolved_config.json", {"hash": "0" * 16, "config": {"generations": 9}})
+    with pytest.raises(RunError) as info:
+        run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), tmp_path / "cmp",
+                    progress=False, log=lambda m: None, jobs=2)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("tuning valid-sft-lr0.01 (seeds 7) failed: ")
+    assert str(bad / "run.log") in message and "Traceback" in (bad / "run.log").read_text()
+    assert not (tmp_path / "cmp" / "compare.json").exists()

@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="comparison directory: one run directory per method and seed, and compare.json")
     p.add_argument("--methods", nargs="+", default=None, help="override compare_methods")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N of the comparison's runs at a time (tuning points, then the result arms), each in a "
+                        "worker process with the config's torch threads and its log in its run directory's run.log; "
+                        "the results are the same as with 1 (a run that copies another's generation 0 waits for "
+                        "it). Default 1: one after another in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
                    help="trackio, tensorboard, wandb (overrides the config's report_to; 'none' for none)")
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         methods = tuple(args.methods) if args.methods else cfg.compare_methods
         with quiet_session(args.out, verbose=args.verbose, progress=not args.no_progress, rank=rank()):
             report = run_compare(cfg, args.out, methods=methods, config_text=args.config.read_text(),
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, jobs=args.jobs)
     except (ConfigError, RunError, RunDirBusy, ValueError, FileNotFoundError, MainProcessFailed) as exc:
         print(f"iterdeploy compare: {exc}", file=sys.stderr)
         return 2
