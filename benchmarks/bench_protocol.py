@@ -2,6 +2,7 @@
 
     nice -n 5 python benchmarks/bench_protocol.py [--config experiments/compare_blocksworld.yaml]
         [--generations 1] [--pool 16] [--heldout 4] [--samples 4] [--tuning-pool 16] [--grid 2] [--out DIR]
+        [--jobs N]
 
 Runs the config's protocol with every arm and its tuning as written, at a reduced size (documented by the
 flags: generations, pool and held-out tasks, samples per task, the tuning pool, the first ``--grid`` learning
@@ -11,7 +12,10 @@ over every run (tuning and results) in deployment (sampling), validation (VAL on
 timed around the deployment's judging step), training (REINFORCE-family arms: their own sampling and VAL
 inside the trainer included), and evaluation (deployments nothing trains on: every deployment of an online
 arm, an SFT arm's last generation), each also as a share of the wall time over every run, tuning runs included;
-plus the seconds generation-0 reuse saved. A script, not a test.
+plus the seconds generation-0 reuse saved. With ``--jobs N`` (N > 1) it runs the same reduced protocol twice in
+this invocation, with ``iterdeploy compare --jobs 1`` and ``--jobs N`` (each in a directory of its own), and
+prints both wall times, their ratio, and whether compare.json's numbers (timings aside) are the same. A script,
+not a test.
 """
 
 from __future__ import annotations
@@ -80,6 +84,35 @@ def phase_seconds(cmp_dir: Path) -> dict[str, float]:
     return out
 
 
+def same_numbers(a: dict, b: dict, out_a: Path, out_b: Path) -> bool:
+    """Whether two compare.json reports hold the same numbers, what depends on the clock, the machine, the
+    directory's path or the jobs aside."""
+    skip = ("seconds", "wall", "machine", "invocation", "jobs")
+
+    def strip(v, out):
+        if isinstance(v, dict):
+            return {k: strip(x, out) for k, x in v.items() if not any(s in k for s in skip)}
+        if isinstance(v, list):
+            return [strip(x, out) for x in v]
+        return v.replace(str(out), "OUT") if isinstance(v, str) else v
+
+    return strip(a, out_a) == strip(b, out_b)
+
+
+def compare_jobs(cfg, out: Path, report: dict, wall: float, jobs: int) -> None:
+    """Run the protocol again with ``jobs`` worker processes and print the two wall times and their ratio."""
+    t0 = time.time()
+    parallel = run_compare(cfg, out / f"cmp-jobs{jobs}", progress=False, log=lambda m: None, jobs=jobs)
+    wall_n = time.time() - t0
+    print(f"--jobs 1: {wall:.1f} s; --jobs {jobs}: {wall_n:.1f} s; ratio jobs {jobs} / jobs 1 = {wall_n / wall:.2f} "
+          f"(same invocation, run one after the other); compare.json's numbers the same: "
+          f"{'yes' if same_numbers(report, parallel, out / 'cmp', out / f'cmp-jobs{jobs}') else 'NO'}")
+    print(f"  --jobs {jobs}: tuning stage {parallel['invocation_wall_seconds']['tuning']:.1f} s (jobs 1: "
+          f"{report['invocation_wall_seconds']['tuning']:.1f} s); per-run seconds as measured in the runs: tuning "
+          f"{parallel['tuning_wall_seconds']:.1f} s (jobs 1: {report['tuning_wall_seconds']:.1f} s), result arms "
+          f"{sum(parallel['wall_seconds'].values()):.1f} s (jobs 1: {sum(report['wall_seconds'].values()):.1f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="experiments/compare_blocksworld.yaml")
@@ -90,6 +123,8 @@ def main() -> None:
     ap.add_argument("--tuning-pool", type=int, default=16)
     ap.add_argument("--grid", type=int, default=2, help="learning rates per arm (the first ones of its grid)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="also run the protocol with iterdeploy compare --jobs N and print the ratio of the wall times")
     args = ap.parse_args()
     cfg = reduced(load_config(args.config), args)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocol_"))
@@ -97,6 +132,8 @@ def main() -> None:
     t0 = time.time()
     report = run_compare(cfg, out / "cmp", progress=False, log=lambda m: None)
     wall = time.time() - t0
+    if args.jobs > 1:
+        compare_jobs(cfg, out, report, wall, args.jobs)
     budgets = report["budgets"]
     tuning_wall = report["tuning_wall_seconds"]
     results_wall = sum(b["seconds"]["total"] for b in budgets.values())
