@@ -41,6 +41,7 @@ from iterdeploy_trl.compare_arms import (
     PlannedRun,
     apply_settings,
     arm_grid,
+    check_jobs,
     deployment_key,
     method_config,
     register_generation_zero,
@@ -77,7 +78,7 @@ from iterdeploy_trl.runlock import holds_run_dir
 from iterdeploy_trl.tasks.generate import problem_key
 
 __all__ = [
-    "LOOP_METHODS", "MEASURES", "PRIMARY_MEASURE", "apply_settings", "arm_budget", "arm_grid", "check_tuning",
+    "LOOP_METHODS", "MEASURES", "PRIMARY_MEASURE", "apply_settings", "arm_budget", "arm_grid", "check_jobs", "check_tuning",
     "check_tuning_pool", "compare_statistics", "deployment_key", "measured_seconds", "method_config", "method_rows",
     "metrics_rows", "paired_measure", "problem_key", "register_generation_zero", "reuse_generation_zero",
     "run_compare", "split_overlap", "task_matrix", "tune_learning_rates", "tuning_run_config", "with_learning_rate",
@@ -99,9 +100,7 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     if unknown:
         raise RunError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     progress, log = begin_run(cfg, progress, log)
-    if jobs < 1 or (jobs > 1 and dist.world_size() > 1):
-        raise RunError(f"--jobs {jobs}: " + ("must be at least 1" if jobs < 1 else "runs the comparison's runs in "
-                       "worker processes of one launch; under accelerate launch/torchrun use --jobs 1"))
+    check_jobs(cfg, jobs)
     # Before any work: a setting that no method of the comparison reads is refused. The comparison's methods
     # are the config's compare_methods; running some of them (--methods) leaves the others' settings unread
     # by this invocation, not by the comparison.

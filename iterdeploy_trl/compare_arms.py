@@ -179,6 +179,19 @@ def generation_zero_waits(runs: list[PlannedRun]) -> list[set[int]]:
     return waits
 
 
+def check_jobs(cfg: RunConfig, jobs: int) -> None:
+    """Before any work: ``jobs`` (``--jobs``) is at least 1, and above 1 only where runs can share the machine: not
+    under a distributed launch (its processes are one run's), not with ``sampling.backend: vllm`` (each worker
+    would start its own engine on the same accelerator). A ``RunError`` in one line otherwise."""
+    if jobs < 1:
+        raise RunError(f"--jobs {jobs}: must be at least 1")
+    if jobs > 1 and dist.world_size() > 1:
+        raise RunError(f"--jobs {jobs}: the processes of accelerate launch/torchrun run one run together; use --jobs 1")
+    if jobs > 1 and cfg.sampling.backend == "vllm":
+        raise RunError(f"--jobs {jobs}: with sampling.backend vllm each worker would start its own vLLM engine on the "
+                       "same accelerator; use --jobs 1 (or sampling.backend vllm-server: the workers share the servers)")
+
+
 def run_planned(runs: list[PlannedRun], sources: dict[tuple[str, int], Path], *, jobs: int = 1,
                 progress: bool = True, log: Callable[[str], None] = print) -> list[FinishedRun]:
     """Run each of ``runs`` (resumable; generation 0 copied from ``sources`` and registered there) and return

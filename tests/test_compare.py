@@ -444,3 +444,15 @@ def test_a_failing_worker_stops_the_comparison_with_one_line(tiny_base_model, tm
     assert "\n" not in message and message.startswith("tuning valid-sft-lr0.01 (seeds 7) failed: ")
     assert str(bad / "run.log") in message and "Traceback" in (bad / "run.log").read_text()
     assert not (tmp_path / "cmp" / "compare.json").exists()
+
+
+def test_jobs_are_refused_where_runs_cannot_share_the_machine():
+    from iterdeploy_trl.compare import check_jobs
+    from iterdeploy_trl.errors import RunError
+
+    check_jobs(config_from_dict({}), 2)
+    with pytest.raises(RunError, match=r"^--jobs 0: must be at least 1$"):
+        check_jobs(config_from_dict({}), 0)
+    with pytest.raises(RunError, match=r"^--jobs 2: with sampling\.backend vllm each worker"):
+        check_jobs(config_from_dict({"sampling": {"backend": "vllm"}}), 2)
+    check_jobs(config_from_dict({"sampling": {"backend": "vllm"}}), 1)
