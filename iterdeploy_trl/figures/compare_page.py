@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iterdeploy_trl import rundir
 from iterdeploy_trl.compare import MEASURES, PRIMARY_MEASURE, metrics_rows, task_matrix
 from iterdeploy_trl.figures.compare import budgets_md, interval_text, paired_rows, tuning_md
 from iterdeploy_trl.figures.markdown import Drawn, Markdown, fmt
@@ -167,7 +168,7 @@ def _machine_line(report: dict[str, Any]) -> str:
 
 def _config_path(cmp_dir: Path, root: Path) -> str:
     """The experiments/ config whose text OUT/config.yaml holds (the one the command was given), else a slot."""
-    copy = cmp_dir / "config.yaml"
+    copy = rundir.config_yaml(cmp_dir)
     text = copy.read_text() if copy.is_file() else None
     for path in sorted((root / "experiments").glob("*.yaml")):
         if text is not None and path.read_text() == text:
