@@ -100,7 +100,6 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
                             r.get("unanimous"), interval_text(r.get("unanimous_ci")), r.get("train_traces"), tok,
                             r.get("train_seconds")))
     of = f" (of {n_tasks})" if n_tasks else ""
-    seeds = ", ".join(map(str, cmp.seeds))
     ax_b.set_title("(a) pool tasks solved vs sampling budget")
     ax_b.set_xlabel("sampled completions used for learning")
     ax_t.set_title("(b) pool tasks solved vs training compute")
@@ -114,17 +113,11 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         ax_t.set_xlabel("training tokens (cumulative, log scale)")
     ax_w.set_title("(c) pool tasks solved vs wall-clock time")
     ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative)")
-    if not drew_wall:
-        ax_w.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center",
-                  transform=ax_w.transAxes)
+    _no_wall_note(ax_w, drew_wall)
     for a in (ax_b, ax_t, ax_w):
         a.set_ylabel(f"tasks solved{of}")
         count_y(a, False)
-    # One legend under both panels: inside an axis it covers the bands it explains.
-    handles, labels = ax_b.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
-                   title=f"{cmp.domain}; 95% CI over seeds {seeds}", title_fontsize=6.5)
+    _legend_below(fig, ax_b, cmp)
     files = save(fig, out, stem)
     sources = [cmp.path]
     notes = ["Pool tasks solved (the secondary measure; held-out solved, the primary one, is in the tables): mean "
@@ -193,21 +186,31 @@ def fig_heldout(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
     ax_b.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     ax_w.set_title("(b) held-out tasks solved vs wall-clock time")
     ax_w.set_xlabel("wall-clock seconds (deploy + train, cumulative)")
-    if not drew_wall:
-        ax_w.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center", transform=ax_w.transAxes)
+    _no_wall_note(ax_w, drew_wall)
     for a in (ax_b, ax_w):
         a.set_ylabel("held-out tasks solved" + (f" (of {n_held})" if n_held else ""))
         count_y(a, False)
-    handles, labels = ax_b.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
-                   title=f"{cmp.domain}; 95% CI over seeds {', '.join(map(str, cmp.seeds))}", title_fontsize=6.5)
+    _legend_below(fig, ax_b, cmp)
     files = save(fig, out, stem)
     md.section(f"Held-out tasks solved (the primary measure) — {cmp.label} ({cmp.domain})", files, [cmp.path],
                ["Held-out tasks are never trained on. Mean over seeds with a two-sided 95% t interval (compare.json); "
                 "wall-clock seconds as in the head-to-head figure. The numbers are the held-out columns of the "
                 "head-to-head table."])
     return Drawn(stem, "head_to_head_heldout", [ax_b.get_title(), ax_w.get_title()], files, [cmp.path])
+
+
+def _no_wall_note(ax: Any, drew_wall: bool) -> None:
+    """Say on the wall-clock panel that compare.json holds no wall times, when none was drawn."""
+    if not drew_wall:
+        ax.text(0.5, 0.5, "no wall times in this compare.json", ha="center", va="center", transform=ax.transAxes)
+
+
+def _legend_below(fig: Any, ax: Any, cmp: Compare) -> None:
+    """One legend (``ax``'s entries) under every panel: inside an axis it covers the bands it explains."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
+                   title=f"{cmp.domain}; 95% CI over seeds {', '.join(map(str, cmp.seeds))}", title_fontsize=6.5)
 
 
 def _compare_json(cmp: Compare) -> dict[str, Any]:
