@@ -21,7 +21,7 @@ from iterdeploy_trl import dist, rundir
 from iterdeploy_trl import methods as registry
 from iterdeploy_trl.config import SFT_METHODS, RunConfig, TrainingConfig, config_hash, split_arm
 from iterdeploy_trl.errors import ConfigError, RunError
-from iterdeploy_trl.runio import read_rows, write_json
+from iterdeploy_trl.runio import read_json, read_rows, write_json
 
 LOOP_METHODS = SFT_METHODS  # the methods that train on the deployment's traces (the figures' name for them)
 
@@ -112,8 +112,9 @@ def reuse_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str
     """Copy generation 0's trace chunks of an earlier arm (``sources``: (deployment key, seed) -> its gen_00
     directory) into ``run_out`` where this run has none yet, each record's run name and method set to this
     run's (what its own deployment would have written: same model, tasks, seed, chunk seeds). The loop's resume
-    keeps chunks on disk, so it deploys generation 0 no more. Returns per seed the source and the seconds its
-    deployment took there (the time saved)."""
+    keeps chunks on disk, so it deploys generation 0 no more. Each copy is recorded beside it
+    (``gen_00/reused_from.json``). Returns per seed the source and the seconds its deployment took there (the time
+    saved), for the copies made now and those an earlier invocation recorded."""
     from iterdeploy_trl.traces import read_traces, write_traces
 
     key, reused = deployment_key(cfg), {}
@@ -133,9 +134,26 @@ def reuse_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str
         rows = read_rows(rundir.metrics(src.parent)) if rundir.metrics(src.parent).exists() else []
         saved = next((float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0), 0.0)
         reused[str(seed)] = {"from": str(src), "saved_seconds": saved}
+        write_json(rundir.reused_from(target), reused[str(seed)])  # kept with the run: a resume copies nothing
         log(f"[compare] seed {seed}: generation 0 of {run_out.name} reused from {src} (its deployment: {saved:.1f} s)")
     dist.barrier()  # the other processes deploy their share of generation 0 only after the copies are in place
-    return reused
+    return {**recorded_generation_zero(cfg, run_out), **reused}
+
+
+def recorded_generation_zero(cfg: RunConfig, run_out: Path) -> dict[str, Any]:
+    """Per seed, the generation-0 copy recorded in ``run_out`` (:func:`reuse_generation_zero` writes it beside
+    the copied traces), so that a comparison reports every copy, whichever invocation made it. An unreadable
+    record counts as none."""
+    recorded = {}
+    for seed in cfg.seeds:
+        path = rundir.reused_from(rundir.gen_dir(rundir.seed_dir(run_out, seed), 0))
+        try:
+            row = read_json(path) if path.is_file() else None
+        except (OSError, ValueError):
+            row = None
+        if isinstance(row, dict) and "from" in row:
+            recorded[str(seed)] = row
+    return recorded
 
 
 def register_generation_zero(cfg: RunConfig, run_out: Path, sources: dict[tuple[str, int], Path]) -> None:

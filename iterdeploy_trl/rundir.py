@@ -9,6 +9,8 @@ Layout (``iterdeploy run --out RUNDIR``; ``iterdeploy compare --out OUT`` holds 
     RUNDIR/task_files.json        size and sha256 of each task file the run reads (checked on resume)
     RUNDIR/seed_<s>/gen_<gg>/traces/<split>-<chunk>.jsonl   trace records, written chunk by chunk
     RUNDIR/seed_<s>/gen_<gg>/train.jsonl                    curated training set after generation g
+    RUNDIR/seed_<s>/gen_00/reused_from.json                 (a comparison's arm) generation 0 copied from
+        another arm's deployment: where from and the seconds that deployment took
     RUNDIR/seed_<s>/gen_<gg>/model/                         the model deployed in generation g (g >= 1):
         train_stats.json (what its training did), or same_as.json (an empty training set kept the
         model of the generation it names)
@@ -47,6 +49,7 @@ TRAIN_SET = "train.jsonl"
 MODEL = "model"
 SAME_AS = "same_as.json"
 TRAIN_STATS = "train_stats.json"
+REUSED_FROM = "reused_from.json"
 TENSORBOARD = "tensorboard"
 SEED_PREFIX = "seed_"
 GEN_PREFIX = "gen_"
@@ -116,6 +119,11 @@ def chunk_files(gdir: Path, split: str | None = None) -> list[Path]:
 def train_set(gdir: Path) -> Path:
     """The training set curated after generation g (``GENDIR/train.jsonl``)."""
     return Path(gdir) / TRAIN_SET
+
+
+def reused_from(gdir: Path) -> Path:
+    """Where a comparison copied this generation's traces from (``gen_00/reused_from.json``), written with the copy."""
+    return Path(gdir) / REUSED_FROM
 
 
 def model(gdir: Path) -> Path:

@@ -378,6 +378,11 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
                         log=lambda m: None)
     assert again["budgets"] == report["budgets"] and again["wall_seconds"] == report["wall_seconds"]
     assert again["generation0_reuse"] == report["generation0_reuse"]  # the copies made before, not none
+    # a first invocation killed before it wrote compare.json: the copies are read from the run directories
+    (out / "compare.json").unlink()
+    third = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), out, progress=False,
+                        log=lambda m: None)
+    assert third["generation0_reuse"] == report["generation0_reuse"]
     # the report (figures' results.md) says where a chosen value lies at its grid's edge, and the budgets
     from iterdeploy_trl.figures import render_figures
 
