@@ -130,3 +130,32 @@ def test_the_probe_says_what_the_real_engine_does(base, tmp_path, case):
     else:
         assert result["outcome"] == "failed" and "weight_loader" in result["error"], result
         assert result["in_sync_weights"] and result["samples_scored"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("correction", [False, True])
+def test_a_reinforce_run_with_vllm_records_the_importance_sampling_it_ran_with(base, tmp_path, correction):
+    """``iterdeploy run`` (the loop) with ``method: reinforce`` and ``sampling.backend: vllm``, REINFORCE's samples
+    drawn by TRL's colocated engine (vLLM's repacking kernels off, as in ``plain-dispatch`` above): generation 1's
+    ``train_stats.json`` records the importance-sampling setting the trainer ran with, off for the plain estimator
+    (the run's default, though TRL's GRPO default is on) and on, with GRPO's mode and clip, where the run sets
+    ``reinforce.vllm_importance_sampling_correction``."""
+    data = _reinforce_config(base, reinforce={"vllm_importance_sampling_correction": correction})
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_reinforce_loop_case.py")), str(base),
+                           str(tmp_path / "run"), json.dumps(data)], capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    stats = json.loads(lines[-1][len("RESULT "):])
+    recorded = stats["importance_sampling"]
+    assert recorded["use_vllm"] is True
+    assert recorded["vllm_importance_sampling_correction"] is correction
+    if correction:
+        import dataclasses
+
+        from trl import GRPOConfig
+
+        trl_default = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+        assert recorded["vllm_importance_sampling_mode"] == trl_default["vllm_importance_sampling_mode"]
+        assert recorded["vllm_importance_sampling_clip_max"] == trl_default["vllm_importance_sampling_clip_max"]
+    else:
+        assert recorded["vllm_importance_sampling_mode"] is None and recorded["vllm_importance_sampling_clip_max"] is None
