@@ -88,6 +88,18 @@ def test_drift_of_a_real_run(tiny_base_model, tmp_path, monkeypatch):
     assert main(["drift", str(out), "--figure", str(tmp_path / "fig" / "drift.png")]) == 0
     assert (out / "drift.jsonl").is_file() and (tmp_path / "fig" / "drift.png").is_file()
     assert main(["drift", str(tmp_path / "nothing")]) == 2
+    # --reuse takes the rows just written (no re-scoring) while they cover every finished generation ...
+    import iterdeploy_trl.drift as drift_module
+
+    measured = (out / "drift.jsonl").read_text()
+    monkeypatch.setattr(drift_module, "measure_run", lambda *a, **k: pytest.fail("re-measured a covered run"))
+    assert main(["drift", str(out), "--reuse", "--figure", str(tmp_path / "fig2" / "drift.png")]) == 0
+    assert (tmp_path / "fig2" / "drift.png").is_file() and (out / "drift.jsonl").read_text() == measured
+    # ... and measures again when they do not (a generation more in metrics.jsonl than in drift.jsonl)
+    (out / "drift.jsonl").write_text("".join(line + "\n" for line in measured.splitlines()[:1]))
+    monkeypatch.setattr(drift_module, "measure_run", lambda *a, **k: rows)
+    assert main(["drift", str(out), "--reuse"]) == 0
+    assert (out / "drift.jsonl").read_text().count("\n") == 2
 
 
 def test_generation_metrics_carry_the_drift_measures_of_their_records():

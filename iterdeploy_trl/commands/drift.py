@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Writes RUNDIR/drift.jsonl; --figure also drift.png.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUNDIR", help="run directories (iterdeploy run --out)")
     p.add_argument("--no-kl", action="store_true", help="skip the KL (it loads every generation's model)")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a RUNDIR's drift.jsonl from an earlier `iterdeploy drift` where it covers every finished "
+                        "seed and generation of the run (re-measure where it does not): to redraw a figure without "
+                        "re-scoring every model")
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="draw every run given into this PNG (a PDF beside it)")
     p.add_argument("--paired", type=Path, metavar="MD",
@@ -34,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
         return _paired(args)
     drawn = []
     for path in args.run_dirs:
+        rows = _earlier_rows(Path(path)) if args.reuse else None
+        if rows is not None:
+            print(f"{path}: drift.jsonl of an earlier measurement covers every finished generation; reused")
+            drawn.append((Path(path).name, rows))
+            continue
         try:
             rows = measure_run(path, kl=not args.no_kl, log=print)
         except DriftError as exc:
@@ -49,6 +58,22 @@ def run(args: argparse.Namespace) -> int:
         for f in drift_figure(drawn, args.figure):
             print(f"wrote {f}")
     return 0
+
+
+def _earlier_rows(path: Path) -> list[dict] | None:
+    """``path``'s drift.jsonl when it holds a row for exactly the (seed, generation) pairs of the run's metrics rows
+    (what a measurement of the run as it is now would give); None otherwise (absent, unreadable, stale)."""
+    from iterdeploy_trl import rundir
+    from iterdeploy_trl.runio import read_jsonl
+
+    try:
+        rows = read_jsonl(path / "drift.jsonl")
+        finished = {(seed, gen) for seed, sdir in rundir.seed_dirs(path).items()
+                    for gen in rundir.read_metrics(rundir.metrics(sdir))}
+    except (OSError, ValueError, rundir.RunDirError):
+        return None
+    have = {(r.get("seed"), r.get("generation")) for r in rows if isinstance(r, dict)}
+    return rows if rows and have == finished else None
 
 
 def _paired(args: argparse.Namespace) -> int:
