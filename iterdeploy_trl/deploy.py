@@ -188,6 +188,8 @@ class TransformersBackend(Backend):
                  max_new_tokens: int, seed: int) -> list[list[Completion]]:
         import torch
 
+        from iterdeploy_trl.kvcache import PreallocatedCache, cache_keyword
+
         tok = self.tokenizer
         model = self.model
         model.eval()
@@ -202,6 +204,8 @@ class TransformersBackend(Backend):
             enc = tok(batch, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             torch.manual_seed(batch_seed(seed, start))
             recorder = SampledLogProbs(temperature, top_p)
+            # the cache written in place (kvcache): the same samples as generate's default, without its copies
+            cache = PreallocatedCache(config=model.config, capacity=enc["input_ids"].shape[1] + max_new_tokens)
             with torch.no_grad():
                 # generate's own warpers off (the model's generation config may set others): the recorder
                 # applies the run's temperature and top-p, last, and reads the distribution sampled from.
@@ -209,6 +213,7 @@ class TransformersBackend(Backend):
                     **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, min_p=None, typical_p=1.0,
                     epsilon_cutoff=0.0, eta_cutoff=0.0, logits_processor=[recorder],
                     max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
+                    **{cache_keyword(model): cache},
                 )
             new = sequences[:, enc["input_ids"].shape[1]:]
             logp = recorder.result(new)
