@@ -3,6 +3,7 @@
     nice -n 5 python benchmarks/bench_protocol.py [--config experiments/compare_blocksworld.yaml]
         [--generations 1] [--pool 16] [--heldout 4] [--samples 4] [--tuning-pool 16] [--grid 2] [--out DIR]
         [--jobs N]
+    python benchmarks/bench_protocol.py --from OUT [--wall SECONDS]   # a finished full-size comparison
 
 Runs the config's protocol with every arm and its tuning as written, at a reduced size (documented by the
 flags: generations, pool and held-out tasks, samples per task, the tuning pool, the first ``--grid`` learning
@@ -125,7 +126,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--jobs", type=int, default=1,
                     help="also run the protocol with iterdeploy compare --jobs N and print the ratio of the wall times")
+    ap.add_argument("--from", dest="from_dir", type=Path, default=None,
+                    help="print the shares of a finished full-size comparison (its compare.json and runs) instead")
+    ap.add_argument("--wall", type=float, default=None,
+                    help="with --from: the comparison's wall seconds end to end, where one invocation did not run it all")
     args = ap.parse_args()
+    if args.from_dir:
+        from_finished(args.from_dir, args.wall)
+        return
     cfg = reduced(load_config(args.config), args)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocol_"))
     validate = timed_judge()
@@ -134,6 +142,15 @@ def main() -> None:
     wall = time.time() - t0
     if args.jobs > 1:
         compare_jobs(cfg, out, report, wall, args.jobs)
+    print(f"config {args.config} reduced: arms {len(report['budgets'])} ({', '.join(report['budgets'])}); generations "
+          f"{cfg.generations}, pool {cfg.tasks.n} + held-out {cfg.tasks.heldout}, K {cfg.sampling.samples_per_task}, "
+          f"result seed {cfg.seeds[0]}; tuning seed {cfg.tuning.seeds[0]}, pool {cfg.tuning.n}")
+    print_shares(report, out / "cmp", wall, sum(validate))
+
+
+def print_shares(report: dict, cmp_dir: Path, wall: float, validation: float | None) -> None:
+    """Where the wall time ``wall`` of the comparison in ``cmp_dir`` went: tuning, result arms, phases, per arm
+    (``validation``: VAL's seconds where they were timed, else None)."""
     budgets = report["budgets"]
     tuning_wall = report["tuning_wall_seconds"]
     results_wall = sum(b["seconds"]["total"] for b in budgets.values())
@@ -141,25 +158,24 @@ def main() -> None:
     train = sum(b["seconds"]["train"] for b in budgets.values())
     evaluate = sum(b["seconds"]["evaluate"] for b in budgets.values())
     tuning_rows = [row for t in report["tuning"].values() for row in t["table"]]
-    print(f"config {args.config} reduced: arms {len(budgets)} ({', '.join(budgets)}); generations {cfg.generations}, "
-          f"pool {cfg.tasks.n} + held-out {cfg.tasks.heldout}, K {cfg.sampling.samples_per_task}, result seed "
-          f"{cfg.seeds[0]}; tuning seed {cfg.tuning.seeds[0]}, pool {cfg.tuning.n}, {len(tuning_rows)} tuning runs "
-          f"({len(tuning_rows) // max(len(report['tuning']), 1)} per arm)")
-    print(f"wall {wall:.1f} s (run_compare end to end); measured in the runs: tuning {tuning_wall:.1f} s, "
-          f"result arms {results_wall:.1f} s")
+    print(f"{len(budgets)} arms, {len(tuning_rows)} tuning runs ({len(tuning_rows) // max(len(report['tuning']), 1)} "
+          f"per arm), jobs {report.get('jobs', 1)}")
+    print(f"wall {wall:.1f} s ({wall / 60:.1f} min, end to end); measured in the runs (their seconds add up over "
+          f"parallel workers): tuning {tuning_wall:.1f} s, result arms {results_wall:.1f} s")
     every = tuning_wall + results_wall
-    sampled = sum(validate)
-    print(f"share of the wall time: tuning {tuning_wall / wall:.0%}, result arms {results_wall / wall:.0%}, "
-          f"overhead (task sets, checks, loading, copying) {(wall - every) / wall:.0%}")
+    print(f"share of the run seconds: tuning {tuning_wall / every:.0%}, result arms {results_wall / every:.0%}; "
+          f"run seconds / wall = {every / wall:.2f} (about the number of runs going at once)")
     print(f"result arms by phase: deployment {deploy:.1f} s (of it evaluation-only {evaluate:.1f} s), training "
           f"{train:.1f} s")
-    print(f"validation (VAL on deployed completions, every run, tuning included): {sampled:.1f} s = "
-          f"{sampled / wall:.0%} of the wall time (inside deployment)")
-    every_run = phase_seconds(out / "cmp")
-    print(f"share of the wall time by phase, every run (tuning included): deployment for learning "
-          f"{(every_run['deploy'] - every_run['evaluate']) / wall:.0%}, evaluation {every_run['evaluate'] / wall:.0%}, "
-          f"training {every_run['train'] / wall:.0%} (REINFORCE-family: their own sampling and VAL inside), validation "
-          f"{sampled / wall:.0%} (inside deployment and evaluation); tuning {tuning_wall / wall:.0%} of it all")
+    every_run = phase_seconds(cmp_dir)
+    print(f"share of the run seconds by phase, every run (tuning included): deployment for learning "
+          f"{(every_run['deploy'] - every_run['evaluate']) / every:.0%}, evaluation {every_run['evaluate'] / every:.0%}, "
+          f"training {every_run['train'] / every:.0%} (REINFORCE-family: their own sampling and VAL inside)")
+    if validation is not None:
+        print(f"validation (VAL on deployed completions, every run, tuning included): {validation:.1f} s = "
+              f"{validation / wall:.0%} of the wall time (inside deployment and evaluation)")
+    else:
+        print("validation: not timed apart in a finished comparison (inside deployment; the reduced run times it)")
     print(f"generation 0 deployed once per seed and pool: {report['generation0_reuse']['saved_seconds']:.1f} s of "
           "deployment saved (the seconds the copied deployments took where they ran)")
     for arm, b in budgets.items():
@@ -168,6 +184,18 @@ def main() -> None:
               f"evaluate {s['evaluate']:6.1f}  steps {b['optimizer_steps']:4d}  tokens {b['training_tokens']:7d}  "
               f"generated {b['generated_completions']:5d}")
 
+
+def from_finished(cmp_dir: Path, wall: float | None) -> None:
+    """``--from DIR``: the shares of a finished full-size comparison (``iterdeploy compare --out DIR``)."""
+    from iterdeploy_trl import rundir
+    from iterdeploy_trl.runio import read_json
+
+    report = read_json(rundir.compare_json(cmp_dir))
+    total = wall or report["invocation_wall_seconds"]["total"]
+    print(f"{cmp_dir}: {report['name']} ({report['domain']}), seeds {report['seeds']}, pool {report['tasks']} + "
+          f"held-out {report['heldout_tasks']}, K {report['samples_per_task']}; machine "
+          f"{report['machine'].get('cpu', report['machine'])}; wall {'as given (--wall)' if wall else 'of the last invocation'}")
+    print_shares(report, cmp_dir, total, None)
 
 if __name__ == "__main__":
     main()
