@@ -196,6 +196,7 @@ class TransformersBackend(Backend):
         eos_ids = eos_token_ids(tok, model.generation_config)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         flat = [p for p in prompts for _ in range(num_samples)]
+        cache_name = cache_keyword(model)
         out: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
             batch = flat[start : start + self.batch_size]
@@ -213,7 +214,7 @@ class TransformersBackend(Backend):
                     **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, min_p=None, typical_p=1.0,
                     epsilon_cutoff=0.0, eta_cutoff=0.0, logits_processor=[recorder],
                     max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
-                    **{cache_keyword(model): cache},
+                    **{cache_name: cache},
                 )
             new = sequences[:, enc["input_ids"].shape[1]:]
             logp = recorder.result(new)

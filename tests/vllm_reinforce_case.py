@@ -22,16 +22,21 @@ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  
     os.environ.pop(key, None)
 
 
+def switch_off_repacking_kernels() -> None:
+    """vLLM's repacking linear kernels (oneDNN, the AMX kernel) off in this process, before an engine loads a model."""
+    import vllm._custom_ops as ops
+    import vllm.model_executor.layers.utils as layer_utils
+
+    ops._supports_onednn = False
+    layer_utils.check_cpu_sgl_kernel = lambda *_: False
+
+
 def main(base: str, out: str, plain_dispatch: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)
     if plain_dispatch:
-        import vllm._custom_ops as ops
-        import vllm.model_executor.layers.utils as layer_utils
-
-        ops._supports_onednn = False
-        layer_utils.check_cpu_sgl_kernel = lambda *_: False
+        switch_off_repacking_kernels()
     from datasets import Dataset
     from peft import LoraConfig
 

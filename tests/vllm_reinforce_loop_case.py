@@ -11,24 +11,17 @@ Prints one JSON line: generation 1's ``train_stats.json`` as the run wrote it.""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # TRL's colocate sets them
-    os.environ.pop(key, None)
+from vllm_reinforce_case import switch_off_repacking_kernels  # its import sets the engine's environment
 
 
 def main(out: str, config: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    import vllm._custom_ops as ops
-    import vllm.model_executor.layers.utils as layer_utils
-
-    ops._supports_onednn = False
-    layer_utils.check_cpu_sgl_kernel = lambda *_: False
+    switch_off_repacking_kernels()
     from iterdeploy_trl import rundir
     from iterdeploy_trl.config import config_from_dict
     from iterdeploy_trl.loop import run_loop
