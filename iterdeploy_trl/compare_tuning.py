@@ -65,7 +65,7 @@ def write_tuning_pool(cfg: RunConfig, out: Path) -> Path | None:
     t = cfg.tuning
     if t is None or not t.exclude_reported:
         return None
-    root = rundir.tasks_dir(out / "tuning")
+    root = rundir.tasks_dir(Path(out) / rundir.TUNING)
     if cfg.tasks.dir:
         raise ConfigError(f"tuning.exclude_reported: draws from the generator, but tasks.dir ({cfg.tasks.dir}) gives "
                           "the reported tasks; remove tuning.task_seed and tuning.exclude_reported")
@@ -154,6 +154,31 @@ def check_tuning(cfg: RunConfig, arms: Sequence[str]) -> None:
                               "without a grid of its own is tuned over its method's rate list, or not at all)")
 
 
+def tuning_points(cfg: RunConfig, methods: Sequence[str]) -> list[tuple[str, dict[str, float], str]]:
+    """The tuning runs of ``methods``, in the order they run: ``(arm, point, run name)`` for every point of each
+    arm's grid (:func:`arm_grid`); the run's directory is ``rundir.tuning_run(OUT, name)``."""
+    points = []
+    for arm in methods:
+        grid = arm_grid(cfg, arm)
+        for values in itertools.product(*grid.values()) if grid else ():
+            point = dict(zip(grid, values, strict=True))
+            points.append((arm, point, _point_name(arm, point)))
+    return points
+
+
+def final_solved(summary: dict[str, Any]) -> list[int]:
+    """Each seed's pool tasks solved at a finished run's full budget (its last generation), from its summary."""
+    return [ms[-1]["solved"] for ms in summary["per_seed"].values()]
+
+
+def choose_point(grid: dict[str, list[float]], table: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The tuning rule: the row of ``table`` with the most tuning-pool tasks solved at the full budget (mean over
+    the tuning seeds, ``solved_mean``; of equal rows the earlier), and the knobs of ``grid`` whose chosen value
+    lies at an edge of its grid (a knob with one value has none)."""
+    best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
+    return best, [k for k, vs in grid.items() if len(vs) > 1 and best[k] in (min(vs), max(vs))]
+
+
 def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, progress: bool = True,
                         log=print, sources: dict[tuple[str, int], Path] | None = None,
                         pool_dir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
@@ -168,21 +193,17 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
     sources = {} if sources is None else sources
     base = tuning_run_config(cfg, pool_dir)
     planned: list[tuple[str, dict[str, float], PlannedRun]] = []
-    for arm in methods:
-        grid = arm_grid(cfg, arm)
-        for values in itertools.product(*grid.values()) if grid else ():
-            point = dict(zip(grid, values, strict=True))
-            name = _point_name(arm, point)
-            tcfg = method_config(apply_settings(base, arm, point), arm)
-            tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{name}")
-            planned.append((arm, point, PlannedRun(f"tuning {name} (seeds {', '.join(map(str, tuning.seeds))})",
-                                                   tcfg, out / "tuning" / name)))
+    for arm, point, name in tuning_points(cfg, methods):
+        tcfg = method_config(apply_settings(base, arm, point), arm)
+        tcfg = dataclasses.replace(tcfg, name=f"{cfg.name}/tuning/{name}")
+        planned.append((arm, point, PlannedRun(f"tuning {name} (seeds {', '.join(map(str, tuning.seeds))})",
+                                               tcfg, rundir.tuning_run(out, name))))
     finished = run_planned([run for _, _, run in planned], sources, jobs=jobs, progress=progress, log=log)
     tables: dict[str, list[dict[str, Any]]] = {}
     for (arm, point, run), done in zip(planned, finished, strict=True):
         summary, tcfg = done.summary, run.cfg
         last = summary["generations"][-1]
-        per_seed = [ms[-1]["solved"] for ms in summary["per_seed"].values()]
+        per_seed = final_solved(summary)
         rows = metrics_rows(run.out, tcfg.seeds)
         tables.setdefault(arm, []).append(
             {"run": run.out.name, **point, "learning_rate": point.get("learning_rate", registry.get(split_arm(arm)[0])
@@ -193,8 +214,7 @@ def tune_learning_rates(cfg: RunConfig, out: Path, methods: tuple[str, ...], *, 
     result: dict[str, Any] = {}
     for arm, table in tables.items():
         grid = arm_grid(cfg, arm)
-        best = max(table, key=lambda row: row["solved_mean"])  # max keeps the first of equal rows
-        edges = [k for k, vs in grid.items() if len(vs) > 1 and best[k] in (min(vs), max(vs))]
+        best, edges = choose_point(grid, table)
         result[arm] = {"seeds": list(tuning.seeds), "grid": grid, "table": table, "chosen": best["learning_rate"],
                        "chosen_settings": {k: best[k] for k in grid}, "at_edge": bool(edges), "edge_knobs": edges,
                        "runs": len(table)}

@@ -42,6 +42,7 @@ RESOLVED_CONFIG = "resolved_config.json"
 SUMMARY = "summary.json"
 COMPARE = "compare.json"
 TASKS = "tasks"
+TUNING = "tuning"  # a comparison's tuning runs and pool (OUT/tuning/)
 TASK_FILES = "task_files.json"
 METRICS = "metrics.jsonl"
 TRACES = "traces"
@@ -74,6 +75,11 @@ def summary(run: Path) -> Path:
 def compare_json(out: Path) -> Path:
     """A comparison's report (``OUT/compare.json``)."""
     return Path(out) / COMPARE
+
+
+def tuning_run(out: Path, name: str) -> Path:
+    """A comparison's tuning run directory (``OUT/tuning/<arm>-lr<rate>[-<knob><value>]``)."""
+    return Path(out) / TUNING / name
 
 
 def tasks_dir(run: Path) -> Path:

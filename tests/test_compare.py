@@ -289,9 +289,11 @@ def test_a_tuning_pool_sharing_a_task_with_the_reported_one_is_refused_before_an
 
 
 def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_generation_zero_once(
-        tiny_base_model, tmp_path):
+        tiny_base_model, tmp_path, capsys):
     """End to end, tiny: valid-sft, reinforce and valid-sft@random-valid, each tuned over 2 grid points on a
     tuning pool disjoint from the reported one (tasks.seed 4: no shared problem), then run on the result seed."""
+    import yaml
+
     from iterdeploy_trl.compare import problem_key, run_compare
     from iterdeploy_trl.runio import read_json, read_rows
     from iterdeploy_trl.tasks import load_task_set
@@ -299,7 +301,8 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
 
     out = tmp_path / "cmp"
     report = run_compare(config_from_dict(_protocol_config(tiny_base_model, task_seed=4)), out, progress=False,
-                         log=lambda m: None)
+                         log=lambda m: None,
+                         config_text=yaml.safe_dump(_protocol_config(tiny_base_model, task_seed=4)))
     arms = ["valid-sft", "reinforce", "valid-sft@random-valid"]
     assert report["method_order"] == arms and sorted(report["methods"]) == sorted(arms)
     # the arm's run directory holds that method with that curation
@@ -390,6 +393,60 @@ def test_protocol_tunes_every_arm_on_its_own_pool_reports_budgets_and_deploys_ge
     md = (tmp_path / "fig" / "results.md").read_text()
     assert "- reinforce: the chosen prompts_per_step lies at an edge of its grid" in md
     assert "| reinforce | 16 | " + str(report["budgets"]["reinforce"]["optimizer_steps"]) + " |" in md
+    _check_comparison_status(out, report, capsys)
+
+
+def _check_comparison_status(out: Path, report: dict, capsys) -> None:
+    """`iterdeploy status OUT` on the finished comparison of the test above, then on the same directory cut
+    back to what a comparison in its tuning stage holds."""
+    import json
+    import shutil
+
+    from iterdeploy_trl.cli import main
+    from iterdeploy_trl.compare_status import comparison_status
+
+    capsys.readouterr()  # what the comparison printed
+    assert main(["status", str(out), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["finished"] and {r["state"] for r in st["tuning"] + st["arms"]} == {"finished"}
+    assert len(st["tuning"]) == 6 and [r["name"] for r in st["arms"]] == report["method_order"]
+    # each arm's choice is compare.json's, by the same rule, with its edges
+    for arm, tuned in report["tuning"].items():
+        chosen = st["chosen"][arm]
+        best = next(row for row in tuned["table"] if row["run"] == chosen["run"])
+        assert best["solved_mean"] == chosen["solved_mean"] and chosen["edge_knobs"] == tuned["edge_knobs"]
+        assert {k: best[k] for k in tuned["grid"]} == tuned["chosen_settings"]
+    # the run seconds are the ones compare.json measured
+    assert sum(r["seconds"] for r in st["arms"]) == pytest.approx(sum(report["wall_seconds"].values()), abs=0.5)
+    # cut back to the tuning stage: the result arms not started, one tuning run stopped after generation 0,
+    # one not started (a comparison at this point holds no OUT/<method>/ run directory)
+    for arm in report["method_order"]:
+        shutil.rmtree(out / arm)
+    (out / "compare.json").unlink()
+    stopped, gone = st["tuning"][1]["name"], st["tuning"][4]["name"]
+    summary = json.loads((out / "tuning" / stopped / "summary.json").read_text())
+    (out / "tuning" / stopped / "summary.json").write_text(json.dumps({**summary, "complete": False}))
+    shutil.rmtree(out / "tuning" / stopped / "seed_7" / "gen_01")
+    rows = (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").read_text().splitlines()
+    (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").write_text(rows[0] + "\n")
+    shutil.rmtree(out / "tuning" / gone)
+    now = comparison_status(out)
+    states = {r.name: r.state for r in now.tuning}
+    assert states[stopped] == "stopped" and states[gone] == "not started"
+    assert sum(s == "finished" for s in states.values()) == 4
+    assert {r.state for r in now.arms} == {"not started"} and not now.finished
+    stopped_run = next(r for r in now.tuning if r.name == stopped)
+    assert stopped_run.detail == ["seed 7: 1/2 generations done; stopped while training the generation-1 model"]
+    # an arm with an unfinished grid has no choice yet; one with a finished grid keeps it
+    arms_left = {r.arm for r in now.tuning if r.state != "finished"}
+    assert set(now.choices()) == set(report["tuning"]) - arms_left != set()
+    left = now.seconds_left()
+    assert left["tuning"] > 0 and left["arms"] > 0
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tuning runs: 4 of 6 finished, 0 under way, 1 stopped, 1 not started" in text
+    assert "result arms: 0 of 3 finished, 0 under way, 0 stopped, 3 not started" in text
+    assert f"    stopped: {stopped}\n      seed 7: 1/2 generations done" in text
 
 
 def _without_timings(value, out: Path):
