@@ -62,29 +62,6 @@ def timed_judge():
     return spent
 
 
-def phase_seconds(cmp_dir: Path) -> dict[str, float]:
-    """Seconds per phase over every run of the comparison, tuning runs included, as their metrics rows measured
-    them: deployment (every deployment), evaluation (the deployments nothing trains on: every one of an online
-    arm, an SFT run's last generation; part of deployment) and training."""
-    from iterdeploy_trl import methods, rundir
-    from iterdeploy_trl.runio import read_json, read_rows
-
-    out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
-    for run in [cmp_dir / a.name for a in cmp_dir.iterdir()] + list((cmp_dir / "tuning").glob("*")):
-        if not rundir.is_run(run):
-            continue
-        online = not methods.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
-        for seed_dir in run.glob("seed_*"):
-            rows = read_rows(rundir.metrics(seed_dir)) if rundir.metrics(seed_dir).exists() else []
-            last = max((r["generation"] for r in rows), default=0)
-            for r in rows:
-                out["deploy"] += float(r.get("deploy_seconds") or 0.0)
-                out["train"] += float(r.get("train_seconds") or 0.0)
-                if online or r["generation"] == last:
-                    out["evaluate"] += float(r.get("deploy_seconds") or 0.0)
-    return out
-
-
 def same_numbers(a: dict, b: dict, out_a: Path, out_b: Path) -> bool:
     """Whether two compare.json reports hold the same numbers, what depends on the clock, the machine, the
     directory's path or the jobs aside."""
@@ -167,6 +144,8 @@ def print_shares(report: dict, cmp_dir: Path, wall: float, validation: float | N
           f"run seconds / wall = {every / wall:.2f} (about the number of runs going at once)")
     print(f"result arms by phase: deployment {deploy:.1f} s (of it evaluation-only {evaluate:.1f} s), training "
           f"{train:.1f} s")
+    from iterdeploy_trl.compare_stats import phase_seconds
+
     every_run = phase_seconds(cmp_dir)
     print(f"share of the run seconds by phase, every run (tuning included): deployment for learning "
           f"{(every_run['deploy'] - every_run['evaluate']) / every:.0%}, evaluation {every_run['evaluate'] / every:.0%}, "

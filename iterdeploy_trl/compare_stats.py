@@ -193,6 +193,28 @@ def measured_seconds(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             "train_seconds": round(train, 1), "machines": machines or ["not recorded"]}
 
 
+def phase_seconds(cmp_dir: Path) -> dict[str, float]:
+    """Seconds per phase over every run of the comparison in ``cmp_dir``, tuning runs included, as their metrics
+    rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (the deployments nothing trains
+    on: every one of an online arm, a curating run's last generation; part of ``deploy``) and ``train`` (an online
+    arm's trainer samples and scores inside it)."""
+    cmp_dir = Path(cmp_dir)
+    out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
+    tuning = Path(cmp_dir) / rundir.TUNING
+    runs = [*rundir.method_runs(cmp_dir), *rundir.method_runs(tuning)]
+    for run in runs:
+        online = not registry.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
+        for sdir in rundir.seed_dirs(run).values():
+            rows = read_rows(rundir.metrics(sdir)) if rundir.metrics(sdir).exists() else []
+            last = max((r["generation"] for r in rows), default=0)
+            for r in rows:
+                out["deploy"] += float(r.get("deploy_seconds") or 0.0)
+                out["train"] += float(r.get("train_seconds") or 0.0)
+                if online or r["generation"] == last:
+                    out["evaluate"] += float(r.get("deploy_seconds") or 0.0)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """An arm's budget in every unit, summed over its seeds, from its metrics rows and each generation's
     ``train_stats.json``: sampled completions used for learning (equal by design), optimizer steps, training

@@ -186,6 +186,16 @@ def test_the_page_holds_every_table_with_compare_jsons_numbers(compared, tmp_pat
                 expected.append([arm, fmt(g), f"{c} of {n}", fmt(c / n), ", ".join(fmt(r["clip_fraction"]) for r in recs),
                                  fmt(sum(r["grad_norm_mean"] for r in recs) / len(recs)), fmt(recs[0]["max_grad_norm"])])
     assert clipped == expected and any(r[0] == "reinforce" for r in clipped)
+    # the Time section: every run's metrics rows (result arms and tuning runs), summed here by hand
+    rows = [json.loads(line) for f in [*cmp.glob("*/seed_*/metrics.jsonl"), *cmp.glob("tuning/*/seed_*/metrics.jsonl")]
+            for line in f.read_text().splitlines() if line.strip()]
+    spent = sum(r["deploy_seconds"] + r["train_seconds"] for r in rows)
+    assert spent == pytest.approx(report["tuning_wall_seconds"] + sum(b["seconds"]["total"]
+                                                                      for b in report["budgets"].values()), abs=1)
+    time_text = text[text.index("## Time"):text.index("## Figures")]
+    assert f"{spent:.0f} run-seconds" in time_text
+    assert f"training {sum(r['train_seconds'] for r in rows) / spent:.0%} (" in time_text
+    assert f"(`--jobs {report['jobs']}`) took {fmt(report['invocation_wall_seconds']['total'])} s" in time_text
     # the parts tests/test_docs.py asks of every results page, and the slots a person fills
     for mark in ("**question.**", "command", "machine", "**date", "**seeds.**", "|---|", "\n## figure", "does not"):
         assert mark in text.lower(), mark

@@ -12,7 +12,8 @@ reports, read from ``OUT/compare.json``:
 - the tuning table (every grid point, its score per tuning seed, the chosen point, the grid edge flag with its
   knob), the tuning pool's disjointness record and the held-out/pool overlap;
 - the budgets in every unit with the wall seconds per phase and the machine that measured them, and how often
-  ``max_grad_norm`` clipped each fine-tune (from the arms' ``train_stats.json``).
+  ``max_grad_norm`` clipped each fine-tune (from the arms' ``train_stats.json``);
+- where the time went (:func:`time_md`): tuning vs result arms and each phase over every run, tuning included.
 
 What only a person can write (the question, what the numbers show and do not show, the commit, the load on
 the machine) is left as slots marked :data:`SLOT`; ``tests/test_compare_page.py`` fails while a page under
@@ -202,6 +203,38 @@ def _setup(report: dict[str, Any]) -> list[str]:
     return [" ".join(lines), ""]
 
 
+def time_md(report: dict[str, Any], cmp_dir: Path, md: Markdown) -> None:
+    """The page's "Time" section: where the run seconds of the whole protocol went (tuning vs result arms, and
+    by phase over every run, tuning included: :func:`~iterdeploy_trl.compare_stats.phase_seconds`), the last
+    invocation's wall time and its ``--jobs``, and what deploying generation 0 once saved."""
+    from iterdeploy_trl.compare_stats import phase_seconds
+
+    tuning = float(report.get("tuning_wall_seconds") or 0.0)
+    arms = sum(float((b.get("seconds") or {}).get("total") or 0.0) for b in (report.get("budgets") or {}).values())
+    every = tuning + arms
+    if every <= 0:
+        return
+    phases = phase_seconds(cmp_dir)
+    jobs = int(report.get("jobs") or 1)
+    wall = (report.get("invocation_wall_seconds") or {}).get("total")
+    md.text("## Time")
+    md.text("")
+    md.text(f"Measured in the runs (their seconds add up over parallel workers): {every:.0f} run-seconds "
+            f"({every / 3600:.2f} run-hours), tuning {tuning:.0f} s ({tuning / every:.0%}) and the result arms "
+            f"{arms:.0f} s ({arms / every:.0%}). By phase over every run, tuning included: deployment for learning "
+            f"{(phases['deploy'] - phases['evaluate']) / every:.0%}, evaluation {phases['evaluate'] / every:.0%}, "
+            f"training {phases['train'] / every:.0%} (an online arm's trainer samples and scores inside its "
+            f"training; VAL runs inside each deployment). At {jobs} run(s) at a time that is about "
+            f"{every / jobs / 60:.0f} minutes of wall time; the last invocation of `iterdeploy compare` (`--jobs {jobs}`) "
+            f"took {fmt(wall)} s ({float(wall or 0) / 60:.1f} min), which is the whole protocol's wall time only when "
+            f"that invocation ran it from the start. Generation 0 deployed once per seed and pool saved "
+            f"{fmt((report.get('generation0_reuse') or {}).get('saved_seconds'))} run-seconds. "
+            f"`python benchmarks/bench_protocol.py --from {cmp_dir}` prints the same shares per arm.")
+    md.text("")
+    md.text(slot("whether the last invocation ran the whole protocol or resumed it, and what else ran meanwhile"))
+    md.text("")
+
+
 def page_markdown(report: dict[str, Any], cmp_dir: Path, figures: Sequence[Drawn], page: Path,
                   boots: dict[str, dict[str, list[float] | None]], *, written: str, compare_date: str,
                   config: str, figures_command: str) -> str:
@@ -287,6 +320,7 @@ def page_markdown(report: dict[str, Any], cmp_dir: Path, figures: Sequence[Drawn
             "saved). Validation (VAL) runs inside each deployment chunk: compare.json does not separate its seconds "
             "(`benchmarks/bench_protocol.py` measures its share).")
     md.text("")
+    time_md(report, cmp_dir, md)
     md.text("## Figures")
     md.text("")
     for d in figures:
