@@ -97,6 +97,8 @@ def _stage(sdir: Path, g: int, chunks_per_gen: int, held: bool, last: int) -> st
         partial = f" ({partial.name} being written)" if partial.exists() else ""
         return f"{train} the generation-{g} model{partial}"
     chunks = len(rundir.chunk_files(gdir))
+    if chunks >= chunks_per_gen > 0:  # deployed (or, generation 0 of a comparison, copied): scored next
+        return f"generation {g} deployed ({chunks}/{chunks_per_gen} chunks of traces written), not yet scored"
     return f"{verb} generation {g}: {chunks}/{chunks_per_gen} chunks of traces written"
 
 

@@ -430,10 +430,17 @@ def _check_comparison_status(out: Path, report: dict, capsys) -> None:
     rows = (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").read_text().splitlines()
     (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").write_text(rows[0] + "\n")
     shutil.rmtree(out / "tuning" / gone)
+    # one stopped with generation 0 deployed (here: copied) but not yet scored
+    scored_next = st["tuning"][0]["name"]
+    (out / "tuning" / scored_next / "summary.json").write_text(json.dumps({**summary, "complete": False}))
+    (out / "tuning" / scored_next / "seed_7" / "metrics.jsonl").unlink()
+    shutil.rmtree(out / "tuning" / scored_next / "seed_7" / "gen_01")
     now = comparison_status(out)
     states = {r.name: r.state for r in now.tuning}
-    assert states[stopped] == "stopped" and states[gone] == "not started"
-    assert sum(s == "finished" for s in states.values()) == 4
+    assert states[stopped] == states[scored_next] == "stopped" and states[gone] == "not started"
+    assert sum(s == "finished" for s in states.values()) == 3
+    assert next(r for r in now.tuning if r.name == scored_next).detail == [
+        "seed 7: 0/2 generations done; generation 0 deployed (2/2 chunks of traces written), not yet scored"]
     assert {r.state for r in now.arms} == {"not started"} and not now.finished
     stopped_run = next(r for r in now.tuning if r.name == stopped)
     assert stopped_run.detail == ["seed 7: 1/2 generations done; stopped while training the generation-1 model"]
@@ -444,7 +451,7 @@ def _check_comparison_status(out: Path, report: dict, capsys) -> None:
     assert left["tuning"] > 0 and left["arms"] > 0
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "tuning runs: 4 of 6 finished, 0 under way, 1 stopped, 1 not started" in text
+    assert "tuning runs: 3 of 6 finished, 0 under way, 2 stopped, 1 not started" in text
     assert "result arms: 0 of 3 finished, 0 under way, 0 stopped, 3 not started" in text
     assert f"    stopped: {stopped}\n      seed 7: 1/2 generations done" in text
 
