@@ -424,15 +424,14 @@ def _check_comparison_status(out: Path, report: dict, capsys) -> None:
         shutil.rmtree(out / arm)
     (out / "compare.json").unlink()
     stopped, gone = st["tuning"][1]["name"], st["tuning"][4]["name"]
-    summary = json.loads((out / "tuning" / stopped / "summary.json").read_text())
-    (out / "tuning" / stopped / "summary.json").write_text(json.dumps({**summary, "complete": False}))
+    (out / "tuning" / stopped / "summary.json").unlink()  # killed while training generation 1: no summary yet
     shutil.rmtree(out / "tuning" / stopped / "seed_7" / "gen_01")
     rows = (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").read_text().splitlines()
     (out / "tuning" / stopped / "seed_7" / "metrics.jsonl").write_text(rows[0] + "\n")
     shutil.rmtree(out / "tuning" / gone)
-    # one stopped with generation 0 deployed (here: copied) but not yet scored
+    # one with generation 0 deployed but not scored, beside the summary.json of a finished run (its metrics rows
+    # and generation 1 lost since): what the run directory holds, not the stale summary, says where it stands
     scored_next = st["tuning"][0]["name"]
-    (out / "tuning" / scored_next / "summary.json").write_text(json.dumps({**summary, "complete": False}))
     (out / "tuning" / scored_next / "seed_7" / "metrics.jsonl").unlink()
     shutil.rmtree(out / "tuning" / scored_next / "seed_7" / "gen_01")
     now = comparison_status(out)
