@@ -198,7 +198,6 @@ def phase_seconds(cmp_dir: Path) -> dict[str, float]:
     rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (the deployments nothing trains
     on: every one of an online arm, a curating run's last generation; part of ``deploy``) and ``train`` (an online
     arm's trainer samples and scores inside it)."""
-    cmp_dir = Path(cmp_dir)
     out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
     tuning = Path(cmp_dir) / rundir.TUNING
     runs = [*rundir.method_runs(cmp_dir), *rundir.method_runs(tuning)]

@@ -143,8 +143,8 @@ class ComparisonStatus:
 
 
 def is_comparison(out: Path) -> bool:
-    """Whether ``out`` is the ``--out`` of ``iterdeploy compare`` (it holds the config.yaml that compare writes
-    first, with a ``compare_methods`` list, and is no run directory itself)."""
+    """Whether ``out`` is the ``--out`` of ``iterdeploy compare``: it holds the config.yaml that compare writes
+    first, is no run directory itself, and holds an arm's run directory, the tuning folder or compare's lock."""
     return rundir.config_yaml(out).is_file() and not rundir.is_run(out) and (
         rundir.method_runs(out) != [] or (Path(out) / rundir.TUNING).is_dir() or is_held(out))
 
