@@ -86,6 +86,24 @@ __all__ = [
 ]
 
 
+def record_config(out: Path, config_text: str, log=print) -> None:
+    """Keep the config of this invocation as ``OUT/config.yaml`` (what ``iterdeploy status`` plans from). Where
+    an earlier invocation's config differs (a grid moved, an arm added: each run directory checks its own hash,
+    so the runs already made stay valid), that one is kept as ``config.earlier-<n>.yaml``, not written over."""
+    path = rundir.config_yaml(out)
+    if path.exists():
+        old = path.read_text()
+        if old == config_text:
+            return
+        n = 1
+        while rundir.earlier_config(out, n).exists():
+            n += 1
+        atomic_write_text(rundir.earlier_config(out, n), old)
+        log(f"[compare] {path}: the config differs from the one this comparison was last run with; that one is "
+            f"kept as {rundir.earlier_config(out, n).name}")
+    atomic_write_text(path, config_text)
+
+
 @holds_run_dir(lambda cfg, kw: (check_server_methods(cfg, [split_arm(a)[0] for a in kw.get("methods") or cfg.compare_methods]),
                                  begin_run(cfg, False, print)))  # the rest of check_methods: in the body
 def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | None = None, config_text: str | None = None,
@@ -113,8 +131,8 @@ def run_compare(cfg: RunConfig, out: str | Path, *, methods: tuple[str, ...] | N
     pool_dir = dist.main_first(lambda: write_tuning_pool(cfg, out))
     if pool_dir is not None:
         tuning_pool = check_tuning_pool(cfg, pool_dir)
-    if config_text is not None and dist.is_main() and not rundir.config_yaml(out).exists():
-        atomic_write_text(rundir.config_yaml(out), config_text)
+    if config_text is not None and dist.is_main():
+        record_config(out, config_text, log)
     results, rows_by_method, wall, budgets, reused = {}, {}, {}, {}, {}
     sources: dict[tuple[str, int], Path] = {}  # generation 0 deployed once per (deployment, seed)
     t0 = time.time()

@@ -62,6 +62,12 @@ def config_yaml(run: Path) -> Path:
     return Path(run) / CONFIG_YAML
 
 
+def earlier_config(out: Path, n: int) -> Path:
+    """A comparison's ``n``-th earlier config (``OUT/config.earlier-<n>.yaml``): what ``config.yaml`` held before
+    an invocation with another config (a grid moved, an arm added) resumed the comparison."""
+    return Path(out) / f"config.earlier-{n}.yaml"
+
+
 def resolved_config(run: Path) -> Path:
     """The resolved config with its hash (``RUNDIR/resolved_config.json``): what makes a run directory."""
     return Path(run) / RESOLVED_CONFIG

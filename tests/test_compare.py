@@ -254,6 +254,23 @@ def _protocol_config(model, task_seed: int) -> dict:
                           "valid-sft@random-valid": {"learning_rate": [1e-2, 1e-3]}}})
 
 
+def test_a_changed_config_keeps_the_earlier_one(tmp_path):
+    """compare's record of its config: an invocation with another config (here a moved grid) keeps the config the
+    comparison ran with before as config.earlier-<n>.yaml; the same config again writes nothing."""
+    from iterdeploy_trl.compare import record_config
+
+    lines: list[str] = []
+    texts = ["grids: {reinforce: {learning_rate: [3.0e-5, 1.0e-4, 3.0e-4]}}\n",
+             "grids: {reinforce: {learning_rate: [1.0e-4, 3.0e-4, 1.0e-3]}}\n", "grids: {}\n"]
+    for text in (texts[0], texts[1], texts[1], texts[2]):
+        record_config(tmp_path, text, lines.append)
+    assert (tmp_path / "config.yaml").read_text() == texts[2]
+    assert (tmp_path / "config.earlier-1.yaml").read_text() == texts[0]
+    assert (tmp_path / "config.earlier-2.yaml").read_text() == texts[1]
+    assert not (tmp_path / "config.earlier-3.yaml").exists() and len(lines) == 2
+    assert "kept as config.earlier-2.yaml" in lines[1]
+
+
 def test_a_tuning_pool_sharing_a_task_with_the_reported_one_is_refused_before_any_work(tmp_path):
     from iterdeploy_trl.compare import run_compare
 
