@@ -128,28 +128,25 @@ def main() -> None:
 def print_shares(report: dict, cmp_dir: Path, wall: float, validation: float | None) -> None:
     """Where the wall time ``wall`` of the comparison in ``cmp_dir`` went: tuning, result arms, phases, per arm
     (``validation``: VAL's seconds where they were timed, else None)."""
+    from iterdeploy_trl.compare_stats import time_shares
+
     budgets = report["budgets"]
-    tuning_wall = report["tuning_wall_seconds"]
-    results_wall = sum(b["seconds"]["total"] for b in budgets.values())
+    t = time_shares(report, cmp_dir)
     deploy = sum(b["seconds"]["deploy"] for b in budgets.values())
     train = sum(b["seconds"]["train"] for b in budgets.values())
     evaluate = sum(b["seconds"]["evaluate"] for b in budgets.values())
-    tuning_rows = [row for t in report["tuning"].values() for row in t["table"]]
+    tuning_rows = [row for tuned in report["tuning"].values() for row in tuned["table"]]
     print(f"{len(budgets)} arms, {len(tuning_rows)} tuning runs ({len(tuning_rows) // max(len(report['tuning']), 1)} "
           f"per arm), jobs {report.get('jobs', 1)}")
     print(f"wall {wall:.1f} s ({wall / 60:.1f} min, end to end); measured in the runs (their seconds add up over "
-          f"parallel workers): tuning {tuning_wall:.1f} s, result arms {results_wall:.1f} s")
-    every = tuning_wall + results_wall
-    print(f"share of the run seconds: tuning {tuning_wall / every:.0%}, result arms {results_wall / every:.0%}; "
-          f"run seconds / wall = {every / wall:.2f} (about the number of runs going at once)")
+          f"parallel workers): tuning {t['tuning']:.1f} s, result arms {t['arms']:.1f} s")
+    print(f"share of the run seconds: tuning {t['tuning'] / t['total']:.0%}, result arms {t['arms'] / t['total']:.0%}; "
+          f"run seconds / wall = {t['total'] / wall:.2f} (about the number of runs going at once)")
     print(f"result arms by phase: deployment {deploy:.1f} s (of it evaluation-only {evaluate:.1f} s), training "
           f"{train:.1f} s")
-    from iterdeploy_trl.compare_stats import phase_seconds
-
-    every_run = phase_seconds(cmp_dir)
     print(f"share of the run seconds by phase, every run (tuning included): deployment for learning "
-          f"{(every_run['deploy'] - every_run['evaluate']) / every:.0%}, evaluation {every_run['evaluate'] / every:.0%}, "
-          f"training {every_run['train'] / every:.0%} (REINFORCE-family: their own sampling and VAL inside)")
+          f"{t['learn']:.0%}, evaluation {t['evaluate']:.0%}, training {t['train']:.0%} (REINFORCE-family: their own "
+          "sampling and VAL inside)")
     if validation is not None:
         print(f"validation (VAL on deployed completions, every run, tuning included): {validation:.1f} s = "
               f"{validation / wall:.0%} of the wall time (inside deployment and evaluation)")

@@ -193,25 +193,39 @@ def measured_seconds(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             "train_seconds": round(train, 1), "machines": machines or ["not recorded"]}
 
 
+def evaluation_seconds(rows: Sequence[dict[str, Any]], online: bool) -> float:
+    """The deployment seconds of metrics ``rows`` whose traces nothing trains on: every deployment of an online
+    arm, a curating run's last generation."""
+    last = max((r["generation"] for r in rows), default=0)
+    return sum(float(r.get("deploy_seconds") or 0.0) for r in rows if online or r["generation"] == last)
+
+
 def phase_seconds(cmp_dir: Path) -> dict[str, float]:
     """Seconds per phase over every run of the comparison in ``cmp_dir``, tuning runs included, as their metrics
-    rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (the deployments nothing trains
-    on: every one of an online arm, a curating run's last generation; part of ``deploy``) and ``train`` (an online
-    arm's trainer samples and scores inside it)."""
+    rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (:func:`evaluation_seconds`; part
+    of ``deploy``) and ``train`` (an online arm's trainer samples and scores inside it)."""
     out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
-    tuning = Path(cmp_dir) / rundir.TUNING
-    runs = [*rundir.method_runs(cmp_dir), *rundir.method_runs(tuning)]
-    for run in runs:
+    for run in [*rundir.method_runs(cmp_dir), *rundir.method_runs(Path(cmp_dir) / rundir.TUNING)]:
         online = not registry.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
-        for sdir in rundir.seed_dirs(run).values():
-            rows = read_rows(rundir.metrics(sdir)) if rundir.metrics(sdir).exists() else []
-            last = max((r["generation"] for r in rows), default=0)
-            for r in rows:
-                out["deploy"] += float(r.get("deploy_seconds") or 0.0)
-                out["train"] += float(r.get("train_seconds") or 0.0)
-                if online or r["generation"] == last:
-                    out["evaluate"] += float(r.get("deploy_seconds") or 0.0)
+        per_seed = metrics_rows(run, list(rundir.seed_dirs(run)))
+        sec = measured_seconds(per_seed)
+        out["deploy"] += sec["deploy_seconds"]
+        out["train"] += sec["train_seconds"]
+        out["evaluate"] += evaluation_seconds([r for rs in per_seed.values() for r in rs], online)
     return {k: round(v, 1) for k, v in out.items()}
+
+
+def time_shares(report: dict[str, Any], cmp_dir: Path) -> dict[str, float]:
+    """Where a finished comparison's run-seconds went (``report``: its compare.json): ``tuning`` and ``arms``
+    (seconds, as measured in the runs), ``total`` (their sum), and the shares of ``total`` spent deploying for
+    learning (``learn``), evaluating (``evaluate``) and training (``train``) over every run, tuning included."""
+    tuning = float(report.get("tuning_wall_seconds") or 0.0)
+    arms = sum(float((b.get("seconds") or {}).get("total") or 0.0) for b in (report.get("budgets") or {}).values())
+    total = tuning + arms
+    phases = phase_seconds(cmp_dir) if total > 0 else {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
+    share = (lambda x: x / total) if total > 0 else (lambda x: 0.0)
+    return {"tuning": tuning, "arms": arms, "total": total, "learn": share(phases["deploy"] - phases["evaluate"]),
+            "evaluate": share(phases["evaluate"]), "train": share(phases["train"])}
 
 
 def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -224,7 +238,6 @@ def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str,
     online = not registry.get(cfg.method).curates
     k = cfg.sampling.samples_per_task
     rows = [r for rs in per_seed.values() for r in rs]
-    last = max((r["generation"] for r in rows), default=0)
     steps = 0
     for seed, seed_rows in per_seed.items():
         for r in seed_rows:
@@ -234,7 +247,7 @@ def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str,
     deployed = sum((int(r.get("tasks") or 0) + int(r.get("heldout_tasks") or 0)) * k for r in rows)
     trainer_sampled = sum(int(r.get("train_traces") or 0) for r in rows) if online else 0
     sec = measured_seconds(per_seed)
-    evaluate = sum(float(r.get("deploy_seconds") or 0.0) for r in rows if online or r["generation"] == last)
+    evaluate = evaluation_seconds(rows, online)
     gen0 = sum(float(r.get("deploy_seconds") or 0.0) for r in rows if r["generation"] == 0)
     return {"seeds": len(per_seed),
             "sampled_completions": sum(int(rs[-1].get("samples_used") or 0) for rs in per_seed.values() if rs),

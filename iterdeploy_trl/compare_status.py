@@ -49,7 +49,7 @@ def _read_state(run: PlannedState) -> None:
     if not rundir.is_run(run.path):
         run.state = UNDER_WAY if is_held(run.path) else NOT_STARTED  # held: its config is being written
         return
-    st = run_status(run.path)
+    st = run_status(run.path, damage=False)  # the comparison's report names no damage: no chunk is read
     run.seconds = measured_seconds(metrics_rows(run.path, run.seeds))["seconds"]
     summary, _ = rundir.read_summary(run.path)
     if st.complete and summary is not None:

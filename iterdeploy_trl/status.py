@@ -195,8 +195,9 @@ def run_damage(run_dir: Path, cfg: dict[str, Any], stored: dict[str, Any], done:
     return damage
 
 
-def run_status(run_dir: Path) -> RunStatus:
-    """The status of one run directory (``resolved_config.json`` must exist)."""
+def run_status(run_dir: Path, *, damage: bool = True) -> RunStatus:
+    """The status of one run directory (``resolved_config.json`` must exist); ``damage=False`` leaves out
+    :func:`run_damage`, which reads every trace chunk of the finished generations."""
     run_dir = Path(run_dir)
     resolved = rundir.resolved_config(run_dir)
     if not resolved.exists():
@@ -226,7 +227,8 @@ def run_status(run_dir: Path) -> RunStatus:
     summary, _ = rundir.read_summary(run_dir)  # an unreadable summary.json: not complete
     if summary is not None:
         st.complete = bool(summary.get("complete")) and all(len(s.done) == st.generations + 1 for s in st.seeds)
-    st.damage = run_damage(run_dir, cfg, stored, {s.seed: s.done for s in st.seeds})
+    if damage:
+        st.damage = run_damage(run_dir, cfg, stored, {s.seed: s.done for s in st.seeds})
     return st
 
 

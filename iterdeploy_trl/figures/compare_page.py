@@ -204,30 +204,27 @@ def _setup(report: dict[str, Any]) -> list[str]:
 
 
 def time_md(report: dict[str, Any], cmp_dir: Path, md: Markdown) -> None:
-    """The page's "Time" section: where the run seconds of the whole protocol went (tuning vs result arms, and
-    by phase over every run, tuning included: :func:`~iterdeploy_trl.compare_stats.phase_seconds`), the last
-    invocation's wall time and its ``--jobs``, and what deploying generation 0 once saved."""
-    from iterdeploy_trl.compare_stats import phase_seconds
+    """The page's "Time" section: where the run seconds of the whole protocol went
+    (:func:`~iterdeploy_trl.compare_stats.time_shares`), the last invocation's wall time and its ``--jobs``, and
+    what deploying generation 0 once saved."""
+    from iterdeploy_trl.compare_stats import time_shares
 
-    tuning = float(report.get("tuning_wall_seconds") or 0.0)
-    arms = sum(float((b.get("seconds") or {}).get("total") or 0.0) for b in (report.get("budgets") or {}).values())
-    every = tuning + arms
-    if every <= 0:
+    t = time_shares(report, cmp_dir)
+    if t["total"] <= 0:
         return
-    phases = phase_seconds(cmp_dir)
     jobs = int(report.get("jobs") or 1)
     wall = (report.get("invocation_wall_seconds") or {}).get("total")
     md.text("## Time")
     md.text("")
-    md.text(f"Measured in the runs (their seconds add up over parallel workers): {every:.0f} run-seconds "
-            f"({every / 3600:.2f} run-hours), tuning {tuning:.0f} s ({tuning / every:.0%}) and the result arms "
-            f"{arms:.0f} s ({arms / every:.0%}). By phase over every run, tuning included: deployment for learning "
-            f"{(phases['deploy'] - phases['evaluate']) / every:.0%}, evaluation {phases['evaluate'] / every:.0%}, "
-            f"training {phases['train'] / every:.0%} (an online arm's trainer samples and scores inside its "
-            f"training; VAL runs inside each deployment). At {jobs} run(s) at a time that is about "
-            f"{every / jobs / 60:.0f} minutes of wall time; the last invocation of `iterdeploy compare` (`--jobs {jobs}`) "
-            f"took {fmt(wall)} s ({float(wall or 0) / 60:.1f} min), which is the whole protocol's wall time only when "
-            f"that invocation ran it from the start. Generation 0 deployed once per seed and pool saved "
+    md.text(f"Measured in the runs (their seconds add up over parallel workers): {t['total']:.0f} run-seconds "
+            f"({t['total'] / 3600:.2f} run-hours), tuning {t['tuning']:.0f} s ({t['tuning'] / t['total']:.0%}) and the "
+            f"result arms {t['arms']:.0f} s ({t['arms'] / t['total']:.0%}). By phase over every run, tuning included: "
+            f"deployment for learning {t['learn']:.0%}, evaluation {t['evaluate']:.0%}, training {t['train']:.0%} (an "
+            f"online arm's trainer samples and scores inside its training; VAL runs inside each deployment). At "
+            f"{jobs} run(s) at a time that is about {t['total'] / jobs / 60:.0f} minutes of wall time; the last "
+            f"invocation of `iterdeploy compare` (`--jobs {jobs}`) took {fmt(wall)} s ({float(wall or 0) / 60:.1f} "
+            f"min), which is the whole protocol's wall time only when that invocation ran it from the start. "
+            f"Generation 0 deployed once per seed and pool saved "
             f"{fmt((report.get('generation0_reuse') or {}).get('saved_seconds'))} run-seconds. "
             f"`python benchmarks/bench_protocol.py --from {cmp_dir}` prints the same shares per arm.")
     md.text("")
