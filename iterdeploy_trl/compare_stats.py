@@ -203,26 +203,27 @@ def evaluation_seconds(rows: Sequence[dict[str, Any]], online: bool) -> float:
 def phase_seconds(cmp_dir: Path) -> dict[str, float]:
     """Seconds per phase over every run of the comparison in ``cmp_dir``, tuning runs included, as their metrics
     rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (:func:`evaluation_seconds`; part
-    of ``deploy``) and ``train`` (an online arm's trainer samples and scores inside it)."""
+    of ``deploy``) and ``train`` (an online arm's trainer samples and scores inside it). Summed from the rows
+    unrounded: a tiny protocol's hundred runs would otherwise add a hundred roundings."""
     out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
     for run in [*rundir.method_runs(cmp_dir), *rundir.method_runs(Path(cmp_dir) / rundir.TUNING)]:
         online = not registry.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
-        per_seed = metrics_rows(run, list(rundir.seed_dirs(run)))
-        sec = measured_seconds(per_seed)
-        out["deploy"] += sec["deploy_seconds"]
-        out["train"] += sec["train_seconds"]
-        out["evaluate"] += evaluation_seconds([r for rs in per_seed.values() for r in rs], online)
-    return {k: round(v, 1) for k, v in out.items()}
+        rows = [r for rs in metrics_rows(run, list(rundir.seed_dirs(run))).values() for r in rs]
+        out["deploy"] += sum(float(r.get("deploy_seconds") or 0.0) for r in rows)
+        out["train"] += sum(float(r.get("train_seconds") or 0.0) for r in rows)
+        out["evaluate"] += evaluation_seconds(rows, online)
+    return out
 
 
 def time_shares(report: dict[str, Any], cmp_dir: Path) -> dict[str, float]:
     """Where a finished comparison's run-seconds went (``report``: its compare.json): ``tuning`` and ``arms``
-    (seconds, as measured in the runs), ``total`` (their sum), and the shares of ``total`` spent deploying for
-    learning (``learn``), evaluating (``evaluate``) and training (``train``) over every run, tuning included."""
+    (seconds, as compare.json holds them), ``total`` (every run's seconds, as measured in its metrics rows: equal
+    to their sum up to compare.json's rounding), and the shares of ``total`` spent deploying for learning
+    (``learn``), evaluating (``evaluate``) and training (``train``) over every run, tuning included."""
     tuning = float(report.get("tuning_wall_seconds") or 0.0)
     arms = sum(float((b.get("seconds") or {}).get("total") or 0.0) for b in (report.get("budgets") or {}).values())
-    total = tuning + arms
-    phases = phase_seconds(cmp_dir) if total > 0 else {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
+    phases = phase_seconds(cmp_dir)
+    total = phases["deploy"] + phases["train"]
     share = (lambda x: x / total) if total > 0 else (lambda x: 0.0)
     return {"tuning": tuning, "arms": arms, "total": total, "learn": share(phases["deploy"] - phases["evaluate"]),
             "evaluate": share(phases["evaluate"]), "train": share(phases["train"])}
