@@ -147,6 +147,9 @@ def print_shares(report: dict, cmp_dir: Path, wall: float, validation: float | N
     print(f"share of the run seconds by phase, every run (tuning included): deployment for learning "
           f"{t['learn']:.0%}, evaluation {t['evaluate']:.0%}, training {t['train']:.0%} (REINFORCE-family: their own "
           "sampling and VAL inside)")
+    if t["outside"]["runs"]:
+        print(f"not counted: {len(t['outside']['runs'])} tuning runs outside compare.json's tuning tables (an earlier "
+              f"grid), {t['outside']['seconds']:.1f} run seconds")
     if validation is not None:
         print(f"validation (VAL on deployed completions, every run, tuning included): {validation:.1f} s = "
               f"{validation / wall:.0%} of the wall time (inside deployment and evaluation)")

@@ -200,13 +200,22 @@ def evaluation_seconds(rows: Sequence[dict[str, Any]], online: bool) -> float:
     return sum(float(r.get("deploy_seconds") or 0.0) for r in rows if online or r["generation"] == last)
 
 
-def phase_seconds(cmp_dir: Path) -> dict[str, float]:
-    """Seconds per phase over every run of the comparison in ``cmp_dir``, tuning runs included, as their metrics
-    rows measured them: ``deploy`` (every deployment, VAL inside), ``evaluate`` (:func:`evaluation_seconds`; part
-    of ``deploy``) and ``train`` (an online arm's trainer samples and scores inside it). Summed from the rows
-    unrounded: a tiny protocol's hundred runs would otherwise add a hundred roundings."""
+def plan_runs(report: dict[str, Any], cmp_dir: Path) -> list[Path]:
+    """The run directories a finished comparison (``report``: its compare.json) counts: its result arms and the
+    tuning runs of its tuning tables. ``OUT/tuning`` may hold more (the runs of an earlier, moved grid)."""
+    arms = [Path(cmp_dir) / arm for arm in report.get("budgets") or {}]
+    tuning = [rundir.tuning_run(cmp_dir, row["run"]) for tuned in (report.get("tuning") or {}).values()
+              for row in tuned.get("table") or []]
+    return [run for run in [*arms, *tuning] if rundir.is_run(run)]
+
+
+def phase_seconds(runs: Sequence[Path]) -> dict[str, float]:
+    """Seconds per phase over ``runs`` as their metrics rows measured them: ``deploy`` (every deployment, VAL
+    inside), ``evaluate`` (:func:`evaluation_seconds`; part of ``deploy``) and ``train`` (an online arm's trainer
+    samples and scores inside it). Summed from the rows unrounded: a tiny protocol's hundred runs would otherwise
+    add a hundred roundings."""
     out = {"deploy": 0.0, "evaluate": 0.0, "train": 0.0}
-    for run in [*rundir.method_runs(cmp_dir), *rundir.method_runs(Path(cmp_dir) / rundir.TUNING)]:
+    for run in runs:
         online = not registry.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
         rows = [r for rs in metrics_rows(run, list(rundir.seed_dirs(run))).values() for r in rs]
         out["deploy"] += sum(float(r.get("deploy_seconds") or 0.0) for r in rows)
@@ -215,18 +224,23 @@ def phase_seconds(cmp_dir: Path) -> dict[str, float]:
     return out
 
 
-def time_shares(report: dict[str, Any], cmp_dir: Path) -> dict[str, float]:
+def time_shares(report: dict[str, Any], cmp_dir: Path) -> dict[str, Any]:
     """Where a finished comparison's run-seconds went (``report``: its compare.json): ``tuning`` and ``arms``
-    (seconds, as compare.json holds them), ``total`` (every run's seconds, as measured in its metrics rows: equal
-    to their sum up to compare.json's rounding), and the shares of ``total`` spent deploying for learning
-    (``learn``), evaluating (``evaluate``) and training (``train``) over every run, tuning included."""
+    (seconds, as compare.json holds them), ``total`` (the seconds of its runs, :func:`plan_runs`, as measured in
+    their metrics rows: equal to tuning + arms up to compare.json's rounding), the shares of ``total`` spent
+    deploying for learning (``learn``), evaluating (``evaluate``) and training (``train``) over every run, tuning
+    included, and ``outside``: the runs in ``OUT/tuning`` outside its tuning tables and their seconds."""
     tuning = float(report.get("tuning_wall_seconds") or 0.0)
     arms = sum(float((b.get("seconds") or {}).get("total") or 0.0) for b in (report.get("budgets") or {}).values())
-    phases = phase_seconds(cmp_dir)
+    counted = plan_runs(report, cmp_dir)
+    phases = phase_seconds(counted)
     total = phases["deploy"] + phases["train"]
     share = (lambda x: x / total) if total > 0 else (lambda x: 0.0)
+    others = [run for run in rundir.method_runs(Path(cmp_dir) / rundir.TUNING) if run not in counted]
+    rest = phase_seconds(others)
     return {"tuning": tuning, "arms": arms, "total": total, "learn": share(phases["deploy"] - phases["evaluate"]),
-            "evaluate": share(phases["evaluate"]), "train": share(phases["train"])}
+            "evaluate": share(phases["evaluate"]), "train": share(phases["train"]),
+            "outside": {"runs": [run.name for run in others], "seconds": rest["deploy"] + rest["train"]}}
 
 
 def arm_budget(cfg: RunConfig, run_out: Path, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

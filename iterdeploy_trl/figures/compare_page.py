@@ -227,6 +227,11 @@ def time_md(report: dict[str, Any], cmp_dir: Path, md: Markdown) -> None:
             f"Generation 0 deployed once per seed and pool saved "
             f"{fmt((report.get('generation0_reuse') or {}).get('saved_seconds'))} run-seconds. "
             f"`python benchmarks/bench_protocol.py --from {cmp_dir}` prints the same shares per arm.")
+    if t["outside"]["runs"]:
+        md.text("")
+        md.text(f"Not counted above: {len(t['outside']['runs'])} run(s) in `{rundir.TUNING}/` outside the tuning "
+                f"tables ({', '.join(t['outside']['runs'])}; {t['outside']['seconds']:.0f} run-seconds), from a grid "
+                f"an earlier invocation ran (`config.earlier-<n>.yaml`).")
     md.text("")
     md.text(slot("whether the last invocation ran the whole protocol or resumed it, and what else ran meanwhile"))
     md.text("")
