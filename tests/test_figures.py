@@ -231,3 +231,21 @@ def test_curation_ablation_is_mentioned_only_when_an_uncurated_run_is_given(comp
         assert bool(ablation) is expect, report.warnings
         if expect:
             assert "only uncurated runs" in ablation[0] and "needs a curated run" in ablation[0]
+
+
+def test_the_nine_comparison_arms_are_drawn_apart():
+    """experiments/compare_*.yaml's nine arms: eight colours are not enough, so a curation-sensitivity arm is drawn
+    in its method's colour with its rule's line style and marker (before, two pairs of arms shared a line)."""
+    import yaml
+
+    from iterdeploy_trl.figures.style import arm_style
+
+    arms = yaml.safe_load((Path(__file__).parent.parent / "experiments" / "compare_spanner.yaml").read_text())[
+        "compare_methods"]
+    styles = [arm_style(arm, i) for i, arm in enumerate(arms)]
+    looks = {(s["colour"], s["linestyle"], s["marker"]) for s in styles}
+    assert len(arms) == 9 and len(looks) == 9 and len({s["label"] for s in styles}) == 9
+    variant = styles[arms.index("valid-sft@random-valid")]
+    base = styles[arms.index("valid-sft")]
+    assert variant["colour"] == base["colour"] and variant["linestyle"] != "-"
+    assert variant["label"] == "valid-trace SFT, random-valid curation"

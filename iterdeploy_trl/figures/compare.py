@@ -10,10 +10,8 @@ from iterdeploy_trl.compare import MEASURES
 from iterdeploy_trl.figures.markdown import Drawn, Markdown, fmt
 from iterdeploy_trl.figures.sources import Compare
 from iterdeploy_trl.figures.style import (
-    CYCLE,
-    METHOD_COLOURS,
-    METHOD_LABELS,
     SINGLE,
+    arm_style,
     band,
     count_y,
     new_figure,
@@ -76,8 +74,8 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         if not rows:
             continue
         rows = sorted(rows, key=lambda r: r["generation"])
-        colour = METHOD_COLOURS.get(method, CYCLE[i % len(CYCLE)])
-        label = METHOD_LABELS.get(method, method)
+        style = arm_style(method, i)
+        colour, label, line = style["colour"], style["label"], {"marker": style["marker"], "linestyle": style["linestyle"]}
         run = cmp.runs.get(method)
         if run is not None:
             n_tasks = run.n_pool
@@ -88,11 +86,11 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         hi = [r["solved_ci"][1] for r in rows]
         tokens = cumulative_tokens(method, rows)
         positive += [tok for tok in tokens if tok and tok > 0]
-        band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
-        band(ax_t, tokens, mean, lo, hi, colour, label)
+        band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label, **line)
+        band(ax_t, tokens, mean, lo, hi, colour, label, **line)
         walls = [r.get("wall_seconds_cumulative") for r in rows]
         if all(w is not None for w in walls):
-            band(ax_w, walls, mean, lo, hi, colour, label)
+            band(ax_w, walls, mean, lo, hi, colour, label, **line)
             drew_wall = True
         for r, tok in zip(rows, tokens, strict=True):
             rows_md.append((method, r["generation"], r["samples_used"], r.get("heldout_solved_mean"),
@@ -170,16 +168,16 @@ def fig_heldout(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         rows = sorted((r for r in rows if r.get("heldout_solved_mean") is not None), key=lambda r: r["generation"])
         if not rows:
             continue
-        colour = METHOD_COLOURS.get(arm, CYCLE[i % len(CYCLE)])
-        label = METHOD_LABELS.get(arm, arm)
+        style = arm_style(arm, i)
+        colour, label, line = style["colour"], style["label"], {"marker": style["marker"], "linestyle": style["linestyle"]}
         n_held = rows[-1].get("heldout_tasks") or n_held
         mean = [r["heldout_solved_mean"] for r in rows]
         lo = [(r.get("heldout_ci") or [m, m])[0] for r, m in zip(rows, mean, strict=True)]
         hi = [(r.get("heldout_ci") or [m, m])[1] for r, m in zip(rows, mean, strict=True)]
-        band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label)
+        band(ax_b, [r["samples_used"] for r in rows], mean, lo, hi, colour, label, **line)
         walls = [r.get("wall_seconds_cumulative") for r in rows]
         if all(w is not None for w in walls):
-            band(ax_w, walls, mean, lo, hi, colour, label)
+            band(ax_w, walls, mean, lo, hi, colour, label, **line)
             drew_wall = True
     ax_b.set_title("(a) held-out tasks solved vs sampling budget")
     ax_b.set_xlabel("sampled completions used for learning")

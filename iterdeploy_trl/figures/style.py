@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iterdeploy_trl.config_schema import split_arm
 from iterdeploy_trl.methods import all_methods
 
 if TYPE_CHECKING:
@@ -21,6 +22,10 @@ CYCLE = [OKABE_ITO[c] for c in ("blue", "orange", "green", "vermillion", "sky", 
 # Each method's colour and label are its plug-in's (iterdeploy_trl/methods/: Method.colour, Method.label).
 METHOD_COLOURS = {m.name: m.colour for m in all_methods()}
 METHOD_LABELS = {m.name: m.label for m in all_methods()}
+# A comparison arm with its own curation rule (valid-sft@random-valid) is drawn in its method's colour with the
+# rule's line style and marker: nine arms, eight colours that colour-blind readers can tell apart.
+CURATION_LINES = {"random-valid": ("--", "s"), "all-valid": (":", "^")}
+OTHER_CURATION_LINE = ("-.", "D")
 GREY = "#8c8c8c"
 SINGLE = 3.3  # inches: one column of a two-column paper
 DOUBLE = 6.9  # inches: both columns
@@ -82,10 +87,22 @@ def solved_axis_label(runs: Sequence[Run]) -> tuple[str, bool]:
     return "fraction of the pool solved", True
 
 
+def arm_style(arm: str, i: int) -> dict[str, str]:
+    """How a comparison figure draws ``arm`` (the ``i``-th): ``colour``, ``linestyle``, ``marker`` and ``label``.
+    A method is drawn in its plug-in's colour, solid; ``method@rule`` in the method's colour with the rule's line."""
+    method, rule = split_arm(arm)
+    colour = METHOD_COLOURS.get(method, CYCLE[i % len(CYCLE)])
+    if rule is None:
+        return {"colour": colour, "linestyle": "-", "marker": "o", "label": METHOD_LABELS.get(arm, arm)}
+    linestyle, marker = CURATION_LINES.get(rule, OTHER_CURATION_LINE)
+    return {"colour": colour, "linestyle": linestyle, "marker": marker,
+            "label": f"{METHOD_LABELS.get(method, method)}, {rule} curation"}
+
+
 def band(ax: Any, x: Sequence[float], mean: Sequence[float], lo: Sequence[float], hi: Sequence[float], colour: str,
-          label: str, **kw: Any) -> None:
+         label: str, marker: str = "o", **kw: Any) -> None:
     ax.fill_between(x, lo, hi, color=colour, alpha=0.18, linewidth=0)
-    ax.plot(x, mean, color=colour, marker="o", label=label, **kw)
+    ax.plot(x, mean, color=colour, marker=marker, label=label, **kw)
 
 
 def gen_values(gens: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list, list]:
