@@ -243,9 +243,9 @@ def test_the_nine_comparison_arms_are_drawn_apart():
     arms = yaml.safe_load((Path(__file__).parent.parent / "experiments" / "compare_spanner.yaml").read_text())[
         "compare_methods"]
     styles = [arm_style(arm, i) for i, arm in enumerate(arms)]
-    looks = {(s["colour"], s["linestyle"], s["marker"]) for s in styles}
+    looks = {(s["colour"], s["line"]["linestyle"], s["line"]["marker"]) for s in styles}
     assert len(arms) == 9 and len(looks) == 9 and len({s["label"] for s in styles}) == 9
     variant = styles[arms.index("valid-sft@random-valid")]
     base = styles[arms.index("valid-sft")]
-    assert variant["colour"] == base["colour"] and variant["linestyle"] != "-"
+    assert variant["colour"] == base["colour"] and variant["line"]["linestyle"] != base["line"]["linestyle"]
     assert variant["label"] == "valid-trace SFT, random-valid curation"

@@ -75,7 +75,7 @@ def fig_head_to_head(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
             continue
         rows = sorted(rows, key=lambda r: r["generation"])
         style = arm_style(method, i)
-        colour, label, line = style["colour"], style["label"], {"marker": style["marker"], "linestyle": style["linestyle"]}
+        colour, label, line = style["colour"], style["label"], style["line"]
         run = cmp.runs.get(method)
         if run is not None:
             n_tasks = run.n_pool
@@ -169,7 +169,7 @@ def fig_heldout(cmp: Compare, out: Path, stem: str, md: Markdown) -> Drawn:
         if not rows:
             continue
         style = arm_style(arm, i)
-        colour, label, line = style["colour"], style["label"], {"marker": style["marker"], "linestyle": style["linestyle"]}
+        colour, label, line = style["colour"], style["label"], style["line"]
         n_held = rows[-1].get("heldout_tasks") or n_held
         mean = [r["heldout_solved_mean"] for r in rows]
         lo = [(r.get("heldout_ci") or [m, m])[0] for r, m in zip(rows, mean, strict=True)]

@@ -87,16 +87,17 @@ def solved_axis_label(runs: Sequence[Run]) -> tuple[str, bool]:
     return "fraction of the pool solved", True
 
 
-def arm_style(arm: str, i: int) -> dict[str, str]:
-    """How a comparison figure draws ``arm`` (the ``i``-th): ``colour``, ``linestyle``, ``marker`` and ``label``.
-    A method is drawn in its plug-in's colour, solid; ``method@rule`` in the method's colour with the rule's line."""
+def arm_style(arm: str, i: int) -> dict[str, Any]:
+    """How a comparison figure draws ``arm`` (the ``i``-th): ``colour``, ``label`` and ``line`` (its line style and
+    marker, keywords for :func:`band`). A method is drawn in its plug-in's colour, solid; ``method@rule`` in the
+    method's colour with the rule's line."""
     method, rule = split_arm(arm)
     colour = METHOD_COLOURS.get(method, CYCLE[i % len(CYCLE)])
     if rule is None:
-        return {"colour": colour, "linestyle": "-", "marker": "o", "label": METHOD_LABELS.get(arm, arm)}
+        return {"colour": colour, "label": METHOD_LABELS.get(arm, arm), "line": {"linestyle": "-", "marker": "o"}}
     linestyle, marker = CURATION_LINES.get(rule, OTHER_CURATION_LINE)
-    return {"colour": colour, "linestyle": linestyle, "marker": marker,
-            "label": f"{METHOD_LABELS.get(method, method)}, {rule} curation"}
+    return {"colour": colour, "label": f"{METHOD_LABELS.get(method, method)}, {rule} curation",
+            "line": {"linestyle": linestyle, "marker": marker}}
 
 
 def band(ax: Any, x: Sequence[float], mean: Sequence[float], lo: Sequence[float], hi: Sequence[float], colour: str,
