@@ -181,13 +181,18 @@ def metrics_rows(run_dir: Path, seeds: Sequence[int]) -> dict[str, list[dict[str
     return out
 
 
+def row_seconds(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Σ of metrics ``rows``' ``deploy_seconds`` (sampling and VAL) and ``train_seconds``, unrounded."""
+    return (sum(float(r.get("deploy_seconds") or 0.0) for r in rows),
+            sum(float(r.get("train_seconds") or 0.0) for r in rows))
+
+
 def measured_seconds(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """An arm's time as measured when each generation ran: Σ over seeds and generations of the metrics
     rows' ``deploy_seconds`` (sampling and VAL) and ``train_seconds``, with the machines the rows name.
     A resume re-reads the rows and measures nothing again, so these survive it."""
     rows = [r for rs in per_seed.values() for r in rs]
-    deploy = sum(float(r.get("deploy_seconds") or 0.0) for r in rows)
-    train = sum(float(r.get("train_seconds") or 0.0) for r in rows)
+    deploy, train = row_seconds(rows)
     machines = sorted({m for r in rows for m in (r.get("deploy_machine"), r.get("train_machine")) if m})
     return {"seconds": round(deploy + train, 1), "deploy_seconds": round(deploy, 1),
             "train_seconds": round(train, 1), "machines": machines or ["not recorded"]}
@@ -218,8 +223,9 @@ def phase_seconds(runs: Sequence[Path]) -> dict[str, float]:
     for run in runs:
         online = not registry.get(read_json(rundir.resolved_config(run))["config"]["method"]).curates
         rows = [r for rs in metrics_rows(run, list(rundir.seed_dirs(run))).values() for r in rs]
-        out["deploy"] += sum(float(r.get("deploy_seconds") or 0.0) for r in rows)
-        out["train"] += sum(float(r.get("train_seconds") or 0.0) for r in rows)
+        deploy, train = row_seconds(rows)
+        out["deploy"] += deploy
+        out["train"] += train
         out["evaluate"] += evaluation_seconds(rows, online)
     return out
 
